@@ -1,0 +1,1 @@
+"""Blind Knowledge Distillation: the method (method.py) and its training engine (engine.py)."""

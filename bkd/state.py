@@ -1,0 +1,71 @@
+"""What BKD remembers across epochs, and the split that ends the warm-up phase."""
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from bkd.method import assign_groups, find_overfitting_epoch, otsu_split
+
+# The overfitting epoch found after epoch e is always e-2 or e-3, so keeping the
+# statistics of the last four warm-up epochs is enough.
+STAT_WINDOW = 4
+
+
+@dataclass
+class MethodState:
+    mean_top_student: list = field(default_factory=list)  # m_e per warm-up epoch
+    stats: dict = field(default_factory=dict)  # epoch -> {"train": pA[y], "full": pA[y]}, last STAT_WINDOW
+    overfit_epoch: int = None  # the detected overfitting epoch (None until found)
+    split_epoch: int = None  # the epoch whose statistics were split (overfit epoch, or the last as fallback)
+    split: dict = None  # Otsu split of the training statistic
+    full_split: dict = None  # Otsu split of the full-set statistic (detection)
+    groups: np.ndarray = None  # group id 1..4 per training sample, fixed once split
+    detected: np.ndarray = None  # detection result: G4 of the full-set split (True = label flagged noisy)
+    best_val: float = -1.0
+    best_epoch: int = None
+    val_acc: list = field(default_factory=list)  # [epoch, acc]
+    test_acc: list = field(default_factory=list)  # [epoch, acc]
+    epoch_seconds: list = field(default_factory=list)
+
+    @property
+    def warmup(self):
+        return self.groups is None
+
+    def record_warmup_epoch(self, epoch, mean_top, train_stat, full_stat):
+        """Keep this warm-up epoch's statistics; return the overfitting epoch if it is now found."""
+        self.mean_top_student.append(float(mean_top))
+        self.stats[epoch] = {"train": train_stat, "full": full_stat}
+        for old in [e for e in self.stats if e <= epoch - STAT_WINDOW]:
+            del self.stats[old]
+        found = find_overfitting_epoch(self.mean_top_student)
+        if found is not None:
+            self.overfit_epoch = found
+        return found
+
+    def split_at(self, epoch):
+        """Split the statistics of `epoch` (spec 4.6); fixes the training groups, returns the detection mask."""
+        stats = self.stats[epoch]
+        self.split_epoch = epoch
+        self.split = otsu_split(stats["train"])
+        self.groups = assign_groups(stats["train"], self.split)
+        self.full_split = otsu_split(stats["full"])
+        self.detected = assign_groups(stats["full"], self.full_split) == 4
+        return self.detected
+
+    def state_dict(self):
+        """Plain containers and tensors only, so it loads with torch.load(weights_only=True)."""
+        return _convert(asdict(self), np.ndarray, torch.from_numpy)
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(**_convert(state, torch.Tensor, lambda t: t.numpy()))
+
+
+def _convert(obj, kind, fn):
+    if isinstance(obj, kind):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _convert(v, kind, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_convert(v, kind, fn) for v in obj)
+    return obj

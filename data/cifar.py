@@ -1,0 +1,116 @@
+"""CIFAR-10 / CIFAR-100 images as uint8 arrays: a prepared .npz file, or torchvision's datasets."""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils.errors import DataError, UsageError
+
+DATASETS = {
+    # name: classes, normalisation mean / std, padding of the random crop, flip before crop
+    "cifar10": dict(
+        num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2023, 0.1994, 0.2010),
+        pad_mode="reflect",
+        flip_first=True,
+    ),
+    "cifar100": dict(
+        num_classes=100,
+        mean=(0.5071, 0.4867, 0.4408),
+        std=(0.2675, 0.2565, 0.2761),
+        pad_mode="constant",
+        flip_first=False,
+    ),
+}
+DATA_ROOT_ENV = "BKD_DATA_ROOT"
+
+
+def default_data_root():
+    return os.environ.get(DATA_ROOT_ENV, os.path.expanduser("~/data"))
+
+
+def dataset_info(name):
+    if name not in DATASETS:
+        raise UsageError(f"--dataset {name!r} is unknown; use one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+@dataclass
+class ImageSet:
+    """Training and test images (N, 32, 32, 3) uint8 with their official labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+    @property
+    def num_classes(self):
+        return DATASETS[self.name]["num_classes"]
+
+
+def load_images(name, data_root, download=True):
+    """Load `<data_root>/<name>.npz` if present, else torchvision's dataset (downloading it if allowed)."""
+    info = dataset_info(name)
+    npz = os.path.join(data_root, f"{name}.npz")
+    if os.path.exists(npz):
+        images = _load_npz(name, npz)
+    else:
+        images = _load_torchvision(name, data_root, download)
+    _check(images, info["num_classes"])
+    return images
+
+
+def _load_npz(name, path):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {', '.join(missing)}; see README 'Data formats'")
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except DataError:
+        raise
+    except Exception as err:  # zipfile / numpy format errors
+        raise DataError(f"{path}: not a readable .npz array file ({err}); see README 'Data formats'") from None
+    return ImageSet(name, source=path, **arrays)
+
+
+def _load_torchvision(name, data_root, download):
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    hint = (
+        f"put the official {cls.base_folder} folder in {data_root}, or a prepared array file "
+        f"{os.path.join(data_root, name + '.npz')} (README 'Data formats'); --data_root or ${DATA_ROOT_ENV} sets the folder"
+    )
+    try:
+        train = cls(data_root, train=True, download=download)
+        test = cls(data_root, train=False, download=download)
+    except RuntimeError as err:
+        raise DataError(f"{name} images not found in {data_root} ({err}); {hint}") from None
+    except OSError as err:  # URLError and socket errors are OSErrors
+        raise DataError(f"could not download {name} to {data_root} ({err}); {hint}") from None
+    return ImageSet(
+        name,
+        x_train=train.data,
+        y_train=np.asarray(train.targets, dtype=np.int64),
+        x_test=test.data,
+        y_test=np.asarray(test.targets, dtype=np.int64),
+        source=os.path.join(data_root, cls.base_folder),
+    )
+
+
+def _check(images, num_classes):
+    for split in ("train", "test"):
+        x, y = getattr(images, f"x_{split}"), getattr(images, f"y_{split}")
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise DataError(f"{images.source}: x_{split} must be uint8 (N, 32, 32, 3), got {x.dtype} {x.shape}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{images.source}: y_{split} must hold one label per image, got shape {y.shape}")
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise DataError(f"{images.source}: y_{split} has labels outside 0..{num_classes - 1}")
+    images.y_train = images.y_train.astype(np.int64)
+    images.y_test = images.y_test.astype(np.int64)

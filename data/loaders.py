@@ -1,0 +1,160 @@
+"""Batches of (image, label, index) for the engine, from two interchangeable input pipelines.
+
+* `DeviceLoader` (default, `--loader device`): the whole split lives on the
+  training device as one uint8 tensor; flip, padded random crop and
+  normalisation run as batched tensor operations with a seeded generator.
+* `TorchvisionLoader` (`--loader torchvision`): the original's pipeline, per-image
+  PIL transforms in DataLoader worker processes.
+Both draw a 50 % horizontal flip and crop offsets uniform over 0..8 on each axis
+per image, in the dataset's order (CIFAR-10 flips then crops with reflect
+padding, CIFAR-100 crops with zero padding then flips). `index` is the position
+of the image within the split, which addresses per-sample statistics.
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PAD = 4
+CROP = 32
+
+
+def augment_batch(x, flip, offset_y, offset_x, pad_mode, flip_first):
+    """Random horizontal flip and 32x32 crop of a zero/reflect-padded float batch (B, C, 32, 32).
+
+    `flip` (B,) bool, `offset_y`/`offset_x` (B,) ints in 0..8: the top/left corner of
+    the crop in the padded image, as torchvision's RandomCrop draws them.
+    """
+    flip = flip[:, None, None, None]
+    if flip_first:
+        x = torch.where(flip, x.flip(3), x)
+    padded = F.pad(x, (PAD, PAD, PAD, PAD), mode=pad_mode)
+    batch, channels = x.shape[:2]
+    span = torch.arange(CROP, device=x.device)
+    rows = (offset_y[:, None] + span)[:, None, :, None]
+    cols = (offset_x[:, None] + span)[:, None, None, :]
+    out = padded[
+        torch.arange(batch, device=x.device)[:, None, None, None],
+        torch.arange(channels, device=x.device)[None, :, None, None],
+        rows,
+        cols,
+    ]
+    if not flip_first:
+        out = torch.where(flip, out.flip(3), out)
+    return out
+
+
+class DeviceLoader:
+    """Device-resident split: uint8 NHWC numpy images -> normalised float batches on `device`."""
+
+    def __init__(self, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, seed=0):
+        self.device = torch.device(device)
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=self.device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment  # None or dict(pad_mode=..., flip_first=...)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    @property
+    def num_samples(self):
+        return len(self.labels)
+
+    def __len__(self):
+        return (self.num_samples + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        n, g, dev = self.num_samples, self.generator, self.device
+        order = torch.randperm(n, generator=g, device=dev) if self.shuffle else torch.arange(n, device=dev)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = self.images[idx].float().div_(255)
+            if self.augment is not None:
+                b = len(idx)
+                flip = torch.rand(b, generator=g, device=dev) < 0.5
+                oy = torch.randint(0, 2 * PAD + 1, (b,), generator=g, device=dev)
+                ox = torch.randint(0, 2 * PAD + 1, (b,), generator=g, device=dev)
+                x = augment_batch(x, flip, oy, ox, **self.augment)
+            yield (x - self.mean) / self.std, self.labels[idx], idx
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+
+
+def torchvision_transform(mean, std, augment=None):
+    """The original's per-image transform (PIL -> tensor)."""
+    from torchvision import transforms
+
+    steps = []
+    if augment is not None:
+        flip = transforms.RandomHorizontalFlip()
+        crop = transforms.RandomCrop(CROP, padding=PAD, padding_mode=augment["pad_mode"])
+        steps += [flip, crop] if augment["flip_first"] else [crop, flip]
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    return transforms.Compose(steps)
+
+
+class IndexedImages(torch.utils.data.Dataset):
+    """Map-style dataset of uint8 HWC images returning (transform(PIL image), label, index)."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, np.asarray(labels), transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index]), index
+
+
+class TorchvisionLoader:
+    """The original-style pipeline: PIL transforms in `num_workers` DataLoader processes."""
+
+    def __init__(self, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, num_workers=4):
+        self.device = torch.device(device)
+        dataset = IndexedImages(images, labels, torchvision_transform(mean, std, augment))
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.num_samples = len(dataset)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y, idx in self.loader:
+            yield (
+                x.to(self.device, non_blocking=True),
+                y.to(self.device, non_blocking=True),
+                idx.to(self.device, non_blocking=True),
+            )
+
+    def state_dict(self):
+        return {}  # its randomness comes from torch's global generator, saved with the run
+
+    def load_state_dict(self, state):
+        pass
+
+
+def make_loader(kind, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, seed=0, num_workers=4):
+    if kind == "device":
+        return DeviceLoader(
+            images, labels, batch_size=batch_size, device=device, mean=mean, std=std, shuffle=shuffle, augment=augment, seed=seed
+        )
+    if kind == "torchvision":
+        return TorchvisionLoader(
+            images, labels, batch_size=batch_size, device=device, mean=mean, std=std, shuffle=shuffle,
+            augment=augment, num_workers=num_workers,
+        )
+    raise ValueError(f"unknown loader {kind!r}")

@@ -1,0 +1,33 @@
+"""Which training images a run uses: the optional stratified subset, and the noisy validation split."""
+import numpy as np
+
+from utils.errors import UsageError
+
+
+def stratified_subset(labels, size, seed):
+    """`size` indices (sorted, original order) with the classes of `labels` in proportion, seeded.
+
+    Used by small-scale runs; the per-class counts are floor(size * share) plus
+    the largest remainders, so the subset's class balance matches the full set's.
+    """
+    labels = np.asarray(labels)
+    if not 0 < size <= len(labels):
+        raise UsageError(f"--subset {size} must be between 1 and the {len(labels)} training images (0 = all)")
+    rng = np.random.RandomState(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * size / len(labels)
+    take = np.floor(exact).astype(int)
+    for k in np.argsort(-(exact - take), kind="stable")[: size - take.sum()]:
+        take[k] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))
+
+
+def train_val_split(num_images, val_ratio, seed):
+    """Noisy validation split (spec section 2): a permutation drawn right after seeding numpy with `seed`;
+    the first int(val_ratio * N) positions are validation, the rest training."""
+    if not 0 <= val_ratio < 1:
+        raise UsageError(f"--val_ratio {val_ratio} must be in [0, 1); 0 = no validation set (challenge setting)")
+    perm = np.random.RandomState(seed).permutation(num_images)
+    num_val = int(val_ratio * num_images)
+    return perm[num_val:], perm[:num_val]

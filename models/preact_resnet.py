@@ -1,0 +1,65 @@
+"""PreResNet18 of the CIFAR-N challenge baseline (spec section 3).
+
+Stem conv3x3 -> BN -> ReLU, four stages of two pre-activation basic blocks,
+4x4 average pooling and a linear head. Unlike He et al.'s PreAct-ResNet there
+is no BN-ReLU after the last stage, and the 1x1 projection shortcut is applied
+to the block's pre-activated input.
+"""
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv3x3(in_planes, out_planes, stride=1):
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class PreActBlock(nn.Module):
+    """BN -> ReLU -> conv3x3 -> BN -> ReLU -> conv3x3, plus shortcut."""
+
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    def __init__(self, num_blocks=(2, 2, 2, 2), num_classes=10, width=64):
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        self.conv1 = conv3x3(3, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers, in_planes = [], width
+        for stage, (planes, blocks) in enumerate(zip(widths, num_blocks)):
+            strides = [1 if stage == 0 else 2] + [1] * (blocks - 1)
+            stage_blocks = []
+            for stride in strides:
+                stage_blocks.append(PreActBlock(in_planes, planes, stride))
+                in_planes = planes
+            layers.append(nn.Sequential(*stage_blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.linear = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.avg_pool2d(out, 4)
+        return self.linear(out.flatten(1))
+
+
+def PreResNet18(num_classes=10, width=64):
+    """The challenge's PreResNet18; `width` scales the channels (64 = the original)."""
+    if width < 1:
+        raise ValueError(f"width must be a positive integer, got {width}")
+    return PreActResNet((2, 2, 2, 2), num_classes=num_classes, width=width)

@@ -1,0 +1,76 @@
+"""Command-line flags shared by the three scripts: the original's flags with its defaults, plus ours."""
+import argparse
+import sys
+
+from data.cifar import DATA_ROOT_ENV, DATASETS, default_data_root
+from data.labels import NOISE_TYPES, check_noise_type
+from utils.errors import EXIT_USAGE, UsageError
+
+# Small-scale presets. Explicit flags still win over a preset's values.
+PRESETS = {
+    "default": {},
+    # CPU-sized run of the real pipeline (README, 'Quick preset'): a stratified subset, a narrower
+    # network, fewer epochs with the step decay at the same relative point.
+    "quick": dict(subset=4000, width=16, n_epoch=40, lr_step=20, noisy_val_freq=5, clean_test_freq=5, print_freq=10),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2)."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def base_parser(description):
+    """The flags every script of the original accepts, with the original's defaults."""
+    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--lr", type=float, default=0.02, help="learning rate")
+    p.add_argument("--val_ratio", type=float, default=0.1, help="share of training images held out as noisy validation set (0 = challenge setting)")
+    p.add_argument("--noise_type", type=str, default="clean", help="label set: " + ", ".join(NOISE_TYPES))
+    p.add_argument("--noise_path", type=str, default=None, help="path of CIFAR-10_human.pt / CIFAR-100_human.pt (default ./data/<file>, downloaded if missing)")
+    p.add_argument("--dataset", type=str, default="cifar10", help=" or ".join(DATASETS))
+    p.add_argument("--n_epoch", type=int, default=300, help="number of epochs")
+    p.add_argument("--seed", type=int, default=0, help="seed of python, numpy and torch")
+    p.add_argument("--print_freq", type=int, default=50, help="print a progress line every this many iterations")
+    p.add_argument("--num_workers", type=int, default=4, help="DataLoader workers (--loader torchvision only)")
+    # Ours (README, 'Flags added to the original')
+    p.add_argument("--data_root", type=str, default=default_data_root(), help=f"folder with CIFAR images (official folders or <dataset>.npz); ${DATA_ROOT_ENV} sets the default")
+    p.add_argument("--device", type=str, default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--results_dir", type=str, default="results", help="parent folder of run directories")
+    p.add_argument("--run_dir", type=str, default=None, help="run directory (default <results_dir>/<dataset>_<noise_type>_seed_<seed>[_<preset>])")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="settings bundle; 'quick' = CPU-sized run (README)")
+    p.add_argument("--no_download", action="store_true", help="never download images or label files; fail with a message instead")
+    return p
+
+
+def parse(parser, argv=None):
+    """Parse with the chosen preset's values as defaults, then check values shared by all scripts."""
+    known, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**{k: v for k, v in PRESETS[known.preset].items() if _has(parser, k)})
+    args = parser.parse_args(argv)
+    if args.dataset not in DATASETS:
+        raise UsageError(f"--dataset {args.dataset!r} is unknown; use one of {', '.join(DATASETS)}")
+    check_noise_type(args.dataset, args.noise_type)
+    if not 0 <= args.val_ratio < 1:
+        raise UsageError(f"--val_ratio {args.val_ratio} must be in [0, 1); 0 = no validation set (challenge setting)")
+    return args
+
+
+def _has(parser, dest):
+    return any(action.dest == dest for action in parser._actions)
+
+
+def require_positive(args, *names):
+    for name in names:
+        value = getattr(args, name)
+        if not value > 0:
+            raise UsageError(f"--{name} {value} must be positive")
+
+
+def require_unit_interval(args, *names):
+    for name in names:
+        value = getattr(args, name)
+        if not 0 <= value <= 1:
+            raise UsageError(f"--{name} {value} must be in [0, 1]")

@@ -1,0 +1,44 @@
+"""Errors a user can fix, each printed as one line with its exit code (see README, 'Exit codes')."""
+import sys
+
+EXIT_USAGE = 2  # bad flag value or combination
+EXIT_DATA = 3  # missing, corrupt or mismatched input file
+EXIT_RUN_DIR = 4  # run directory in use, already holding a run, or unwritable
+EXIT_DIVERGED = 5  # non-finite loss
+EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM; resumable with --resume
+
+
+class BKDError(Exception):
+    """An error with a one-line message naming the bad value and the fix."""
+
+    exit_code = 1
+
+
+class UsageError(BKDError):
+    exit_code = EXIT_USAGE
+
+
+class DataError(BKDError):
+    exit_code = EXIT_DATA
+
+
+class RunDirError(BKDError):
+    exit_code = EXIT_RUN_DIR
+
+
+class DivergedError(BKDError):
+    exit_code = EXIT_DIVERGED
+
+
+class Interrupted(BKDError):
+    exit_code = EXIT_INTERRUPTED
+
+
+def run_cli(main, argv=None):
+    """Call main(argv); turn a BKDError into `error: <message>` on stderr and its exit code."""
+    try:
+        main(argv)
+    except BKDError as err:
+        sys.stdout.flush()
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
