@@ -32,9 +32,9 @@ RESUME_MUST_MATCH = (
 
 def build_parser():
     p = base_parser("Blind Knowledge Distillation training (teacher + student).")
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight_decay", type=float, default=5e-4)
+    p.add_argument("--batch_size", type=int, default=128, help="training batch size")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
     p.add_argument("--clean_test_freq", type=int, default=10, help="report clean test accuracy every this many epochs (and the last)")
     p.add_argument("--noisy_val_freq", type=int, default=10, help="validate (and keep the best checkpoint) every this many epochs (and the last)")
     p.add_argument("--alpha1", type=float, default=0.30, help="robust-phase alpha of group 1 (most trusted)")
@@ -87,8 +87,6 @@ def train(args, device, run):
     info = dataset_info(args.dataset)
     data = load_run_data(args)
     num_classes = info["num_classes"]
-    if args.subset:
-        save_numpy(data.subset, run.file("train_subset.npy"))
 
     # Three views of the training images (spec section 2) and the clean test set.
     augment = {"pad_mode": info["pad_mode"], "flip_first": info["flip_first"]}
@@ -124,6 +122,10 @@ def train(args, device, run):
     if args.resume:
         state, start_epoch = restore(run, args, teacher, student, optimizer, scheduler, precision, loaders)
         log(f"Resumed {run.path} after epoch {start_epoch} of {args.n_epoch}")
+    else:
+        run.clear()  # --overwrite: only now that data and networks are ready
+        if args.subset:
+            save_numpy(data.subset, run.file("train_subset.npy"))
     log(f"BKD training: {args.dataset} {args.noise_type}, seed {args.seed}, {len(data.train_pos)} training / "
         f"{len(data.val_pos)} validation / {len(data.noisy)} detection images, PreResNet18 width {args.width}, "
         f"device {device} ({precision.name}), loader {args.loader}, run directory {run.path}")

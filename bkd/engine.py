@@ -61,7 +61,8 @@ class StopFlag:
     def check(self, where):
         if self.signal is not None:
             name = signal.Signals(self.signal).name
-            raise Interrupted(f"{name} received during {where}; the run directory holds the last completed epoch")
+            raise Interrupted(f"{name} received during {where}; the run directory keeps the last completed epoch, "
+                              "continue it by running the same command with --resume")
 
 
 def forward_pair(teacher, student, x, precision, channels_last=False):

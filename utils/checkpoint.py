@@ -95,10 +95,12 @@ class RunDir:
                 f"{self.path} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
                 "--overwrite to replace it, or another --results_dir"
             )
-        elif existing:
-            for name in existing:
-                os.remove(self.file(name))
         return self
+
+    def clear(self):
+        """Remove an earlier run's files (--overwrite); called only once the new run is ready to start."""
+        for name in self.existing_artefacts():
+            os.remove(self.file(name))
 
     def close(self):
         if self._lock is not None:

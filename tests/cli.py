@@ -1,0 +1,33 @@
+"""Run the project's scripts as a user types them."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def script(name):
+    return os.path.join(ROOT, name)
+
+
+def run(name, *flags, cwd=None, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, script(name), *map(str, flags)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def tiny_flags(data_root, results_dir, noise_type="worst", **extra):
+    """A narrow network, a few epochs: seconds on a CPU."""
+    flags = dict(data_root=data_root, noise_path=os.path.join(data_root, "CIFAR-10_human.pt"), noise_type=noise_type,
+                 results_dir=results_dir, n_epoch=8, width=8, batch_size=32, lr_step=6, noisy_val_freq=2,
+                 clean_test_freq=4, print_freq=5, eval_batch_size=256, device="cpu", no_download=True)
+    flags.update(extra)
+    out = []
+    for key, value in flags.items():
+        if value is True:
+            out.append(f"--{key}")
+        elif value is not False and value is not None:
+            out += [f"--{key}", str(value)]
+    return out

@@ -1,0 +1,111 @@
+"""The three scripts through their command lines on a tiny synthetic dataset."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from tests.cli import run, tiny_flags
+
+EVAL_FLAGS = ("data_root", "noise_path", "noise_type", "results_dir", "device", "no_download")
+
+
+def eval_flags(flags):
+    """The subset of training flags learning.py / detection.py take."""
+    out, i = [], 0
+    while i < len(flags):
+        key = flags[i][2:]
+        takes_value = i + 1 < len(flags) and not flags[i + 1].startswith("--")
+        if key in EVAL_FLAGS:
+            out += flags[i : i + (2 if takes_value else 1)]
+        i += 2 if takes_value else 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory):
+    results = str(tmp_path_factory.mktemp("results"))
+    flags = tiny_flags(synthetic_root, results)
+    train = run("blind_knowledge_dist_training.py", *flags, cwd=results)
+    return flags, results, train.stdout
+
+
+def test_training_writes_every_output(trained):
+    flags, results, stdout = trained
+    run_dir = os.path.join(results, "cifar10_worst_seed_0")
+    for name in ("teacher.pth.tar", "student.pth.tar", "teacher_last.pth.tar", "student_last.pth.tar", "detection.npy",
+                 "metrics.json", "state.pth.tar"):
+        assert os.path.exists(os.path.join(run_dir, name)), name
+    detection = np.load(os.path.join(run_dir, "detection.npy"))
+    assert detection.dtype == bool and detection.shape == (400,)
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert metrics["epochs_completed"] == 8 and len(metrics["mean_top_student"]) >= 6
+    assert metrics["detection"]["flagged"] == int(detection.sum())
+    assert sum(metrics["group_sizes"]) == 360  # 400 images, 10 % validation
+    best = torch.load(os.path.join(run_dir, "teacher.pth.tar"), weights_only=True)
+    last = torch.load(os.path.join(run_dir, "teacher_last.pth.tar"), weights_only=True)
+    assert best["epoch"] == metrics["best_epoch"] and last["epoch"] == 8
+    # the original's progress lines
+    assert re.search(r"Epoch \[1/8\], Iter \[5/12\] Loss: [\d.]+, Naive Loss: [\d.]+, Compensation Loss: [\d.]+", stdout)
+    assert "noisy validation accuracy" in stdout and "clean test accuracy" in stdout
+    assert re.search(r"Otsu split of epoch \d+ \(training set\): mu1 [\d.]+, mu2 [\d.]+, sigma1 [\d.]+, sigma2 [\d.]+, threshold", stdout)
+    found = re.search(r"Overfitting epoch found: (\d+)", stdout)
+    if found:
+        assert metrics["overfit_epoch"] == int(found.group(1)) and not metrics["split_fallback"]
+    else:
+        assert "No overfitting epoch found in 8 epochs; splitting at the last epoch 8" in stdout
+        assert metrics["split_fallback"] and metrics["split_epoch"] == 8
+
+
+def test_training_learns_the_synthetic_classes(trained):
+    _, results, _ = trained
+    metrics = json.load(open(os.path.join(results, "cifar10_worst_seed_0", "metrics.json")))
+    assert metrics["test_acc"][-1][1] > 40  # 10 classes: chance is 10 %
+
+
+def test_learning_reports_best_and_last(trained):
+    flags, results, _ = trained
+    out = run("learning.py", *eval_flags(flags), cwd=results).stdout
+    best = float(re.search(r"^Best test acc selected by val is ([\d.]+)$", out, re.M).group(1))
+    last = float(re.search(r"^Last epoch \(8\) test acc is ([\d.]+)$", out, re.M).group(1))
+    metrics = json.load(open(os.path.join(results, "cifar10_worst_seed_0", "metrics.json")))
+    assert metrics["learning"]["best_test_acc"] == best and metrics["learning"]["last_test_acc"] == last
+    assert last == pytest.approx(metrics["test_acc"][-1][1])  # the training log's last-epoch test accuracy
+
+
+def test_detection_reports_scores(trained, synthetic_root):
+    flags, results, _ = trained
+    out = run("detection.py", *eval_flags(flags), cwd=results).stdout
+    run_dir = os.path.join(results, "cifar10_worst_seed_0")
+    flagged = np.load(os.path.join(run_dir, "detection.npy"))
+    from data.labels import load_noisy_labels
+
+    noisy, clean = load_noisy_labels("cifar10", "worst", os.path.join(synthetic_root, "CIFAR-10_human.pt"))
+    truth = noisy != clean
+    tp = int((flagged & truth).sum())
+    assert f"Number of flagged samples: {flagged.sum()}" in out
+    assert f"Number of truly noisy samples: {truth.sum()}" in out
+    precision, recall = tp / max(flagged.sum(), 1), tp / truth.sum()
+    assert f"Precision: {precision:.4f}" in out and f"Recall: {recall:.4f}" in out
+    f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+    assert f"F1: {f1:.4f}" in out
+
+
+def test_help_lists_original_flags_with_defaults():
+    from tests.cli import run as run_script
+
+    train_help = run_script("blind_knowledge_dist_training.py", "--help").stdout
+    for flag, default in [("--lr", "0.02"), ("--val_ratio", "0.1"), ("--n_epoch", "300"), ("--seed", "0"),
+                          ("--batch_size", "128"), ("--momentum", "0.9"), ("--weight_decay", "0.0005"),
+                          ("--clean_test_freq", "10"), ("--noisy_val_freq", "10"), ("--alpha1", "0.3"),
+                          ("--alpha2", "0.45"), ("--alpha3", "0.55"), ("--alpha4", "0.7"), ("--num_workers", "4"),
+                          ("--dataset", "cifar10"), ("--print_freq", "50")]:
+        assert re.search(re.escape(flag) + r" \S+\s+.*?\(default: " + re.escape(default) + r"\)", train_help, re.S), flag
+    assert "--noise_path" in train_help and "--noise_type" in train_help
+    for name in ("learning.py", "detection.py"):
+        text = run_script(name, "--help").stdout
+        for flag in ("--lr", "--val_ratio", "--noise_type", "--noise_path", "--dataset", "--n_epoch", "--seed",
+                     "--print_freq", "--num_workers"):
+            assert flag in text, (name, flag)

@@ -1,0 +1,145 @@
+"""The pieces of the method against hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bkd.method import (agreement, assign_groups, compensation_loss, find_overfitting_epoch, otsu_split, predict,
+                        robust_targets, soft_cross_entropy)
+
+
+def test_compensation_loss_value_skips_labelled_class():
+    zt = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    zs = torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 2.0]])
+    y = torch.tensor([2, 0])
+    # sample 0 keeps classes 0, 1: 1 + 4; sample 1 keeps classes 1, 2: 1 + 4; denominator B*C-1 = 5
+    assert compensation_loss(zt, zs, y).item() == pytest.approx(10 / 5)
+
+
+def test_compensation_loss_ignores_labelled_logit_and_trains_both():
+    zt = torch.randn(4, 5, requires_grad=True)
+    zs = torch.randn(4, 5, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    loss = compensation_loss(zt, zs, y)
+    loss.backward()
+    rows = torch.arange(4)
+    assert torch.all(zt.grad[rows, y] == 0) and torch.all(zs.grad[rows, y] == 0)
+    assert zt.grad.abs().sum() > 0 and zs.grad.abs().sum() > 0
+    # changing only the labelled logits leaves the loss unchanged
+    zt2 = zt.detach().clone()
+    zt2[rows, y] += 100
+    assert compensation_loss(zt2, zs.detach(), y).item() == pytest.approx(loss.item())
+
+
+def test_agreement_is_normalised_product():
+    pt = torch.tensor([[0.5, 0.25, 0.25]])
+    ps = torch.tensor([[0.2, 0.6, 0.2]])
+    expected = torch.tensor([[0.1, 0.15, 0.05]]) / 0.3
+    assert torch.allclose(agreement(pt, ps), expected)
+
+
+def test_predict_is_argmax_of_agreement_not_of_either_network():
+    zt = torch.log(torch.tensor([[0.5, 0.4, 0.1]]))
+    zs = torch.log(torch.tensor([[0.3, 0.6, 0.1]]))
+    # teacher says 0, student says 1, agreement 0.15 vs 0.24 -> 1
+    assert predict(zt, zs).tolist() == [1]
+    zs = torch.log(torch.tensor([[0.45, 0.45, 0.1]]))
+    assert predict(zt, zs).tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], None),  # rising: no peak
+        ([0.1, 0.2, 0.3], None),  # fewer than 6 values
+        ([0.1, 0.2, 0.5, 0.3, 0.2], None),  # a peak, but only 5 values
+        ([0.1, 0.2, 0.5, 0.3, 0.2, 0.1], 2),
+        ([0.1, 0.2, 0.3, 0.6, 0.5, 0.4], 3),
+        ([0.1, 0.2, 0.5, 0.5, 0.2, 0.1], None),  # plateau: not strictly greater
+        ([0.1, 0.2, 0.5, 0.4, 0.6, 0.1, 0.0], 4),  # 2 is not above 4; 4 is
+        ([0.9, 0.8, 0.5, 0.4, 0.3, 0.2], None),  # maximum at the start is not checked
+        ([0.1, 0.2, 0.3, 0.4, 0.7, 0.6], None),  # last two epochs cannot be peaks yet
+        ([0.1, 0.3, 0.2, 0.3, 0.2, 0.4, 0.3, 0.2], 5),  # +-1 bumps are not +-2 peaks
+    ],
+)
+def test_overfitting_epoch_rule(values, expected):
+    assert find_overfitting_epoch(values) == expected
+
+
+def _bimodal(n_low=600, n_high=400, seed=0):
+    rng = np.random.RandomState(seed)
+    return np.clip(np.concatenate([rng.normal(0.15, 0.03, n_low), rng.normal(0.8, 0.05, n_high)]), 0, 1)
+
+
+def test_otsu_split_of_bimodal_sample():
+    values = _bimodal()
+    split = otsu_split(values)
+    assert 0.15 < split["threshold"] < 0.8  # between the modes
+    low, high = values[values < split["threshold"]], values[values >= split["threshold"]]
+    assert len(low) == 600 and len(high) == 400
+    # means and sigmas are those of the bin left edges on each side
+    assert split["mu1"] == pytest.approx(np.mean(np.floor(low * 1000) / 1000), abs=1e-9)
+    assert split["mu2"] == pytest.approx(np.mean(np.floor(high * 1000) / 1000), abs=1e-9)
+    assert split["sigma1"] == pytest.approx(np.std(np.floor(low * 1000) / 1000), abs=1e-6)
+    assert split["sigma2"] == pytest.approx(np.std(np.floor(high * 1000) / 1000), abs=1e-6)
+
+
+def test_otsu_split_matches_direct_loop():
+    """The vectorised score equals the spec's per-cut definition, cut by cut."""
+    values = np.random.RandomState(3).beta(0.7, 1.4, 500)
+    counts, _ = np.histogram(values, bins=1000, range=(0, 1))
+    edges = np.arange(1000) / 1000
+    mu, best, best_s = values.mean(), -np.inf, None
+    for s in range(2, 998):
+        n1, n2 = counts[:s].sum(), counts[s:].sum()
+        if n1 == 0 or n2 == 0:
+            q = -1e7
+        else:
+            m1 = (counts[:s] * edges[:s]).sum() / n1
+            m2 = (counts[s:] * edges[s:]).sum() / n2
+            s1 = math.sqrt(max((counts[:s] * (edges[:s] - m1) ** 2).sum() / n1, 1e-5))
+            s2 = math.sqrt(max((counts[s:] * (edges[s:] - m2) ** 2).sum() / n2, 1e-5))
+            q = (n1 * (m1 - mu) ** 2 + n2 * (m2 - mu) ** 2) / (n1 * s1 + n2 * s2)
+        if q > best:
+            best, best_s = q, s
+    assert otsu_split(values)["threshold"] == best_s / 1000
+    assert otsu_split(values)["score"] == pytest.approx(best)
+
+
+def test_otsu_split_with_all_values_in_one_bin_is_finite():
+    split = otsu_split(np.full(10, 0.5))
+    assert 0 < split["threshold"] < 1
+
+
+def test_groups_follow_threshold_and_means():
+    split = {"threshold": 0.5, "mu1": 0.2, "mu2": 0.8}
+    values = np.array([0.1, 0.2, 0.3, 0.49, 0.5, 0.7, 0.8, 0.95])
+    assert assign_groups(values, split).tolist() == [4, 3, 3, 3, 2, 2, 1, 1]
+
+
+def test_robust_targets_sharpened_and_normalised():
+    y = torch.tensor([0, 2])
+    ps = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    alpha = torch.tensor([0.5, 0.0])
+    t = robust_targets(y, ps, alpha)
+    raw = torch.tensor([0.5 + 0.1, 0.25, 0.15]) ** 1.5
+    assert torch.allclose(t[0], raw / raw.sum())
+    assert torch.allclose(t[1], torch.tensor([0.0, 0.0, 1.0]))  # alpha 0: the label itself
+    assert torch.allclose(t.sum(1), torch.ones(2))
+
+
+def test_robust_target_passes_gradient_to_student():
+    zs = torch.randn(3, 4, requires_grad=True)
+    zt = torch.randn(3, 4, requires_grad=True)
+    t = robust_targets(torch.tensor([0, 1, 2]), zs.softmax(1), torch.full((3,), 0.7))
+    soft_cross_entropy(zt, t).backward()
+    assert zs.grad is not None and zs.grad.abs().sum() > 0
+    assert zt.grad.abs().sum() > 0
+
+
+def test_soft_cross_entropy_equals_hard_for_one_hot():
+    z = torch.randn(5, 4)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    assert soft_cross_entropy(z, F.one_hot(y, 4).float()).item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-6)
