@@ -18,7 +18,7 @@ from data.setup import load_run_data
 from models import PreResNet18
 from utils import checkpoint as ck
 from utils.cli import base_parser, parse, require_positive, require_unit_interval
-from utils.errors import UsageError, run_cli
+from utils.errors import DataError, UsageError, first_line, run_cli
 from utils.files import save_json, save_numpy, save_torch
 from utils.metrics import detection_scores
 from utils.runtime import resolve_device, rng_state, set_global_seeds, set_rng_state
@@ -238,7 +238,7 @@ def restore(run, args, teacher, student, optimizer, scheduler, precision, loader
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise UsageError(f"{path}: unreadable resume state ({str(err).splitlines()[0]}); start again with --overwrite") from None
+        raise DataError(f"{path}: unreadable resume state ({first_line(err)}); start again with --overwrite") from None
     for key, value in saved["args"].items():
         if getattr(args, key) != value:
             raise UsageError(f"--{key} {getattr(args, key)} differs from the run being resumed ({value}); resume with the same flags")

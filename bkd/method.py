@@ -83,7 +83,7 @@ def otsu_split(values):
     score = np.where((n1 == 0) | (n2 == 0), OTSU_EMPTY_SCORE, score)
     best = int(np.argmax(score))
     return {
-        "threshold": cuts[best] / OTSU_BINS,
+        "threshold": float(cuts[best] / OTSU_BINS),
         "mu1": float(mu1[best]) if n1[best] else math.nan,
         "mu2": float(mu2[best]) if n2[best] else math.nan,
         "sigma1": float(sigma1[best]) if n1[best] else math.nan,

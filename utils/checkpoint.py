@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from utils.errors import DataError, RunDirError
+from utils.errors import DataError, RunDirError, first_line
 from utils.files import save_torch
 
 TEACHER, STUDENT = "teacher.pth.tar", "student.pth.tar"  # best by validation (the original's names)
@@ -39,7 +39,7 @@ def load_model(path, build):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise DataError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]}); truncated or not a checkpoint") from None
+        raise DataError(f"{path}: unreadable checkpoint ({first_line(err)}); truncated or not a checkpoint") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise DataError(f"{path}: not a model checkpoint (no 'state_dict')")
     num_classes = ckpt.get("num_classes") or ckpt["state_dict"]["linear.weight"].shape[0]
@@ -48,7 +48,7 @@ def load_model(path, build):
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
+        first = first_line(err)
         raise DataError(f"{path}: weights do not fit PreResNet18(num_classes={num_classes}, width={width}) ({first})") from None
     return model, ckpt
 

@@ -42,3 +42,9 @@ def run_cli(main, argv=None):
         sys.stdout.flush()
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(err.exit_code)
+
+
+def first_line(err):
+    """The first line of an exception's message, or its type name when it has none."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -1,0 +1,205 @@
+"""Every bad input is refused with one line naming the value and the fix, and loses nothing."""
+import hashlib
+import os
+import shutil
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+import blind_knowledge_dist_training as training
+import detection
+import learning
+from tests.cli import run, tiny_flags
+from utils.errors import DataError, run_cli
+
+
+def digests(folder):
+    return {n: hashlib.sha256(open(os.path.join(folder, n), "rb").read()).hexdigest()
+            for n in sorted(os.listdir(folder)) if not n.startswith(".")}
+
+
+def call(module, argv, capsys):
+    """Run a script's main in-process as the command line would; return (exit code, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(module.main, [str(a) for a in argv])
+        raise SystemExit(0)
+    err = capsys.readouterr().err
+    return exit_info.value.code, err
+
+
+@pytest.fixture(scope="module")
+def finished_run(synthetic_root, tmp_path_factory):
+    """A completed tiny run whose files must survive every bad invocation."""
+    results = str(tmp_path_factory.mktemp("finished"))
+    run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, results, n_epoch=2, noisy_val_freq=1), cwd=results)
+    run_dir = os.path.join(results, "cifar10_worst_seed_0")
+    return run_dir, digests(run_dir)
+
+
+def bad_label_file(tmp_path, synthetic_root, kind):
+    good = os.path.join(synthetic_root, "CIFAR-10_human.pt")
+    path = str(tmp_path / f"{kind}.pt")
+    labels = {}
+    if kind in ("wrong_length", "mismatch"):
+        from data.labels import safe_load
+
+        labels = safe_load(good)
+    if kind == "truncated":
+        open(path, "wb").write(open(good, "rb").read()[:500])
+    elif kind == "wrong_format":
+        np.save(path, np.zeros(10))
+        os.replace(path + ".npy", path)
+    elif kind == "wrong_length":
+        torch.save({k: v[:-3] for k, v in labels.items()}, path)
+    elif kind == "mismatch":
+        torch.save({k: np.roll(v, 1) for k, v in labels.items()}, path)
+    return path
+
+
+TRAINING_CASES = [
+    (["--dataset", "svhn"], 2, "--dataset 'svhn' is unknown"),
+    (["--noise_type", "bogus"], 2, "--noise_type 'bogus' is unknown"),
+    (["--noise_type", "noisy100"], 2, "--noise_type noisy100 belongs to cifar100"),
+    (["--val_ratio", "1"], 2, "--val_ratio 1.0 must be in [0, 1)"),
+    (["--val_ratio", "-0.1"], 2, "--val_ratio -0.1 must be in [0, 1)"),
+    (["--n_epoch", "0"], 2, "--n_epoch 0 must be positive"),
+    (["--batch_size", "-4"], 2, "--batch_size -4 must be positive"),
+    (["--lr", "0"], 2, "--lr 0.0 must be positive"),
+    (["--alpha1", "1.5"], 2, "--alpha1 1.5 must be in [0, 1]"),
+    (["--alpha4", "-0.1"], 2, "--alpha4 -0.1 must be in [0, 1]"),
+    (["--lr", "abc"], 2, "argument --lr: invalid float value: 'abc'"),
+    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"], 2, "--device cuda"),
+    (["--device", "tpu"], 2, "--device"),
+]
+
+
+@pytest.mark.parametrize("flags, code, message", TRAINING_CASES)
+def test_training_usage_errors(flags, code, message, finished_run, synthetic_root, capsys):
+    run_dir, before = finished_run
+    argv = tiny_flags(synthetic_root, "unused", run_dir=run_dir, overwrite=True) + flags
+    got_code, err = call(training, argv, capsys)
+    assert got_code == code and message in err and len(err.strip().splitlines()) == 1, err
+    assert digests(run_dir) == before
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "no such file"),
+    ("truncated", "not a CIFAR-N label file"),
+    ("wrong_format", "not a CIFAR-N label file"),
+    ("wrong_length", "has 397 labels for 400 training images"),
+    ("mismatch", "clean_label differs from the training images' labels"),
+])
+def test_training_label_file_errors(kind, message, finished_run, synthetic_root, tmp_path, capsys):
+    run_dir, before = finished_run
+    path = bad_label_file(tmp_path, synthetic_root, kind) if kind != "missing" else str(tmp_path / "none.pt")
+    argv = tiny_flags(synthetic_root, "unused", run_dir=run_dir, overwrite=True, noise_path=path)
+    code, err = call(training, argv, capsys)
+    assert code == 3 and message in err and len(err.strip().splitlines()) == 1, err
+    assert digests(run_dir) == before
+
+
+def test_missing_images_without_network(finished_run, synthetic_root, tmp_path, capsys):
+    run_dir, before = finished_run
+    argv = tiny_flags(str(tmp_path), "unused", run_dir=run_dir, overwrite=True,
+                      noise_path=os.path.join(synthetic_root, "CIFAR-10_human.pt"))
+    code, err = call(training, argv, capsys)
+    assert code == 3 and "cifar10 images not found" in err and "cifar10.npz" in err, err
+    assert digests(run_dir) == before
+
+
+def test_unwritable_results_dir(synthetic_root, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code, err = call(training, tiny_flags(synthetic_root, str(blocker)), capsys)
+    assert code == 4 and "cannot write to run directory" in err, err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_resume_without_state_and_with_changed_flags(finished_run, synthetic_root, tmp_path, capsys):
+    code, err = call(training, tiny_flags(synthetic_root, str(tmp_path), resume=True), capsys)
+    assert code == 4 and "nothing to resume" in err
+    run_dir, before = finished_run
+    code, err = call(training, tiny_flags(synthetic_root, "unused", run_dir=run_dir, resume=True, n_epoch=2, noisy_val_freq=1, lr=0.05), capsys)
+    assert code == 2 and "--lr 0.05 differs from the run being resumed (0.02)" in err, err
+    assert digests(run_dir) == before
+
+
+def test_checksum_mismatch_after_download_is_discarded(tmp_path, monkeypatch):
+    from data import labels
+
+    def fake_download(url, filename):
+        open(filename, "wb").write(b"not the published file")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", fake_download)
+    target = str(tmp_path / "CIFAR-10_human.pt")
+    with pytest.raises(DataError, match="does not match the published 873e69c3"):
+        labels.download_label_file("cifar10", target)
+    assert os.listdir(tmp_path) == []
+
+
+def test_label_download_failure_is_one_line(tmp_path, monkeypatch):
+    from data import labels
+
+    def offline(url, filename):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    with pytest.raises(DataError, match="could not download .*CIFAR-10_human.pt.*--noise_path"):
+        labels.download_label_file("cifar10", str(tmp_path / "CIFAR-10_human.pt"))
+
+
+def _learning_argv(synthetic_root, run_dir):
+    return ["--data_root", synthetic_root, "--noise_type", "worst", "--run_dir", run_dir, "--device", "cpu", "--no_download"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "checkpoint not found"),
+    ("truncated", "unreadable checkpoint"),
+    ("architecture", "weights do not fit"),
+])
+def test_learning_checkpoint_errors(damage, message, finished_run, synthetic_root, tmp_path, capsys):
+    src, _ = finished_run
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(src, run_dir)
+    path = os.path.join(run_dir, "student.pth.tar")
+    if damage == "missing":
+        os.remove(path)
+    elif damage == "truncated":
+        open(path, "wb").write(open(path, "rb").read()[:2000])
+    else:
+        ckpt = torch.load(path, weights_only=True)
+        ckpt["state_dict"]["linear.weight"] = ckpt["state_dict"]["linear.weight"][:, :10]
+        torch.save(ckpt, path)
+    code, err = call(learning, _learning_argv(synthetic_root, run_dir), capsys)
+    assert code == 3 and message in err and "student.pth.tar" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    (np.zeros(400, dtype=np.int64), "holds int64 values; expected a boolean mask"),
+    (np.zeros(399, dtype=bool), "shape (399,), expected (400,)"),
+    (b"garbage", "unreadable .npy file"),
+])
+def test_detection_file_errors(content, message, finished_run, synthetic_root, tmp_path, capsys):
+    src, _ = finished_run
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(src, run_dir)
+    path = os.path.join(run_dir, "detection.npy")
+    os.remove(path)
+    if isinstance(content, bytes):
+        open(path, "wb").write(content)
+    elif content is not None:
+        np.save(path, content)
+    argv = ["--noise_path", os.path.join(synthetic_root, "CIFAR-10_human.pt"), "--noise_type", "worst", "--run_dir", run_dir]
+    code, err = call(detection, argv, capsys)
+    assert code == 3 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_scripts_do_not_run_on_import():
+    import importlib
+
+    for name in ("blind_knowledge_dist_training", "learning", "detection"):
+        module = importlib.reload(importlib.import_module(name))
+        assert callable(module.main)
