@@ -17,7 +17,7 @@ from utils.runtime import resolve_device, set_global_seeds
 
 def build_parser():
     p = base_parser("Evaluate a BKD run on the clean test set (agreement of teacher and student).")
-    p.add_argument("--eval_batch_size", type=int, default=1024, help="batch size of the test pass")
+    p.add_argument("--eval_batch_size", type=int, default=256, help="batch size of the test pass")
     return p
 
 

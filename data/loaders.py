@@ -1,7 +1,7 @@
 """Batches of (image, label, index) for the engine, from two interchangeable input pipelines.
 
 * `DeviceLoader` (default, `--loader device`): the whole split lives on the
-  training device as one uint8 tensor; flip, padded random crop and
+  training device as one (pre-padded) uint8 tensor; flip, random crop and
   normalisation run as batched tensor operations with a seeded generator.
 * `TorchvisionLoader` (`--loader torchvision`): the original's pipeline, per-image
   PIL transforms in DataLoader worker processes.
@@ -18,29 +18,34 @@ PAD = 4
 CROP = 32
 
 
-def augment_batch(x, flip, offset_y, offset_x, pad_mode, flip_first):
-    """Random horizontal flip and 32x32 crop of a zero/reflect-padded float batch (B, C, 32, 32).
+def pad_images(x, pad_mode):
+    """Pad a uint8 batch (N, C, H, W) by 4 pixels on each side ('reflect' or 'constant' = zeros)."""
+    if pad_mode == "constant":
+        return F.pad(x, (PAD, PAD, PAD, PAD))
+    return F.pad(x.float(), (PAD, PAD, PAD, PAD), mode="reflect").to(x.dtype)
+
+
+def crop_flip(padded, flip, offset_y, offset_x, flip_first):
+    """Random horizontal flip and 32x32 crop of padded images (B, C, 40, 40), as one gather.
 
     `flip` (B,) bool, `offset_y`/`offset_x` (B,) ints in 0..8: the top/left corner of
-    the crop in the padded image, as torchvision's RandomCrop draws them.
+    the crop in the padded image, as torchvision's RandomCrop draws them. Padding is
+    symmetric, so flipping before the crop equals cropping at 8 - offset_x and then
+    flipping; a flip is a reversed column index.
     """
-    flip = flip[:, None, None, None]
+    batch, channels = padded.shape[:2]
+    span = torch.arange(CROP, device=padded.device)
     if flip_first:
-        x = torch.where(flip, x.flip(3), x)
-    padded = F.pad(x, (PAD, PAD, PAD, PAD), mode=pad_mode)
-    batch, channels = x.shape[:2]
-    span = torch.arange(CROP, device=x.device)
-    rows = (offset_y[:, None] + span)[:, None, :, None]
-    cols = (offset_x[:, None] + span)[:, None, None, :]
-    out = padded[
-        torch.arange(batch, device=x.device)[:, None, None, None],
-        torch.arange(channels, device=x.device)[None, :, None, None],
-        rows,
-        cols,
-    ]
-    if not flip_first:
-        out = torch.where(flip, out.flip(3), out)
-    return out
+        offset_x = torch.where(flip, 2 * PAD - offset_x, offset_x)
+    rows = offset_y[:, None] + span
+    cols = offset_x[:, None] + torch.where(flip[:, None], CROP - 1 - span, span)
+    out = padded.gather(2, rows[:, None, :, None].expand(batch, channels, CROP, padded.shape[3]))
+    return out.gather(3, cols[:, None, None, :].expand(batch, channels, CROP, CROP))
+
+
+def augment_batch(x, flip, offset_y, offset_x, pad_mode, flip_first):
+    """Flip and padded random crop of an unpadded batch (B, C, 32, 32), in the dataset's order."""
+    return crop_flip(pad_images(x, pad_mode), flip, offset_y, offset_x, flip_first)
 
 
 class DeviceLoader:
@@ -48,13 +53,17 @@ class DeviceLoader:
 
     def __init__(self, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, seed=0):
         self.device = torch.device(device)
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).contiguous()
+        self.augment = augment  # None or dict(pad_mode=..., flip_first=...)
+        # Augmented splits are padded once, up front, so a batch is one gather from uint8 memory.
+        self.images = pad_images(x, augment["pad_mode"]) if augment else x
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=self.device)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.augment = augment  # None or dict(pad_mode=..., flip_first=...)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        # ToTensor + Normalize as one multiply-add: x / 255 / std - mean / std
+        self.scale = 1.0 / (255.0 * std)
+        self.shift = -torch.tensor(mean, device=self.device).view(1, 3, 1, 1) / std
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
@@ -70,14 +79,14 @@ class DeviceLoader:
         order = torch.randperm(n, generator=g, device=dev) if self.shuffle else torch.arange(n, device=dev)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
-            x = self.images[idx].float().div_(255)
+            x = self.images[idx]
             if self.augment is not None:
                 b = len(idx)
                 flip = torch.rand(b, generator=g, device=dev) < 0.5
                 oy = torch.randint(0, 2 * PAD + 1, (b,), generator=g, device=dev)
                 ox = torch.randint(0, 2 * PAD + 1, (b,), generator=g, device=dev)
-                x = augment_batch(x, flip, oy, ox, **self.augment)
-            yield (x - self.mean) / self.std, self.labels[idx], idx
+                x = crop_flip(x, flip, oy, ox, self.augment["flip_first"])
+            yield torch.addcmul(self.shift, x.float(), self.scale), self.labels[idx], idx
 
     def state_dict(self):
         return {"generator": self.generator.get_state()}
