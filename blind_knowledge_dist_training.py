@@ -165,6 +165,7 @@ def train(args, device, run):
                 sample_alpha = group_alphas(state.groups, alphas, device)
                 report_split(state, detected, data.noisy != data.clean)
                 save_numpy(detected, run.file(ck.DETECTION))
+                save_numpy(state.stats[split_epoch]["full"], run.file(ck.AGREEMENT))
 
         if (epoch + 1) % args.noisy_val_freq == 0 or last:
             stop.check(f"epoch {epoch + 1}, validation")

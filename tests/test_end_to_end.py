@@ -36,7 +36,7 @@ def test_training_writes_every_output(trained):
     flags, results, stdout = trained
     run_dir = os.path.join(results, "cifar10_worst_seed_0")
     for name in ("teacher.pth.tar", "student.pth.tar", "teacher_last.pth.tar", "student_last.pth.tar", "detection.npy",
-                 "metrics.json", "state.pth.tar"):
+                 "agreement.npy", "metrics.json", "state.pth.tar"):
         assert os.path.exists(os.path.join(run_dir, name)), name
     detection = np.load(os.path.join(run_dir, "detection.npy"))
     assert detection.dtype == bool and detection.shape == (400,)
@@ -109,3 +109,42 @@ def test_help_lists_original_flags_with_defaults():
         for flag in ("--lr", "--val_ratio", "--noise_type", "--noise_path", "--dataset", "--n_epoch", "--seed",
                      "--print_freq", "--num_workers"):
             assert flag in text, (name, flag)
+
+
+def test_report_summary_and_plots(trained, tmp_path):
+    _, results, _ = trained
+    run_dir = os.path.join(results, "cifar10_worst_seed_0")
+    from utils import report
+
+    rows = report.summarise([run_dir])
+    assert rows[0]["label set"] == "worst" and rows[0]["seeds"] == 1
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert rows[0]["detection F1"] == f"{metrics['detection']['f1']:.3f}"
+    text = report.write_summary(rows, str(tmp_path / "summary"))
+    assert "| cifar10 | worst | default | 1 |" in text and os.path.exists(tmp_path / "summary.csv")
+    pytest.importorskip("matplotlib")
+    paths = report.plot_run(run_dir, truly_noisy=np.load(os.path.join(run_dir, "detection.npy")))
+    assert [os.path.basename(p) for p in paths] == ["confidence.png", "agreement.png", "accuracy.png"]
+    assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+def test_run_sh_runs_all_three_steps_and_fails_loudly(synthetic_root, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.cli import ROOT
+
+    env = dict(os.environ, PYTHON=sys.executable, BKD_DATA_ROOT=synthetic_root, RESULTS_DIR=str(tmp_path), NOISE_TYPES="aggre",
+               NOISE_PATH=os.path.join(synthetic_root, "CIFAR-10_human.pt"), DEVICE="cpu")
+    flags = ["--n_epoch", "2", "--width", "4", "--noisy_val_freq", "1", "--no_download"]
+    proc = subprocess.run(["bash", os.path.join(ROOT, "run.sh"), *flags], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "cifar10_aggre_seed_0"
+    assert "Best test acc selected by val is" in (run_dir / "learning.log").read_text()
+    assert "F1:" in (run_dir / "detection.log").read_text()
+    assert "Finished" in (run_dir / "training.log").read_text()
+    assert f"outputs in {run_dir}" in proc.stdout
+    env["NOISE_TYPES"] = "noisy100"
+    proc = subprocess.run(["bash", os.path.join(ROOT, "run.sh"), *flags], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "noisy100 belongs to cifar100" in proc.stderr and "run.sh: training of cifar10_noisy100_seed_0 failed" in proc.stderr

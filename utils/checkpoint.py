@@ -13,8 +13,9 @@ TEACHER, STUDENT = "teacher.pth.tar", "student.pth.tar"  # best by validation (t
 TEACHER_LAST, STUDENT_LAST = "teacher_last.pth.tar", "student_last.pth.tar"  # the last epoch
 STATE = "state.pth.tar"  # resumable state, rewritten after every epoch
 DETECTION = "detection.npy"
+AGREEMENT = "agreement.npy"  # the full-set statistic pA[y] that detection.npy splits
 METRICS = "metrics.json"
-RUN_ARTEFACTS = (STATE, TEACHER, STUDENT, TEACHER_LAST, STUDENT_LAST, DETECTION, METRICS, "train_subset.npy")
+RUN_ARTEFACTS = (STATE, TEACHER, STUDENT, TEACHER_LAST, STUDENT_LAST, DETECTION, AGREEMENT, METRICS, "train_subset.npy")
 
 
 def run_dir_name(dataset, noise_type, seed, preset="default"):

@@ -1,0 +1,185 @@
+"""Plots of one run and a summary table over runs, from the files in run directories.
+
+    python -m utils.report results/<run> [results/<run> ...] [--summary out/summary]
+
+Per run (matplotlib, optional): `confidence.png` (the student's mean top probability per
+warm-up epoch, overfitting epoch marked), `agreement.png` (histogram of the full-set
+agreement statistic with the Otsu threshold, the two means and the four groups, split by
+truly clean / truly noisy), `accuracy.png` (validation and test accuracy per epoch).
+With --summary: `<prefix>.md` and `<prefix>.csv`, one row per (dataset, label set, preset),
+mean ± std over seeds.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+GROUP_COLOURS = {1: "#1a9850", 2: "#91cf60", 3: "#fc8d59", 4: "#d73027"}
+
+
+def load_run(run_dir):
+    with open(os.path.join(run_dir, "metrics.json")) as fh:
+        return json.load(fh)
+
+
+def plot_run(run_dir, truly_noisy=None):
+    """Write the three figures of a run; returns their paths ([] without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install -r requirements-extra.txt)", file=sys.stderr)
+        return []
+    m = load_run(run_dir)
+    name = os.path.basename(os.path.normpath(run_dir))
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    tops = m["mean_top_student"]
+    ax.plot(range(1, len(tops) + 1), tops, marker="o", ms=3, label="student mean top probability")
+    if m.get("split_epoch"):
+        e = m["split_epoch"]
+        label = f"overfitting epoch {e}" if not m.get("split_fallback") else f"no peak: split at last epoch {e}"
+        ax.axvline(e, color="red", ls="--", label=label)
+    ax.set(xlabel="epoch (warm-up)", ylabel="mean max$_c$ $p_S$", title=name)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, run_dir, "confidence.png"))
+
+    agreement_path = os.path.join(run_dir, "agreement.npy")
+    if os.path.exists(agreement_path) and m.get("otsu_full"):
+        p = np.load(agreement_path)
+        split = m["otsu_full"]
+        from bkd.method import assign_groups
+
+        groups = assign_groups(p, split)
+        bins = np.linspace(0, 1, 101)
+        fig, axes = plt.subplots(1, 2 if truly_noisy is not None else 1, figsize=(10 if truly_noisy is not None else 6, 3.5),
+                                 squeeze=False)
+        subsets = [("all samples", np.ones(len(p), bool))]
+        if truly_noisy is not None:
+            subsets = [("truly clean labels", ~truly_noisy), ("truly noisy labels", truly_noisy)]
+        for ax, (title, mask) in zip(axes[0], subsets):
+            data = [p[mask & (groups == g)] for g in (1, 2, 3, 4)]
+            ax.hist(data, bins=bins, stacked=True, color=[GROUP_COLOURS[g] for g in (1, 2, 3, 4)],
+                    label=[f"G{g} ({len(d)})" for g, d in zip((1, 2, 3, 4), data)])
+            for value, style, label in ((split["threshold"], "-", "threshold"), (split["mu1"], ":", "mu1"), (split["mu2"], "--", "mu2")):
+                ax.axvline(value, color="black", ls=style, lw=1, label=f"{label} {value:.3f}")
+            ax.set(xlabel="agreed probability of the given label $p_A[y]$", ylabel="images", title=f"{name}: {title}")
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
+        paths.append(_save(fig, run_dir, "agreement.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("val_acc", "noisy validation"), ("test_acc", "clean test")):
+        if m.get(key):
+            epochs, acc = zip(*m[key])
+            ax.plot(epochs, acc, marker="o", ms=3, label=label)
+    if m.get("split_epoch"):
+        ax.axvline(m["split_epoch"], color="red", ls="--", lw=1, label="split")
+    ax.set(xlabel="epoch", ylabel="agreement accuracy (%)", title=name)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, run_dir, "accuracy.png"))
+    return paths
+
+
+def _save(fig, run_dir, filename):
+    path = os.path.join(run_dir, filename)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+SUMMARY_COLUMNS = [
+    ("overfit epoch", lambda m: m.get("overfit_epoch")),
+    ("test acc, best val (%)", lambda m: (m.get("learning") or {}).get("best_test_acc")),
+    ("test acc, last (%)", lambda m: (m.get("learning") or {}).get("last_test_acc", (m.get("test_acc") or [[None, None]])[-1][1])),
+    ("detection precision", lambda m: (m.get("detection") or {}).get("precision")),
+    ("detection recall", lambda m: (m.get("detection") or {}).get("recall")),
+    ("detection F1", lambda m: (m.get("detection") or {}).get("f1")),
+]
+
+
+def summarise(run_dirs):
+    """Rows of mean ± std over seeds, one per (dataset, noise type, preset)."""
+    groups = defaultdict(list)
+    for run_dir in run_dirs:
+        m = load_run(run_dir)
+        c = m["config"]
+        groups[(c["dataset"], c["noise_type"], c.get("preset", "default"))].append(m)
+    rows = []
+    for (dataset, noise_type, preset), runs in sorted(groups.items()):
+        row = {"dataset": dataset, "label set": noise_type, "preset": preset, "seeds": len(runs)}
+        for column, get in SUMMARY_COLUMNS:
+            values = [get(m) for m in runs if get(m) is not None]
+            row[column] = _mean_std(values)
+        rows.append(row)
+    return rows
+
+
+def _mean_std(values):
+    if not values:
+        return "n/a"
+    values = np.asarray(values, dtype=float)
+    digits = 2 if values.max() > 1.5 else 3
+    return f"{values.mean():.{digits}f}" + (f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else "")
+
+
+def write_summary(rows, prefix):
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    header = list(rows[0])
+    with open(prefix + ".csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+    with open(prefix + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def _truth(run_dir, m):
+    """The true noise mask of a run's images when its label file is at hand, else None."""
+    c = m["config"]
+    try:
+        from data.labels import load_noisy_labels
+        from data.setup import saved_subset
+
+        noisy, clean = load_noisy_labels(c["dataset"], c["noise_type"], c.get("noise_path"), download=False)
+    except Exception:
+        return None
+    subset = saved_subset(run_dir)
+    if subset is not None:
+        noisy, clean = noisy[subset], clean[subset]
+    return noisy != clean
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run directories (holding metrics.json)")
+    p.add_argument("--summary", help="write <SUMMARY>.md and <SUMMARY>.csv over all runs")
+    p.add_argument("--no_plots", action="store_true")
+    args = p.parse_args(argv)
+    missing = [r for r in args.runs if not os.path.exists(os.path.join(r, "metrics.json"))]
+    if missing:
+        p.error(f"no metrics.json in {', '.join(missing)}; pass run directories of finished trainings")
+    if not args.no_plots:
+        for run_dir in args.runs:
+            for path in plot_run(run_dir, _truth(run_dir, load_run(run_dir))):
+                print(f"wrote {path}")
+    if args.summary:
+        print(write_summary(summarise(args.runs), args.summary))
+        print(f"wrote {args.summary}.md and {args.summary}.csv")
+
+
+if __name__ == "__main__":
+    main()
