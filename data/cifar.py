@@ -69,12 +69,12 @@ def _load_npz(name, path):
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
             if missing:
-                raise DataError(f"{path}: missing array(s) {', '.join(missing)}; see README 'Data formats'")
+                raise DataError(f"{path}: missing array(s) {', '.join(missing)}; see README, 'Data'")
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except DataError:
         raise
     except Exception as err:  # zipfile / numpy format errors
-        raise DataError(f"{path}: not a readable .npz array file ({err}); see README 'Data formats'") from None
+        raise DataError(f"{path}: not a readable .npz array file ({err}); see README, 'Data'") from None
     return ImageSet(name, source=path, **arrays)
 
 
@@ -84,7 +84,7 @@ def _load_torchvision(name, data_root, download):
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     hint = (
         f"put the official {cls.base_folder} folder in {data_root}, or a prepared array file "
-        f"{os.path.join(data_root, name + '.npz')} (README 'Data formats'); --data_root or ${DATA_ROOT_ENV} sets the folder"
+        f"{os.path.join(data_root, name + '.npz')} (README, 'Data'); --data_root or ${DATA_ROOT_ENV} sets the folder"
     )
     try:
         train = cls(data_root, train=True, download=download)

@@ -148,3 +148,32 @@ def test_run_sh_runs_all_three_steps_and_fails_loudly(synthetic_root, tmp_path):
     proc = subprocess.run(["bash", os.path.join(ROOT, "run.sh"), *flags], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "noisy100 belongs to cifar100" in proc.stderr and "run.sh: training of cifar10_noisy100_seed_0 failed" in proc.stderr
+
+
+def test_original_pipeline_reaches_the_same_accuracy(trained, synthetic_root, tmp_path):
+    """--loader torchvision (PIL workers) and the default device pipeline: same method, same accuracy within noise."""
+    flags, results, _ = trained
+    run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, str(tmp_path), loader="torchvision", num_workers=2),
+        cwd=str(tmp_path))
+    device_acc = json.load(open(os.path.join(results, "cifar10_worst_seed_0", "metrics.json")))["test_acc"][-1][1]
+    pil = json.load(open(os.path.join(tmp_path, "cifar10_worst_seed_0", "metrics.json")))
+    assert pil["config"]["loader"] == "torchvision"
+    assert pil["test_acc"][-1][1] > 40 and abs(pil["test_acc"][-1][1] - device_acc) <= 15
+
+
+def test_cifar100_path(tmp_path):
+    """CIFAR-100: 100 classes, zero padding, crop before flip, its own label keys."""
+    from tests.synthetic import write_dataset
+
+    root = str(tmp_path / "data100")
+    _, label_path = write_dataset(root, dataset="cifar100", n_train=300, n_test=100)
+    flags = tiny_flags(root, str(tmp_path), dataset="cifar100", noise_type="noisy100", noise_path=label_path, n_epoch=2,
+                       width=4, noisy_val_freq=1)
+    out = run("blind_knowledge_dist_training.py", *flags, cwd=str(tmp_path)).stdout
+    assert "No overfitting epoch found in 2 epochs" in out
+    run_dir = tmp_path / "cifar100_noisy100_seed_0"
+    assert np.load(run_dir / "detection.npy").shape == (300,)
+    assert torch.load(run_dir / "teacher.pth.tar", weights_only=True)["num_classes"] == 100
+    common = ["--dataset", "cifar100", "--noise_type", "noisy100", "--results_dir", str(tmp_path), "--no_download"]
+    assert "Best test acc selected by val is" in run("learning.py", *common, "--data_root", root, cwd=str(tmp_path)).stdout
+    assert "F1:" in run("detection.py", *common, "--noise_path", label_path, cwd=str(tmp_path)).stdout

@@ -87,6 +87,9 @@ class RunDir:
             if err.errno in (errno.EAGAIN, errno.EACCES):
                 raise RunDirError(f"{self.path} is in use by another training process; wait for it or use another --seed/--results_dir") from None
             raise
+        for name in os.listdir(self.path):  # temporary files of a writer killed mid-save (we hold the lock)
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.remove(self.file(name))
         existing = self.existing_artefacts()
         if resume:
             if not os.path.exists(self.file(STATE)):
