@@ -26,7 +26,7 @@ from utils.runtime import resolve_device, rng_state, set_global_seeds, set_rng_s
 # Flags whose value must match when a run is resumed.
 RESUME_MUST_MATCH = (
     "dataset", "noise_type", "seed", "lr", "val_ratio", "n_epoch", "batch_size", "momentum", "weight_decay",
-    "alpha1", "alpha2", "alpha3", "alpha4", "width", "subset", "lr_step", "noisy_val_freq",
+    "alpha1", "alpha2", "alpha3", "alpha4", "width", "subset", "lr_step", "noisy_val_freq", "detach_robust_target",
 )
 
 
@@ -52,6 +52,7 @@ def build_parser():
     p.add_argument("--no_amp", action="store_true", help="CUDA: train in fp32 instead of bf16/fp16 mixed precision")
     p.add_argument("--no_channels_last", action="store_true", help="keep the NCHW memory format (channels-last is faster on CUDA and CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks")
+    p.add_argument("--detach_robust_target", action="store_true", help="not the original: no gradient from the robust target into the student")
     p.add_argument("--legacy_cifar100_val_norm", action="store_true", help="normalise the CIFAR-100 validation set with CIFAR-10 statistics, as the original")
     return p
 
@@ -143,7 +144,7 @@ def train(args, device, run):
         last = epoch == args.n_epoch - 1
         phase = "warm-up" if state.warmup else "robust"
         out = train_epoch(net_t, net_s, train_loader, optimizer, precision, epoch=epoch, n_epoch=args.n_epoch,
-                          sample_alpha=sample_alpha, print_freq=args.print_freq, channels_last=channels_last, stop=stop, log=log)
+                          sample_alpha=sample_alpha, detach_target=args.detach_robust_target, print_freq=args.print_freq, channels_last=channels_last, stop=stop, log=log)
         scheduler.step()
         log(f"Epoch {epoch + 1} ({phase}): loss {out['loss']:.4f}, naive loss {out['naive']:.4f}, compensation loss "
             f"{out['comp']:.4f}, student mean top probability {out['mean_top_student']:.4f}")

@@ -166,9 +166,10 @@ def main():
     p.add_argument("--folds", type=int, default=3, help="cross-validation folds for cleanlab's out-of-sample probabilities")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cifar10n_small"))
+    p.add_argument("--runs_dir", default=None, help="where the BKD run directories go (default <out>_runs)")
     ARGS = args = p.parse_args()
     start = time.time()
-    results = [run_label_set(ls, args, args.out + "_runs") for ls in args.label_sets]
+    results = [run_label_set(ls, args, args.runs_dir or args.out + "_runs") for ls in args.label_sets]
     text = table(results)
     command = " ".join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:])
     report = {"command": command, "wall_seconds": time.time() - start, "preset": QUICK, "folds": args.folds,

@@ -74,8 +74,10 @@ def forward_pair(teacher, student, x, precision, channels_last=False):
 
 
 def train_epoch(teacher, student, loader, optimizer, precision, *, epoch, n_epoch, sample_alpha=None,
-                print_freq=50, channels_last=False, stop=None, log=print):
+                detach_target=False, print_freq=50, channels_last=False, stop=None, log=print):
     """One epoch. Warm-up when `sample_alpha` is None, else the robust phase with per-sample alphas.
+
+    `detach_target` (not the original) stops the robust target's gradient into the student.
 
     Returns dict(mean_top_student, label_agreement (per-sample pA[y], warm-up only), loss, naive, comp).
     """
@@ -97,7 +99,7 @@ def train_epoch(teacher, student, loader, optimizer, precision, *, epoch, n_epoc
         if warmup:
             naive = F.cross_entropy(zt, y)
         else:
-            naive = soft_cross_entropy(zt, robust_targets(y, ps, sample_alpha[idx]))
+            naive = soft_cross_entropy(zt, robust_targets(y, ps.detach() if detach_target else ps, sample_alpha[idx]))
         loss = naive + comp
         precision.step(loss, optimizer)
         with torch.no_grad():

@@ -143,3 +143,25 @@ def test_soft_cross_entropy_equals_hard_for_one_hot():
     z = torch.randn(5, 4)
     y = torch.tensor([0, 1, 2, 3, 0])
     assert soft_cross_entropy(z, F.one_hot(y, 4).float()).item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-6)
+
+
+def test_detached_robust_target_option_stops_student_gradient():
+    """--detach_robust_target (not the original): the target no longer trains the student."""
+    from bkd.engine import Precision, train_epoch
+    from data.loaders import DeviceLoader
+    from models import PreResNet18
+
+    images = np.random.RandomState(0).randint(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(8) % 10
+    grads = {}
+    for detach in (False, True):
+        torch.manual_seed(0)
+        teacher, student = PreResNet18(10, 4), PreResNet18(10, 4)
+        loader = DeviceLoader(images, labels, batch_size=8, device="cpu", mean=(0, 0, 0), std=(1, 1, 1))
+        # lr 0: no update, so the student's gradient of the last step is what the loss gave it
+        opt = torch.optim.SGD(list(teacher.parameters()) + list(student.parameters()), lr=0.0)
+        train_epoch(teacher, student, loader, opt, Precision(torch.device("cpu")), epoch=0, n_epoch=1,
+                    sample_alpha=torch.full((8,), 0.7), detach_target=detach, log=lambda *a: None)
+        grads[detach] = student.linear.weight.grad.clone()
+    # the compensation loss still trains the student either way; the target adds gradient only when attached
+    assert grads[True].abs().sum() > 0 and not torch.allclose(grads[False], grads[True])
