@@ -144,7 +144,8 @@ def train(args, device, run):
         last = epoch == args.n_epoch - 1
         phase = "warm-up" if state.warmup else "robust"
         out = train_epoch(net_t, net_s, train_loader, optimizer, precision, epoch=epoch, n_epoch=args.n_epoch,
-                          sample_alpha=sample_alpha, detach_target=args.detach_robust_target, print_freq=args.print_freq, channels_last=channels_last, stop=stop, log=log)
+                          sample_alpha=sample_alpha, detach_target=args.detach_robust_target, print_freq=args.print_freq,
+                          channels_last=channels_last, stop=stop, log=log)
         scheduler.step()
         log(f"Epoch {epoch + 1} ({phase}): loss {out['loss']:.4f}, naive loss {out['naive']:.4f}, compensation loss "
             f"{out['comp']:.4f}, student mean top probability {out['mean_top_student']:.4f}")
@@ -216,6 +217,9 @@ def report_split(state, detected, truly_noisy):
     log(f"Otsu split of epoch {state.split_epoch + 1} (full set, detection): mu1 {f['mu1']:.4f}, mu2 {f['mu2']:.4f}, "
         f"sigma1 {f['sigma1']:.4f}, sigma2 {f['sigma2']:.4f}, threshold {f['threshold']:.3f}; "
         f"{int(detected.sum())} of {len(detected)} labels flagged as noisy")
+    if truly_noisy.any():
+        d = detection_scores(detected, truly_noisy)
+        log(f"Detection against the clean labels: precision {d['precision']:.4f}, recall {d['recall']:.4f}, F1 {d['f1']:.4f}")
 
 
 def metrics(args, state, data, epochs_done):

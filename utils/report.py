@@ -129,7 +129,7 @@ def _mean_std(values):
     if not values:
         return "n/a"
     values = np.asarray(values, dtype=float)
-    digits = 2 if values.max() > 1.5 else 3
+    digits = 0 if np.all(values == np.round(values)) else 2 if values.max() > 1.5 else 3
     return f"{values.mean():.{digits}f}" + (f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else "")
 
 
