@@ -26,7 +26,7 @@ def pad_images(x, pad_mode):
 
 
 def crop_flip(padded, flip, offset_y, offset_x, flip_first):
-    """Random horizontal flip and 32x32 crop of padded images (B, C, 40, 40), as one gather.
+    """Random horizontal flip and 32x32 crop of padded images (B, C, 40, 40), as two gathers (rows, columns).
 
     `flip` (B,) bool, `offset_y`/`offset_x` (B,) ints in 0..8: the top/left corner of
     the crop in the padded image, as torchvision's RandomCrop draws them. Padding is
@@ -55,7 +55,7 @@ class DeviceLoader:
         self.device = torch.device(device)
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).contiguous()
         self.augment = augment  # None or dict(pad_mode=..., flip_first=...)
-        # Augmented splits are padded once, up front, so a batch is one gather from uint8 memory.
+        # Augmented splits are padded once, up front, so a batch is two gathers from uint8 memory.
         self.images = pad_images(x, augment["pad_mode"]) if augment else x
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=self.device)
         self.batch_size = batch_size
