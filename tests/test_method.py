@@ -165,3 +165,18 @@ def test_detached_robust_target_option_stops_student_gradient():
         grads[detach] = student.linear.weight.grad.clone()
     # the compensation loss still trains the student either way; the target adds gradient only when attached
     assert grads[True].abs().sum() > 0 and not torch.allclose(grads[False], grads[True])
+
+
+def test_stop_flag_turns_signals_into_a_resumable_error():
+    import signal
+
+    from bkd.engine import StopFlag
+    from utils.errors import Interrupted
+
+    flag = StopFlag()
+    flag.check("anywhere")  # no signal yet: nothing happens
+    flag._handler(signal.SIGINT, None)
+    with pytest.raises(Interrupted, match="SIGINT received during epoch 3.*--resume"):
+        flag.check("epoch 3")
+    with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
+        flag._handler(signal.SIGINT, None)

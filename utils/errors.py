@@ -42,6 +42,11 @@ def run_cli(main, argv=None):
         sys.stdout.flush()
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(err.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        sys.stdout.flush()
+        print("error: interrupted; the run directory keeps the last completed epoch (rerun with --resume)",
+              file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def first_line(err):
