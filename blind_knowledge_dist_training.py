@@ -147,6 +147,7 @@ def train(args, device, run):
                           sample_alpha=sample_alpha, detach_target=args.detach_robust_target, print_freq=args.print_freq,
                           channels_last=channels_last, stop=stop, log=log)
         scheduler.step()
+        state.mean_top_all.append(out["mean_top_student"])
         log(f"Epoch {epoch + 1} ({phase}): loss {out['loss']:.4f}, naive loss {out['naive']:.4f}, compensation loss "
             f"{out['comp']:.4f}, student mean top probability {out['mean_top_student']:.4f}")
 
@@ -227,6 +228,7 @@ def metrics(args, state, data, epochs_done):
         "config": {k: v for k, v in vars(args).items()},
         "epochs_completed": epochs_done,
         "mean_top_student": state.mean_top_student,
+        "mean_top_student_all_epochs": state.mean_top_all,
         "overfit_epoch": None if state.overfit_epoch is None else state.overfit_epoch + 1,
         "split_epoch": None if state.split_epoch is None else state.split_epoch + 1,
         "split_fallback": state.split_epoch is not None and state.overfit_epoch is None,

@@ -13,7 +13,8 @@ STAT_WINDOW = 4
 
 @dataclass
 class MethodState:
-    mean_top_student: list = field(default_factory=list)  # m_e per warm-up epoch
+    mean_top_student: list = field(default_factory=list)  # m_e per warm-up epoch (what the overfitting rule sees)
+    mean_top_all: list = field(default_factory=list)  # m_e of every epoch, warm-up and robust (for the report)
     stats: dict = field(default_factory=dict)  # epoch -> {"train": pA[y], "full": pA[y]}, last STAT_WINDOW
     overfit_epoch: int = None  # the detected overfitting epoch (None until found)
     split_epoch: int = None  # the epoch whose statistics were split (overfit epoch, or the last as fallback)

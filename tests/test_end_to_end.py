@@ -42,6 +42,10 @@ def test_training_writes_every_output(trained):
     assert detection.dtype == bool and detection.shape == (400,)
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert metrics["epochs_completed"] == 8 and len(metrics["mean_top_student"]) >= 6
+    # every epoch's printed confidence is kept; the warm-up part is what the overfitting rule saw
+    printed = [float(v) for v in re.findall(r"student mean top probability ([\d.]+)", stdout)]
+    assert metrics["mean_top_student_all_epochs"] == pytest.approx(printed, abs=1e-4) and len(printed) == 8
+    assert metrics["mean_top_student_all_epochs"][:len(metrics["mean_top_student"])] == metrics["mean_top_student"]
     assert metrics["detection"]["flagged"] == int(detection.sum())
     assert sum(metrics["group_sizes"]) == 360  # 400 images, 10 % validation
     best = torch.load(os.path.join(run_dir, "teacher.pth.tar"), weights_only=True)

@@ -3,7 +3,7 @@
     python -m utils.report results/<run> [results/<run> ...] [--summary out/summary]
 
 Per run (matplotlib, optional): `confidence.png` (the student's mean top probability per
-warm-up epoch, overfitting epoch marked), `agreement.png` (histogram of the full-set
+epoch, warm-up and robust phase, overfitting epoch marked), `agreement.png` (histogram of the full-set
 agreement statistic with the Otsu threshold, the two means and the four groups, split by
 truly clean / truly noisy), `accuracy.png` (validation and test accuracy per epoch).
 With --summary: `<prefix>.md` and `<prefix>.csv`, one row per (dataset, label set, preset),
@@ -42,12 +42,16 @@ def plot_run(run_dir, truly_noisy=None):
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     tops = m["mean_top_student"]
-    ax.plot(range(1, len(tops) + 1), tops, marker="o", ms=3, label="student mean top probability")
+    ax.plot(range(1, len(tops) + 1), tops, marker="o", ms=3, label="warm-up (what the overfitting rule sees)")
+    robust = m.get("mean_top_student_all_epochs", [])[len(tops):]
+    if robust:
+        ax.plot(range(len(tops), len(tops) + len(robust) + 1), [tops[-1]] + robust, marker="o", ms=3, color="grey",
+                label="robust phase")
     if m.get("split_epoch"):
         e = m["split_epoch"]
         label = f"overfitting epoch {e}" if not m.get("split_fallback") else f"no peak: split at last epoch {e}"
         ax.axvline(e, color="red", ls="--", label=label)
-    ax.set(xlabel="epoch (warm-up)", ylabel="mean max$_c$ $p_S$", title=name)
+    ax.set(xlabel="epoch", ylabel="student mean max$_c$ $p_S$ (training batches)", title=name)
     ax.legend(fontsize=8)
     paths.append(_save(fig, run_dir, "confidence.png"))
 
