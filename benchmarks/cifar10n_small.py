@@ -104,7 +104,7 @@ def run_label_set(label_set, args, runs_dir, log=print):
     bkd, seconds = run_bkd(label_set, args, runs_dir)
     result["bkd"] = {"test_acc_best_val": bkd["learning"]["best_test_acc"], "test_acc_last": bkd["learning"]["last_test_acc"],
                      "detection": bkd["detection"], "overfit_epoch": bkd["overfit_epoch"],
-                     "split_fallback": bkd["split_fallback"], "seconds": seconds}
+                     "split_fallback": bkd["split_fallback"], "split_epoch": bkd["split_epoch"], "seconds": seconds}
 
     log(f"[{label_set}] cross-entropy baseline")
     tr, va = data.train_pos, data.val_pos
@@ -144,7 +144,7 @@ def table(results):
     for r in results:
         head = f"{r['label_set']} ({100 * r['noise_rate']:.1f} %)"
         b, c = r["bkd"], r["ce"]
-        split = f"overfit epoch {b['overfit_epoch']}" if not b["split_fallback"] else "no peak (fallback)"
+        split = f"overfit epoch {b['overfit_epoch']}" if not b["split_fallback"] else f"no peak, split at epoch {b['split_epoch']}"
         lines.append(f"| {head} | BKD ({split}) | {b['test_acc_best_val']:.2f} | {b['test_acc_last']:.2f} | "
                      + " | ".join(f"{b['detection'][k]:.3f}" for k in ("precision", "recall", "f1")) + f" | {b['seconds']:.0f} s |")
         lines.append(f"| {head} | cross-entropy | {c['test_acc_best_val']:.2f} | {c['test_acc_last']:.2f} | | | | {c['seconds']:.0f} s |")
