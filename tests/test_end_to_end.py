@@ -181,3 +181,22 @@ def test_cifar100_path(tmp_path):
     common = ["--dataset", "cifar100", "--noise_type", "noisy100", "--results_dir", str(tmp_path), "--no_download"]
     assert "Best test acc selected by val is" in run("learning.py", *common, "--data_root", root, cwd=str(tmp_path)).stdout
     assert "F1:" in run("detection.py", *common, "--noise_path", label_path, cwd=str(tmp_path)).stdout
+
+
+def test_summary_is_mean_and_std_over_seeds(tmp_path):
+    from utils import report
+
+    def write(seed, overfit, f1, best):
+        d = tmp_path / f"cifar10_aggre_seed_{seed}_quick"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({
+            "config": {"dataset": "cifar10", "noise_type": "aggre", "preset": "quick"}, "overfit_epoch": overfit,
+            "detection": {"precision": 0.5, "recall": 0.5, "f1": f1}, "learning": {"best_test_acc": best, "last_test_acc": best},
+            "test_acc": [[40, best]]}))
+        return str(d)
+
+    rows = report.summarise([write(0, 10, 0.2, 50.0), write(1, None, 0.4, 60.0)])
+    assert len(rows) == 1 and rows[0]["seeds"] == 2
+    assert rows[0]["detection F1"] == "0.300 ± 0.141"  # sample std of 0.2 and 0.4
+    assert rows[0]["test acc, best val (%)"] == "55 ± 7"  # whole numbers keep no decimals
+    assert rows[0]["overfit epoch"] == "10 (1 of 2 runs)"  # a run without a peak is not averaged in silently

@@ -124,7 +124,7 @@ def summarise(run_dirs):
         row = {"dataset": dataset, "label set": noise_type, "preset": preset, "seeds": len(runs)}
         for column, get in SUMMARY_COLUMNS:
             values = [get(m) for m in runs if get(m) is not None]
-            row[column] = _mean_std(values)
+            row[column] = _mean_std(values) + (f" ({len(values)} of {len(runs)} runs)" if 0 < len(values) < len(runs) else "")
         rows.append(row)
     return rows
 
