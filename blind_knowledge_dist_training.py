@@ -1,42 +1,49 @@
-"""Train teacher and student with Blind Knowledge Distillation on CIFAR-N (spec sections 2-5).
+"""Train teacher and student with Blind Knowledge Distillation on CIFAR-N (spec sections 2-5 and 7).
 
 Read top to bottom: flags, data, networks, then the epoch loop (warm-up until the
 overfitting epoch is found, then the robust phase), writing checkpoints,
 detection.npy, metrics.json and a resumable state into the run directory.
+Standard output carries the original's lines (0-based epochs); ours start with `[bkd] `.
 """
-import os
 import time
 
 import numpy as np
 import torch
 
-from bkd.engine import Precision, StopFlag, evaluate, group_alphas, train_epoch
+from bkd.engine import (CPU_CHANNELS_LAST_MIN_WIDTH, Precision, StopFlag, evaluate, group_alphas, train_epoch,
+                        use_channels_last)
+from bkd.method import first_detectable_epoch
 from bkd.state import MethodState
 from data.cifar import DATASETS, dataset_info
 from data.loaders import make_loader
-from data.setup import load_run_data
+from data.setup import SUBSET_FILE, load_run_data
 from models import PreResNet18
 from utils import checkpoint as ck
+from utils import logfmt
 from utils.cli import base_parser, parse, require_positive, require_unit_interval
 from utils.errors import DataError, UsageError, first_line, run_cli
-from utils.files import save_json, save_numpy, save_torch
+from utils.files import portable, save_json, save_numpy, save_torch
 from utils.metrics import detection_scores
-from utils.runtime import resolve_device, rng_state, set_global_seeds, set_rng_state
+from utils.runtime import machine_info, resolve_device, rng_state, set_global_seeds, set_rng_state
+from utils.trace import TraceRecorder, run_config, state_sha256, tensor_sha256
 
 # Flags whose value must match when a run is resumed.
 RESUME_MUST_MATCH = (
     "dataset", "noise_type", "seed", "lr", "val_ratio", "n_epoch", "batch_size", "momentum", "weight_decay",
     "alpha1", "alpha2", "alpha3", "alpha4", "width", "subset", "lr_step", "noisy_val_freq", "detach_robust_target",
+    "reference", "overfitting_epoch",
 )
+PATH_FLAGS = ("data_root", "noise_path", "results_dir", "run_dir", "trace")
 
 
 def build_parser():
     p = base_parser("Blind Knowledge Distillation training (teacher + student).")
+    p.set_defaults(print_freq=100)  # the original training script's default
     p.add_argument("--batch_size", type=int, default=128, help="training batch size")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
-    p.add_argument("--clean_test_freq", type=int, default=10, help="report clean test accuracy every this many epochs (and the last)")
-    p.add_argument("--noisy_val_freq", type=int, default=10, help="validate (and keep the best checkpoint) every this many epochs (and the last)")
+    p.add_argument("--clean_test_freq", type=int, default=10, help="report clean test accuracy at epochs e %% freq == 0 (and the last)")
+    p.add_argument("--noisy_val_freq", type=int, default=10, help="validate (and keep the best checkpoint) at epochs e %% freq == 0 (and the last)")
     p.add_argument("--alpha1", type=float, default=0.30, help="robust-phase alpha of group 1 (most trusted)")
     p.add_argument("--alpha2", type=float, default=0.45, help="robust-phase alpha of group 2")
     p.add_argument("--alpha3", type=float, default=0.55, help="robust-phase alpha of group 3")
@@ -49,9 +56,12 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run directory")
     p.add_argument("--loader", choices=("device", "torchvision"), default="device", help="input pipeline: batched on the device, or the original's PIL workers")
     p.add_argument("--eval_batch_size", type=int, default=0, help="batch size of evaluation passes (0 = 1024 on CUDA, 256 on CPU)")
-    p.add_argument("--no_amp", action="store_true", help="CUDA: train in fp32 instead of bf16/fp16 mixed precision")
+    p.add_argument("--amp", action="store_true", help="CUDA: bf16/fp16 mixed precision (not yet validated against fp32 at full scale)")
     p.add_argument("--no_channels_last", action="store_true", help="keep the NCHW memory format (channels-last is faster on CUDA and CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks")
+    p.add_argument("--overfitting_epoch", type=int, default=None,
+                   help="skip the confidence rule and split at this (0-based) epoch, acted upon when the rule could first have found it")
+    p.add_argument("--trace", type=str, default=None, help="write the run's trace (golden-trace schema) to this JSON file")
     p.add_argument("--detach_robust_target", action="store_true", help="not the original: no gradient from the robust target into the student")
     p.add_argument("--legacy_cifar100_val_norm", action="store_true", help="normalise the CIFAR-100 validation set with CIFAR-10 statistics, as the original")
     return p
@@ -68,9 +78,22 @@ def check_args(args):
         raise UsageError("--resume and --overwrite contradict each other; pick one")
     if args.num_workers < 0:
         raise UsageError(f"--num_workers {args.num_workers} must be >= 0")
+    if args.overfitting_epoch is not None:
+        acted = first_detectable_epoch(args.overfitting_epoch)
+        if args.overfitting_epoch < 0 or acted >= args.n_epoch:
+            raise UsageError(f"--overfitting_epoch {args.overfitting_epoch} would be acted upon after epoch {acted}, "
+                             f"outside 0..{args.n_epoch - 1}; give an epoch below {args.n_epoch - 5} or more --n_epoch")
+    if args.reference:
+        clash = [f"--{k}" for k in ("amp", "compile", "detach_robust_target") if getattr(args, k)]
+        if clash:
+            raise UsageError(f"--reference runs the original's computation; drop {', '.join(clash)}")
+        # The original's computation: PIL transforms in DataLoader workers, every loader at the training batch
+        # size, fp32 NCHW, its SGD call, autograd on in evaluation, CIFAR-10 statistics for CIFAR-100's validation set.
+        args.loader, args.eval_batch_size, args.no_channels_last, args.legacy_cifar100_val_norm = \
+            "torchvision", args.batch_size, True, True
 
 
-def log(message):
+def log(message=""):
     print(message, flush=True)
 
 
@@ -86,14 +109,38 @@ def main(argv=None):
 
 
 def train(args, device, run):
+    time_start = time.time()
     set_global_seeds(args.seed)
+    log(logfmt.device_line(device))
+    log(str(device))
     info = dataset_info(args.dataset)
     if not args.eval_batch_size:
         args.eval_batch_size = 1024 if device.type == "cuda" else 256
     data = load_run_data(args)
+    for line in data.banner():
+        log(line)
     num_classes = info["num_classes"]
 
-    # Three views of the training images (spec section 2) and the clean test set.
+    # Teacher, then student: the same architecture, one SGD optimiser over both (spec section 3).
+    log(logfmt.BUILDING)
+    teacher = PreResNet18(num_classes, args.width).to(device)
+    student = PreResNet18(num_classes, args.width).to(device)
+    log(logfmt.BUILT)
+    init_hashes = (state_sha256(teacher), state_sha256(student)) if args.trace else None
+    channels_last = use_channels_last(not args.no_channels_last, device, args.width)
+    if channels_last != (not args.no_channels_last):
+        log(logfmt.ours(f"width {args.width} < {CPU_CHANNELS_LAST_MIN_WIDTH} on the CPU: NCHW instead of channels-last "
+                        "(oneDNN's 1x1 kernels fail on narrow channels-last convolutions; README, 'Performance')"))
+    if channels_last:
+        teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
+    optimizer = torch.optim.SGD(list(teacher.parameters()) + list(student.parameters()), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay, foreach=None if args.reference else True)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=0.1)
+    precision = Precision(device, amp=args.amp)
+    net_t, net_s = (torch.compile(teacher), torch.compile(student)) if args.compile else (teacher, student)
+
+    # Four views, built in the original's order: the full training set (for detection, with the
+    # training augmentation), the training split, the noisy validation split and the clean test set.
     augment = {"pad_mode": info["pad_mode"], "flip_first": info["flip_first"]}
     norm = {"mean": info["mean"], "std": info["std"]}
     val_norm = dict(norm)
@@ -101,96 +148,141 @@ def train(args, device, run):
         val_norm = {"mean": DATASETS["cifar10"]["mean"], "std": DATASETS["cifar10"]["std"]}
     common = {"device": device, "seed": args.seed, "num_workers": args.num_workers}
     x_full = data.x_full
+    full_loader = make_loader(args.loader, x_full, data.noisy, batch_size=args.eval_batch_size, augment=augment, **norm, **common)
     train_loader = make_loader(args.loader, x_full[data.train_pos], data.noisy[data.train_pos], batch_size=args.batch_size,
                                shuffle=True, augment=augment, **norm, **common)
-    full_loader = make_loader(args.loader, x_full, data.noisy, batch_size=args.eval_batch_size, augment=augment, **norm, **common)
     val_loader = (
         make_loader(args.loader, x_full[data.val_pos], data.noisy[data.val_pos], batch_size=args.eval_batch_size, **val_norm, **common)
         if len(data.val_pos) else train_loader  # --val_ratio 0: select on the training loader, as the original
     )
     test_loader = make_loader(args.loader, data.images.x_test, data.images.y_test, batch_size=args.eval_batch_size, **norm, **common)
-    loaders = {"train": train_loader, "full": full_loader, "val": val_loader, "test": test_loader}
-
-    # Teacher and student: the same architecture, one SGD optimiser over both (spec section 3).
-    teacher = PreResNet18(num_classes, args.width).to(device)
-    student = PreResNet18(num_classes, args.width).to(device)
-    channels_last = not args.no_channels_last
-    if channels_last:
-        teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
-    optimizer = torch.optim.SGD(list(teacher.parameters()) + list(student.parameters()), lr=args.lr,
-                                momentum=args.momentum, weight_decay=args.weight_decay, foreach=True)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=0.1)
-    precision = Precision(device, enabled=not args.no_amp)
-    net_t, net_s = (torch.compile(teacher), torch.compile(student)) if args.compile else (teacher, student)
+    loaders = {"full": full_loader, "train": train_loader, "val": val_loader, "test": test_loader}
 
     state, start_epoch = MethodState(), 0
     if args.resume:
         state, start_epoch = restore(run, args, teacher, student, optimizer, scheduler, precision, loaders)
-        log(f"Resumed {run.path} after epoch {start_epoch} of {args.n_epoch}")
+        log(logfmt.ours(f"resumed {portable(run.path)} after epoch {start_epoch - 1} of 0..{args.n_epoch - 1}"))
     else:
         run.clear()  # --overwrite: only now that data and networks are ready
         if args.subset:
-            save_numpy(data.subset, run.file("train_subset.npy"))
-    log(f"BKD training: {args.dataset} {args.noise_type}, seed {args.seed}, {len(data.train_pos)} training / "
-        f"{len(data.val_pos)} validation / {len(data.noisy)} detection images, PreResNet18 width {args.width}, "
-        f"device {device} ({precision.name}), loader {args.loader}, run directory {run.path}")
+            save_numpy(data.subset, run.file(SUBSET_FILE))
+    recorder = TraceRecorder(args.trace, resume_epoch=start_epoch) if args.trace else None
+    if recorder is not None and not start_epoch:
+        recorder.config(**run_config(args, data, init_hashes))
+    log(logfmt.ours(f"{args.dataset} {args.noise_type}, seed {args.seed}: {len(data.train_pos)} training / "
+                    f"{len(data.val_pos)} validation / {len(data.noisy)} detection images, PreResNet18 width {args.width}, "
+                    f"device {device} ({precision.name}), {'reference mode' if args.reference else 'loader ' + args.loader}, "
+                    f"run directory {portable(run.path)}"))
     alphas = (args.alpha1, args.alpha2, args.alpha3, args.alpha4)
     sample_alpha = None if state.warmup else group_alphas(state.groups, alphas, device)
+    truly_noisy = data.noisy != data.clean
     stop = StopFlag().install()
-    total_start = time.time()
+
+    def save_pair(teacher_name, student_name, epoch, kind):
+        ck.save_model(teacher, run.file(teacher_name), epoch, num_classes, args.width)
+        ck.save_model(student, run.file(student_name), epoch, num_classes, args.width)
+        if recorder is not None:
+            recorder.checkpoint(kind, epoch, teacher, student)
+
+    def split(epoch, now, fallback):
+        """Otsu-split the statistics of `epoch` (after epoch `now`): training groups, detection.npy (spec 4.6)."""
+        nonlocal sample_alpha
+        detected = state.split_at(epoch)
+        sample_alpha = group_alphas(state.groups, alphas, device)
+        for which, result in (("training split", state.split), ("full set", state.full_split)):
+            if fallback:  # not the original's split, so not its lines
+                log(logfmt.ours(f"fallback Otsu split of epoch {epoch} ({which}): up_mean {result['mu2']:0.5f}, up_sigma "
+                                f"{result['sigma2']:0.5f}, lo_mean {result['mu1']:0.5f}, lo_sigma {result['sigma1']:0.5f}, "
+                                f"thresh {result['threshold']:0.5f}"))
+            else:
+                for line in logfmt.otsu_block(result):
+                    log(line)
+        save_numpy(detected, run.file(ck.DETECTION))
+        save_numpy(state.stats[epoch]["full"], run.file(ck.AGREEMENT))
+        sizes = np.bincount(state.groups, minlength=5)[1:]
+        log(logfmt.ours(f"split of epoch {epoch}: training groups G1-G4 {sizes.tolist()}; "
+                        f"{int(detected.sum())} of {len(detected)} labels flagged as noisy (detection.npy)"))
+        if truly_noisy.any():
+            d = detection_scores(detected, truly_noisy)
+            log(logfmt.ours(f"detection against the clean labels: precision {d['precision']:.4f}, recall {d['recall']:.4f}, "
+                            f"F1 {d['f1']:.4f}"))
+        if recorder is not None:
+            recorder.split(state.overfit_epoch, None if fallback else now, state.stats[epoch]["train"], state.split,
+                           state.groups, state.stats[epoch]["full"], state.full_split, state.full_groups,
+                           fallback_epoch=epoch if fallback else None)
+            recorder.detection(run.file(ck.DETECTION), detected)
 
     for epoch in range(start_epoch, args.n_epoch):
         epoch_start = time.time()
         last = epoch == args.n_epoch - 1
         phase = "warm-up" if state.warmup else "robust"
+        if recorder is not None:
+            recorder.start_epoch()
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "mean_max_student_prob": None}
+        log(logfmt.epoch_start(epoch))
         out = train_epoch(net_t, net_s, train_loader, optimizer, precision, epoch=epoch, n_epoch=args.n_epoch,
-                          sample_alpha=sample_alpha, detach_target=args.detach_robust_target, print_freq=args.print_freq,
-                          channels_last=channels_last, stop=stop, log=log)
-        scheduler.step()
+                          num_classes=num_classes, sample_alpha=sample_alpha, detach_target=args.detach_robust_target,
+                          print_freq=args.print_freq, channels_last=channels_last, stop=stop, log=log, recorder=recorder)
         state.mean_top_all.append(out["mean_top_student"])
-        log(f"Epoch {epoch + 1} ({phase}): loss {out['loss']:.4f}, naive loss {out['naive']:.4f}, compensation loss "
-            f"{out['comp']:.4f}, student mean top probability {out['mean_top_student']:.4f}")
 
         if state.warmup:
-            # The full-set statistic, kept per warm-up epoch for detection (spec 4.5).
-            stop.check(f"epoch {epoch + 1}, full-set pass")
-            _, full_stat = evaluate(net_t, net_s, full_loader, precision, channels_last)
-            found = state.record_warmup_epoch(epoch, out["mean_top_student"], out["label_agreement"], full_stat)
-            split_epoch = None
+            probs = out["probs"].cpu().numpy()
+            row.update(mean_max_student_prob=out["mean_top_student"], train_agreement_sha256=tensor_sha256(probs[2]),
+                       train_teacher_prob_sha256=tensor_sha256(probs[0]), train_student_prob_sha256=tensor_sha256(probs[1]))
+            found = state.end_warmup_epoch(epoch, out["mean_top_student"], probs[2], forced=args.overfitting_epoch)
             if found is not None:
-                log(f"Overfitting epoch found: {found + 1} (student confidence peak); robust phase from epoch {epoch + 2}")
-                split_epoch = found
-            elif last:
-                log(f"No overfitting epoch found in {args.n_epoch} epochs; splitting at the last epoch {epoch + 1} instead")
-                split_epoch = epoch
-            if split_epoch is not None:
-                detected = state.split_at(split_epoch)
-                sample_alpha = group_alphas(state.groups, alphas, device)
-                report_split(state, detected, data.noisy != data.clean)
-                save_numpy(detected, run.file(ck.DETECTION))
-                save_numpy(state.stats[split_epoch]["full"], run.file(ck.AGREEMENT))
+                # The student's confidence peaked at `found`: split its statistics now (no full-set pass this epoch).
+                row["overfitting_epoch_found"] = found
+                for line in logfmt.overfitting_block(found):
+                    log(line)
+                split(found, epoch, fallback=False)
+            else:
+                # The full-set statistic, kept per warm-up epoch for detection (spec 4.5).
+                stop.check(f"epoch {epoch}, full-set pass")
+                _, full_stat = evaluate(net_t, net_s, full_loader, precision, channels_last, description="full set")
+                state.add_full_stat(epoch, full_stat.cpu().numpy())
+                row["full_agreement_sha256"] = tensor_sha256(full_stat)
+                if last:
+                    log(logfmt.ours(f"no overfitting epoch found in epochs 0..{epoch}; splitting the last epoch's statistics instead"))
+                    split(epoch, epoch, fallback=True)
 
-        if (epoch + 1) % args.noisy_val_freq == 0 or last:
-            stop.check(f"epoch {epoch + 1}, validation")
-            acc, _ = evaluate(net_t, net_s, val_loader, precision, channels_last)
-            state.val_acc.append([epoch + 1, acc])
-            log(f"Epoch {epoch + 1}: noisy validation accuracy {acc:.4f} %")
+        if epoch % args.noisy_val_freq == 0 or last:
+            stop.check(f"epoch {epoch}, validation")
+            acc, _ = evaluate(net_t, net_s, val_loader, precision, channels_last, autograd=args.reference, description="validation")
+            row["val_acc"] = acc
+            state.val_acc.append([epoch, acc])
             if acc > state.best_val:
-                state.best_val, state.best_epoch = acc, epoch + 1
-                ck.save_model(teacher, run.file(ck.TEACHER), epoch + 1, num_classes, args.width)
-                ck.save_model(student, run.file(ck.STUDENT), epoch + 1, num_classes, args.width)
-                log(f"New best validation accuracy {acc:.4f} %: saved {ck.TEACHER} and {ck.STUDENT}")
-        if (epoch + 1) % args.clean_test_freq == 0 or last:
-            stop.check(f"epoch {epoch + 1}, test")
-            acc, _ = evaluate(net_t, net_s, test_loader, precision, channels_last)
-            state.test_acc.append([epoch + 1, acc])
-            log(f"Epoch {epoch + 1}: clean test accuracy {acc:.4f} %")
+                log(logfmt.new_best(state.best_val, state.best_epoch))
+                state.best_val, state.best_epoch = acc, epoch
+                save_pair(ck.TEACHER, ck.STUDENT, epoch, "best_val")
+            log(logfmt.validation(epoch, acc, state.best_val, state.best_epoch))
+        if epoch % args.clean_test_freq == 0 or last:
+            stop.check(f"epoch {epoch}, test")
+            acc, _ = evaluate(net_t, net_s, test_loader, precision, channels_last, autograd=args.reference, description="test")
+            row["test_acc"] = acc
+            state.test_acc.append([epoch, acc])
+            if acc > state.best_test:
+                state.best_test, state.best_test_epoch = acc, epoch
+            log(logfmt.test(epoch, acc, state.best_test, state.best_test_epoch))
         if last:
-            ck.save_model(teacher, run.file(ck.TEACHER_LAST), epoch + 1, num_classes, args.width)
-            ck.save_model(student, run.file(ck.STUDENT_LAST), epoch + 1, num_classes, args.width)
+            if args.reference:  # the original overwrites the best-by-validation checkpoint here (spec section 6)
+                save_pair(ck.TEACHER, ck.STUDENT, epoch, "end_of_training")
+            elif not run.has(ck.TEACHER):  # no validation accuracy above 0: the last epoch is the best there is
+                log(logfmt.ours(f"no validation accuracy above 0; {ck.TEACHER} / {ck.STUDENT} hold the last epoch"))
+                save_pair(ck.TEACHER, ck.STUDENT, epoch, "best_val")
+            ck.save_model(teacher, run.file(ck.TEACHER_LAST), epoch, num_classes, args.width)
+            ck.save_model(student, run.file(ck.STUDENT_LAST), epoch, num_classes, args.width)
+            if recorder is not None and not args.reference:
+                recorder.checkpoint("end_of_training", epoch, teacher, student)
+            log(logfmt.END_SAVE)
 
         state.epoch_seconds.append(time.time() - epoch_start)
-        log(f"Epoch {epoch + 1} took {state.epoch_seconds[-1]:.1f} s (total {time.time() - total_start:.1f} s)")
+        log(logfmt.ours(f"epoch {epoch} ({phase}): loss {out['loss']:.4f}, naive loss {out['naive']:.4f}, compensation "
+                        f"loss {out['comp']:.4f}, student mean top probability {out['mean_top_student']:.4f}, "
+                        f"{state.epoch_seconds[-1]:.1f} s"))
+        log(logfmt.elapsed(epoch, time.time() - time_start))
+        log()
+        scheduler.step()
         save_torch({
             "epoch": epoch + 1,
             "args": {k: getattr(args, k) for k in RESUME_MUST_MATCH},
@@ -204,40 +296,30 @@ def train(args, device, run):
             "rng": rng_state(),
         }, run.file(ck.STATE))
         save_json(metrics(args, state, data, epoch + 1), run.file(ck.METRICS))
+        if recorder is not None:
+            recorder.epoch(row, teacher, student)
+            recorder.save()
 
-    log(f"Finished: best noisy validation accuracy {state.best_val:.4f} % at epoch {state.best_epoch}; "
-        f"outputs in {run.path}")
-
-
-def report_split(state, detected, truly_noisy):
-    s, f = state.split, state.full_split
-    sizes = np.bincount(state.groups, minlength=5)[1:]
-    log(f"Otsu split of epoch {state.split_epoch + 1} (training set): mu1 {s['mu1']:.4f}, mu2 {s['mu2']:.4f}, "
-        f"sigma1 {s['sigma1']:.4f}, sigma2 {s['sigma2']:.4f}, threshold {s['threshold']:.3f}; "
-        f"groups G1 {sizes[0]}, G2 {sizes[1]}, G3 {sizes[2]}, G4 {sizes[3]}")
-    log(f"Otsu split of epoch {state.split_epoch + 1} (full set, detection): mu1 {f['mu1']:.4f}, mu2 {f['mu2']:.4f}, "
-        f"sigma1 {f['sigma1']:.4f}, sigma2 {f['sigma2']:.4f}, threshold {f['threshold']:.3f}; "
-        f"{int(detected.sum())} of {len(detected)} labels flagged as noisy")
-    if truly_noisy.any():
-        d = detection_scores(detected, truly_noisy)
-        log(f"Detection against the clean labels: precision {d['precision']:.4f}, recall {d['recall']:.4f}, F1 {d['f1']:.4f}")
+    log(logfmt.ours(f"finished: best noisy validation accuracy {state.best_val:.2f} % at epoch {state.best_epoch}; "
+                    f"outputs in {portable(run.path)}"))
 
 
 def metrics(args, state, data, epochs_done):
     return {
-        "config": {k: v for k, v in vars(args).items()},
+        "config": {k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()},
+        "machine": machine_info(),
         "epochs_completed": epochs_done,
         "mean_top_student": state.mean_top_student,
         "mean_top_student_all_epochs": state.mean_top_all,
-        "overfit_epoch": None if state.overfit_epoch is None else state.overfit_epoch + 1,
-        "split_epoch": None if state.split_epoch is None else state.split_epoch + 1,
+        "overfit_epoch": state.overfit_epoch,
+        "split_epoch": state.split_epoch,
         "split_fallback": state.split_epoch is not None and state.overfit_epoch is None,
         "otsu_train": state.split,
         "otsu_full": state.full_split,
         "group_sizes": None if state.groups is None else np.bincount(state.groups, minlength=5)[1:].tolist(),
         "val_acc": state.val_acc,
         "test_acc": state.test_acc,
-        "best_val_acc": state.best_val if state.best_epoch else None,
+        "best_val_acc": state.best_val if state.val_acc else None,
         "best_epoch": state.best_epoch,
         "epoch_seconds": state.epoch_seconds,
         "noise_rate": float(np.mean(data.noisy != data.clean)),

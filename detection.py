@@ -1,15 +1,20 @@
-"""Detection task: score a run's detection.npy against the true noise mask (spec section 5)."""
+"""Detection task: score a run's detection.npy against the true noise mask (spec section 5).
+
+Prints the original's start-up lines and its five lines (number flagged, number truly
+noisy, precision, recall, F-score), then ours, prefixed `[bkd] `.
+"""
 import os
 
 import numpy as np
 
-from data.labels import load_noisy_labels
-from data.setup import saved_subset
+from data.setup import load_run_labels
 from utils import checkpoint as ck
+from utils import logfmt
 from utils.cli import base_parser, parse
 from utils.errors import DataError, run_cli
 from utils.files import update_json
 from utils.metrics import detection_scores
+from utils.runtime import set_global_seeds
 
 
 def load_detection(path, expected_len):
@@ -28,20 +33,20 @@ def load_detection(path, expected_len):
 
 def main(argv=None):
     args = parse(base_parser("Score the label-noise detection of a BKD run (precision, recall, F1)."), argv)
+    set_global_seeds(args.seed)
     run_dir = ck.resolve_run_dir(args)
     # Needs no images: the training run already checked the file's clean labels against them.
-    noisy, clean = load_noisy_labels(args.dataset, args.noise_type, args.noise_path, download=not args.no_download)
-    subset = saved_subset(run_dir)
-    if subset is not None:
-        noisy, clean = noisy[subset], clean[subset]
+    labels, subset, lines = load_run_labels(args, run_dir, val_ratio=0.0)
+    for line in lines:
+        print(line)
+    noisy, clean = (labels.noisy, labels.clean) if subset is None else (labels.noisy[subset], labels.clean[subset])
     flagged = load_detection(os.path.join(run_dir, ck.DETECTION), len(noisy))
-    scores = detection_scores(flagged, noisy != clean)
-    print(f"Number of flagged samples: {scores['flagged']}")
-    print(f"Number of truly noisy samples: {scores['truly_noisy']}")
-    print(f"Precision: {scores['precision']:.4f}")
-    print(f"Recall: {scores['recall']:.4f}")
-    print(f"F1: {scores['f1']:.4f}")
-    update_json(os.path.join(run_dir, ck.METRICS), {"detection": scores})
+    s = detection_scores(flagged, noisy != clean)
+    for line in logfmt.detection(s["flagged"], s["truly_noisy"], s["precision"], s["recall"], s["f1"]):
+        print(line)
+    print(logfmt.ours(f"{s['flagged']} of {len(flagged)} labels flagged, {s['truly_noisy']} truly noisy: precision "
+                      f"{s['precision']:.4f}, recall {s['recall']:.4f}, F1 {s['f1']:.4f}"))
+    update_json(os.path.join(run_dir, ck.METRICS), {"detection": s})
 
 
 if __name__ == "__main__":

@@ -1,23 +1,28 @@
-"""Learning task: clean test accuracy of a trained run's teacher-student agreement (spec section 5)."""
+"""Learning task: clean test accuracy of a trained run's teacher-student agreement (spec section 5).
+
+Prints the original's start-up lines and its `Best test acc selected by val is <acc>` line
+(for teacher.pth.tar / student.pth.tar), then ours, prefixed `[bkd] `, for the last epoch.
+"""
 import os
 
-import torch
-
 from bkd.engine import Precision, evaluate
-from data.cifar import dataset_info
+from data.cifar import dataset_info, load_images
 from data.loaders import make_loader
-from data.setup import load_run_data
+from data.setup import load_run_labels
 from models import PreResNet18
 from utils import checkpoint as ck
+from utils import logfmt
 from utils.cli import base_parser, parse
 from utils.errors import DataError, run_cli
 from utils.files import update_json
 from utils.runtime import resolve_device, set_global_seeds
 
+ORIGINAL_TEST_BATCH = 64  # the original's learning.py evaluates at batch 64
+
 
 def build_parser():
     p = base_parser("Evaluate a BKD run on the clean test set (agreement of teacher and student).")
-    p.add_argument("--eval_batch_size", type=int, default=256, help="batch size of the test pass")
+    p.add_argument("--eval_batch_size", type=int, default=256, help=f"batch size of the test pass ({ORIGINAL_TEST_BATCH} with --reference)")
     return p
 
 
@@ -33,25 +38,35 @@ def load_pair(run_dir, teacher_name, student_name, device):
 
 def main(argv=None):
     args = parse(build_parser(), argv)
-    device = resolve_device(args.device)
-    run_dir = ck.resolve_run_dir(args)
     set_global_seeds(args.seed)
-    teacher, student, ckpt = load_pair(run_dir, ck.TEACHER, ck.STUDENT, device)
+    device = resolve_device(args.device)
+    print(logfmt.device_line(device))
+    run_dir = ck.resolve_run_dir(args)
+    _, _, lines = load_run_labels(args, run_dir, args.val_ratio)
+    for line in lines:
+        print(line)
     info = dataset_info(args.dataset)
+    print(logfmt.BUILDING)
+    teacher, student, ckpt = load_pair(run_dir, ck.TEACHER, ck.STUDENT, device)
+    print(logfmt.BUILT)
     if ckpt["state_dict"]["linear.weight"].shape[0] != info["num_classes"]:
         raise DataError(f"{run_dir}: checkpoints have {ckpt['state_dict']['linear.weight'].shape[0]} classes, "
                         f"--dataset {args.dataset} has {info['num_classes']}")
-    images = load_run_data(args, with_labels=False)
-    test_loader = make_loader("device", images.x_test, images.y_test, batch_size=args.eval_batch_size, device=device,
-                              mean=info["mean"], std=info["std"])
+    images = load_images(args.dataset, args.data_root, download=not args.no_download)
+    test_loader = make_loader("torchvision" if args.reference else "device", images.x_test, images.y_test,
+                              batch_size=ORIGINAL_TEST_BATCH if args.reference else args.eval_batch_size, device=device,
+                              mean=info["mean"], std=info["std"], num_workers=args.num_workers)
     precision = Precision(device)
-    best_acc, _ = evaluate(teacher, student, test_loader, precision)
-    print(f"Best test acc selected by val is {best_acc}")
+    best_acc, _ = evaluate(teacher, student, test_loader, precision, autograd=args.reference, description="test")
+    print(logfmt.learning(best_acc))
+    print(logfmt.ours(f"{ck.TEACHER} / {ck.STUDENT} are from epoch {ckpt.get('epoch')}"), flush=True)
     results = {"best_epoch": ckpt.get("epoch"), "best_test_acc": best_acc}
     if os.path.exists(os.path.join(run_dir, ck.TEACHER_LAST)):
         teacher, student, last = load_pair(run_dir, ck.TEACHER_LAST, ck.STUDENT_LAST, device)
-        last_acc, _ = evaluate(teacher, student, test_loader, precision)
-        print(f"Last epoch ({last.get('epoch')}) test acc is {last_acc}")
+        last_acc = best_acc  # the same weights when the best epoch is the last (always with --reference)
+        if last.get("epoch") != ckpt.get("epoch"):
+            last_acc, _ = evaluate(teacher, student, test_loader, precision, autograd=args.reference, description="test")
+        print(logfmt.ours(f"last epoch ({last.get('epoch')}) test acc is {last_acc}"))
         results.update(last_epoch=last.get("epoch"), last_test_acc=last_acc)
     update_json(os.path.join(run_dir, ck.METRICS), {"learning": results})
 

@@ -33,7 +33,8 @@ from data.setup import load_run_data  # noqa: E402
 from models import PreResNet18  # noqa: E402
 from utils.cli import PRESETS  # noqa: E402
 from utils.metrics import detection_scores  # noqa: E402
-from utils.runtime import set_global_seeds  # noqa: E402
+from utils.files import portable  # noqa: E402
+from utils.runtime import machine_info, set_global_seeds  # noqa: E402
 
 INFO = DATASETS["cifar10"]
 AUG = {"pad_mode": INFO["pad_mode"], "flip_first": INFO["flip_first"]}
@@ -72,9 +73,9 @@ def train_cross_entropy(x, y, seed, evaluate=None, log=print):
             loss.backward()
             opt.step()
         sched.step()
-        if evaluate and ((epoch + 1) % QUICK["noisy_val_freq"] == 0 or epoch + 1 == QUICK["n_epoch"]):
-            history.append([epoch + 1, *evaluate(model)])
-            log(f"  CE epoch {epoch + 1}: val {history[-1][1]:.2f} %, test {history[-1][2]:.2f} %")
+        if evaluate and (epoch % QUICK["noisy_val_freq"] == 0 or epoch == QUICK["n_epoch"] - 1):  # 0-based, as BKD
+            history.append([epoch, *evaluate(model)])
+            log(f"  CE epoch {epoch}: val {history[-1][1]:.2f} %, test {history[-1][2]:.2f} %")
     return model, history
 
 
@@ -126,6 +127,8 @@ def run_label_set(label_set, args, runs_dir, log=print):
         pred_probs[held] = probabilities(model, x[held], noisy[held])
         log(f"  fold {fold + 1}/{args.folds} done")
     cv_seconds = time.time() - start
+    if args.save_probs:  # out-of-sample probabilities, for benchmarks/custom_label_issues.py
+        np.save(os.path.join(args.save_probs, f"cv_probs_{label_set}_seed_{args.seed}.npy"), pred_probs)
     from cleanlab.filter import find_label_issues
 
     flagged = find_label_issues(labels=noisy, pred_probs=pred_probs)
@@ -160,25 +163,28 @@ def table(results):
 def main():
     global ARGS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_root", default=os.environ.get("BKD_DATA_ROOT", os.path.expanduser("~/data")))
+    p.add_argument("--data_root", default=os.environ.get("BKD_DATA_ROOT", "~/data"))
     p.add_argument("--noise_path", default=os.environ.get("NOISE_PATH", "./data/CIFAR-10_human.pt"))
     p.add_argument("--label_sets", nargs="+", default=["aggre", "worst"])
     p.add_argument("--folds", type=int, default=3, help="cross-validation folds for cleanlab's out-of-sample probabilities")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cifar10n_small"))
     p.add_argument("--runs_dir", default=None, help="where the BKD run directories go (default <out>_runs)")
+    p.add_argument("--save_probs", default=None, help="folder for the cross-validated probabilities (cv_probs_<label set>_seed_<s>.npy)")
     ARGS = args = p.parse_args()
     start = time.time()
     results = [run_label_set(ls, args, args.runs_dir or args.out + "_runs") for ls in args.label_sets]
     text = table(results)
-    command = " ".join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:])
-    report = {"command": command, "wall_seconds": time.time() - start, "preset": QUICK, "folds": args.folds,
-              "results": results, "table": text}
+    command = " ".join(["python", portable(os.path.abspath(sys.argv[0]))] + [portable(a) for a in sys.argv[1:]])
+    report = {"command": command, "machine": machine_info(), "wall_seconds": time.time() - start, "preset": QUICK,
+              "folds": args.folds, "results": results, "table": text}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as fh:
         json.dump(report, fh, indent=2)
     with open(args.out + ".md", "w") as fh:
-        fh.write(f"Command: `{command}` (wall time {report['wall_seconds'] / 60:.1f} min)\n\n{text}\n")
+        m = report["machine"]
+        fh.write(f"Command: `{command}` (wall time {report['wall_seconds'] / 60:.1f} min; {m['cpu_model']}, "
+                 f"{m['cpu_capability']}, {m['num_threads']} threads, torch {m['versions']['torch']})\n\n{text}\n")
     print(text)
     print(f"written to {args.out}.md / .json")
 

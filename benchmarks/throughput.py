@@ -13,7 +13,6 @@ $BKD_DATA_ROOT/cifar10.npz when present, else random images (speed does not depe
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import torch  # noqa: E402
 
 from data.cifar import DATASETS  # noqa: E402
 from data.loaders import make_loader  # noqa: E402
+from utils.runtime import machine_info  # noqa: E402
 
 INFO = DATASETS["cifar10"]
 AUG = {"pad_mode": INFO["pad_mode"], "flip_first": INFO["flip_first"]}
@@ -79,7 +79,7 @@ def case_epoch(kind, n, batch_size, workers, width, fast_arithmetic):
     times = []
     for epoch in range(2):  # the first epoch warms up the allocator; report the second
         start = time.perf_counter()
-        train_epoch(teacher, student, train, optimizer, precision, epoch=epoch, n_epoch=2, print_freq=10**9, log=quiet,
+        train_epoch(teacher, student, train, optimizer, precision, epoch=epoch, n_epoch=2, num_classes=10, print_freq=10**9, log=quiet,
                     channels_last=fast_arithmetic)
         evaluate(teacher, student, full, precision, channels_last=fast_arithmetic)
         times.append(time.perf_counter() - start)
@@ -116,9 +116,8 @@ def main():
     if args.case:
         return child(args.case, json.loads(args.case_args))
 
-    torch_threads = torch.get_num_threads()
     results = {"command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]), "images": images(1)[2],
-               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch_threads} threads",
+               "machine": machine_info(),
                "batch_size": args.batch_size, "workers": args.workers}
     epoch = dict(n=args.images, batch_size=args.batch_size, workers=args.workers, width=args.width)
     for kind in ("torchvision", "device"):
@@ -143,7 +142,9 @@ def main():
          f"{results['epoch_torchvision']['peak_rss_mib']:.0f} + {results['epoch_torchvision']['peak_worker_rss_mib']:.0f}",
          f"{results['epoch_device']['peak_rss_mib']:.0f}", ""),
     ]
-    print(f"{results['machine']}; batch {args.batch_size}; original-style pipeline with {args.workers} workers")
+    m = results["machine"]
+    print(f"{m['cpu_model']} ({m['cpu_capability']}), {m['cpu_count']} CPUs, {m['num_threads']} threads, torch "
+          f"{m['versions']['torch']}; batch {args.batch_size}; original-style pipeline with {args.workers} workers")
     print(f"| {'measure':<48} | {'original-style':>14} | {'device':>10} | {'ratio':>6} |")
     print(f"|{'-' * 50}|{'-' * 16}|{'-' * 12}|{'-' * 8}|")
     for row in rows:

@@ -1,26 +1,28 @@
 """One epoch of BKD training and the evaluation passes, wiring the pieces of bkd.method.
 
-Statistics stay on the training device; values are read back to the host only
-when a progress line is printed or the epoch ends.
+The order of operations inside an iteration is the original's (spec section 7), so the
+same code serves the default mode and the reference mode; the modes differ only in the
+loader, the optimiser call, the memory format and the precision handed in here.
+Statistics stay on the training device; values are read back to the host only when a
+progress line is printed, a trace is recorded, or the epoch ends.
 """
 import contextlib
-import math
 import signal
+import sys
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from bkd.method import agreement, compensation_loss, label_probability, robust_targets, soft_cross_entropy
+from bkd.method import agreement, compensation_loss, label_probability, one_hot, robust_targets, teacher_loss
+from utils import logfmt
 from utils.errors import DivergedError, Interrupted
 
 
 class Precision:
-    """Mixed precision on CUDA (bf16 where supported, else fp16 with gradient scaling); fp32 elsewhere."""
+    """fp32 by default (as the original); with `amp` on CUDA, bf16 where supported, else fp16 with gradient scaling."""
 
-    def __init__(self, device, enabled=True):
+    def __init__(self, device, amp=False):
         self.device_type = device.type
-        self.enabled = enabled and device.type == "cuda"
+        self.enabled = amp and device.type == "cuda"
         self.dtype = torch.float32
         if self.enabled:
             self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -32,7 +34,7 @@ class Precision:
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
     def step(self, loss, optimizer):
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
         self.scaler.update()
@@ -65,6 +67,27 @@ class StopFlag:
                               "continue it by running the same command with --resume")
 
 
+# oneDNN's 1x1 backward-weights kernel for channels-last inputs on x86 CPUs writes past its workspace when the
+# convolution has fewer input channels than its vector block (8 on AVX2, 16 on AVX-512): it hangs, crashes or
+# returns wrong gradients (uxlfoundation/oneDNN#6035, seen here on AVX2). PreResNet18's narrowest 1x1
+# convolution (the first projection shortcut) has `width` input channels.
+CPU_CHANNELS_LAST_MIN_WIDTH = 16
+
+
+def use_channels_last(requested, device, width):
+    """Channels-last when requested, except on a CPU with a network too narrow for oneDNN's 1x1 kernels."""
+    return requested and (device.type != "cpu" or width >= CPU_CHANNELS_LAST_MIN_WIDTH)
+
+
+def progress(iterable, description, total=None):
+    """A tqdm bar on stderr when stderr is a terminal; the plain iterable otherwise (never in a log)."""
+    if not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=description, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
 def forward_pair(teacher, student, x, precision, channels_last=False):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -73,55 +96,62 @@ def forward_pair(teacher, student, x, precision, channels_last=False):
     return zt.float(), zs.float()
 
 
-def train_epoch(teacher, student, loader, optimizer, precision, *, epoch, n_epoch, sample_alpha=None,
-                detach_target=False, print_freq=50, channels_last=False, stop=None, log=print):
+def train_epoch(teacher, student, loader, optimizer, precision, *, epoch, n_epoch, num_classes, sample_alpha=None,
+                detach_target=False, print_freq=100, channels_last=False, stop=None, log=print, recorder=None):
     """One epoch. Warm-up when `sample_alpha` is None, else the robust phase with per-sample alphas.
 
     `detach_target` (not the original) stops the robust target's gradient into the student.
-
-    Returns dict(mean_top_student, label_agreement (per-sample pA[y], warm-up only), loss, naive, comp).
+    Returns dict(mean_top_student (a float32 value, as the original accumulates it), probs (3, N):
+    the teacher's, student's and agreed probability of each sample's label, loss, naive, comp (epoch means)).
     """
     teacher.train()
     student.train()
     device = next(teacher.parameters()).device
     n = loader.num_samples
     warmup = sample_alpha is None
-    stat = torch.full((n,), math.nan, device=device) if warmup else None
-    sums = torch.zeros(4, device=device)  # loss, naive, comp, sum of max pS
+    probs = torch.zeros(3, n, device=device)  # pT[y], pS[y], pA[y] by sample index
+    sum_max_student = 0  # running float32 sum of max_c pS, as the original
+    sums = torch.zeros(3, device=device)  # loss, naive, comp, weighted by batch size (our epoch summary)
     first_bad = torch.tensor(-1, device=device)
-    iters = len(loader)
-    for i, (x, y, idx) in enumerate(loader):
+    last_iter = n // loader.batch_size  # the original prints len(train set) // batch size as the last iteration
+    bar = progress(loader, f"epoch {epoch}", total=len(loader))
+    printed = i = 0
+    for i, (x, y, idx) in enumerate(bar):
         if stop is not None:
-            stop.check(f"epoch {epoch + 1}, iteration {i + 1}")
+            stop.check(f"epoch {epoch}, iteration {i}")
         zt, zs = forward_pair(teacher, student, x, precision, channels_last)
-        pt, ps = zt.softmax(1), zs.softmax(1)
-        comp = compensation_loss(zt, zs, y)
-        if warmup:
-            naive = F.cross_entropy(zt, y)
-        else:
-            naive = soft_cross_entropy(zt, robust_targets(y, ps.detach() if detach_target else ps, sample_alpha[idx]))
+        onehot = one_hot(y, num_classes)
+        comp = compensation_loss(zt, zs, onehot)
+        ps, pt = zs.softmax(dim=1), zt.softmax(dim=1)
+        with torch.no_grad():
+            probs[:, idx] = torch.stack([label_probability(p, y) for p in (pt, ps, agreement(pt, ps))])
+            sum_max_student = sum_max_student + ps.max(dim=1)[0].sum()
+        target = onehot if warmup else robust_targets(onehot, ps.detach() if detach_target else ps, sample_alpha[idx])
+        naive = teacher_loss(zt, target)
         loss = naive + comp
         precision.step(loss, optimizer)
         with torch.no_grad():
-            if warmup:
-                stat[idx] = label_probability(agreement(pt, ps), y)
-            batch = torch.stack([loss * len(y), naive * len(y), comp * len(y), ps.max(1).values.sum()])
-            sums += batch.detach()
+            sums += torch.stack([loss, naive, comp]) * len(y)
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
-        if (i + 1) % print_freq == 0:
+        if recorder is not None:
+            recorder.iteration(epoch, i, idx, x, y, target, loss, naive, comp)
+        if i % print_freq == 0:
             _check_finite(first_bad, epoch)
-            log(
-                "Epoch [%d/%d], Iter [%d/%d] Loss: %.4f, Naive Loss: %.4f, Compensation Loss: %.4f"
-                % (epoch + 1, n_epoch, i + 1, iters, loss.item(), naive.item(), comp.item())
-            )
+            printed = i
+            log(logfmt.iteration(epoch, n_epoch, i, last_iter, loss.item(), naive.item(), comp.item()))
+            if bar is not loader:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
     _check_finite(first_bad, epoch)
+    if printed != i:
+        log(logfmt.iteration(epoch, n_epoch, i, last_iter, loss.item(), naive.item(), comp.item()))
+    log("")
     totals = (sums / n).tolist()
     return {
+        "mean_top_student": (sum_max_student / n).item(),
+        "probs": probs,
         "loss": totals[0],
         "naive": totals[1],
         "comp": totals[2],
-        "mean_top_student": totals[3],
-        "label_agreement": stat.cpu().numpy() if warmup else None,
     }
 
 
@@ -129,28 +159,33 @@ def _check_finite(first_bad, epoch):
     bad = int(first_bad)
     if bad >= 0:
         raise DivergedError(
-            f"non-finite loss at epoch {epoch + 1}, iteration {bad + 1}; stopped before saving it, the run "
+            f"non-finite loss at epoch {epoch}, iteration {bad}; stopped before saving it, the run "
             "directory keeps the last good epoch (lower --lr, or --resume to retry from it)"
         )
 
 
-@torch.inference_mode()
-def evaluate(teacher, student, loader, precision, channels_last=False):
-    """Eval-mode pass: (agreement accuracy in %, per-sample agreed probability of the given label)."""
+def evaluate(teacher, student, loader, precision, channels_last=False, autograd=False, description="evaluation"):
+    """Eval-mode pass: (agreement accuracy in %, per-sample agreed probability of the given label, float32).
+
+    `autograd=True` keeps autograd on, as the original's evaluation does (reference mode).
+    """
     teacher.eval()
     student.eval()
     device = next(teacher.parameters()).device
     correct = torch.zeros((), dtype=torch.long, device=device)
-    stat = torch.empty(loader.num_samples, device=device)
-    for x, y, idx in loader:
-        zt, zs = forward_pair(teacher, student, x, precision, channels_last)
-        pa = agreement(zt.softmax(1), zs.softmax(1))
-        correct += (pa.argmax(1) == y).sum()
-        stat[idx] = label_probability(pa, y)
-    return 100.0 * int(correct) / max(loader.num_samples, 1), stat.cpu().numpy()
+    stat = torch.zeros(loader.num_samples, device=device)
+    total = 0
+    with torch.set_grad_enabled(autograd):
+        for x, y, idx in progress(loader, description, total=len(loader)):
+            zt, zs = forward_pair(teacher, student, x, precision, channels_last)
+            pa = agreement(zt.softmax(dim=1), zs.softmax(dim=1))
+            correct += (pa.argmax(dim=1) == y).sum()
+            stat[idx] = label_probability(pa, y).detach()
+            total += len(y)
+    return 100 * float(correct) / float(max(total, 1)), stat
 
 
 def group_alphas(groups, alphas, device):
-    """Per-sample alpha tensor from group ids 1..4 and (alpha1, alpha2, alpha3, alpha4)."""
-    table = torch.tensor((0.0,) + tuple(alphas), device=device)
-    return table[torch.as_tensor(np.asarray(groups), device=device)]
+    """Per-sample alpha (float32) from group ids 1..4 and (alpha1, alpha2, alpha3, alpha4)."""
+    table = torch.tensor((1.0,) + tuple(alphas), device=device)
+    return table[torch.as_tensor(groups, device=device)]

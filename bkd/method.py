@@ -1,24 +1,34 @@
-"""The pieces of Blind Knowledge Distillation (spec section 4), as small pure functions.
+"""The pieces of Blind Knowledge Distillation (spec sections 4 and 7), as small pure functions.
 
-Each function is one idea of the paper; the training engine only wires them.
+Each function is one idea of the paper; the training engine only wires them. The
+arithmetic is the authors' operation by operation (same ops, same order, float32),
+so that the reference mode reproduces their numbers bit for bit; the default mode
+uses the same functions.
 """
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 OTSU_BINS = 1000
 OTSU_VAR_FLOOR = 1e-5
-OTSU_EMPTY_SCORE = -1e7
+OTSU_EMPTY_SCORE = -10000000
+
+
+def one_hot(labels, num_classes):
+    return F.one_hot(labels, num_classes).float()
 
 
 # Blind compensation loss: teacher/student logit distance on every class but the labelled one.
-def compensation_loss(teacher_logits, student_logits, labels):
+def compensation_loss(teacher_logits, student_logits, onehot):
     """sum_{b, c != y_b} (zT - zS)^2 / (B*C - 1); neither side is detached."""
     batch, classes = teacher_logits.shape
-    keep = torch.ones_like(teacher_logits).scatter_(1, labels[:, None], 0.0)
-    return ((teacher_logits - student_logits) ** 2 * keep).sum() / (batch * classes - 1)
+    error = (teacher_logits - student_logits) * (1 - onehot)
+    return error.pow(2).sum() / (batch * classes - 1)
+
+
+# Teacher loss: cross-entropy against a probability target (one-hot in warm-up, robust target after).
+def teacher_loss(teacher_logits, target):
+    return F.cross_entropy(teacher_logits, target, reduction="none").mean()
 
 
 # Agreement of teacher and student: normalised product of their class probabilities.
@@ -29,88 +39,92 @@ def agreement(teacher_probs, student_probs):
 
 # Prediction everywhere (validation, test, learning.py): argmax of the agreement.
 def predict(teacher_logits, student_logits):
-    return agreement(teacher_logits.softmax(1), student_logits.softmax(1)).argmax(1)
+    return agreement(teacher_logits.softmax(dim=1), student_logits.softmax(dim=1)).argmax(dim=1)
 
 
 def label_probability(probs, labels):
     """probs[b, y_b]: the probability a distribution gives to the given label."""
-    return probs.gather(1, labels[:, None]).squeeze(1)
+    return probs[torch.arange(labels.numel(), device=labels.device), labels]
 
 
 # Overfitting epoch: first epoch whose mean top student probability is a strict peak over +-2 epochs.
 def find_overfitting_epoch(mean_top_probs):
-    """Index i in 2..len-3 with m_i > m_{i-2}, m_{i-1}, m_{i+1}, m_{i+2}; None with < 6 values or no peak."""
+    """Index i in 2..len-3 with m_i > m_{i-1}, m_{i-2}, m_{i+1}, m_{i+2}; None with < 6 values or no peak."""
     m = list(mean_top_probs)
     if len(m) < 6:
         return None
     for i in range(2, len(m) - 2):
-        if all(m[i] > m[j] for j in (i - 2, i - 1, i + 1, i + 2)):
+        if m[i] > m[i - 1] and m[i] > m[i - 2] and m[i] > m[i + 1] and m[i] > m[i + 2]:
             return i
     return None
+
+
+def first_detectable_epoch(overfit_epoch):
+    """The epoch after which the rule can first report `overfit_epoch`: it needs two later values and six in all."""
+    return max(overfit_epoch + 2, 5)
 
 
 # Otsu split (the paper's variant) of the agreed label probability into trust groups.
 def otsu_split(values):
     """Return dict(threshold, mu1, mu2, sigma1, sigma2, score) for values in [0, 1].
 
-    Histogram with 1000 bins on [0, 1]; for each cut s in 2..997 the two sides
-    are summarised by the count-weighted mean and standard deviation (variance
-    floored at 1e-5) of the bins' left edges k/1000; the score is
-    (n1 (mu1-mu)^2 + n2 (mu2-mu)^2) / (n1 sigma1 + n2 sigma2) with mu the plain
-    mean of the values, and -1e7 when a side is empty. The first best cut wins.
+    float32 throughout, as the original: `torch.histc` with 1000 bins on [0, 1]; for
+    each cut s in 2..997 both sides are summarised by the count-weighted mean and
+    standard deviation (variance clamped at 1e-5) of the bins' left edges k/1000; the
+    score is (n1 (mu1-mu)^2 + n2 (mu2-mu)^2) / (n1 sigma1 + n2 sigma2) with mu the plain
+    mean of the values, and -1e7 when a side is empty; the first best cut wins. The
+    threshold is float32(s/1000). If no cut has values on both sides (the original
+    crashes there) the first cut is taken and the empty side's values are NaN.
     """
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0 or not np.all(np.isfinite(values)):
+    p = torch.as_tensor(np.asarray(values), dtype=torch.float32).cpu()
+    if p.numel() == 0 or not bool(torch.isfinite(p).all()):
         raise ValueError("otsu_split needs a non-empty array of finite values")
-    counts, _ = np.histogram(values, bins=OTSU_BINS, range=(0.0, 1.0))
-    counts = counts.astype(np.float64)
-    edges = np.arange(OTSU_BINS, dtype=np.float64) / OTSU_BINS
-    mu = values.mean()
-    # Prefix sums give both sides of every cut at once; cut s puts bins [0, s) below.
-    c0 = np.concatenate([[0.0], np.cumsum(counts)])
-    c1 = np.concatenate([[0.0], np.cumsum(counts * edges)])
-    c2 = np.concatenate([[0.0], np.cumsum(counts * edges**2)])
-    cuts = np.arange(2, OTSU_BINS - 2)  # 2..997
-    n1, n2 = c0[cuts], c0[-1] - c0[cuts]
-    s1, s2 = c1[cuts], c1[-1] - c1[cuts]
-    q1, q2 = c2[cuts], c2[-1] - c2[cuts]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mu1, mu2 = s1 / n1, s2 / n2
-        var1 = np.maximum(q1 / n1 - mu1**2, OTSU_VAR_FLOOR)
-        var2 = np.maximum(q2 / n2 - mu2**2, OTSU_VAR_FLOOR)
-        sigma1, sigma2 = np.sqrt(var1), np.sqrt(var2)
-        score = (n1 * (mu1 - mu) ** 2 + n2 * (mu2 - mu) ** 2) / (n1 * sigma1 + n2 * sigma2)
-    score = np.where((n1 == 0) | (n2 == 0), OTSU_EMPTY_SCORE, score)
-    best = int(np.argmax(score))
-    return {
-        "threshold": float(cuts[best] / OTSU_BINS),
-        "mu1": float(mu1[best]) if n1[best] else math.nan,
-        "mu2": float(mu2[best]) if n2[best] else math.nan,
-        "sigma1": float(sigma1[best]) if n1[best] else math.nan,
-        "sigma2": float(sigma2[best]) if n2[best] else math.nan,
-        "score": float(score[best]),
-    }
+    hist = torch.histc(p, OTSU_BINS, 0, 1)
+    mu = p.mean()
+    scores = [0, 0]  # cuts 0 and 1 are never chosen: the original's list starts with two zeros
+    for s in range(2, OTSU_BINS - 2):
+        scores.append(_otsu_cut(hist, s, mu)["score"])
+    best = int(torch.argmax(torch.tensor([float(q) for q in scores], dtype=torch.float32)))
+    if best < 2:
+        best = 2
+    cut = _otsu_cut(hist, best, mu)
+    split = {"threshold": float(torch.tensor(best) / OTSU_BINS), "score": float(cut.pop("score"))}
+    for key in ("mu1", "mu2", "sigma1", "sigma2"):
+        split[key] = cut[key].item() if key in cut else float("nan")
+    return split
+
+
+def _otsu_cut(hist, s, mu):
+    n1, n2 = hist[:s].sum(), hist[s:].sum()
+    if n1 == 0 or n2 == 0:
+        return {"score": OTSU_EMPTY_SCORE}
+    mu1, sigma1 = _side_moments(hist, 0, s, n1)
+    mu2, sigma2 = _side_moments(hist, s, OTSU_BINS, n2)
+    score = (n1 * (mu1 - mu).pow(2) + n2 * (mu2 - mu).pow(2)) / (n1 * sigma1 + n2 * sigma2)
+    return {"score": score, "mu1": mu1, "mu2": mu2, "sigma1": sigma1, "sigma2": sigma2}
+
+
+def _side_moments(hist, lo, hi, n):
+    edges = torch.arange(lo, hi) / OTSU_BINS  # left bin edges k/1000, float32
+    mean = (hist[lo:hi] * edges).sum() / n
+    sigma = ((hist[lo:hi] * (edges - mean).pow(2)).sum() / n).clamp(OTSU_VAR_FLOOR).sqrt()
+    return mean, sigma
 
 
 # Trust groups from the split: G1 most trusted ... G4 least trusted (G4 = flagged as noisy).
 def assign_groups(values, split):
-    """Array of group ids 1..4: G4 = p < mu1, G3 = p < t, G1 = p >= mu2, G2 = the rest (p >= t)."""
-    p = np.asarray(values, dtype=np.float64)
-    groups = np.where(p >= split["threshold"], 2, 3)
+    """Array of group ids 1..4 (float32 comparisons): G4 = p < mu1, G3 = p < t, G1 = p >= mu2, G2 = the rest."""
+    p = torch.as_tensor(np.asarray(values), dtype=torch.float32).cpu()
+    threshold = torch.tensor(split["threshold"], dtype=torch.float32)
+    groups = torch.where(p >= threshold, 2, 3)
     groups[p >= split["mu2"]] = 1
     groups[p < split["mu1"]] = 4
-    return groups.astype(np.int64)
+    return groups.numpy().astype(np.int64)
 
 
 # Robust target: label/student mixture by group, sharpened by (1 + alpha) and renormalised.
-def robust_targets(labels, student_probs, alpha):
+def robust_targets(onehot, student_probs, alpha):
     """t = ((1-a) onehot(y) + a pS)^(1+a), rows normalised; pS is not detached (as the original)."""
-    onehot = F.one_hot(labels, student_probs.shape[1]).to(student_probs.dtype)
-    a = alpha[:, None].to(student_probs.dtype)
-    target = ((1 - a) * onehot + a * student_probs) ** (1 + a)
+    a = alpha[:, None]
+    target = ((1 - a) * onehot + a * student_probs).pow(1 + a)
     return target / target.sum(dim=1, keepdim=True)
-
-
-def soft_cross_entropy(logits, target):
-    """Mean cross-entropy of logits against soft target distributions."""
-    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()

@@ -4,11 +4,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from bkd.method import assign_groups, find_overfitting_epoch, otsu_split
+from bkd.method import assign_groups, find_overfitting_epoch, first_detectable_epoch, otsu_split
 
-# The overfitting epoch found after epoch e is always e-2 or e-3, so keeping the
-# statistics of the last four warm-up epochs is enough.
-STAT_WINDOW = 4
+# The overfitting epoch is acted upon at most 5 epochs after it (epoch 0 forced with
+# --overfitting_epoch is acted upon after epoch 5), so the statistics of the last six
+# warm-up epochs are enough.
+STAT_WINDOW = 6
 
 
 @dataclass
@@ -16,14 +17,17 @@ class MethodState:
     mean_top_student: list = field(default_factory=list)  # m_e per warm-up epoch (what the overfitting rule sees)
     mean_top_all: list = field(default_factory=list)  # m_e of every epoch, warm-up and robust (for the report)
     stats: dict = field(default_factory=dict)  # epoch -> {"train": pA[y], "full": pA[y]}, last STAT_WINDOW
-    overfit_epoch: int = None  # the detected overfitting epoch (None until found)
+    overfit_epoch: int = None  # the overfitting epoch, 0-based (None until found)
     split_epoch: int = None  # the epoch whose statistics were split (overfit epoch, or the last as fallback)
     split: dict = None  # Otsu split of the training statistic
     full_split: dict = None  # Otsu split of the full-set statistic (detection)
     groups: np.ndarray = None  # group id 1..4 per training sample, fixed once split
+    full_groups: np.ndarray = None  # group id 1..4 per image of the full set
     detected: np.ndarray = None  # detection result: G4 of the full-set split (True = label flagged noisy)
-    best_val: float = -1.0
-    best_epoch: int = None
+    best_val: float = 0.0  # as the original: a checkpoint is saved on a validation accuracy above this
+    best_epoch: int = 0
+    best_test: float = 0.0  # best test accuracy so far, printed only
+    best_test_epoch: int = 0
     val_acc: list = field(default_factory=list)  # [epoch, acc]
     test_acc: list = field(default_factory=list)  # [epoch, acc]
     epoch_seconds: list = field(default_factory=list)
@@ -32,16 +36,26 @@ class MethodState:
     def warmup(self):
         return self.groups is None
 
-    def record_warmup_epoch(self, epoch, mean_top, train_stat, full_stat):
-        """Keep this warm-up epoch's statistics; return the overfitting epoch if it is now found."""
+    def end_warmup_epoch(self, epoch, mean_top, train_stat, forced=None):
+        """Keep this warm-up epoch's statistic; return the overfitting epoch if it is found now.
+
+        `forced` (--overfitting_epoch) replaces the rule: that epoch is reported when the rule
+        could first have reported it, so the run's schedule of work is the same as if found.
+        """
         self.mean_top_student.append(float(mean_top))
-        self.stats[epoch] = {"train": train_stat, "full": full_stat}
+        self.stats[epoch] = {"train": train_stat}
         for old in [e for e in self.stats if e <= epoch - STAT_WINDOW]:
             del self.stats[old]
-        found = find_overfitting_epoch(self.mean_top_student)
+        if forced is None:
+            found = find_overfitting_epoch(self.mean_top_student)
+        else:
+            found = forced if epoch == first_detectable_epoch(forced) else None
         if found is not None:
             self.overfit_epoch = found
         return found
+
+    def add_full_stat(self, epoch, full_stat):
+        self.stats[epoch]["full"] = full_stat
 
     def split_at(self, epoch):
         """Split the statistics of `epoch` (spec 4.6); fixes the training groups, returns the detection mask."""
@@ -50,7 +64,8 @@ class MethodState:
         self.split = otsu_split(stats["train"])
         self.groups = assign_groups(stats["train"], self.split)
         self.full_split = otsu_split(stats["full"])
-        self.detected = assign_groups(stats["full"], self.full_split) == 4
+        self.full_groups = assign_groups(stats["full"], self.full_split)
+        self.detected = self.full_groups == 4
         return self.detected
 
     def state_dict(self):

@@ -27,7 +27,7 @@ DATA_ROOT_ENV = "BKD_DATA_ROOT"
 
 
 def default_data_root():
-    return os.environ.get(DATA_ROOT_ENV, os.path.expanduser("~/data"))
+    return os.environ.get(DATA_ROOT_ENV, "~/data")
 
 
 def dataset_info(name):
@@ -46,15 +46,29 @@ class ImageSet:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
+    downloaded: bool = False  # fetched by this call (the original prints "Files already downloaded and verified" otherwise)
 
     @property
     def num_classes(self):
         return DATASETS[self.name]["num_classes"]
 
 
+def local_images(name, data_root):
+    """The prepared array file or torchvision folder of `name` under `data_root`, or None if neither is there."""
+    from torchvision import datasets
+
+    folder = (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100).base_folder
+    data_root = os.path.expanduser(data_root)
+    for path in (os.path.join(data_root, f"{name}.npz"), os.path.join(data_root, folder)):
+        if os.path.exists(path):
+            return path
+    return None
+
+
 def load_images(name, data_root, download=True):
     """Load `<data_root>/<name>.npz` if present, else torchvision's dataset (downloading it if allowed)."""
     info = dataset_info(name)
+    data_root = os.path.expanduser(data_root)
     npz = os.path.join(data_root, f"{name}.npz")
     if os.path.exists(npz):
         images = _load_npz(name, npz)
@@ -82,6 +96,7 @@ def _load_torchvision(name, data_root, download):
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    present = os.path.isdir(os.path.join(data_root, cls.base_folder))
     hint = (
         f"put the official {cls.base_folder} folder in {data_root}, or a prepared array file "
         f"{os.path.join(data_root, name + '.npz')} (README, 'Data'); --data_root or ${DATA_ROOT_ENV} sets the folder"
@@ -100,6 +115,7 @@ def _load_torchvision(name, data_root, download):
         x_test=test.data,
         y_test=np.asarray(test.targets, dtype=np.int64),
         source=os.path.join(data_root, cls.base_folder),
+        downloaded=not present,
     )
 
 

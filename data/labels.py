@@ -5,6 +5,7 @@ import os
 import pickle
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -160,8 +161,22 @@ def validate_label_sets(raw, path, num_images, num_classes):
     return sets
 
 
+@dataclass
+class LabelFile:
+    noisy: np.ndarray  # the chosen label set, one label per training image (all of the file's images)
+    clean: np.ndarray  # clean_label
+    path: str  # where it was read from
+    key: str  # the label set's key in the file, e.g. worse_label
+
+
 def load_noisy_labels(dataset, noise_type, noise_path, image_labels=None, download=True):
-    """(noisy, clean) label arrays for `noise_type`.
+    """(noisy, clean) label arrays for `noise_type`; see load_label_file."""
+    labels = load_label_file(dataset, noise_type, noise_path, image_labels, download)
+    return labels.noisy, labels.clean
+
+
+def load_label_file(dataset, noise_type, noise_path, image_labels=None, download=True):
+    """The label set `noise_type` of a CIFAR-N file, checked.
 
     With `image_labels` (the image set's official training labels) the file must
     have one label per image and its clean_label must equal them, index by index.
@@ -180,4 +195,4 @@ def load_noisy_labels(dataset, noise_type, noise_path, image_labels=None, downlo
             f"{path}: clean_label differs from the training images' labels at {wrong} of {len(image_labels)} "
             "positions; the label file and the images are not in the same order"
         )
-    return sets[key], sets["clean_label"]
+    return LabelFile(sets[key], sets["clean_label"], path, key)

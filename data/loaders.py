@@ -137,6 +137,7 @@ class TorchvisionLoader:
             pin_memory=self.device.type == "cuda",
         )
         self.num_samples = len(dataset)
+        self.batch_size = batch_size
 
     def __len__(self):
         return len(self.loader)

@@ -151,7 +151,8 @@ def test_label_download_failure_is_one_line(tmp_path, monkeypatch):
 
 
 def _learning_argv(synthetic_root, run_dir):
-    return ["--data_root", synthetic_root, "--noise_type", "worst", "--run_dir", run_dir, "--device", "cpu", "--no_download"]
+    return ["--data_root", synthetic_root, "--noise_type", "worst", "--run_dir", run_dir, "--device", "cpu", "--no_download",
+            "--noise_path", os.path.join(synthetic_root, "CIFAR-10_human.pt")]
 
 
 @pytest.mark.parametrize("damage, message", [

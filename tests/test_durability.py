@@ -25,7 +25,11 @@ def run_dir_digests(run_dir):
 
 
 def accuracy_lines(text):
-    return [line for line in text.splitlines() if "accuracy" in line and line.startswith("Epoch ")]
+    return [line for line in text.splitlines() if "\tacc on " in line]
+
+
+def iteration_marker(epoch, iteration, n_epoch=6):
+    return f"epoch: {epoch:3d}/{n_epoch - 1:3d}\titer: {iteration:3d}/"
 
 
 def start(flags, cwd):
@@ -55,15 +59,15 @@ def test_sigkill_mid_epoch_then_resume_is_exact(synthetic_root, tmp_path, uninte
     ref_dir, ref_out = uninterrupted
     flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=6, lr_step=4, noisy_val_freq=1, clean_test_freq=2, print_freq=1)
     proc = start(flags, str(tmp_path))
-    first = read_until(proc, "Epoch [4/6], Iter [3/")
+    first = read_until(proc, iteration_marker(3, 2))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert "Epoch [4/6], Iter [3/" in first
+    assert iteration_marker(3, 2) in first
     run_dir = os.path.join(tmp_path, "cifar10_worst_seed_0")
     assert torch.load(os.path.join(run_dir, "state.pth.tar"), weights_only=True)["epoch"] == 3
     second = run(TRAIN, *flags, "--resume", cwd=str(tmp_path)).stdout
-    assert "Resumed" in second
-    completed = [l for l in accuracy_lines(first) if int(l.split()[1].rstrip(":")) <= 3]
+    assert "[bkd] resumed" in second and "after epoch 2" in second
+    completed = [line for line in accuracy_lines(first) if int(line.split("\t")[0].split()[1]) <= 2]
     assert completed + accuracy_lines(second) == accuracy_lines(ref_out)
     for name in ("teacher_last.pth.tar", "student_last.pth.tar", "teacher.pth.tar", "student.pth.tar"):
         a = torch.load(os.path.join(run_dir, name), weights_only=True)["state_dict"]
@@ -76,7 +80,7 @@ def test_sigterm_saves_and_says_how_to_resume(synthetic_root, tmp_path, uninterr
     ref_dir, _ = uninterrupted
     flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=6, lr_step=4, noisy_val_freq=1, clean_test_freq=2, print_freq=1)
     proc = start(flags, str(tmp_path))
-    read_until(proc, "Epoch [3/6], Iter [2/")
+    read_until(proc, iteration_marker(2, 1))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
@@ -111,7 +115,7 @@ def test_concurrent_run_is_refused(synthetic_root, tmp_path):
 def test_non_finite_loss_stops_with_epoch_and_iteration(synthetic_root, tmp_path):
     proc = run(TRAIN, *tiny_flags(synthetic_root, str(tmp_path), lr=1e12, print_freq=1000), check=False)
     assert proc.returncode == 5, proc.stderr
-    assert "non-finite loss at epoch 1, iteration" in proc.stderr
+    assert "non-finite loss at epoch 0, iteration" in proc.stderr
     assert not os.path.exists(tmp_path / "cifar10_worst_seed_0" / "state.pth.tar")
 
 

@@ -43,24 +43,53 @@ def test_training_writes_every_output(trained):
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert metrics["epochs_completed"] == 8 and len(metrics["mean_top_student"]) >= 6
     # every epoch's printed confidence is kept; the warm-up part is what the overfitting rule saw
-    printed = [float(v) for v in re.findall(r"student mean top probability ([\d.]+)", stdout)]
+    printed = [float(v) for v in re.findall(r"^\[bkd\] epoch \d+ .*student mean top probability ([\d.]+)", stdout, re.M)]
     assert metrics["mean_top_student_all_epochs"] == pytest.approx(printed, abs=1e-4) and len(printed) == 8
     assert metrics["mean_top_student_all_epochs"][:len(metrics["mean_top_student"])] == metrics["mean_top_student"]
     assert metrics["detection"]["flagged"] == int(detection.sum())
     assert sum(metrics["group_sizes"]) == 360  # 400 images, 10 % validation
     best = torch.load(os.path.join(run_dir, "teacher.pth.tar"), weights_only=True)
     last = torch.load(os.path.join(run_dir, "teacher_last.pth.tar"), weights_only=True)
-    assert best["epoch"] == metrics["best_epoch"] and last["epoch"] == 8
-    # the original's progress lines
-    assert re.search(r"Epoch \[1/8\], Iter \[5/12\] Loss: [\d.]+, Naive Loss: [\d.]+, Compensation Loss: [\d.]+", stdout)
-    assert "noisy validation accuracy" in stdout and "clean test accuracy" in stdout
-    assert re.search(r"Otsu split of epoch \d+ \(training set\): mu1 [\d.]+, mu2 [\d.]+, sigma1 [\d.]+, sigma2 [\d.]+, threshold", stdout)
-    found = re.search(r"Overfitting epoch found: (\d+)", stdout)
+    assert best["epoch"] == metrics["best_epoch"] and last["epoch"] == 7  # 0-based, as the original
+    # the original's lines, 0-based epochs, print_freq 5 of 12 iterations: 0, 5, 10 and the last (11)
+    assert re.findall(r"^epoch:   0/  7\titer: +(\d+)/ 11\tloss: +[\d.]+\tnaive_loss: +[\d.]+\tcompensation_l2_loss: +[\d.]+$",
+                      stdout, re.M) == ["0", "5", "10", "11"]
+    assert re.search(r"^epoch: 0\tacc on noisy val_data:  [\d.]+\tbest: [\d.]+ \(epoch: \d\)$", stdout, re.M)
+    assert re.search(r"^epoch: 0\tacc on clean test_data: [\d.]+\tbest: [\d.]+ \(epoch: 0\)$", stdout, re.M)
+    assert [e for e, _ in metrics["val_acc"]] == [0, 2, 4, 6, 7] and [e for e, _ in metrics["test_acc"]] == [0, 4, 7]
+    found = re.search(r"^overfitting epoch: (\d+)$", stdout, re.M)
     if found:
         assert metrics["overfit_epoch"] == int(found.group(1)) and not metrics["split_fallback"]
+        assert len(re.findall(r"^otsu split performed:\n\tup_mean: [\d.]+\tup_sigma: [\d.]+\n\tlo_mean: [\d.]+\tlo_sigma: "
+                              r"[\d.]+\n\tthresh:  [\d.]+\n\n", stdout, re.M)) == 2
     else:
-        assert "No overfitting epoch found in 8 epochs; splitting at the last epoch 8" in stdout
-        assert metrics["split_fallback"] and metrics["split_epoch"] == 8
+        assert "[bkd] no overfitting epoch found in epochs 0..7; splitting the last epoch's statistics instead" in stdout
+        assert metrics["split_fallback"] and metrics["split_epoch"] == 7
+    assert "models saved - end of training" in stdout
+
+
+# A parser's view of the original's standard output (spec section 7 and the golden logs).
+ORIGINAL_LINES = [r"Current device is \S+", r"cpu|cuda(:\d+)?", r"Files already downloaded and verified", r"Loaded \w+ from .+\.",
+                  r"The overall noise rate is [\d.e-]+", r"noisy labels loaded from .+", r"The noisy data ratio in each class is \[[\d. ]+\]?",
+                  r" [\d. ]+\]?", r"over all noise rate is  [\d.e-]+", r"Train with \d+ noisy instances\.",
+                  r"Validate with \d+ noisy instances\.", r"building model\.\.\.", r"building model done", r"epoch \d+",
+                  r"epoch: +\d+/ *\d+\titer: +\d+/ *\d+\tloss: +[\d.]+\tnaive_loss: +[\d.]+\tcompensation_l2_loss: +[\d.]+",
+                  r"#{50}", r"overfitting epoch: \d+", r"otsu split performed:", r"\tup_mean: [\d.]+\tup_sigma: [\d.]+",
+                  r"\tlo_mean: [\d.]+\tlo_sigma: [\d.]+", r"\tthresh:  [\d.]+",
+                  r"models saved - new best val_acc!  \(prev best: [\d.]+ on epoch: \d+\)",
+                  r"epoch: \d+\tacc on noisy val_data:  [\d.]+\tbest: [\d.]+ \(epoch: \d+\)",
+                  r"epoch: \d+\tacc on clean test_data: [\d.]+\tbest: [\d.]+ \(epoch: \d+\)", r"models saved - end of training",
+                  r"epoch: \d+\ttime elapsed: \d+h \d+m \d+s"]
+
+
+def test_default_mode_log_has_only_the_originals_line_formats(trained):
+    _, _, stdout = trained
+    pattern = re.compile("|".join(f"(?:{p})" for p in ORIGINAL_LINES))
+    strangers = [line for line in stdout.splitlines() if line and not line.startswith("[bkd] ") and not pattern.fullmatch(line)]
+    assert not strangers, strangers[:5]
+    epochs = re.findall(r"^epoch (\d+)$", stdout, re.M)
+    assert epochs == [str(e) for e in range(8)]  # 0-based
+    assert stdout.splitlines()[:2] == ["Current device is cpu", "cpu"]
 
 
 def test_training_learns_the_synthetic_classes(trained):
@@ -73,7 +102,7 @@ def test_learning_reports_best_and_last(trained):
     flags, results, _ = trained
     out = run("learning.py", *eval_flags(flags), cwd=results).stdout
     best = float(re.search(r"^Best test acc selected by val is ([\d.]+)$", out, re.M).group(1))
-    last = float(re.search(r"^Last epoch \(8\) test acc is ([\d.]+)$", out, re.M).group(1))
+    last = float(re.search(r"^\[bkd\] last epoch \(7\) test acc is ([\d.]+)$", out, re.M).group(1))
     metrics = json.load(open(os.path.join(results, "cifar10_worst_seed_0", "metrics.json")))
     assert metrics["learning"]["best_test_acc"] == best and metrics["learning"]["last_test_acc"] == last
     assert last == pytest.approx(metrics["test_acc"][-1][1])  # the training log's last-epoch test accuracy
@@ -89,12 +118,13 @@ def test_detection_reports_scores(trained, synthetic_root):
     noisy, clean = load_noisy_labels("cifar10", "worst", os.path.join(synthetic_root, "CIFAR-10_human.pt"))
     truth = noisy != clean
     tp = int((flagged & truth).sum())
-    assert f"Number of flagged samples: {flagged.sum()}" in out
-    assert f"Number of truly noisy samples: {truth.sum()}" in out
     precision, recall = tp / max(flagged.sum(), 1), tp / truth.sum()
-    assert f"Precision: {precision:.4f}" in out and f"Recall: {recall:.4f}" in out
     f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
-    assert f"F1: {f1:.4f}" in out
+    # the original's five lines, in order, with full floats; then ours
+    lines = [line for line in out.splitlines() if not line.startswith("[bkd] ")]
+    assert lines[-5:] == [str(flagged.sum()), str(truth.sum()), f"precision is {precision}", f"recall is {recall}",
+                          f"The f-score is {f1}"]
+    assert lines[-7:-5] == ["Train with 400 noisy instances.", "Validate with 0 noisy instances."]
 
 
 def test_help_lists_original_flags_with_defaults():
@@ -105,7 +135,7 @@ def test_help_lists_original_flags_with_defaults():
                           ("--batch_size", "128"), ("--momentum", "0.9"), ("--weight_decay", "0.0005"),
                           ("--clean_test_freq", "10"), ("--noisy_val_freq", "10"), ("--alpha1", "0.3"),
                           ("--alpha2", "0.45"), ("--alpha3", "0.55"), ("--alpha4", "0.7"), ("--num_workers", "4"),
-                          ("--dataset", "cifar10"), ("--print_freq", "50")]:
+                          ("--dataset", "cifar10"), ("--print_freq", "100")]:
         assert re.search(re.escape(flag) + r" [A-Z_0-9]+ (?:(?! --).)*?\(default: " + re.escape(default) + r"\)", train_help), flag
     assert "--noise_path" in train_help and "--noise_type" in train_help
     for name in ("learning.py", "detection.py"):
@@ -145,13 +175,15 @@ def test_run_sh_runs_all_three_steps_and_fails_loudly(synthetic_root, tmp_path):
     assert proc.returncode == 0, proc.stderr
     run_dir = tmp_path / "cifar10_aggre_seed_0"
     assert "Best test acc selected by val is" in (run_dir / "learning.log").read_text()
-    assert "F1:" in (run_dir / "detection.log").read_text()
-    assert "Finished" in (run_dir / "training.log").read_text()
+    assert "The f-score is" in (run_dir / "detection.log").read_text()
+    assert "[bkd] finished" in (run_dir / "training.log").read_text()
     assert f"outputs in {run_dir}" in proc.stdout
-    env["NOISE_TYPES"] = "noisy100"
+    env.update(NOISE_TYPES="noisy100", DATASET="cifar10")  # a CIFAR-100 label set on CIFAR-10 images
     proc = subprocess.run(["bash", os.path.join(ROOT, "run.sh"), *flags], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert "noisy100 belongs to cifar100" in proc.stderr and "run.sh: training of cifar10_noisy100_seed_0 failed" in proc.stderr
+    assert "noisy100 belongs to cifar100" in proc.stderr and "run.sh: a run failed (exit 2)" in proc.stderr
+    assert f"failed: cifar10_noisy100_seed_0: training exited 2; log {tmp_path / 'cifar10_noisy100_seed_0' / 'training.log'}" \
+        in proc.stdout
 
 
 def test_original_pipeline_reaches_the_same_accuracy(trained, synthetic_root, tmp_path):
@@ -174,13 +206,14 @@ def test_cifar100_path(tmp_path):
     flags = tiny_flags(root, str(tmp_path), dataset="cifar100", noise_type="noisy100", noise_path=label_path, n_epoch=2,
                        width=4, noisy_val_freq=1)
     out = run("blind_knowledge_dist_training.py", *flags, cwd=str(tmp_path)).stdout
-    assert "No overfitting epoch found in 2 epochs" in out
+    assert "[bkd] no overfitting epoch found in epochs 0..1" in out
     run_dir = tmp_path / "cifar100_noisy100_seed_0"
     assert np.load(run_dir / "detection.npy").shape == (300,)
     assert torch.load(run_dir / "teacher.pth.tar", weights_only=True)["num_classes"] == 100
     common = ["--dataset", "cifar100", "--noise_type", "noisy100", "--results_dir", str(tmp_path), "--no_download"]
-    assert "Best test acc selected by val is" in run("learning.py", *common, "--data_root", root, cwd=str(tmp_path)).stdout
-    assert "F1:" in run("detection.py", *common, "--noise_path", label_path, cwd=str(tmp_path)).stdout
+    assert "Best test acc selected by val is" in run("learning.py", *common, "--data_root", root, "--noise_path", label_path,
+                                                     cwd=str(tmp_path)).stdout
+    assert "The f-score is" in run("detection.py", *common, "--noise_path", label_path, cwd=str(tmp_path)).stdout
 
 
 def test_summary_is_mean_and_std_over_seeds(tmp_path):

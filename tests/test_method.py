@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bkd.method import (agreement, assign_groups, compensation_loss, find_overfitting_epoch, otsu_split, predict,
-                        robust_targets, soft_cross_entropy)
+from bkd.method import (agreement, assign_groups, compensation_loss, find_overfitting_epoch, first_detectable_epoch, one_hot,
+                        otsu_split, predict, robust_targets, teacher_loss)
 
 
 def test_compensation_loss_value_skips_labelled_class():
@@ -15,14 +15,14 @@ def test_compensation_loss_value_skips_labelled_class():
     zs = torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 2.0]])
     y = torch.tensor([2, 0])
     # sample 0 keeps classes 0, 1: 1 + 4; sample 1 keeps classes 1, 2: 1 + 4; denominator B*C-1 = 5
-    assert compensation_loss(zt, zs, y).item() == pytest.approx(10 / 5)
+    assert compensation_loss(zt, zs, one_hot(y, 3)).item() == pytest.approx(10 / 5)
 
 
 def test_compensation_loss_ignores_labelled_logit_and_trains_both():
     zt = torch.randn(4, 5, requires_grad=True)
     zs = torch.randn(4, 5, requires_grad=True)
     y = torch.tensor([0, 1, 2, 3])
-    loss = compensation_loss(zt, zs, y)
+    loss = compensation_loss(zt, zs, one_hot(y, 5))
     loss.backward()
     rows = torch.arange(4)
     assert torch.all(zt.grad[rows, y] == 0) and torch.all(zs.grad[rows, y] == 0)
@@ -30,7 +30,7 @@ def test_compensation_loss_ignores_labelled_logit_and_trains_both():
     # changing only the labelled logits leaves the loss unchanged
     zt2 = zt.detach().clone()
     zt2[rows, y] += 100
-    assert compensation_loss(zt2, zs.detach(), y).item() == pytest.approx(loss.item())
+    assert compensation_loss(zt2, zs.detach(), one_hot(y, 5)).item() == pytest.approx(loss.item())
 
 
 def test_agreement_is_normalised_product():
@@ -79,33 +79,33 @@ def test_otsu_split_of_bimodal_sample():
     assert 0.15 < split["threshold"] < 0.8  # between the modes
     low, high = values[values < split["threshold"]], values[values >= split["threshold"]]
     assert len(low) == 600 and len(high) == 400
-    # means and sigmas are those of the bin left edges on each side
-    assert split["mu1"] == pytest.approx(np.mean(np.floor(low * 1000) / 1000), abs=1e-9)
-    assert split["mu2"] == pytest.approx(np.mean(np.floor(high * 1000) / 1000), abs=1e-9)
+    # means and sigmas are those of the bin left edges on each side (float32 arithmetic)
+    assert split["mu1"] == pytest.approx(np.mean(np.floor(low * 1000) / 1000), abs=1e-6)
+    assert split["mu2"] == pytest.approx(np.mean(np.floor(high * 1000) / 1000), abs=1e-6)
     assert split["sigma1"] == pytest.approx(np.std(np.floor(low * 1000) / 1000), abs=1e-6)
     assert split["sigma2"] == pytest.approx(np.std(np.floor(high * 1000) / 1000), abs=1e-6)
 
 
-def test_otsu_split_matches_direct_loop():
-    """The vectorised score equals the spec's per-cut definition, cut by cut."""
-    values = np.random.RandomState(3).beta(0.7, 1.4, 500)
-    counts, _ = np.histogram(values, bins=1000, range=(0, 1))
-    edges = np.arange(1000) / 1000
-    mu, best, best_s = values.mean(), -np.inf, None
+def test_otsu_split_is_the_per_cut_definition_in_float32():
+    """Every cut scored one by one in float32 from the spec's definition; the first best cut wins."""
+    values = torch.from_numpy(np.random.RandomState(3).beta(0.7, 1.4, 500).astype(np.float32))
+    counts = torch.histc(values, 1000, 0, 1)
+    mu, best, best_s = values.mean(), -math.inf, None
     for s in range(2, 998):
         n1, n2 = counts[:s].sum(), counts[s:].sum()
         if n1 == 0 or n2 == 0:
-            q = -1e7
-        else:
-            m1 = (counts[:s] * edges[:s]).sum() / n1
-            m2 = (counts[s:] * edges[s:]).sum() / n2
-            s1 = math.sqrt(max((counts[:s] * (edges[:s] - m1) ** 2).sum() / n1, 1e-5))
-            s2 = math.sqrt(max((counts[s:] * (edges[s:] - m2) ** 2).sum() / n2, 1e-5))
-            q = (n1 * (m1 - mu) ** 2 + n2 * (m2 - mu) ** 2) / (n1 * s1 + n2 * s2)
+            continue
+        e1, e2 = torch.arange(0, s) / 1000, torch.arange(s, 1000) / 1000
+        m1, m2 = (counts[:s] * e1).sum() / n1, (counts[s:] * e2).sum() / n2
+        s1 = ((counts[:s] * (e1 - m1) ** 2).sum() / n1).clamp(1e-5).sqrt()
+        s2 = ((counts[s:] * (e2 - m2) ** 2).sum() / n2).clamp(1e-5).sqrt()
+        q = float((n1 * (m1 - mu) ** 2 + n2 * (m2 - mu) ** 2) / (n1 * s1 + n2 * s2))
         if q > best:
-            best, best_s = q, s
-    assert otsu_split(values)["threshold"] == best_s / 1000
-    assert otsu_split(values)["score"] == pytest.approx(best)
+            best, best_s, means = q, s, (m1.item(), m2.item(), s1.item(), s2.item())
+    split = otsu_split(values.numpy())
+    assert split["threshold"] == float(np.float32(best_s / 1000))  # float32, as the original's s / 1000 tensor
+    assert (split["mu1"], split["mu2"], split["sigma1"], split["sigma2"]) == means
+    assert split["score"] == best
 
 
 def test_otsu_split_with_all_values_in_one_bin_is_finite():
@@ -119,11 +119,29 @@ def test_groups_follow_threshold_and_means():
     assert assign_groups(values, split).tolist() == [4, 3, 3, 3, 2, 2, 1, 1]
 
 
+def test_groups_compare_in_float32_against_the_float32_threshold():
+    """The threshold is float32(s/1000), a little above s/1000: a value between the two falls below it."""
+    t = float(np.float32(0.123))  # 0.12300000339746475
+    split = {"threshold": t, "mu1": 0.05, "mu2": 0.9}
+    just_below = np.nextafter(np.float32(t), np.float32(0))  # the float32 just below the threshold
+    assert assign_groups(np.array([just_below, np.float32(t)], dtype=np.float32), split).tolist() == [3, 2]
+
+
+def test_first_detectable_epoch():
+    # the rule needs two later epochs and six values in all
+    assert [first_detectable_epoch(i) for i in (0, 2, 3, 12)] == [5, 5, 5, 14]
+    for i in range(2, 12):
+        values = [0.1] * 20
+        values[i] = 0.5
+        found_at = next(e for e in range(20) if find_overfitting_epoch(values[: e + 1]) is not None)
+        assert found_at == first_detectable_epoch(i)
+
+
 def test_robust_targets_sharpened_and_normalised():
     y = torch.tensor([0, 2])
     ps = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
     alpha = torch.tensor([0.5, 0.0])
-    t = robust_targets(y, ps, alpha)
+    t = robust_targets(one_hot(y, 3), ps, alpha)
     raw = torch.tensor([0.5 + 0.1, 0.25, 0.15]) ** 1.5
     assert torch.allclose(t[0], raw / raw.sum())
     assert torch.allclose(t[1], torch.tensor([0.0, 0.0, 1.0]))  # alpha 0: the label itself
@@ -133,16 +151,16 @@ def test_robust_targets_sharpened_and_normalised():
 def test_robust_target_passes_gradient_to_student():
     zs = torch.randn(3, 4, requires_grad=True)
     zt = torch.randn(3, 4, requires_grad=True)
-    t = robust_targets(torch.tensor([0, 1, 2]), zs.softmax(1), torch.full((3,), 0.7))
-    soft_cross_entropy(zt, t).backward()
+    t = robust_targets(one_hot(torch.tensor([0, 1, 2]), 4), zs.softmax(1), torch.full((3,), 0.7))
+    teacher_loss(zt, t).backward()
     assert zs.grad is not None and zs.grad.abs().sum() > 0
     assert zt.grad.abs().sum() > 0
 
 
-def test_soft_cross_entropy_equals_hard_for_one_hot():
+def test_teacher_loss_with_one_hot_target_is_cross_entropy():
     z = torch.randn(5, 4)
     y = torch.tensor([0, 1, 2, 3, 0])
-    assert soft_cross_entropy(z, F.one_hot(y, 4).float()).item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-6)
+    assert teacher_loss(z, one_hot(y, 4)).item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-6)
 
 
 def test_detached_robust_target_option_stops_student_gradient():
@@ -160,7 +178,7 @@ def test_detached_robust_target_option_stops_student_gradient():
         loader = DeviceLoader(images, labels, batch_size=8, device="cpu", mean=(0, 0, 0), std=(1, 1, 1))
         # lr 0: no update, so the student's gradient of the last step is what the loss gave it
         opt = torch.optim.SGD(list(teacher.parameters()) + list(student.parameters()), lr=0.0)
-        train_epoch(teacher, student, loader, opt, Precision(torch.device("cpu")), epoch=0, n_epoch=1,
+        train_epoch(teacher, student, loader, opt, Precision(torch.device("cpu")), epoch=0, n_epoch=1, num_classes=10,
                     sample_alpha=torch.full((8,), 0.7), detach_target=detach, log=lambda *a: None)
         grads[detach] = student.linear.weight.grad.clone()
     # the compensation loss still trains the student either way; the target adds gradient only when attached

@@ -48,3 +48,12 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         load_model(str(truncated), lambda c, w: PreResNet18(c, w))
     with pytest.raises(DataError, match="weights do not fit"):
         load_model(path, lambda c, w: PreResNet18(c, w * 2))
+
+
+def test_channels_last_only_where_oneDNN_handles_it():
+    """Narrow networks stay NCHW on the CPU: oneDNN's 1x1 channels-last backward fails below its vector block."""
+    from bkd.engine import use_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [use_channels_last(True, cpu, w) for w in (4, 8, 16, 64)] == [False, False, True, True]
+    assert use_channels_last(True, cuda, 4) and not use_channels_last(False, cpu, 64)

@@ -2,9 +2,9 @@
 import io
 
 import numpy as np
-import pytest
 import torch
 
+from bkd.method import find_overfitting_epoch, first_detectable_epoch
 from bkd.state import STAT_WINDOW, MethodState
 
 
@@ -13,30 +13,45 @@ def _epoch_stats(rng, n=200):
     return values.astype(np.float32)
 
 
-def test_split_happens_at_the_peak_with_that_epochs_statistics():
-    rng = np.random.RandomState(0)
-    state = MethodState()
-    tops = [0.1, 0.2, 0.3, 0.6, 0.5, 0.4]
+def _warmup(state, tops, rng, forced=None):
+    """Feed warm-up epochs as the training loop does: no full-set pass in the epoch that finds the peak."""
     recorded = {}
     for epoch, top in enumerate(tops):
-        train, full = _epoch_stats(rng), _epoch_stats(rng, 250)
+        train = _epoch_stats(rng)
+        found = state.end_warmup_epoch(epoch, top, train, forced=forced)
+        if found is not None:
+            return epoch, found, recorded
+        full = _epoch_stats(rng, 250)
+        state.add_full_stat(epoch, full)
         recorded[epoch] = (train, full)
-        found = state.record_warmup_epoch(epoch, top, train, full)
-        assert found == (3 if epoch == 5 else None)
-        assert min(state.stats) >= epoch - STAT_WINDOW + 1
+    return None, None, recorded
+
+
+def test_split_happens_at_the_peak_with_that_epochs_statistics():
+    state = MethodState()
+    at, found, recorded = _warmup(state, [0.1, 0.2, 0.3, 0.6, 0.5, 0.4], np.random.RandomState(0))
+    assert (at, found) == (5, 3) and state.overfit_epoch == 3
+    assert 5 not in recorded and min(state.stats) >= at - STAT_WINDOW + 1
     detected = state.split_at(3)
-    assert not state.warmup and state.split_epoch == 3 and state.overfit_epoch == 3
+    assert not state.warmup and state.split_epoch == 3
     train, full = recorded[3]
     assert np.array_equal(state.groups == 4, train < state.split["mu1"])
     assert np.array_equal(detected, full < state.full_split["mu1"]) and detected.shape == (250,)
-    assert 0 < detected.sum() < 250
+    assert np.array_equal(detected, state.full_groups == 4) and 0 < detected.sum() < 250
+
+
+def test_forced_overfitting_epoch_is_acted_upon_when_the_rule_could_first_find_it():
+    for forced in (0, 2, 7):
+        state = MethodState()
+        at, found, _ = _warmup(state, [0.5] * 12, np.random.RandomState(1), forced=forced)  # a flat curve: no peak
+        assert (at, found) == (first_detectable_epoch(forced), forced)
+        state.split_at(forced)  # its statistics are still kept
+        assert not state.warmup
 
 
 def test_state_round_trips_through_weights_only_load():
-    rng = np.random.RandomState(1)
     state = MethodState()
-    for epoch, top in enumerate([0.1, 0.2, 0.5, 0.3, 0.2, 0.1]):
-        state.record_warmup_epoch(epoch, top, _epoch_stats(rng), _epoch_stats(rng))
+    _warmup(state, [0.1, 0.2, 0.5, 0.3, 0.2, 0.1], np.random.RandomState(1))
     state.split_at(2)
     state.val_acc.append([6, 42.0])
     buffer = io.BytesIO()
@@ -45,19 +60,17 @@ def test_state_round_trips_through_weights_only_load():
     restored = MethodState.from_state_dict(torch.load(buffer, weights_only=True))
     assert restored.split == state.split and restored.val_acc == state.val_acc
     assert np.array_equal(restored.groups, state.groups) and np.array_equal(restored.detected, state.detected)
-    assert all(np.array_equal(restored.stats[e]["full"], state.stats[e]["full"]) for e in state.stats)
+    assert all(np.array_equal(restored.stats[e]["full"], state.stats[e]["full"]) for e in state.stats if "full" in state.stats[e])
 
 
 def test_window_proof_found_epoch_is_always_recent():
-    """The first peak found after epoch e is e-2 or e-3, so a window of 4 epochs suffices."""
+    """The first peak is found after epoch e = max(i + 2, 5), at most 5 epochs later, so a window of 6 suffices."""
     rng = np.random.RandomState(2)
     for _ in range(2000):
         tops = rng.rand(rng.randint(6, 20)).tolist()
         for e in range(5, len(tops)):
-            from bkd.method import find_overfitting_epoch
-
             found = find_overfitting_epoch(tops[: e + 1])
             if found is not None:
-                assert e - found in (2, 3) or e == 5
+                assert e == first_detectable_epoch(found)
                 assert found >= e - STAT_WINDOW + 1
                 break

@@ -68,6 +68,9 @@ class RunDir:
     def file(self, name):
         return os.path.join(self.path, name)
 
+    def has(self, name):
+        return os.path.exists(self.file(name))
+
     def existing_artefacts(self):
         return [name for name in RUN_ARTEFACTS if os.path.exists(self.file(name))]
 

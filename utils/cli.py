@@ -42,6 +42,8 @@ def base_parser(description):
     p.add_argument("--run_dir", type=str, default=None, help="run directory (default <results_dir>/<dataset>_<noise_type>_seed_<seed>[_<preset>])")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="settings bundle; 'quick' = CPU-sized run (README)")
     p.add_argument("--no_download", action="store_true", help="never download images or label files; fail with a message instead")
+    p.add_argument("--reference", action="store_true",
+                   help="the authors' computation bit for bit (PIL loader workers, fp32 NCHW, their SGD call and batch sizes; README, 'Reference mode')")
     return p
 
 

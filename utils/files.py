@@ -24,6 +24,16 @@ def atomic_path(path):
             os.remove(tmp)
 
 
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def portable(path):
+    """A path to write into a result file: relative to the project root when given as an absolute path."""
+    if path is None or not os.path.isabs(path):
+        return path
+    return os.path.relpath(path, PROJECT_ROOT)
+
+
 def save_torch(obj, path):
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -35,10 +45,10 @@ def save_numpy(array, path):
             np.save(fh, array)
 
 
-def save_json(obj, path):
+def save_json(obj, path, sort_keys=True, indent=2):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
+            json.dump(obj, fh, indent=indent, sort_keys=sort_keys, default=_json_default)
             fh.write("\n")
 
 

@@ -151,6 +151,70 @@ def write_summary(rows, prefix):
     return "\n".join(lines)
 
 
+GRID_COLUMNS = [
+    ("test acc, best val (%)", lambda m: (m.get("learning") or {}).get("best_test_acc")),
+    ("test acc, last (%)", lambda m: (m.get("learning") or {}).get("last_test_acc")),
+    ("precision", lambda m: (m.get("detection") or {}).get("precision")),
+    ("recall", lambda m: (m.get("detection") or {}).get("recall")),
+    ("F1", lambda m: (m.get("detection") or {}).get("f1")),
+]
+
+
+def grid_summary(runs):
+    """The challenge's tables for a grid (launch.grid.Run list): rows per label set, mean ± std over the
+    finished seeds, and one row per run. An unfinished run is listed with its state, never averaged in."""
+    from launch.grid import status
+
+    per_seed, finished, pairs = [], defaultdict(list), []
+    for run in runs:
+        if (run.dataset, run.noise_type) not in pairs:
+            pairs.append((run.dataset, run.noise_type))
+        state = status(run)
+        row = {"dataset": run.dataset, "label set": run.noise_type, "seed": run.seed, "state": state["state"]}
+        if state["state"] == "done":
+            m = load_run(run.path)
+            finished[(run.dataset, run.noise_type)].append(m)
+            row.update({column: _mean_std([get(m)]) if get(m) is not None else "n/a" for column, get in GRID_COLUMNS})
+        else:
+            if state["epoch"] is not None:
+                row["state"] += f" (epoch {state['epoch']} of 0..{state['n_epoch'] - 1})"
+            row.update({column: "" for column, _ in GRID_COLUMNS})
+        per_seed.append(row)
+    per_set = []
+    for dataset, noise_type in pairs:
+        done, total = finished[(dataset, noise_type)], sum(1 for r in runs if (r.dataset, r.noise_type) == (dataset, noise_type))
+        row = {"dataset": dataset, "label set": noise_type, "seeds": f"{len(done)} of {total}"}
+        for column, get in GRID_COLUMNS:
+            row[column] = _mean_std([get(m) for m in done if get(m) is not None])
+        per_set.append(row)
+    return per_set, per_seed
+
+
+def write_grid_summary(runs, prefix):
+    """Write <prefix>.md (per dataset: mean ± std per label set, then the runs) and <prefix>.csv; return the Markdown."""
+    per_set, per_seed = grid_summary(runs)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    columns = [c for c, _ in GRID_COLUMNS]
+    text = []
+    for dataset in dict.fromkeys(r["dataset"] for r in per_set):
+        text += [f"### {dataset}: mean ± std over seeds", ""]
+        text += _markdown([r for r in per_set if r["dataset"] == dataset], ["label set", "seeds"] + columns)
+        text += ["", f"### {dataset}: per run", ""]
+        text += _markdown([r for r in per_seed if r["dataset"] == dataset], ["label set", "seed", "state"] + columns) + [""]
+    with open(prefix + ".md", "w") as fh:
+        fh.write("\n".join(text))
+    with open(prefix + ".csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["row", "dataset", "label set", "seeds", "seed", "state"] + columns)
+        writer.writeheader()
+        writer.writerows([dict(r, row="mean ± std") for r in per_set] + [dict(r, row="run") for r in per_seed])
+    return "\n".join(text)
+
+
+def _markdown(rows, header):
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(r.get(h, "")) for h in header) + " |" for r in rows])
+
+
 def _truth(run_dir, m):
     """The true noise mask of a run's images when its label file is at hand, else None."""
     c = m["config"]

@@ -1,5 +1,8 @@
-"""Seeding and device selection."""
+"""Seeding, device selection, and what machine a result comes from."""
+import os
+import platform
 import random
+import sys
 
 import numpy as np
 import torch
@@ -56,3 +59,34 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info():
+    """What a result depends on beyond the code: CPU type (float rounding differs between CPU kernels), threads, versions."""
+    import PIL
+    import torchvision
+
+    info = {
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_count": os.cpu_count(),
+        "num_threads": torch.get_num_threads(),
+        "num_interop_threads": torch.get_num_interop_threads(),
+        "platform": platform.platform(),
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+                     "numpy": np.__version__, "PIL": PIL.__version__},
+    }
+    if torch.cuda.is_available():
+        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info

@@ -1,0 +1,221 @@
+"""A grid of BKD runs (seeds x label sets), each run's state on disk, and one run's three steps.
+
+A run is training, then learning.py, then detection.py, with their standard output in the
+run directory (training.log appended, learning.log, detection.log), as run.sh always did.
+What a run's files say is the truth about it: a finished run has both evaluation logs; a run
+with a resume state and no finished logs continues with --resume; a run whose pipeline lock
+(`.launch.lock`, an flock held by whoever runs its steps) is held is running and never gets a
+second writer.
+"""
+import errno
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from data.labels import NOISE_TYPES
+from utils import checkpoint as ck
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = (  # name, script, log file, open mode
+    ("training", "blind_knowledge_dist_training.py", "training.log", "a"),
+    ("learning", "learning.py", "learning.log", "w"),
+    ("detection", "detection.py", "detection.log", "w"),
+)
+RECORD = "launch.json"  # the launcher's notes on a run: last failure, SLURM job id, step times
+PIPELINE_LOCK = ".launch.lock"
+GRIDS = {
+    # the authors' run.sh: one seed, CIFAR-10N aggre, worst, rand1
+    "original": ((0,), (("cifar10", "aggre"), ("cifar10", "worst"), ("cifar10", "rand1"))),
+    # the challenge's scoring: 5 seeds per label set
+    "challenge": ((0, 1, 2, 3, 4), (("cifar10", "aggre"), ("cifar10", "rand1"), ("cifar10", "worst"), ("cifar100", "noisy100"))),
+}
+INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Run:
+    dataset: str
+    noise_type: str
+    seed: int
+    results_dir: str = "results"
+    preset: str = "default"
+
+    @property
+    def name(self):
+        return ck.run_dir_name(self.dataset, self.noise_type, self.seed, self.preset)
+
+    @property
+    def path(self):
+        return os.path.join(self.results_dir, self.name)
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def flags(self):
+        """The flags that select this run in all three scripts."""
+        return ["--dataset", self.dataset, "--noise_type", self.noise_type, "--seed", str(self.seed),
+                "--results_dir", self.results_dir, "--preset", self.preset]
+
+
+def make_grid(grid="original", seeds=None, noise_types=None, dataset=None, results_dir="results", preset="default"):
+    """The runs of a grid: its seeds and label sets, or the ones given (a label set's dataset unless `dataset`)."""
+    grid_seeds, pairs = GRIDS[grid]
+    if noise_types:
+        pairs = [(dataset or NOISE_TYPES.get(nt, ("cifar10",))[0], nt) for nt in noise_types]
+    elif dataset:
+        pairs = [(d, nt) for d, nt in pairs if d == dataset]
+    return [Run(d, nt, int(s), results_dir, preset) for s in (seeds if seeds is not None else grid_seeds) for d, nt in pairs]
+
+
+# --- a run's state on disk ----------------------------------------------------------------------
+def read_json(path):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def write_record(run, **fields):
+    record = read_json(run.file(RECORD)) or {}
+    record.update(fields)
+    tmp = run.file(f".{RECORD}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(record, fh, indent=2, sort_keys=True)
+    os.replace(tmp, run.file(RECORD))
+
+
+def _held(path):
+    """True if another process holds an flock on `path`."""
+    if not os.path.exists(path):
+        return False
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                return True
+            raise
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def progress(run):
+    """(last completed epoch or None, n_epoch or None) from the run's metrics.json."""
+    metrics = read_json(run.file(ck.METRICS)) or {}
+    done = metrics.get("epochs_completed")
+    return (done - 1 if done else None), (metrics.get("config") or {}).get("n_epoch")
+
+
+def _contains(path, text):
+    try:
+        with open(path) as fh:
+            return text in fh.read()
+    except OSError:
+        return False
+
+
+def training_finished(run):
+    last, n_epoch = progress(run)
+    return last is not None and n_epoch is not None and last == n_epoch - 1
+
+
+def finished(run):
+    return (training_finished(run) and _contains(run.file("learning.log"), "Best test acc selected by val is")
+            and _contains(run.file("detection.log"), "The f-score is"))
+
+
+def status(run):
+    """dict(state: done | running | failed | interrupted | not started, epoch: last completed, log, job_id, detail)."""
+    record = read_json(run.file(RECORD)) or {}
+    last, n_epoch = progress(run)
+    info = {"run": run.name, "epoch": last, "n_epoch": n_epoch, "job_id": record.get("job_id"),
+            "log": os.path.join(run.path, "training.log"), "detail": ""}
+    if _held(run.file(PIPELINE_LOCK)) or _held(run.file(".lock")):
+        info["state"] = "running"
+    elif finished(run):
+        info["state"] = "done"
+    elif record.get("failed"):
+        failure = record["failed"]
+        info.update(state="failed", log=failure["log"], detail=f"{failure['step']} exited {failure['exit_code']}")
+    elif os.path.exists(run.file(ck.STATE)) or os.path.exists(run.file("training.log")):
+        info["state"] = "interrupted"
+    else:
+        info["state"] = "not started"
+    return info
+
+
+# --- one run's steps ----------------------------------------------------------------------------
+class Pipeline:
+    """Runs the three steps of one run as child processes, holding the run's pipeline lock.
+
+    `stop()` (from a signal handler or another thread) sends SIGTERM to the step in progress:
+    training then stops at its next iteration, keeping the last completed epoch (exit 130).
+    """
+
+    def __init__(self, run, train_flags=(), eval_flags=(), python=sys.executable, env=None, capture_stderr=False):
+        self.run, self.python, self.env = run, python, env
+        self.train_flags, self.eval_flags = list(train_flags), list(eval_flags)
+        self.capture_stderr = capture_stderr
+        self.child = None
+        self.stopped = False
+
+    def stop(self, sig=signal.SIGTERM):
+        self.stopped = True
+        child = self.child
+        if child is not None and child.poll() is None:
+            try:
+                os.killpg(child.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def __call__(self):
+        """Returns dict(outcome: done | skipped | running | failed | interrupted, step, exit_code, log)."""
+        run = self.run
+        os.makedirs(run.path, exist_ok=True)
+        with open(run.file(PIPELINE_LOCK), "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return {"outcome": "running", "log": run.file("training.log")}
+            if finished(run):
+                return {"outcome": "skipped", "log": run.file("training.log")}
+            write_record(run, failed=None, started=time.time())
+            for step, script, log_name, mode in STEPS:
+                if step == "training" and training_finished(run):
+                    continue
+                flags = run.flags() + (self.train_flags if step == "training" else self.eval_flags)
+                if step == "training" and os.path.exists(run.file(ck.STATE)):
+                    flags.append("--resume")
+                code = self._step(script, flags, run.file(log_name), mode, step)
+                if code != 0 or self.stopped:
+                    log = run.file(f"{step}.stderr") if self.capture_stderr else run.file(log_name)
+                    if code == INTERRUPTED or self.stopped:
+                        return {"outcome": "interrupted", "step": step, "exit_code": code, "log": log}
+                    write_record(run, failed={"step": step, "exit_code": code, "log": log})
+                    return {"outcome": "failed", "step": step, "exit_code": code, "log": log}
+            write_record(run, finished=time.time())
+            return {"outcome": "done", "log": run.file("training.log")}
+
+    def _step(self, script, flags, log_path, mode, step):
+        if self.stopped:
+            return INTERRUPTED
+        stderr = open(self.run.file(f"{step}.stderr"), "w") if self.capture_stderr else None
+        try:
+            with open(log_path, mode) as out:
+                self.child = subprocess.Popen([self.python, os.path.join(ROOT, script), *flags], stdout=out, stderr=stderr,
+                                              env=self.env, start_new_session=True)
+                while True:
+                    try:
+                        return self.child.wait()
+                    except KeyboardInterrupt:  # the launcher forwards the interrupt; wait for the clean stop
+                        self.stop()
+        finally:
+            self.child = None
+            if stderr is not None:
+                stderr.close()

@@ -1,0 +1,156 @@
+"""Run a grid on this machine: in parallel over the visible GPUs (k runs per GPU), or n at a time on the CPU.
+
+Each run gets its device with CUDA_VISIBLE_DEVICES, and an explicit thread count
+(OMP_NUM_THREADS / MKL_NUM_THREADS: the cores divided between the runs at once). A failed run
+does not stop the others. Ctrl-C (or SIGTERM) stops every run cleanly: each keeps its last
+completed epoch and continues when the same grid is launched again.
+"""
+import os
+import queue
+import signal
+import threading
+
+from launch.grid import Pipeline, status
+
+
+def visible_gpus():
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else every device torch sees."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
+
+
+def slots(parallel=None, per_gpu=1, cpu=False, threads=None):
+    """One environment per run that may go at once."""
+    gpus = [] if cpu else visible_gpus()
+    if gpus:
+        envs = [{"CUDA_VISIBLE_DEVICES": g} for g in gpus for _ in range(per_gpu)]
+        if parallel:
+            envs = envs[:parallel]
+    else:
+        envs = [{"CUDA_VISIBLE_DEVICES": ""} for _ in range(parallel or 1)]
+    per_run = threads or max(1, (os.cpu_count() or 1) // len(envs))
+    for env in envs:
+        env.update(OMP_NUM_THREADS=str(per_run), MKL_NUM_THREADS=str(per_run))
+    return envs
+
+
+def run_local(runs, train_flags=(), eval_flags=(), parallel=None, per_gpu=1, cpu=False, threads=None, log=print):
+    """Run every unfinished run of `runs`; returns {run name: outcome dict}. Interrupts stop all runs cleanly."""
+    envs = slots(parallel, per_gpu, cpu, threads)
+    free = queue.Queue()
+    for env in envs:
+        free.put(env)
+    sequential = len(envs) == 1
+    todo = queue.Queue()
+    for run in runs:
+        todo.put(run)
+    outcomes, active, lock = {}, {}, threading.Lock()
+    interrupted = threading.Event()
+
+    def worker():
+        while not interrupted.is_set():
+            try:
+                run = todo.get_nowait()
+            except queue.Empty:
+                return
+            env = free.get()
+            pipeline = Pipeline(run, train_flags, eval_flags, env=dict(os.environ, **env), capture_stderr=not sequential)
+            with lock:
+                active[run.name] = pipeline
+            where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if env["CUDA_VISIBLE_DEVICES"] else f"CPU, {env['OMP_NUM_THREADS']} threads"
+            if not interrupted.is_set():
+                log(f"== {run.name}: starting ({where}; log: {run.file('training.log')})")
+                outcome = pipeline()
+            else:
+                outcome = {"outcome": "interrupted", "log": run.file("training.log")}
+            with lock:
+                active.pop(run.name, None)
+                outcomes[run.name] = outcome
+            free.put(env)
+            log(f"== {run.name}: {describe(outcome)}")
+            if sequential and outcome["outcome"] == "done":
+                for name in ("learning.log", "detection.log"):
+                    with open(run.file(name)) as fh:
+                        log(fh.read().rstrip("\n"))
+                log(f"== {run.name}: outputs in {run.path}")
+
+    def stop_all(signum, frame):
+        first = not interrupted.is_set()
+        interrupted.set()
+        with lock:
+            pipelines = list(active.values())
+        for pipeline in pipelines:  # a second interrupt is forwarded as SIGINT: the scripts then stop at once
+            pipeline.stop(signal.SIGTERM if first else signal.SIGINT)
+        if first:
+            log(f"== interrupted: stopping {len(pipelines)} run(s); each keeps its last completed epoch "
+                "(launch the same grid again to continue)")
+
+    previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        threads_ = [threading.Thread(target=worker, daemon=True) for _ in envs]
+        for t in threads_:
+            t.start()
+        for t in threads_:
+            while t.is_alive():
+                t.join(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for run in runs:
+        outcomes.setdefault(run.name, {"outcome": "interrupted", "log": run.file("training.log")})
+    return outcomes
+
+
+def describe(outcome):
+    kind = outcome["outcome"]
+    if kind == "failed":
+        return f"FAILED in {outcome['step']} (exit {outcome['exit_code']}); see {outcome['log']}"
+    if kind == "running":
+        return "already running elsewhere; left alone"
+    if kind == "skipped":
+        return "already finished; skipped"
+    if kind == "interrupted":
+        return f"interrupted; resumable (launch again), log {outcome['log']}"
+    return "done"
+
+
+def report(runs, outcomes, log=print):
+    """The final report; returns the exit code (0 all finished, 130 interrupted, else the first failure's code)."""
+    counts = {}
+    for run in runs:
+        counts[outcomes[run.name]["outcome"]] = counts.get(outcomes[run.name]["outcome"], 0) + 1
+    log("== grid: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" of {len(runs)} runs")
+    failed = [(run, outcomes[run.name]) for run in runs if outcomes[run.name]["outcome"] == "failed"]
+    for run, outcome in failed:
+        log(f"   failed: {run.name}: {outcome['step']} exited {outcome['exit_code']}; log {outcome['log']}")
+    if failed:
+        return failed[0][1]["exit_code"] or 1
+    if counts.get("interrupted"):
+        return 130
+    if counts.get("running"):
+        log("   runs still running elsewhere: " + ", ".join(r.name for r in runs if outcomes[r.name]["outcome"] == "running"))
+    return 0
+
+
+def print_status(runs, log=print, job_states=None):
+    rows = [status(run) for run in runs]
+    job_states = job_states or {}
+    width = max(len(r["run"]) for r in rows)
+    log(f"{'run':<{width}}  {'state':<12} {'epoch':>9}  {'job':<12} detail")
+    for r in rows:
+        epoch = "-" if r["epoch"] is None else f"{r['epoch']}/{(r['n_epoch'] or 0) - 1}"
+        state = r["state"]
+        job = r.get("job_id") or ""
+        if job and state in ("not started", "interrupted", "failed") and job_states.get(job) in ("PENDING", "REQUEUED", "CONFIGURING"):
+            state = "queued"
+        elif job and state == "interrupted" and job_states.get(job) in ("RUNNING", "COMPLETING"):
+            state = "running"
+        log(f"{r['run']:<{width}}  {state:<12} {epoch:>9}  {job:<12} {r['detail'] or (r['log'] if state == 'failed' else '')}")
+    return rows

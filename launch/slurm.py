@@ -1,0 +1,131 @@
+"""Run a grid on a SLURM cluster through submitit: one job array, one task per run.
+
+A task runs the run's three steps (launch.grid.Pipeline). On pre-emption or time-out SLURM
+signals the task (USR2); submitit calls `RunTask.checkpoint`, which stops the training step at
+its next iteration and has the task requeued. A task killed without that warning (`scontrol
+requeue`, node failure) is simply started again. Either way the restarted task continues from
+the run's own resume state (`--resume`, the last completed epoch), never from submitit's pickle,
+so no epoch is lost or trained twice.
+"""
+import json
+import os
+import subprocess
+import time
+
+from launch.grid import Pipeline, read_json, status, write_record
+
+JOBS_FILE = "launch_slurm.json"  # <results_dir>/launch_slurm.json: run name -> job id of the last submission
+STOP_WAIT_S = 60  # how long checkpoint() waits for the training step to stop after SIGTERM
+
+
+class RunTask:
+    """The callable submitit pickles: run one run's pipeline; on USR2 stop it and ask to be requeued."""
+
+    def __init__(self, train_flags, eval_flags):
+        self.train_flags, self.eval_flags = list(train_flags), list(eval_flags)
+        self._pipeline = None
+
+    def __call__(self, run):
+        threads = os.environ.get("SLURM_CPUS_PER_TASK", "1")
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID"))
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        write_record(run, job_id=f"{job}_{task}" if task else job, host=os.uname().nodename)
+        self._pipeline = Pipeline(run, self.train_flags, self.eval_flags, env=env, capture_stderr=True)
+        outcome = self._pipeline()
+        if outcome["outcome"] == "failed":
+            raise RuntimeError(f"{run.name}: {outcome['step']} exited {outcome['exit_code']}; see {outcome['log']}")
+        return outcome
+
+    def checkpoint(self, run):
+        """Called by submitit on USR2 (pre-emption, time limit): stop cleanly, then requeue this task."""
+        import submitit
+
+        pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.stop()
+            deadline = time.time() + STOP_WAIT_S
+            while pipeline.child is not None and pipeline.child.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+        return submitit.helpers.DelayedSubmission(RunTask(self.train_flags, self.eval_flags), run)
+
+
+def submit(runs, train_flags=(), eval_flags=(), *, folder, partition=None, gpus=1, cpus=4, mem_gb=20, time_min=1440,
+           array_parallelism=256, sbatch=(), log=print):
+    """Submit every run that is neither finished nor running as one job array; returns {run name: job id}."""
+    import submitit
+
+    todo, skipped = [], []
+    known = job_states(recorded_jobs(runs))
+    for run in runs:
+        state = status(run)
+        job = state.get("job_id")
+        if state["state"] in ("done", "running") or known.get(job) in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING"):
+            skipped.append((run, state["state"] if state["state"] in ("done", "running") else "queued"))
+        else:
+            todo.append(run)
+    for run, why in skipped:
+        log(f"== {run.name}: {why}; not submitted again")
+    if not todo:
+        return {}
+    # a long run may be pre-empted or time out many times; each resumes from its last completed epoch
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=1000)
+    extra = dict(item.split("=", 1) if "=" in item else (item, None) for item in sbatch)
+    root = os.path.relpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    executor.update_parameters(
+        name="bkd", timeout_min=time_min, slurm_partition=partition, gpus_per_node=gpus or None, cpus_per_task=cpus,
+        mem_gb=mem_gb, slurm_array_parallelism=array_parallelism,
+        slurm_additional_parameters={k.lstrip("-"): v for k, v in extra.items()},
+        slurm_setup=[f'export PYTHONPATH="{root}${{PYTHONPATH:+:$PYTHONPATH}}"'],
+    )
+    for run in todo:
+        os.makedirs(run.path, exist_ok=True)
+        write_record(run, failed=None)
+    jobs = executor.map_array(RunTask(train_flags, eval_flags), todo)
+    ids = {run.name: job.job_id for run, job in zip(todo, jobs)}
+    for run, job in zip(todo, jobs):
+        write_record(run, job_id=job.job_id)
+        log(f"== {run.name}: submitted as job {job.job_id}")
+    save_jobs(runs, ids)
+    return ids
+
+
+def jobs_path(runs):
+    return os.path.join(runs[0].results_dir, JOBS_FILE)
+
+
+def save_jobs(runs, ids):
+    path = jobs_path(runs)
+    jobs = read_json(path) or {}
+    jobs.update(ids)
+    with open(path + ".tmp", "w") as fh:
+        json.dump(jobs, fh, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def recorded_jobs(runs):
+    return [status(run).get("job_id") for run in runs if status(run).get("job_id")]
+
+
+def job_states(job_ids):
+    """{job id: SLURM state} from squeue (finished jobs stay listed for MinJobAge); {} without SLURM."""
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
+
+
+def wait(runs, poll_s=10, log=print):
+    """Block until no run is running or queued on the cluster; returns the final statuses."""
+    while True:
+        states = job_states(recorded_jobs(runs))
+        busy = [run for run in runs if status(run)["state"] == "running"
+                or states.get(status(run).get("job_id")) in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING")]
+        if not busy:
+            return [status(run) for run in runs]
+        time.sleep(poll_s)
+

@@ -1,0 +1,258 @@
+"""Run traces in the golden traces' schema (`../shared/data/reference-traces/README.md`) and their comparison.
+
+`--trace FILE` records, read-only, what a run computes: hashes of every training batch and
+target, the losses, per-epoch statistics and weights, both Otsu splits, the detection file
+and every checkpoint save. `compare` walks two traces in execution order and yields their
+differences, first difference first; with `floats=False` (another CPU type) it checks only
+what does not depend on float rounding: the data, the random streams and the schedule.
+"""
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+import torch
+
+from utils import logfmt
+from utils.files import save_json
+from utils.runtime import machine_info
+
+
+def tensor_sha256(value):
+    """sha256 of a tensor's / array's raw bytes in its own dtype, C-contiguous, on the CPU."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().contiguous().numpy()
+    return hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
+
+
+def state_sha256(module):
+    """One sha256 over the bytes of every state-dict value, in state-dict order (names not hashed)."""
+    digest = hashlib.sha256()
+    for value in module.state_dict().values():
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TraceRecorder:
+    """Collects a run's trace; `save()` writes it atomically (after every epoch, so a killed run keeps one)."""
+
+    def __init__(self, path, resume_epoch=0):
+        self.path = path
+        self.trace = {"config": {}, "iterations": [], "epochs": [], "overfitting": None, "detection_sha256": None,
+                      "detection": None, "checkpoints": [], "run": {"t_start": time.time()}}
+        if resume_epoch and os.path.exists(path):  # --resume: keep what the completed epochs recorded
+            with open(path) as fh:
+                old = json.load(fh)
+            self.trace.update(old)
+            self.trace["iterations"] = [r for r in old["iterations"] if r["epoch"] < resume_epoch]
+            self.trace["epochs"] = [r for r in old["epochs"] if r["epoch"] < resume_epoch]
+            self.trace["checkpoints"] = [r for r in old["checkpoints"] if r["epoch"] < resume_epoch]
+        self._epoch_start = time.time()
+
+    def config(self, **fields):
+        self.trace["config"].update(fields)
+        self.trace["config"].setdefault("machine", machine_info())
+
+    def start_epoch(self):
+        self._epoch_start = time.time()
+
+    def iteration(self, epoch, i, idx, x, y, target, loss, naive, comp):
+        self.trace["iterations"].append({
+            "epoch": epoch, "iter": i, "batch": len(y),
+            "index_sha256": tensor_sha256(idx), "img_sha256": tensor_sha256(x), "labels_sha256": tensor_sha256(y),
+            "target_sha256": tensor_sha256(target),
+            "loss": loss.item(), "naive_loss": naive.item(), "compensation_loss": comp.item(),
+        })
+
+    def epoch(self, row, teacher, student):
+        row = dict(row, wall_s=time.time() - self._epoch_start, teacher_sha256=state_sha256(teacher),
+                   student_sha256=state_sha256(student))
+        self.trace["epochs"].append(row)
+
+    def split(self, overfit_epoch, found_at, train_stat, train_split, train_groups, full_stat, full_split, full_groups,
+              fallback_epoch=None):
+        self.trace["overfitting"] = {
+            "epoch": overfit_epoch, "found_at_epoch": found_at,
+            "train_split": _split_record(train_stat, train_split, train_groups),
+            "full_set": _split_record(full_stat, full_split, full_groups),
+        }
+        if fallback_epoch is not None:  # no peak: the last epoch was split (not in the original)
+            self.trace["overfitting"]["fallback_split_epoch"] = fallback_epoch
+
+    def checkpoint(self, kind, epoch, teacher, student):
+        self.trace["checkpoints"].append({"kind": kind, "epoch": epoch, "teacher_sha256": state_sha256(teacher),
+                                          "student_sha256": state_sha256(student)})
+
+    def detection(self, path, flagged):
+        digest = file_sha256(path)
+        self.trace["detection_sha256"] = digest
+        self.trace["detection"] = {"file_sha256": digest, "array_sha256": tensor_sha256(flagged),
+                                   "sum": int(flagged.sum()), "len": len(flagged), "dtype": str(flagged.dtype)}
+
+    def save(self):
+        self.trace["run"]["wall_total_s"] = time.time() - self.trace["run"]["t_start"]
+        save_json(self.trace, self.path, sort_keys=False, indent=None)
+
+
+def run_config(args, data, init_hashes):
+    """The trace's `config`: the run's flags and environment, and hashes of its data and initial weights."""
+    from data.cifar import local_images
+    from utils.files import portable
+
+    train_pos, val_pos = data.train_pos.astype(np.int64), data.val_pos.astype(np.int64)
+    images = local_images(args.dataset, args.data_root)
+    return {
+        "args_as_parsed": {k: portable(v) if isinstance(v, str) and os.path.isabs(v) else v for k, v in vars(args).items()},
+        "argv": [portable(a) if os.path.isabs(a) else a for a in sys.argv[1:]],
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "num_threads": torch.get_num_threads(),
+        "num_interop_threads": torch.get_num_interop_threads(),
+        "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "npz_sha256": file_sha256(images) if images and images.endswith(".npz") else None,
+        "noise_path_sha256": file_sha256(data.labels.path),
+        "subset_size": len(data.subset),
+        "subset_sha256": tensor_sha256(np.asarray(data.subset, dtype=np.int64)),
+        "n_train_full": len(data.subset),
+        "n_train_split": len(train_pos),
+        "n_val_split": len(val_pos),
+        "n_test": len(data.images.y_test),
+        "train_positions_sha256": tensor_sha256(train_pos),
+        "val_positions_sha256": tensor_sha256(val_pos),
+        "val_positions_first10": val_pos[:10].tolist(),
+        "train_noisy_labels_sha256": tensor_sha256(data.noisy[train_pos].astype(np.int64)),
+        "full_noisy_labels_sha256": tensor_sha256(data.noisy.astype(np.int64)),
+        "full_noise_or_not_sum": int((data.noisy != data.clean).sum()),
+        "teacher_init_sha256": init_hashes[0],
+        "student_init_sha256": init_hashes[1],
+    }
+
+
+def _split_record(stat, split, groups):
+    record = {"p_sha256": tensor_sha256(np.asarray(stat, dtype=np.float32)), "p_len": len(stat),
+              "up_mean": split["mu2"], "up_sigma": split["sigma2"], "lo_mean": split["mu1"], "lo_sigma": split["sigma1"],
+              "thresh": split["threshold"], "thresh_type": "torch.float32"}
+    for k in (1, 2, 3, 4):
+        mask = np.asarray(groups) == k
+        record.update({f"group_{k}_size": int(mask.sum()), f"group_{k}_sha256": tensor_sha256(mask),
+                       f"group_{k}_dtype": "torch.bool"})
+    return record
+
+
+# --- comparison -------------------------------------------------------------------------------
+# What does not depend on float rounding: the data, the random streams (initial weights, the
+# loaders' draws) and the schedule. Compared on every machine.
+DATA_CONFIG = ("npz_sha256", "noise_path_sha256", "subset_size", "subset_sha256", "n_train_full", "n_train_split",
+               "n_val_split", "n_test", "train_positions_sha256", "val_positions_sha256", "val_positions_first10",
+               "train_noisy_labels_sha256", "full_noisy_labels_sha256", "full_noise_or_not_sum", "teacher_init_sha256",
+               "student_init_sha256")
+DATA_ITERATION = ("epoch", "iter", "batch", "index_sha256", "img_sha256", "labels_sha256")
+FLOAT_ITERATION = ("target_sha256", "loss", "naive_loss", "compensation_loss")
+DATA_EPOCH = ("epoch", "lr", "overfitting_epoch_found")
+FREE_EPOCH = ("wall_s",)
+
+
+def compare(ours, theirs, floats=True):
+    """Yield (place, field, ours, theirs) for every difference, in execution order.
+
+    With floats=False only the data, random-stream and schedule fields are compared (and a
+    warm-up epoch's one-hot target, which is a function of the labels alone).
+    """
+    for key in DATA_CONFIG:
+        if key in theirs["config"] and ours["config"].get(key) != theirs["config"][key]:
+            yield "config", key, ours["config"].get(key), theirs["config"][key]
+    warmup = {row["epoch"] for row in theirs["epochs"] if row.get("mean_max_student_prob") is not None}
+    yield from _rows("iterations", ours["iterations"], theirs["iterations"], lambda r: f"epoch {r['epoch']}, iter {r['iter']}",
+                     lambda r: DATA_ITERATION + (FLOAT_ITERATION if floats else ("target_sha256",) if r["epoch"] in warmup else ()))
+    yield from _rows("epochs", ours["epochs"], theirs["epochs"], lambda r: f"epoch {r['epoch']}",
+                     lambda r: [k for k in r if k not in FREE_EPOCH] if floats else DATA_EPOCH)
+    if not floats:
+        return
+    for section in ("overfitting", "detection_sha256", "detection"):
+        if ours.get(section) != theirs.get(section):
+            yield from _nested(section, ours.get(section), theirs.get(section))
+    yield from _rows("checkpoints", ours["checkpoints"], theirs["checkpoints"], lambda r: f"save {r['kind']}@{r['epoch']}",
+                     lambda r: list(r))
+
+
+def _rows(section, ours, theirs, where, fields):
+    for i, row in enumerate(theirs):
+        if i >= len(ours):
+            yield f"{section}[{where(row)}]", "(row)", "missing", f"{len(theirs)} rows"
+            return
+        for key in fields(row):
+            if ours[i].get(key) != row.get(key):
+                yield f"{section}[{where(row)}]", key, ours[i].get(key), row.get(key)
+    if len(ours) > len(theirs):
+        yield f"{section}[{where(ours[len(theirs)])}]", "(row)", f"{len(ours)} rows", "missing"
+
+
+def _nested(place, ours, theirs):
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        for key in theirs:
+            if ours.get(key) != theirs[key]:
+                yield from _nested(f"{place}.{key}", ours.get(key), theirs[key])
+    else:
+        section, _, field = place.rpartition(".")
+        yield section or place, field if section else "value", ours, theirs
+
+
+def first_difference(ours, theirs, floats=True):
+    return next(compare(ours, theirs, floats), None)
+
+
+# The golden traces were recorded on an AVX-512 CPU (reference-traces/README.md); our traces say so themselves.
+GOLDEN_CPU_CAPABILITY = "AVX512"
+
+
+def trace_machine(trace):
+    """(CPU capability, thread count) a trace was recorded with."""
+    config = trace["config"]
+    return config.get("machine", {}).get("cpu_capability", GOLDEN_CPU_CAPABILITY), config.get("num_threads")
+
+
+_ELAPSED = re.compile(r"^(epoch: \d+\ttime elapsed: ).*$")
+_PATHS = [(re.compile(r"^(Loaded \S+ from ).*(\.)$"), r"\1<path>\2"), (re.compile(r"^(noisy labels loaded from ).*$"), r"\1<path>")]
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+_BANNER_END = ("building model done", "Validate with ")
+
+
+def comparable_log(text, floats=True):
+    """The lines of a log as the comparison sees them: without our `[bkd] ` lines, elapsed times and label-file
+    paths masked; with floats=False every number after the start-up lines masked, and the new-best lines (whose
+    presence depends on float accuracies) dropped."""
+    lines = [line for line in text.splitlines() if not line.startswith(logfmt.OURS)]
+    banner_end = max((i for i, line in enumerate(lines) if line.startswith(_BANNER_END)), default=-1)
+    out = []
+    for i, line in enumerate(lines):
+        line = _ELAPSED.sub(r"\1<time>", line)
+        for pattern, repl in _PATHS:
+            line = pattern.sub(repl, line)
+        if not floats and i > banner_end:
+            if line.startswith("models saved - new best"):
+                continue
+            line = _NUMBER.sub("#", line)
+        out.append(line)
+    return out
+
+
+def compare_logs(ours, theirs, floats=True):
+    """(line number, our line, their line) of the first difference of two logs, or None."""
+    a, b = comparable_log(ours, floats), comparable_log(theirs, floats)
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i + 1, x, y
+    if len(a) != len(b):
+        n = min(len(a), len(b))
+        return n + 1, a[n] if n < len(a) else "(end)", b[n] if n < len(b) else "(end)"
+    return None
