@@ -31,3 +31,31 @@ def tiny_flags(data_root, results_dir, noise_type="worst", **extra):
         elif value is not False and value is not None:
             out += [f"--{key}", str(value)]
     return out
+
+
+# A tiny grid for the launcher tests (local and SLURM): 2 seeds x 2 label sets, narrow network, 4 epochs.
+GRID_TINY = ["--n_epoch", "4", "--width", "4", "--batch_size", "32", "--lr_step", "3", "--noisy_val_freq", "2",
+             "--clean_test_freq", "3", "--eval_batch_size", "256", "--device", "cpu", "--no_download"]
+GRID_RUNS = ("cifar10_aggre_seed_0", "cifar10_worst_seed_0", "cifar10_aggre_seed_1", "cifar10_worst_seed_1")
+
+
+def launch(*args, check_code=None, timeout=300, env=None):
+    """python -m launch ... as a user types it."""
+    proc = subprocess.run([sys.executable, "-m", "launch", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    if check_code is not None:
+        assert proc.returncode == check_code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def grid_flags(results, seeds=(0, 1), noise_types=("aggre", "worst")):
+    return ["--seeds", *map(str, seeds), "--noise_types", *noise_types, "--results_dir", results]
+
+
+def data_flags(data_root):
+    return ["--data_root", data_root, "--noise_path", os.path.join(data_root, "CIFAR-10_human.pt")]
+
+
+def local_grid_flags(results, data_root):
+    """The local launcher on the tiny grid: 2 runs at a time, 1 thread each."""
+    return ["run", *grid_flags(results), "--cpu", "--parallel", "2", "--threads", "1", *GRID_TINY, *data_flags(data_root)]

@@ -8,28 +8,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from tests.cli import ROOT
-
-TINY = ["--n_epoch", "3", "--width", "4", "--batch_size", "64", "--lr_step", "2", "--noisy_val_freq", "1",
-        "--clean_test_freq", "2", "--eval_batch_size", "256", "--device", "cpu", "--no_download"]
-
-
-def launch(*args, check_code=None, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "launch", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-    if check_code is not None:
-        assert proc.returncode == check_code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def grid_flags(results, synthetic_root, seeds=(0, 1), noise_types=("aggre", "worst")):
-    return ["--seeds", *map(str, seeds), "--noise_types", *noise_types, "--results_dir", results]
-
-
-def data_flags(synthetic_root):
-    return ["--data_root", synthetic_root, "--noise_path", os.path.join(synthetic_root, "CIFAR-10_human.pt")]
+from tests.cli import GRID_TINY, ROOT, data_flags, grid_flags, launch
+from tests.conftest import complete_local_grid
 
 
 def test_grids_and_flag_routing():
@@ -47,21 +27,8 @@ def test_grids_and_flag_routing():
     assert evaluation == ["--n_epoch", "3", "--noise_path", "x.pt", "--device", "cpu", "--reference"]  # not --width
 
 
-@pytest.fixture(scope="module")
-def failed_grid(synthetic_root, tmp_path_factory):
-    """2 seeds x 2 label sets, 2 at a time with 1 thread each; cifar10_worst_seed_1 holds a foreign file and fails."""
-    results = str(tmp_path_factory.mktemp("grid"))
-    foreign = os.path.join(results, "cifar10_worst_seed_1")
-    os.makedirs(foreign)
-    with open(os.path.join(foreign, "detection.npy"), "w") as fh:
-        fh.write("not ours")
-    proc = launch("run", *grid_flags(results, synthetic_root), "--cpu", "--parallel", 2, "--threads", 1,
-                  *TINY, *data_flags(synthetic_root))
-    return results, proc
-
-
-def test_failed_run_does_not_stop_the_others(failed_grid):
-    results, proc = failed_grid
+def test_failed_run_does_not_stop_the_others(local_grid):
+    results, proc = local_grid
     assert proc.returncode == 4, proc.stdout + proc.stderr  # the failed run's exit code (run directory holds a run)
     log = os.path.join(results, "cifar10_worst_seed_1", "training.stderr")
     assert f"failed: cifar10_worst_seed_1: training exited 4; log {log}" in proc.stdout
@@ -70,11 +37,11 @@ def test_failed_run_does_not_stop_the_others(failed_grid):
     for name in ("cifar10_aggre_seed_0", "cifar10_aggre_seed_1", "cifar10_worst_seed_0"):
         assert "The f-score is" in open(os.path.join(results, name, "detection.log")).read()
         metrics = json.load(open(os.path.join(results, name, "metrics.json")))
-        assert metrics["machine"]["num_threads"] == 1 and metrics["epochs_completed"] == 3
+        assert metrics["machine"]["num_threads"] == 1 and metrics["epochs_completed"] == 4
 
 
-def test_runs_went_two_at_a_time(failed_grid):
-    results, _ = failed_grid
+def test_runs_went_two_at_a_time(local_grid):
+    results, _ = local_grid
     spans = []
     for name in ("cifar10_aggre_seed_0", "cifar10_aggre_seed_1", "cifar10_worst_seed_0"):
         record = json.load(open(os.path.join(results, name, "launch.json")))
@@ -84,10 +51,10 @@ def test_runs_went_two_at_a_time(failed_grid):
     assert spans[2][0] >= min(spans[0][1], spans[1][1]) - 1, "a third run started while two were running"
 
 
-def test_status_and_summary_of_a_partly_failed_grid(failed_grid, synthetic_root):
-    results, _ = failed_grid
-    out = launch("status", *grid_flags(results, synthetic_root), check_code=0).stdout
-    assert re.search(r"cifar10_aggre_seed_0\s+done\s+2/2", out)
+def test_status_and_summary_of_a_partly_failed_grid(local_grid):
+    results, _ = local_grid
+    out = launch("status", *grid_flags(results), check_code=0).stdout
+    assert re.search(r"cifar10_aggre_seed_0\s+done\s+3/3", out)
     assert re.search(r"cifar10_worst_seed_1\s+failed\s+-\s+training exited 4", out)
     from launch.grid import make_grid
     from utils.report import grid_summary
@@ -102,30 +69,28 @@ def test_status_and_summary_of_a_partly_failed_grid(failed_grid, synthetic_root)
     assert [r for r in per_seed if r["label set"] == "worst" and r["seed"] == 0][0]["F1"] == f"{metrics['detection']['f1']:.3f}"
 
 
-def test_launching_again_skips_finished_runs_retries_the_failed_one_and_leaves_running_ones(failed_grid, synthetic_root):
-    results, _ = failed_grid
-    os.remove(os.path.join(results, "cifar10_worst_seed_1", "detection.npy"))
+def test_launching_again_skips_finished_runs_retries_the_failed_one_and_leaves_running_ones(local_grid, synthetic_root):
+    results, _ = local_grid
     finished = os.path.join(results, "cifar10_aggre_seed_0", "teacher.pth.tar")
     before = os.stat(finished).st_mtime_ns
     held = open(os.path.join(results, "cifar10_aggre_seed_1", ".launch.lock"), "a+")
     fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another launcher is running this run
     try:
-        proc = launch("run", *grid_flags(results, synthetic_root), "--cpu", "--parallel", 2, "--threads", 1,
-                      *TINY, *data_flags(synthetic_root), check_code=0)
+        proc = complete_local_grid(results, synthetic_root)
     finally:
         held.close()
     assert "== cifar10_aggre_seed_0: already finished; skipped" in proc.stdout
     assert "== cifar10_aggre_seed_1: already running elsewhere; left alone" in proc.stdout
     assert "== cifar10_worst_seed_1: done" in proc.stdout
     assert os.stat(finished).st_mtime_ns == before
-    summary = launch("summary", *grid_flags(results, synthetic_root), check_code=0).stdout
+    summary = launch("summary", *grid_flags(results), check_code=0).stdout
     assert "| worst | 2 of 2 |" in summary and os.path.exists(os.path.join(results, "summary.csv"))
 
 
 def test_ctrl_c_stops_every_run_and_the_next_launch_resumes(synthetic_root, tmp_path):
     results = str(tmp_path)
-    flags = ["run", *grid_flags(results, synthetic_root, seeds=(0,)), "--cpu", "--parallel", "2", "--threads", "1",
-             *TINY[2:], "--n_epoch", "6", *data_flags(synthetic_root)]
+    flags = ["run", *grid_flags(results, seeds=(0,)), "--cpu", "--parallel", "2", "--threads", "1", *GRID_TINY,
+             *data_flags(synthetic_root)]
     proc = subprocess.Popen([sys.executable, "-m", "launch", *flags], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     logs = [os.path.join(results, f"cifar10_{t}_seed_0", "training.log") for t in ("aggre", "worst")]
@@ -141,11 +106,11 @@ def test_ctrl_c_stops_every_run_and_the_next_launch_resumes(synthetic_root, tmp_
     assert not left, f"training processes left running: {left}"
     for log in logs:
         assert os.path.exists(os.path.join(os.path.dirname(log), "state.pth.tar"))
-    status = launch("status", *grid_flags(results, synthetic_root, seeds=(0,)), check_code=0).stdout
+    status = launch("status", *grid_flags(results, seeds=(0,)), check_code=0).stdout
     assert status.count("interrupted") == 2
     launch(*flags, check_code=0)
     for log in logs:
         text = open(log).read()
         assert "[bkd] resumed" in text
         # every epoch completed exactly once across the two launches
-        assert sorted(re.findall(r"^epoch: (\d+)\ttime elapsed", text, re.M), key=int) == [str(e) for e in range(6)]
+        assert sorted(re.findall(r"^epoch: (\d+)\ttime elapsed", text, re.M), key=int) == [str(e) for e in range(4)]

@@ -12,21 +12,19 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from tests.cli import ROOT
-from tests.test_launch import data_flags, grid_flags
+from tests.cli import GRID_RUNS as RUNS
+from tests.cli import GRID_TINY as TINY
+from tests.cli import ROOT, data_flags, grid_flags, launch
+from tests.conftest import complete_local_grid
 
 SCRIPT = os.path.join(ROOT, "scripts", "slurm_local.sh")
-N_EPOCH = 6
-TINY = ["--n_epoch", str(N_EPOCH), "--width", "4", "--batch_size", "32", "--lr_step", "4", "--noisy_val_freq", "2",
-        "--clean_test_freq", "3", "--eval_batch_size", "256", "--device", "cpu", "--no_download"]
-RUNS = ("cifar10_aggre_seed_0", "cifar10_worst_seed_0", "cifar10_aggre_seed_1", "cifar10_worst_seed_1")
+N_EPOCH = int(TINY[TINY.index("--n_epoch") + 1])
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +60,6 @@ def _daemons():
     return found
 
 
-def _launch(env, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "launch", *map(str, args)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def _wait_for(predicate, timeout, what):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -86,12 +79,12 @@ def _job(results, name):
     return json.load(open(record)).get("job_id") if os.path.exists(record) else None
 
 
-def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, synthetic_root, tmp_path):
+def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, local_grid, synthetic_root, tmp_path):
     env = cluster
-    slurm_results, local_results = str(tmp_path / "slurm"), str(tmp_path / "local")
-    grid = grid_flags(slurm_results, synthetic_root)
-    submitted = _launch(env, "run", *grid, "--slurm", "--gpus", 0, "--cpus", 1, "--mem_gb", 0.5, "--time_min", 60,
-                        *TINY, *data_flags(synthetic_root))
+    slurm_results, (local_results, _) = str(tmp_path / "slurm"), local_grid
+    grid = grid_flags(slurm_results)
+    submitted = launch("run", *grid, "--slurm", "--gpus", 0, "--cpus", 1, "--mem_gb", 0.5, "--time_min", 60,
+                       *TINY, *data_flags(synthetic_root), env=env)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     assert submitted.stdout.count("submitted as job") == 4
 
@@ -100,17 +93,21 @@ def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, synt
     for name, command in ((polite, ["scancel", "--signal=USR2"]), (rude, ["scontrol", "requeue"])):
         _wait_for(lambda: "epoch 2\n" in _log(slurm_results, name), 240, f"{name} to reach epoch 2")
         subprocess.run(command + [_job(slurm_results, name)], env=env, check=True, timeout=30)
-    relaunch = _launch(env, "run", *grid, "--slurm", "--gpus", 0, "--cpus", 1, "--mem_gb", 0.5, *TINY,
-                       *data_flags(synthetic_root))  # idempotent: nothing is submitted twice
+    relaunch = launch("run", *grid, "--slurm", "--gpus", 0, "--cpus", 1, "--mem_gb", 0.5, *TINY, *data_flags(synthetic_root),
+                      env=env)  # idempotent: nothing is submitted twice
     assert "submitted as job" not in relaunch.stdout, relaunch.stdout
 
+    from launch.grid import make_grid, status
+
+    runs = make_grid(seeds=[0, 1], noise_types=["aggre", "worst"], results_dir=slurm_results)
+
     def all_done():
-        out = _launch(env, "status", *grid).stdout
-        return out.count(" done ") == 4
+        time.sleep(1)
+        return all(status(run)["state"] == "done" for run in runs)
 
     _wait_for(all_done, 420, "all four runs to finish")
-    status = _launch(env, "status", *grid).stdout
-    assert re.search(rf"{polite}\s+done\s+{N_EPOCH - 1}/{N_EPOCH - 1}\s+\d+_\d+", status), status
+    listing = launch("status", *grid, env=env).stdout
+    assert re.search(rf"{polite}\s+done\s+{N_EPOCH - 1}/{N_EPOCH - 1}\s+\d+_\d+", listing), listing
 
     for name in RUNS:
         text = _log(slurm_results, name)
@@ -119,9 +116,7 @@ def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, synt
     assert "[bkd] resumed" in _log(slurm_results, polite) and "[bkd] resumed" in _log(slurm_results, rude)
 
     # The same grid with the local launcher, one thread per run: the same outputs, bit for bit.
-    local = _launch(env, "run", *grid_flags(local_results, synthetic_root), "--cpu", "--parallel", 2, "--threads", 1,
-                    *TINY, *data_flags(synthetic_root), timeout=600)
-    assert local.returncode == 0, local.stdout + local.stderr
+    complete_local_grid(local_results, synthetic_root)
     for name in RUNS:
         a, b = os.path.join(slurm_results, name), os.path.join(local_results, name)
         assert open(os.path.join(a, "detection.npy"), "rb").read() == open(os.path.join(b, "detection.npy"), "rb").read(), name

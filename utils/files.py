@@ -5,7 +5,6 @@ import tempfile
 from contextlib import contextmanager
 
 import numpy as np
-import torch
 
 
 @contextmanager
@@ -35,6 +34,8 @@ def portable(path):
 
 
 def save_torch(obj, path):
+    import torch  # here, so that modules needing only the other writers load without torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
