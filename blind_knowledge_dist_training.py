@@ -14,7 +14,8 @@ from bkd.engine import (CPU_CHANNELS_LAST_MIN_WIDTH, Precision, StopFlag, evalua
                         use_channels_last)
 from bkd.method import first_detectable_epoch
 from bkd.state import MethodState
-from data.cifar import DATASETS, dataset_info
+from bkd.issues import write_label_issues
+from data.cifar import DATASETS
 from data.loaders import make_loader
 from data.setup import SUBSET_FILE, load_run_data
 from models import PreResNet18
@@ -113,13 +114,12 @@ def train(args, device, run):
     set_global_seeds(args.seed)
     log(logfmt.device_line(device))
     log(str(device))
-    info = dataset_info(args.dataset)
     if not args.eval_batch_size:
         args.eval_batch_size = 1024 if device.type == "cuda" else 256
     data = load_run_data(args)
-    for line in data.banner():
+    for line in data.banner:
         log(line)
-    num_classes = info["num_classes"]
+    info, num_classes = data.info, data.info["num_classes"]
 
     # Teacher, then student: the same architecture, one SGD optimiser over both (spec section 3).
     log(logfmt.BUILDING)
@@ -155,8 +155,10 @@ def train(args, device, run):
         make_loader(args.loader, x_full[data.val_pos], data.noisy[data.val_pos], batch_size=args.eval_batch_size, **val_norm, **common)
         if len(data.val_pos) else train_loader  # --val_ratio 0: select on the training loader, as the original
     )
-    test_loader = make_loader(args.loader, data.images.x_test, data.images.y_test, batch_size=args.eval_batch_size, **norm, **common)
-    loaders = {"full": full_loader, "train": train_loader, "val": val_loader, "test": test_loader}
+    test_loader = None if data.x_test is None else make_loader(args.loader, data.x_test, data.y_test,
+                                                               batch_size=args.eval_batch_size, **norm, **common)
+    loaders = {name: loader for name, loader in (("full", full_loader), ("train", train_loader), ("val", val_loader),
+                                                  ("test", test_loader)) if loader is not None}
 
     state, start_epoch = MethodState(), 0
     if args.resume:
@@ -175,7 +177,7 @@ def train(args, device, run):
                     f"run directory {portable(run.path)}"))
     alphas = (args.alpha1, args.alpha2, args.alpha3, args.alpha4)
     sample_alpha = None if state.warmup else group_alphas(state.groups, alphas, device)
-    truly_noisy = data.noisy != data.clean
+    truly_noisy = data.truly_noisy  # None without clean labels (custom data)
     stop = StopFlag().install()
 
     def save_pair(teacher_name, student_name, epoch, kind):
@@ -198,11 +200,14 @@ def train(args, device, run):
                 for line in logfmt.otsu_block(result):
                     log(line)
         save_numpy(detected, run.file(ck.DETECTION))
-        save_numpy(state.stats[epoch]["full"], run.file(ck.AGREEMENT))
+        full = state.stats[epoch]
+        save_numpy(full["full"], run.file(ck.AGREEMENT))
+        write_label_issues(run.file(ck.LABEL_ISSUES), data.noisy, full["full"], full["full_agreed"], full["full_agreed_prob"],
+                           state.full_groups, data.classes, data.ids[data.subset])
         sizes = np.bincount(state.groups, minlength=5)[1:]
         log(logfmt.ours(f"split of epoch {epoch}: training groups G1-G4 {sizes.tolist()}; "
                         f"{int(detected.sum())} of {len(detected)} labels flagged as noisy (detection.npy)"))
-        if truly_noisy.any():
+        if truly_noisy is not None and truly_noisy.any():
             d = detection_scores(detected, truly_noisy)
             log(logfmt.ours(f"detection against the clean labels: precision {d['precision']:.4f}, recall {d['recall']:.4f}, "
                             f"F1 {d['f1']:.4f}"))
@@ -239,16 +244,17 @@ def train(args, device, run):
             else:
                 # The full-set statistic, kept per warm-up epoch for detection (spec 4.5).
                 stop.check(f"epoch {epoch}, full-set pass")
-                _, full_stat = evaluate(net_t, net_s, full_loader, precision, channels_last, description="full set")
-                state.add_full_stat(epoch, full_stat.cpu().numpy())
-                row["full_agreement_sha256"] = tensor_sha256(full_stat)
+                full = evaluate(net_t, net_s, full_loader, precision, channels_last, description="full set")
+                state.add_full_stat(epoch, full.label_prob.cpu().numpy(), full.agreed.cpu().numpy(),
+                                    full.agreed_prob.cpu().numpy())
+                row["full_agreement_sha256"] = tensor_sha256(full.label_prob)
                 if last:
                     log(logfmt.ours(f"no overfitting epoch found in epochs 0..{epoch}; splitting the last epoch's statistics instead"))
                     split(epoch, epoch, fallback=True)
 
         if epoch % args.noisy_val_freq == 0 or last:
             stop.check(f"epoch {epoch}, validation")
-            acc, _ = evaluate(net_t, net_s, val_loader, precision, channels_last, autograd=args.reference, description="validation")
+            acc = evaluate(net_t, net_s, val_loader, precision, channels_last, autograd=args.reference, description="validation").accuracy
             row["val_acc"] = acc
             state.val_acc.append([epoch, acc])
             if acc > state.best_val:
@@ -256,9 +262,9 @@ def train(args, device, run):
                 state.best_val, state.best_epoch = acc, epoch
                 save_pair(ck.TEACHER, ck.STUDENT, epoch, "best_val")
             log(logfmt.validation(epoch, acc, state.best_val, state.best_epoch))
-        if epoch % args.clean_test_freq == 0 or last:
+        if test_loader is not None and (epoch % args.clean_test_freq == 0 or last):
             stop.check(f"epoch {epoch}, test")
-            acc, _ = evaluate(net_t, net_s, test_loader, precision, channels_last, autograd=args.reference, description="test")
+            acc = evaluate(net_t, net_s, test_loader, precision, channels_last, autograd=args.reference, description="test").accuracy
             row["test_acc"] = acc
             state.test_acc.append([epoch, acc])
             if acc > state.best_test:
@@ -322,8 +328,8 @@ def metrics(args, state, data, epochs_done):
         "best_val_acc": state.best_val if state.val_acc else None,
         "best_epoch": state.best_epoch,
         "epoch_seconds": state.epoch_seconds,
-        "noise_rate": float(np.mean(data.noisy != data.clean)),
-        "detection": None if state.detected is None else detection_scores(state.detected, data.noisy != data.clean),
+        "noise_rate": None if data.truly_noisy is None else float(np.mean(data.truly_noisy)),
+        "detection": None if state.detected is None or data.truly_noisy is None else detection_scores(state.detected, data.truly_noisy),
     }
 
 

@@ -1,7 +1,9 @@
-"""Detection task: score a run's detection.npy against the true noise mask (spec section 5).
+"""Detection task: score a run's detection.npy (spec section 5), or summarise it for data without clean labels.
 
-Prints the original's start-up lines and its five lines (number flagged, number truly
-noisy, precision, recall, F-score), then ours, prefixed `[bkd] `.
+CIFAR-N: the original's start-up lines and its five lines (number flagged, number truly noisy,
+precision, recall, F-score), then ours, prefixed `[bkd] `.
+Custom data: the number flagged and the share of each class flagged; with --true_labels (a
+.npy of correct labels, -1 where not audited) also the original's five lines over the audited labels.
 """
 import os
 
@@ -15,6 +17,13 @@ from utils.errors import DataError, run_cli
 from utils.files import update_json
 from utils.metrics import detection_scores
 from utils.runtime import set_global_seeds
+
+
+def build_parser():
+    p = base_parser("Score the label-noise detection of a BKD run (precision, recall, F1).")
+    p.add_argument("--true_labels", type=str, default=None,
+                   help="--dataset custom: .npy of correct labels, one per training image, -1 where not audited")
+    return p
 
 
 def load_detection(path, expected_len):
@@ -31,22 +40,56 @@ def load_detection(path, expected_len):
     return flagged
 
 
+def load_true_labels(path, given, num_classes):
+    """Audited labels: (mask of audited images, truly noisy among them)."""
+    try:
+        truth = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise DataError(f"--true_labels {path}: not a readable .npy file ({err})") from None
+    if truth.shape != given.shape or not np.issubdtype(truth.dtype, np.integer):
+        raise DataError(f"--true_labels {path}: needs one integer label per training image ({given.shape}), got "
+                        f"{truth.dtype} {truth.shape}")
+    if ((truth < -1) | (truth >= num_classes)).any():
+        raise DataError(f"--true_labels {path}: labels must be in 0..{num_classes - 1}, or -1 for not audited")
+    audited = truth >= 0
+    return audited, given[audited] != truth[audited]
+
+
 def main(argv=None):
-    args = parse(base_parser("Score the label-noise detection of a BKD run (precision, recall, F1)."), argv)
+    args = parse(build_parser(), argv)
     set_global_seeds(args.seed)
     run_dir = ck.resolve_run_dir(args)
-    # Needs no images: the training run already checked the file's clean labels against them.
-    labels, subset, lines = load_run_labels(args, run_dir, val_ratio=0.0)
-    for line in lines:
+    data = load_run_labels(args, run_dir, val_ratio=0.0)  # needs no images: training checked the labels against them
+    for line in data.banner:
         print(line)
-    noisy, clean = (labels.noisy, labels.clean) if subset is None else (labels.noisy[subset], labels.clean[subset])
-    flagged = load_detection(os.path.join(run_dir, ck.DETECTION), len(noisy))
-    s = detection_scores(flagged, noisy != clean)
+    flagged = load_detection(os.path.join(run_dir, ck.DETECTION), len(data.noisy))
+    truly_noisy, scope = data.truly_noisy, "labels"
+    if data.truly_noisy is None:
+        summary = per_class(flagged, data.noisy, data.classes)
+        update_json(os.path.join(run_dir, ck.METRICS), {"flagged": summary})
+        if args.true_labels is None:
+            return
+        audited, truly_noisy = load_true_labels(args.true_labels, data.noisy, data.info["num_classes"])
+        flagged, scope = flagged[audited], f"audited labels ({int(audited.sum())} of {len(audited)})"
+    s = detection_scores(flagged, truly_noisy)
     for line in logfmt.detection(s["flagged"], s["truly_noisy"], s["precision"], s["recall"], s["f1"]):
         print(line)
-    print(logfmt.ours(f"{s['flagged']} of {len(flagged)} labels flagged, {s['truly_noisy']} truly noisy: precision "
+    print(logfmt.ours(f"{s['flagged']} of {len(flagged)} {scope} flagged, {s['truly_noisy']} truly noisy: precision "
                       f"{s['precision']:.4f}, recall {s['recall']:.4f}, F1 {s['f1']:.4f}"))
     update_json(os.path.join(run_dir, ck.METRICS), {"detection": s})
+
+
+def per_class(flagged, given, classes):
+    """Print and return how many labels are flagged, overall and per given class."""
+    print(logfmt.ours(f"{int(flagged.sum())} of {len(flagged)} labels flagged as noisy ({flagged.mean():.1%}); "
+                      f"most suspect first in {ck.LABEL_ISSUES}"))
+    rows = []
+    for c, name in enumerate(classes):
+        mine = given == c
+        k, n = int(flagged[mine].sum()), int(mine.sum())
+        rows.append({"class": c, "name": name, "flagged": k, "images": n})
+        print(logfmt.ours(f"class {c} ({name}): {k} of {n} flagged ({k / max(n, 1):.1%})"))
+    return {"flagged": int(flagged.sum()), "images": len(flagged), "per_class": rows}
 
 
 if __name__ == "__main__":

@@ -6,9 +6,8 @@ Prints the original's start-up lines and its `Best test acc selected by val is <
 import os
 
 from bkd.engine import Precision, evaluate
-from data.cifar import dataset_info, load_images
 from data.loaders import make_loader
-from data.setup import load_run_labels
+from data.setup import load_run_data, saved_subset
 from models import PreResNet18
 from utils import checkpoint as ck
 from utils import logfmt
@@ -42,22 +41,25 @@ def main(argv=None):
     device = resolve_device(args.device)
     print(logfmt.device_line(device))
     run_dir = ck.resolve_run_dir(args)
-    _, _, lines = load_run_labels(args, run_dir, args.val_ratio)
-    for line in lines:
+    data = load_run_data(args, subset=saved_subset(run_dir))
+    for line in data.banner:
         print(line)
-    info = dataset_info(args.dataset)
     print(logfmt.BUILDING)
     teacher, student, ckpt = load_pair(run_dir, ck.TEACHER, ck.STUDENT, device)
     print(logfmt.BUILT)
-    if ckpt["state_dict"]["linear.weight"].shape[0] != info["num_classes"]:
+    num_classes = data.info["num_classes"]
+    if ckpt["state_dict"]["linear.weight"].shape[0] != num_classes:
         raise DataError(f"{run_dir}: checkpoints have {ckpt['state_dict']['linear.weight'].shape[0]} classes, "
-                        f"--dataset {args.dataset} has {info['num_classes']}")
-    images = load_images(args.dataset, args.data_root, download=not args.no_download)
-    test_loader = make_loader("torchvision" if args.reference else "device", images.x_test, images.y_test,
+                        f"--dataset {args.dataset} has {num_classes}")
+    if data.x_test is None:
+        print(logfmt.ours("the data has no test set: no test accuracy"))
+        update_json(os.path.join(run_dir, ck.METRICS), {"learning": {"best_epoch": ckpt.get("epoch"), "best_test_acc": None}})
+        return
+    test_loader = make_loader("torchvision" if args.reference else "device", data.x_test, data.y_test,
                               batch_size=ORIGINAL_TEST_BATCH if args.reference else args.eval_batch_size, device=device,
-                              mean=info["mean"], std=info["std"], num_workers=args.num_workers)
+                              mean=data.info["mean"], std=data.info["std"], num_workers=args.num_workers)
     precision = Precision(device)
-    best_acc, _ = evaluate(teacher, student, test_loader, precision, autograd=args.reference, description="test")
+    best_acc = evaluate(teacher, student, test_loader, precision, autograd=args.reference, description="test").accuracy
     print(logfmt.learning(best_acc))
     print(logfmt.ours(f"{ck.TEACHER} / {ck.STUDENT} are from epoch {ckpt.get('epoch')}"), flush=True)
     results = {"best_epoch": ckpt.get("epoch"), "best_test_acc": best_acc}
@@ -65,7 +67,7 @@ def main(argv=None):
         teacher, student, last = load_pair(run_dir, ck.TEACHER_LAST, ck.STUDENT_LAST, device)
         last_acc = best_acc  # the same weights when the best epoch is the last (always with --reference)
         if last.get("epoch") != ckpt.get("epoch"):
-            last_acc, _ = evaluate(teacher, student, test_loader, precision, autograd=args.reference, description="test")
+            last_acc = evaluate(teacher, student, test_loader, precision, autograd=args.reference, description="test").accuracy
         print(logfmt.ours(f"last epoch ({last.get('epoch')}) test acc is {last_acc}"))
         results.update(last_epoch=last.get("epoch"), last_test_acc=last_acc)
     update_json(os.path.join(run_dir, ck.METRICS), {"learning": results})

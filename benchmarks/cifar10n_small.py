@@ -79,6 +79,18 @@ def train_cross_entropy(x, y, seed, evaluate=None, log=print):
     return model, history
 
 
+def cross_validated_probs(x, labels, seed, folds=3, log=print):
+    """Out-of-sample predicted probabilities: each image judged by a cross-entropy model that never saw it."""
+    from sklearn.model_selection import StratifiedKFold
+
+    pred_probs = np.zeros((len(labels), 10), dtype=np.float32)
+    for fold, (fit, held) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, labels)):
+        model, _ = train_cross_entropy(x[fit], labels[fit], seed + fold)
+        pred_probs[held] = probabilities(model, x[held], labels[held])
+        log(f"  fold {fold + 1}/{folds} done")
+    return pred_probs
+
+
 def run_bkd(label_set, args, runs_dir):
     common = ["--noise_type", label_set, "--preset", "quick", "--seed", str(args.seed), "--results_dir", runs_dir,
               "--data_root", args.data_root, "--noise_path", args.noise_path, "--no_download"]
@@ -97,7 +109,7 @@ def run_label_set(label_set, args, runs_dir, log=print):
     ns = SimpleNamespace(dataset="cifar10", noise_type=label_set, noise_path=args.noise_path, data_root=args.data_root,
                          no_download=True, subset=QUICK["subset"], seed=args.seed, val_ratio=QUICK["val_ratio"])
     data = load_run_data(ns)
-    x, noisy, clean = data.x_full, data.noisy, data.clean
+    x, noisy, clean = data.x_full, data.noisy, data.clean[data.subset]
     truth = noisy != clean
     result = {"label_set": label_set, "images": len(noisy), "noise_rate": float(truth.mean())}
 
@@ -109,7 +121,7 @@ def run_label_set(label_set, args, runs_dir, log=print):
 
     log(f"[{label_set}] cross-entropy baseline")
     tr, va = data.train_pos, data.val_pos
-    x_test, y_test = data.images.x_test, data.images.y_test
+    x_test, y_test = data.x_test, data.y_test
     start = time.time()
     _, history = train_cross_entropy(x[tr], noisy[tr], args.seed,
                                      evaluate=lambda m: (accuracy(m, x[va], noisy[va]), accuracy(m, x_test, y_test)), log=log)
@@ -118,14 +130,8 @@ def run_label_set(label_set, args, runs_dir, log=print):
                     "seconds": time.time() - start}
 
     log(f"[{label_set}] {args.folds}-fold cross-validated probabilities for cleanlab and small-loss")
-    from sklearn.model_selection import StratifiedKFold
-
     start = time.time()
-    pred_probs = np.zeros((len(noisy), 10), dtype=np.float32)
-    for fold, (fit, held) in enumerate(StratifiedKFold(args.folds, shuffle=True, random_state=args.seed).split(x, noisy)):
-        model, _ = train_cross_entropy(x[fit], noisy[fit], args.seed + fold)
-        pred_probs[held] = probabilities(model, x[held], noisy[held])
-        log(f"  fold {fold + 1}/{args.folds} done")
+    pred_probs = cross_validated_probs(x, noisy, args.seed, args.folds, log)
     cv_seconds = time.time() - start
     if args.save_probs:  # out-of-sample probabilities, for benchmarks/custom_label_issues.py
         np.save(os.path.join(args.save_probs, f"cv_probs_{label_set}_seed_{args.seed}.npy"), pred_probs)

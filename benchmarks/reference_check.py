@@ -66,7 +66,8 @@ def replay(trace_path, workdir, shared=SHARED, floats=None):
     common = ["--dataset", golden["--dataset"], "--noise_type", golden["--noise_type"], "--seed", golden["--seed"]]
     out, walls = {}, {}
     for name, script, flags in (("training", "blind_knowledge_dist_training.py", train),
-                                ("learning", "learning.py", common + data),
+                                # the test transform draws nothing: the worker count cannot change a number
+                                ("learning", "learning.py", common + data + ["--num_workers", golden["--num_workers"]]),
                                 ("detection", "detection.py", common + data)):
         start = time.time()
         proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *flags], cwd=workdir, env=env,

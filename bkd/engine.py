@@ -9,6 +9,7 @@ progress line is printed, a trace is recorded, or the epoch ends.
 import contextlib
 import signal
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -164,25 +165,34 @@ def _check_finite(first_bad, epoch):
         )
 
 
-def evaluate(teacher, student, loader, precision, channels_last=False, autograd=False, description="evaluation"):
-    """Eval-mode pass: (agreement accuracy in %, per-sample agreed probability of the given label, float32).
+@dataclass
+class Pass:
+    """What an evaluation pass yields, per sample where it is a tensor."""
 
-    `autograd=True` keeps autograd on, as the original's evaluation does (reference mode).
-    """
+    accuracy: float  # agreement accuracy in %, against the loader's labels
+    label_prob: torch.Tensor  # the agreed probability of the sample's label, pA[y] (float32)
+    agreed: torch.Tensor  # the label teacher and student agree on, argmax pA
+    agreed_prob: torch.Tensor  # its agreed probability, max pA
+
+
+def evaluate(teacher, student, loader, precision, channels_last=False, autograd=False, description="evaluation"):
+    """Eval-mode pass over `loader`. `autograd=True` keeps autograd on, as the original's evaluation does."""
     teacher.eval()
     student.eval()
     device = next(teacher.parameters()).device
     correct = torch.zeros((), dtype=torch.long, device=device)
-    stat = torch.zeros(loader.num_samples, device=device)
+    label_prob, agreed_prob = torch.zeros(2, loader.num_samples, device=device)
+    agreed = torch.zeros(loader.num_samples, dtype=torch.long, device=device)
     total = 0
     with torch.set_grad_enabled(autograd):
         for x, y, idx in progress(loader, description, total=len(loader)):
             zt, zs = forward_pair(teacher, student, x, precision, channels_last)
-            pa = agreement(zt.softmax(dim=1), zs.softmax(dim=1))
+            pa = agreement(zt.softmax(dim=1), zs.softmax(dim=1)).detach()
+            top_prob, top = pa.max(dim=1)
             correct += (pa.argmax(dim=1) == y).sum()
-            stat[idx] = label_probability(pa, y).detach()
+            label_prob[idx], agreed[idx], agreed_prob[idx] = label_probability(pa, y), top, top_prob
             total += len(y)
-    return 100 * float(correct) / float(max(total, 1)), stat
+    return Pass(100 * float(correct) / float(max(total, 1)), label_prob, agreed, agreed_prob)
 
 
 def group_alphas(groups, alphas, device):

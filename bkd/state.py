@@ -54,8 +54,9 @@ class MethodState:
             self.overfit_epoch = found
         return found
 
-    def add_full_stat(self, epoch, full_stat):
-        self.stats[epoch]["full"] = full_stat
+    def add_full_stat(self, epoch, full_stat, agreed=None, agreed_prob=None):
+        """The full-set pass of a warm-up epoch: pA[y], and the agreed label and its probability (label_issues.csv)."""
+        self.stats[epoch].update(full=full_stat, full_agreed=agreed, full_agreed_prob=agreed_prob)
 
     def split_at(self, epoch):
         """Split the statistics of `epoch` (spec 4.6); fixes the training groups, returns the detection mask."""

@@ -26,7 +26,7 @@ def pad_images(x, pad_mode):
 
 
 def crop_flip(padded, flip, offset_y, offset_x, flip_first):
-    """Random horizontal flip and 32x32 crop of padded images (B, C, 40, 40), as two gathers (rows, columns).
+    """Random horizontal flip and SxS crop of padded images (B, C, S+8, S+8), as two gathers (rows, columns).
 
     `flip` (B,) bool, `offset_y`/`offset_x` (B,) ints in 0..8: the top/left corner of
     the crop in the padded image, as torchvision's RandomCrop draws them. Padding is
@@ -34,13 +34,14 @@ def crop_flip(padded, flip, offset_y, offset_x, flip_first):
     flipping; a flip is a reversed column index.
     """
     batch, channels = padded.shape[:2]
-    span = torch.arange(CROP, device=padded.device)
+    size = padded.shape[-1] - 2 * PAD
+    span = torch.arange(size, device=padded.device)
     if flip_first:
         offset_x = torch.where(flip, 2 * PAD - offset_x, offset_x)
     rows = offset_y[:, None] + span
-    cols = offset_x[:, None] + torch.where(flip[:, None], CROP - 1 - span, span)
-    out = padded.gather(2, rows[:, None, :, None].expand(batch, channels, CROP, padded.shape[3]))
-    return out.gather(3, cols[:, None, None, :].expand(batch, channels, CROP, CROP))
+    cols = offset_x[:, None] + torch.where(flip[:, None], size - 1 - span, span)
+    out = padded.gather(2, rows[:, None, :, None].expand(batch, channels, size, padded.shape[3]))
+    return out.gather(3, cols[:, None, None, :].expand(batch, channels, size, size))
 
 
 def augment_batch(x, flip, offset_y, offset_x, pad_mode, flip_first):
@@ -95,14 +96,14 @@ class DeviceLoader:
         self.generator.set_state(state["generator"])
 
 
-def torchvision_transform(mean, std, augment=None):
+def torchvision_transform(mean, std, augment=None, size=CROP):
     """The original's per-image transform (PIL -> tensor)."""
     from torchvision import transforms
 
     steps = []
     if augment is not None:
         flip = transforms.RandomHorizontalFlip()
-        crop = transforms.RandomCrop(CROP, padding=PAD, padding_mode=augment["pad_mode"])
+        crop = transforms.RandomCrop(size, padding=PAD, padding_mode=augment["pad_mode"])
         steps += [flip, crop] if augment["flip_first"] else [crop, flip]
     steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
     return transforms.Compose(steps)
@@ -128,7 +129,7 @@ class TorchvisionLoader:
 
     def __init__(self, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, num_workers=4):
         self.device = torch.device(device)
-        dataset = IndexedImages(images, labels, torchvision_transform(mean, std, augment))
+        dataset = IndexedImages(images, labels, torchvision_transform(mean, std, augment, size=images.shape[1]))
         self.loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,

@@ -1,70 +1,105 @@
-"""The images and labels of one run: image set, CIFAR-N labels, optional subset, validation split,
-and the start-up lines the original prints about them."""
+"""The images and labels of one run, for every kind of data set, and the start-up lines the original prints.
+
+CIFAR-10 / CIFAR-100: the image set plus a CIFAR-N label set (noisy and clean labels).
+`custom`: your own images and their given labels, with no clean labels (data/custom.py).
+Both become one RunData: the source's training images and given labels, the optional
+stratified subset, the noisy validation split, the test set (if any) and what the
+networks and the augmentation need to know (classes, normalisation, padding, image size).
+"""
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.cifar import DATASETS, ImageSet, load_images, local_images
-from data.labels import LabelFile, load_label_file
+from data.cifar import DATASETS, load_images, local_images
+from data.custom import data_file, load_custom
+from data.labels import load_label_file
 from data.split import stratified_subset, train_val_split
 from utils import logfmt
+from utils.files import portable
 
 SUBSET_FILE = "train_subset.npy"
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @dataclass
 class RunData:
-    images: ImageSet
-    labels: LabelFile  # the whole label file's chosen set and clean labels
-    subset: np.ndarray  # indices into the official training set of the images this run uses
-    train_pos: np.ndarray  # positions in the full view used for training
-    val_pos: np.ndarray  # positions in the full view used for noisy validation
+    name: str  # cifar10, cifar100 or custom
+    x_train: np.ndarray  # every training image of the source (N, S, S, 3) uint8
+    given: np.ndarray  # the label each source training image is trained with (the "noisy" label)
+    clean: np.ndarray  # the clean label per source training image, or None (custom data)
+    x_test: np.ndarray  # or None
+    y_test: np.ndarray
+    info: dict  # num_classes, mean, std, pad_mode, flip_first
+    classes: list  # class names
+    ids: np.ndarray  # an identifier per source training image
+    subset: np.ndarray = None  # indices of the images this run uses
+    train_pos: np.ndarray = None  # positions (in the subset) used for training
+    val_pos: np.ndarray = None  # positions used for noisy validation
+    banner: list = field(default_factory=list)  # the original's start-up lines about the data (or ours for custom)
+    label_path: str = None  # the CIFAR-N label file
 
     @property
     def x_full(self):
-        return self.images.x_train[self.subset]
+        return self.x_train[self.subset]
 
     @property
-    def noisy(self):  # noisy label per used image (the "full" view, in original order)
-        return self.labels.noisy[self.subset]
+    def noisy(self):  # the given label per used image (the "full" view, in source order)
+        return self.given[self.subset]
 
     @property
-    def clean(self):
-        return self.labels.clean[self.subset]
-
-    def banner(self):
-        """The original's start-up lines about the data (spec section 7)."""
-        return start_lines(not self.images.downloaded, self.labels, len(self.train_pos), len(self.val_pos), self.images.name)
+    def truly_noisy(self):
+        """Per used image: given label != clean label; None without clean labels."""
+        return None if self.clean is None else self.given[self.subset] != self.clean[self.subset]
 
 
-def start_lines(images_found, labels, num_train, num_val, dataset):
-    lines = [logfmt.IMAGES_FOUND] if images_found else []
-    lines += logfmt.label_file_lines(dataset, labels.key, labels.path, labels.noisy, labels.clean,
-                                     DATASETS[dataset]["num_classes"])
-    return lines + logfmt.split_lines(num_train, num_val)
+def cifar_classes(dataset):
+    return CIFAR10_CLASSES if dataset == "cifar10" else [str(c) for c in range(DATASETS[dataset]["num_classes"])]
 
 
-def load_run_data(args, subset=None):
+def load_source(args, with_images=True):
+    """The data set without subset and split: RunData with images (unless with_images=False, CIFAR only)."""
+    if args.dataset == "custom":
+        custom = load_custom(data_file(args), args.image_size)
+        mean, std = custom.normalisation()
+        info = dict(num_classes=custom.num_classes, mean=mean, std=std, pad_mode="reflect", flip_first=True)
+        counts = ", ".join(f"{name} {n}" for name, n in zip(custom.classes, np.bincount(custom.y_train)))
+        banner = [logfmt.ours(f"custom data {portable(os.path.abspath(custom.source))}: {len(custom.y_train)} training images "
+                              f"{custom.image_size}x{custom.image_size} of {custom.num_classes} classes ({counts}), "
+                              + (f"{len(custom.y_test)} test images" if custom.x_test is not None else
+                                 "no test set: no test accuracy"))]
+        return RunData("custom", custom.x_train, custom.y_train, None, custom.x_test, custom.y_test, info, custom.classes,
+                       custom.ids, banner=banner)
+    images = load_images(args.dataset, args.data_root, download=not args.no_download) if with_images else None
+    labels = load_label_file(args.dataset, args.noise_type, args.noise_path, None if images is None else images.y_train,
+                             download=not args.no_download)
+    found = not images.downloaded if images is not None else local_images(args.dataset, args.data_root) is not None
+    banner = [logfmt.IMAGES_FOUND] if found else []
+    banner += logfmt.label_file_lines(args.dataset, labels.key, labels.path, labels.noisy, labels.clean,
+                                      DATASETS[args.dataset]["num_classes"])
+    return RunData(args.dataset, None if images is None else images.x_train, labels.noisy, labels.clean,
+                   None if images is None else images.x_test, None if images is None else images.y_test,
+                   dict(DATASETS[args.dataset]), cifar_classes(args.dataset), np.arange(len(labels.noisy)).astype(str),
+                   banner=banner, label_path=labels.path)
+
+
+def load_run_data(args, subset=None, val_ratio=None, with_images=True):
     """Images, labels, subset and split of a run. `subset` (indices) overrides drawing it from --subset."""
-    images = load_images(args.dataset, args.data_root, download=not args.no_download)
-    labels = load_label_file(args.dataset, args.noise_type, args.noise_path, images.y_train, download=not args.no_download)
+    data = load_source(args, with_images)
     if subset is None:
-        # stratified by the official labels, so every label set of a seed uses the same images
-        n = len(images.y_train)
-        subset = stratified_subset(images.y_train, args.subset, args.seed) if getattr(args, "subset", 0) else np.arange(n)
-    train_pos, val_pos = train_val_split(len(subset), args.val_ratio, args.seed)
-    return RunData(images, labels, subset, train_pos, val_pos)
+        # stratified by the official (CIFAR) or given (custom) labels, so every label set of a seed uses the same images
+        strata = data.clean if data.clean is not None else data.given
+        n = len(strata)
+        subset = stratified_subset(strata, args.subset, args.seed) if getattr(args, "subset", 0) else np.arange(n)
+    data.subset = subset
+    data.train_pos, data.val_pos = train_val_split(len(subset), args.val_ratio if val_ratio is None else val_ratio, args.seed)
+    data.banner += logfmt.split_lines(len(data.train_pos), len(data.val_pos))
+    return data
 
 
 def load_run_labels(args, run_dir, val_ratio):
-    """For learning.py / detection.py: the label file, the run's subset and the start-up lines, without the images."""
-    labels = load_label_file(args.dataset, args.noise_type, args.noise_path, download=not args.no_download)
-    subset = saved_subset(run_dir)
-    n = len(labels.noisy) if subset is None else len(subset)
-    num_val = int(n * val_ratio)
-    found = local_images(args.dataset, args.data_root) is not None
-    return labels, subset, start_lines(found, labels, n - num_val, num_val, args.dataset)
+    """For learning.py / detection.py: the run's data without loading CIFAR images (its subset from the run dir)."""
+    return load_run_data(args, subset=saved_subset(run_dir), val_ratio=val_ratio, with_images=False)
 
 
 def saved_subset(run_dir):

@@ -42,3 +42,37 @@ def write_dataset(root, dataset="cifar10", n_train=400, n_test=200, seed=0):
     label_path = os.path.join(root, name)
     torch.save(labels, label_path)  # the real files' format: torch zip archive of numpy arrays
     return npz, label_path
+
+
+CUSTOM_CLASSES = ["red square", "green square", "blue square", "red bar", "green bar"]
+
+
+def write_custom(root, n_train=300, n_test=100, flip_rate=0.2, folder=False, size=32, seed=0):
+    """A custom data set of 5 visible classes with `flip_rate` of the given labels flipped to another class.
+
+    Writes <root>/custom.npz (with a test set, class names and ids), or with folder=True an image
+    folder <root>/images/<class name>/img_<k>.png (given labels = folders, no test set).
+    Returns (path, clean labels, flipped mask) in the order the loader will see the images.
+    """
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    k = len(CUSTOM_CLASSES)
+    x, clean = make_images(n_train, k, rng)
+    given = flip_labels(clean, flip_rate, k, rng)
+    if size != 32:
+        x = np.stack([np.asarray(Image.fromarray(img).resize((size, size))) for img in x])
+    os.makedirs(root, exist_ok=True)
+    if not folder:
+        x_test, y_test = make_images(n_test, k, rng)
+        path = os.path.join(root, "custom.npz")
+        np.savez(path, x_train=x, y_train=given, x_test=x_test, y_test=y_test, classes=np.array(CUSTOM_CLASSES),
+                 ids=np.array([f"photo_{i:04d}.jpg" for i in range(n_train)]))
+        return path, clean, given != clean
+    path = os.path.join(root, "images")
+    for i, (img, label) in enumerate(zip(x, given)):
+        os.makedirs(os.path.join(path, CUSTOM_CLASSES[label]), exist_ok=True)
+        Image.fromarray(img).save(os.path.join(path, CUSTOM_CLASSES[label], f"img_{i:04d}.png"))
+    # ImageFolder's order: classes sorted by name, files sorted within a class
+    order = sorted(range(n_train), key=lambda i: (CUSTOM_CLASSES[given[i]], f"img_{i:04d}.png"))
+    return path, clean[order], (given != clean)[order]

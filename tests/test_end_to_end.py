@@ -128,9 +128,11 @@ def test_detection_reports_scores(trained, synthetic_root):
 
 
 def test_help_lists_original_flags_with_defaults():
-    from tests.cli import run as run_script
+    import blind_knowledge_dist_training
+    import detection
+    import learning
 
-    train_help = " ".join(run_script("blind_knowledge_dist_training.py", "--help").stdout.split())
+    train_help = " ".join(blind_knowledge_dist_training.build_parser().format_help().split())
     for flag, default in [("--lr", "0.02"), ("--val_ratio", "0.1"), ("--n_epoch", "300"), ("--seed", "0"),
                           ("--batch_size", "128"), ("--momentum", "0.9"), ("--weight_decay", "0.0005"),
                           ("--clean_test_freq", "10"), ("--noisy_val_freq", "10"), ("--alpha1", "0.3"),
@@ -138,8 +140,8 @@ def test_help_lists_original_flags_with_defaults():
                           ("--dataset", "cifar10"), ("--print_freq", "100")]:
         assert re.search(re.escape(flag) + r" [A-Z_0-9]+ (?:(?! --).)*?\(default: " + re.escape(default) + r"\)", train_help), flag
     assert "--noise_path" in train_help and "--noise_type" in train_help
-    for name in ("learning.py", "detection.py"):
-        text = run_script(name, "--help").stdout
+    for name, module in (("learning.py", learning), ("detection.py", detection)):
+        text = module.build_parser().format_help()
         for flag in ("--lr", "--val_ratio", "--noise_type", "--noise_path", "--dataset", "--n_epoch", "--seed",
                      "--print_freq", "--num_workers"):
             assert flag in text, (name, flag)

@@ -4,8 +4,6 @@ import errno
 import fcntl
 import os
 
-import torch
-
 from utils.errors import DataError, RunDirError, first_line
 from utils.files import save_torch
 
@@ -14,8 +12,10 @@ TEACHER_LAST, STUDENT_LAST = "teacher_last.pth.tar", "student_last.pth.tar"  # t
 STATE = "state.pth.tar"  # resumable state, rewritten after every epoch
 DETECTION = "detection.npy"
 AGREEMENT = "agreement.npy"  # the full-set statistic pA[y] that detection.npy splits
+LABEL_ISSUES = "label_issues.csv"  # every training image, most suspect label first
 METRICS = "metrics.json"
-RUN_ARTEFACTS = (STATE, TEACHER, STUDENT, TEACHER_LAST, STUDENT_LAST, DETECTION, AGREEMENT, METRICS, "train_subset.npy")
+RUN_ARTEFACTS = (STATE, TEACHER, STUDENT, TEACHER_LAST, STUDENT_LAST, DETECTION, AGREEMENT, LABEL_ISSUES, METRICS,
+                 "train_subset.npy")
 
 
 def run_dir_name(dataset, noise_type, seed, preset="default"):
@@ -26,7 +26,13 @@ def run_dir_name(dataset, noise_type, seed, preset="default"):
 def resolve_run_dir(args):
     if getattr(args, "run_dir", None):
         return args.run_dir
-    return os.path.join(args.results_dir, run_dir_name(args.dataset, args.noise_type, args.seed, args.preset))
+    # custom data: named after its file or folder, e.g. results/custom_pets_seed_0
+    labels = args.noise_type if args.dataset != "custom" else _stem(args.data_file or "custom.npz")
+    return os.path.join(args.results_dir, run_dir_name(args.dataset, labels, args.seed, args.preset))
+
+
+def _stem(path):
+    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
 
 
 def save_model(model, path, epoch, num_classes, width):
@@ -35,6 +41,8 @@ def save_model(model, path, epoch, num_classes, width):
 
 def load_model(path, build):
     """Load a checkpoint written by save_model into `build(num_classes, width)`; clear errors on bad files."""
+    import torch  # here, so that the launcher's bookkeeping imports this module without torch
+
     if not os.path.exists(path):
         raise DataError(f"{path}: checkpoint not found; train this run first (blind_knowledge_dist_training.py)")
     try:

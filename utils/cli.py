@@ -6,6 +6,8 @@ from data.cifar import DATA_ROOT_ENV, DATASETS, default_data_root
 from data.labels import NOISE_TYPES, check_noise_type
 from utils.errors import EXIT_USAGE, UsageError
 
+CUSTOM = "custom"  # --dataset custom: your own labelled images (data/custom.py)
+
 # Small-scale presets. Explicit flags still win over a preset's values.
 PRESETS = {
     "default": {},
@@ -30,7 +32,7 @@ def base_parser(description):
     p.add_argument("--val_ratio", type=float, default=0.1, help="share of training images held out as noisy validation set (0 = challenge setting)")
     p.add_argument("--noise_type", type=str, default="clean", help="label set: " + ", ".join(NOISE_TYPES))
     p.add_argument("--noise_path", type=str, default=None, help="path of CIFAR-10_human.pt / CIFAR-100_human.pt (default ./data/<file>, downloaded if missing)")
-    p.add_argument("--dataset", type=str, default="cifar10", help=" or ".join(DATASETS))
+    p.add_argument("--dataset", type=str, default="cifar10", help=" or ".join(DATASETS) + ", or custom: your own images (README, 'Your own data')")
     p.add_argument("--n_epoch", type=int, default=300, help="number of epochs")
     p.add_argument("--seed", type=int, default=0, help="seed of python, numpy and torch")
     p.add_argument("--print_freq", type=int, default=50, help="print a progress line every this many iterations")
@@ -42,6 +44,9 @@ def base_parser(description):
     p.add_argument("--run_dir", type=str, default=None, help="run directory (default <results_dir>/<dataset>_<noise_type>_seed_<seed>[_<preset>])")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="settings bundle; 'quick' = CPU-sized run (README)")
     p.add_argument("--no_download", action="store_true", help="never download images or label files; fail with a message instead")
+    p.add_argument("--data_file", type=str, default=None,
+                   help="--dataset custom: an .npz array file or an image folder (default <data_root>/custom.npz; README, 'Your own data')")
+    p.add_argument("--image_size", type=int, default=32, help="--dataset custom with an image folder: resize images to this size")
     p.add_argument("--reference", action="store_true",
                    help="the authors' computation bit for bit (PIL loader workers, fp32 NCHW, their SGD call and batch sizes; README, 'Reference mode')")
     return p
@@ -52,9 +57,12 @@ def parse(parser, argv=None):
     known, _ = parser.parse_known_args(argv)
     parser.set_defaults(**{k: v for k, v in PRESETS[known.preset].items() if _has(parser, k)})
     args = parser.parse_args(argv)
-    if args.dataset not in DATASETS:
-        raise UsageError(f"--dataset {args.dataset!r} is unknown; use one of {', '.join(DATASETS)}")
-    check_noise_type(args.dataset, args.noise_type)
+    if args.dataset not in DATASETS and args.dataset != CUSTOM:
+        raise UsageError(f"--dataset {args.dataset!r} is unknown; use one of {', '.join(DATASETS)} or {CUSTOM}")
+    if args.dataset != CUSTOM:  # custom data has its given labels only: --noise_type does not apply
+        check_noise_type(args.dataset, args.noise_type)
+    if args.image_size < 8:
+        raise UsageError(f"--image_size {args.image_size} must be at least 8")
     if not 0 <= args.val_ratio < 1:
         raise UsageError(f"--val_ratio {args.val_ratio} must be in [0, 1); 0 = no validation set (challenge setting)")
     return args

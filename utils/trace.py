@@ -108,10 +108,11 @@ class TraceRecorder:
 def run_config(args, data, init_hashes):
     """The trace's `config`: the run's flags and environment, and hashes of its data and initial weights."""
     from data.cifar import local_images
+    from data.custom import data_file
     from utils.files import portable
 
     train_pos, val_pos = data.train_pos.astype(np.int64), data.val_pos.astype(np.int64)
-    images = local_images(args.dataset, args.data_root)
+    images = data_file(args) if args.dataset == "custom" else local_images(args.dataset, args.data_root)
     return {
         "args_as_parsed": {k: portable(v) if isinstance(v, str) and os.path.isabs(v) else v for k, v in vars(args).items()},
         "argv": [portable(a) if os.path.isabs(a) else a for a in sys.argv[1:]],
@@ -119,20 +120,20 @@ def run_config(args, data, init_hashes):
         "num_threads": torch.get_num_threads(),
         "num_interop_threads": torch.get_num_interop_threads(),
         "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
-        "npz_sha256": file_sha256(images) if images and images.endswith(".npz") else None,
-        "noise_path_sha256": file_sha256(data.labels.path),
+        "npz_sha256": file_sha256(images) if images and os.path.isfile(images) and images.endswith(".npz") else None,
+        "noise_path_sha256": file_sha256(data.label_path) if data.label_path else None,
         "subset_size": len(data.subset),
         "subset_sha256": tensor_sha256(np.asarray(data.subset, dtype=np.int64)),
         "n_train_full": len(data.subset),
         "n_train_split": len(train_pos),
         "n_val_split": len(val_pos),
-        "n_test": len(data.images.y_test),
+        "n_test": 0 if data.y_test is None else len(data.y_test),
         "train_positions_sha256": tensor_sha256(train_pos),
         "val_positions_sha256": tensor_sha256(val_pos),
         "val_positions_first10": val_pos[:10].tolist(),
         "train_noisy_labels_sha256": tensor_sha256(data.noisy[train_pos].astype(np.int64)),
         "full_noisy_labels_sha256": tensor_sha256(data.noisy.astype(np.int64)),
-        "full_noise_or_not_sum": int((data.noisy != data.clean).sum()),
+        "full_noise_or_not_sum": None if data.truly_noisy is None else int(data.truly_noisy.sum()),
         "teacher_init_sha256": init_hashes[0],
         "student_init_sha256": init_hashes[1],
     }

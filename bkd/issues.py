@@ -1,0 +1,45 @@
+"""BKD's detection as a ranked list of label issues (label_issues.csv), for data without clean labels.
+
+One row per training image, most suspect first: the lower the probability that teacher and
+student agree on the given label (pA[y] of the full-set pass at the split), the more suspect.
+`group` is the Otsu trust group (1 most trusted .. 4 least), `flagged` is group 4 (detection.npy).
+"""
+import csv
+
+import numpy as np
+
+from utils.files import atomic_path
+
+COLUMNS = ("rank", "position", "id", "given_label", "given_name", "given_prob", "agreed_label", "agreed_name",
+           "agreed_prob", "group", "flagged")
+
+
+# Label-issue ranking: ascending agreed probability of the given label (ties keep the data's order).
+def rank_label_issues(given_prob):
+    return np.argsort(np.asarray(given_prob), kind="stable")
+
+
+def write_label_issues(path, given, given_prob, agreed, agreed_prob, groups, classes, ids):
+    """Write the ranked table; every argument but `path` and `classes` has one entry per image (run order)."""
+    order = rank_label_issues(given_prob)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(COLUMNS)
+            for rank, i in enumerate(order, 1):
+                writer.writerow([rank, int(i), ids[i], int(given[i]), classes[given[i]], f"{float(given_prob[i]):.6f}",
+                                 int(agreed[i]), classes[agreed[i]], f"{float(agreed_prob[i]):.6f}", int(groups[i]),
+                                 int(groups[i] == 4)])
+    return order
+
+
+def read_label_issues(path):
+    """The rows of a label_issues.csv as a list of dicts (numbers converted)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for key in ("rank", "position", "given_label", "agreed_label", "group", "flagged"):
+            row[key] = int(row[key])
+        for key in ("given_prob", "agreed_prob"):
+            row[key] = float(row[key])
+    return rows

@@ -1,0 +1,138 @@
+"""Your own labelled images (`--dataset custom`): a prepared array file, or an image folder with one sub-folder per class.
+
+Array file (`.npz`): `x_train` (N, S, S, 3) uint8 RGB, `y_train` (N,) the given labels (0..C-1),
+and optionally `x_test` / `y_test`, `classes` (C names) and `ids` (N identifiers, e.g. file names).
+Image folder: torchvision's ImageFolder layout (`<folder>/<class name>/<image>`), read once and
+resized to `--image_size`; ids are the files' paths relative to the folder. There are no clean
+labels: detection ranks and flags the given ones.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils.errors import DataError
+
+DEFAULT_FILE = "custom.npz"
+
+
+@dataclass
+class CustomData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray  # or None: no test set, no test accuracy
+    y_test: np.ndarray
+    classes: list
+    ids: np.ndarray
+    source: str
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    @property
+    def image_size(self):
+        return self.x_train.shape[1]
+
+    def normalisation(self):
+        """Per-channel mean and std of the training images in [0, 1], for Normalize."""
+        pixels = self.x_train.reshape(-1, 3)
+        mean = pixels.mean(axis=0, dtype=np.float64) / 255
+        std = pixels.std(axis=0, dtype=np.float64) / 255
+        return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
+
+
+def data_file(args):
+    """--data_file, or <data_root>/custom.npz."""
+    return os.path.expanduser(args.data_file or os.path.join(args.data_root, DEFAULT_FILE))
+
+
+def load_custom(path, image_size=32):
+    if os.path.isdir(path):
+        data = _load_folder(path, image_size)
+    elif os.path.exists(path):
+        data = _load_npz(path)
+    else:
+        raise DataError(f"--data_file {path}: no such file or folder; give an .npz array file or an image folder "
+                        "(README, 'Your own data')")
+    return _check(data)
+
+
+def _load_npz(path):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x_train" not in f.files or "y_train" not in f.files:
+                raise DataError(f"{path}: needs arrays x_train and y_train (has {', '.join(f.files) or 'none'}); "
+                                "README, 'Your own data'")
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test", "classes", "ids") if k in f.files}
+    except DataError:
+        raise
+    except Exception as err:  # zipfile / numpy format errors, object arrays
+        raise DataError(f"{path}: not a readable .npz array file ({err}); README, 'Your own data'") from None
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{path}: x_test and y_test come together; it has only {'x_test' if 'x_test' in arrays else 'y_test'}")
+    y = arrays["y_train"]
+    classes = arrays.get("classes")
+    if classes is None:
+        top = int(y.max()) + 1 if y.size and np.issubdtype(y.dtype, np.integer) else 0
+        classes = [str(c) for c in range(top)]
+    ids = arrays.get("ids")
+    return CustomData(arrays["x_train"], y, arrays.get("x_test"), arrays.get("y_test"), [str(c) for c in classes],
+                      np.arange(len(y)).astype(str) if ids is None else ids.astype(str), path)
+
+
+def _load_folder(path, image_size):
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    try:
+        classes, index = find_classes(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no class sub-folders; put each class's images in <folder>/<class name>/") from None
+    try:
+        samples = make_dataset(path, index, extensions=IMG_EXTENSIONS, allow_empty=True)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: {err}") from None
+    images = np.empty((len(samples), image_size, image_size, 3), dtype=np.uint8)
+    for i, (file, _) in enumerate(samples):
+        try:
+            with Image.open(file) as img:
+                images[i] = np.asarray(img.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
+        except Exception as err:
+            raise DataError(f"{file}: unreadable image ({err}); remove or replace it") from None
+    labels = np.array([label for _, label in samples], dtype=np.int64)
+    ids = np.array([os.path.relpath(file, path) for file, _ in samples])
+    return CustomData(images, labels, None, None, classes, ids, path)
+
+
+def _check(d):
+    src = d.source
+    x, y = d.x_train, d.y_train
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+        raise DataError(f"{src}: x_train must be uint8 RGB images (N, H, W, 3), got {x.dtype} {x.shape}")
+    if x.shape[1] != x.shape[2] or x.shape[1] < 8:
+        raise DataError(f"{src}: images must be square and at least 8 pixels, got {x.shape[1]}x{x.shape[2]}; "
+                        "resize them, or use an image folder with --image_size")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{src}: y_train must hold one integer label per image, got {y.dtype} {y.shape} for {len(x)} images")
+    if len(d.classes) < 2:
+        raise DataError(f"{src}: {len(d.classes)} class(es); detection needs at least two")
+    if len(y) and (y.min() < 0 or y.max() >= len(d.classes)):
+        bad = int(y[(y < 0) | (y >= len(d.classes))][0])
+        raise DataError(f"{src}: label {bad} is outside 0..{len(d.classes) - 1} (one per class name)")
+    counts = np.bincount(y, minlength=len(d.classes))
+    if (counts == 0).any():
+        empty = int(np.flatnonzero(counts == 0)[0])
+        raise DataError(f"{src}: class {empty} ({d.classes[empty]!r}) has no training image; drop it or add images")
+    if len(d.ids) != len(y):
+        raise DataError(f"{src}: ids has {len(d.ids)} entries for {len(y)} training images")
+    if d.x_test is not None:
+        if d.x_test.dtype != np.uint8 or d.x_test.shape[1:] != x.shape[1:]:
+            raise DataError(f"{src}: x_test must be uint8 {x.shape[1:]} like x_train, got {d.x_test.dtype} {d.x_test.shape}")
+        if d.y_test.ndim != 1 or len(d.y_test) != len(d.x_test) or not np.issubdtype(d.y_test.dtype, np.integer):
+            raise DataError(f"{src}: y_test must hold one integer label per test image, got {d.y_test.shape}")
+        if len(d.y_test) and (d.y_test.min() < 0 or d.y_test.max() >= len(d.classes)):
+            raise DataError(f"{src}: y_test has labels outside 0..{len(d.classes) - 1}")
+        d.y_test = d.y_test.astype(np.int64)
+    d.y_train = y.astype(np.int64)
+    return d
