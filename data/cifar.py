@@ -14,6 +14,7 @@ DATASETS = {
         std=(0.2023, 0.1994, 0.2010),
         pad_mode="reflect",
         flip_first=True,
+        folder="cifar-10-batches-py",  # torchvision's folder of the official batches
     ),
     "cifar100": dict(
         num_classes=100,
@@ -21,6 +22,7 @@ DATASETS = {
         std=(0.2675, 0.2565, 0.2761),
         pad_mode="constant",
         flip_first=False,
+        folder="cifar-100-python",
     ),
 }
 DATA_ROOT_ENV = "BKD_DATA_ROOT"
@@ -55,11 +57,8 @@ class ImageSet:
 
 def local_images(name, data_root):
     """The prepared array file or torchvision folder of `name` under `data_root`, or None if neither is there."""
-    from torchvision import datasets
-
-    folder = (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100).base_folder
     data_root = os.path.expanduser(data_root)
-    for path in (os.path.join(data_root, f"{name}.npz"), os.path.join(data_root, folder)):
+    for path in (os.path.join(data_root, f"{name}.npz"), os.path.join(data_root, dataset_info(name)["folder"])):
         if os.path.exists(path):
             return path
     return None

@@ -6,8 +6,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED_DATA = os.environ.get("BKD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
-
-
+# The scripts the tests start run single-threaded (tiny networks gain little from more), so that the
+# pytest-xdist workers (pytest.ini) share the cores instead of oversubscribing them. The golden-trace
+# replay sets the trace's own thread count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Idle OpenMP threads sleep instead of spinning, so that a multi-threaded script (the replay) is not slowed
+# down by the other worker's processes holding a core; the arithmetic is the same.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A tiny CIFAR-10-like data root: cifar10.npz + CIFAR-10_human.pt."""
@@ -18,25 +24,11 @@ def synthetic_root(tmp_path_factory):
     return str(root)
 
 
-@pytest.fixture(scope="session")
-def local_grid(synthetic_root, tmp_path_factory):
-    """The tiny grid run by the local launcher, with cifar10_worst_seed_1 failing (its directory holds a foreign
-    file). Returns (results dir, the launcher's CompletedProcess). Later tests remove the file and relaunch."""
-    from tests.cli import launch, local_grid_flags
-
-    results = str(tmp_path_factory.mktemp("grid"))
-    foreign = os.path.join(results, "cifar10_worst_seed_1")
-    os.makedirs(foreign)
-    with open(os.path.join(foreign, "detection.npy"), "w") as fh:
-        fh.write("not ours")
-    return results, launch(*local_grid_flags(results, synthetic_root))
+# The longest modules first, so that the pytest-xdist workers (pytest.ini: one module per worker at a time)
+# start on them together instead of finishing one of them alone at the end.
+LONGEST_FIRST = ("test_launch", "test_reference", "test_end_to_end", "test_durability", "test_custom")
 
 
-def complete_local_grid(results, data_root):
-    """Finish the local grid (idempotent: only what is missing runs)."""
-    from tests.cli import launch, local_grid_flags
-
-    foreign = os.path.join(results, "cifar10_worst_seed_1", "detection.npy")
-    if os.path.exists(foreign) and open(foreign, "rb").read() == b"not ours":
-        os.remove(foreign)
-    return launch(*local_grid_flags(results, data_root), check_code=0)
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))

@@ -74,8 +74,7 @@ def cpu_model():
 
 def machine_info():
     """What a result depends on beyond the code: CPU type (float rounding differs between CPU kernels), threads, versions."""
-    import PIL
-    import torchvision
+    from importlib.metadata import version  # not `import torchvision`: that takes seconds
 
     info = {
         "cpu_model": cpu_model(),
@@ -84,8 +83,8 @@ def machine_info():
         "num_threads": torch.get_num_threads(),
         "num_interop_threads": torch.get_num_interop_threads(),
         "platform": platform.platform(),
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
-                     "numpy": np.__version__, "PIL": PIL.__version__},
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": version("torchvision"),
+                     "numpy": np.__version__, "PIL": version("pillow")},
     }
     if torch.cuda.is_available():
         info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
