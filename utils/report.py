@@ -102,13 +102,14 @@ def _save(fig, run_dir, filename):
     return path
 
 
-SUMMARY_COLUMNS = [
-    ("overfit epoch", lambda m: m.get("overfit_epoch")),
-    ("test acc, best val (%)", lambda m: (m.get("learning") or {}).get("best_test_acc")),
-    ("test acc, last (%)", lambda m: (m.get("learning") or {}).get("last_test_acc", (m.get("test_acc") or [[None, None]])[-1][1])),
-    ("detection precision", lambda m: (m.get("detection") or {}).get("precision")),
-    ("detection recall", lambda m: (m.get("detection") or {}).get("recall")),
-    ("detection F1", lambda m: (m.get("detection") or {}).get("f1")),
+# (column, value of a run's metrics.json, decimals): epochs whole, accuracies in % to 2 decimals, scores to 3
+ACCURACY_COLUMNS = [
+    ("test acc, best val (%)", lambda m: (m.get("learning") or {}).get("best_test_acc"), 2),
+    ("test acc, last (%)", lambda m: (m.get("learning") or {}).get("last_test_acc", (m.get("test_acc") or [[None, None]])[-1][1]), 2),
+]
+SUMMARY_COLUMNS = [("overfit epoch", lambda m: m.get("overfit_epoch"), 0), *ACCURACY_COLUMNS] + [
+    (f"detection {name}", lambda m, key=key: (m.get("detection") or {}).get(key), 3)
+    for name, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"))
 ]
 
 
@@ -122,18 +123,17 @@ def summarise(run_dirs):
     rows = []
     for (dataset, noise_type, preset), runs in sorted(groups.items()):
         row = {"dataset": dataset, "label set": noise_type, "preset": preset, "seeds": len(runs)}
-        for column, get in SUMMARY_COLUMNS:
+        for column, get, digits in SUMMARY_COLUMNS:
             values = [get(m) for m in runs if get(m) is not None]
-            row[column] = _mean_std(values) + (f" ({len(values)} of {len(runs)} runs)" if 0 < len(values) < len(runs) else "")
+            row[column] = _mean_std(values, digits) + (f" ({len(values)} of {len(runs)} runs)" if 0 < len(values) < len(runs) else "")
         rows.append(row)
     return rows
 
 
-def _mean_std(values):
+def _mean_std(values, digits):
     if not values:
         return "n/a"
     values = np.asarray(values, dtype=float)
-    digits = 0 if np.all(values == np.round(values)) else 2 if values.max() > 1.5 else 3
     return f"{values.mean():.{digits}f}" + (f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else "")
 
 
@@ -144,20 +144,15 @@ def write_summary(rows, prefix):
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+    lines = _markdown(rows, header)
     with open(prefix + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return "\n".join(lines)
 
 
-GRID_COLUMNS = [
-    ("test acc, best val (%)", lambda m: (m.get("learning") or {}).get("best_test_acc")),
-    ("test acc, last (%)", lambda m: (m.get("learning") or {}).get("last_test_acc")),
-    ("precision", lambda m: (m.get("detection") or {}).get("precision")),
-    ("recall", lambda m: (m.get("detection") or {}).get("recall")),
-    ("F1", lambda m: (m.get("detection") or {}).get("f1")),
-]
+# the challenge's columns: test accuracy and detection scores
+GRID_COLUMNS = ACCURACY_COLUMNS + [(name, lambda m, key=key: (m.get("detection") or {}).get(key), 3)
+                                   for name, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"))]
 
 
 def grid_summary(runs):
@@ -174,18 +169,19 @@ def grid_summary(runs):
         if state["state"] == "done":
             m = load_run(run.path)
             finished[(run.dataset, run.noise_type)].append(m)
-            row.update({column: _mean_std([get(m)]) if get(m) is not None else "n/a" for column, get in GRID_COLUMNS})
+            row.update({column: _mean_std([get(m)], digits) if get(m) is not None else "n/a"
+                        for column, get, digits in GRID_COLUMNS})
         else:
             if state["epoch"] is not None:
                 row["state"] += f" (epoch {state['epoch']} of 0..{state['n_epoch'] - 1})"
-            row.update({column: "" for column, _ in GRID_COLUMNS})
+            row.update({column: "" for column, _, _ in GRID_COLUMNS})
         per_seed.append(row)
     per_set = []
     for dataset, noise_type in pairs:
         done, total = finished[(dataset, noise_type)], sum(1 for r in runs if (r.dataset, r.noise_type) == (dataset, noise_type))
         row = {"dataset": dataset, "label set": noise_type, "seeds": f"{len(done)} of {total}"}
-        for column, get in GRID_COLUMNS:
-            row[column] = _mean_std([get(m) for m in done if get(m) is not None])
+        for column, get, digits in GRID_COLUMNS:
+            row[column] = _mean_std([get(m) for m in done if get(m) is not None], digits)
         per_set.append(row)
     return per_set, per_seed
 
@@ -194,7 +190,7 @@ def write_grid_summary(runs, prefix):
     """Write <prefix>.md (per dataset: mean ± std per label set, then the runs) and <prefix>.csv; return the Markdown."""
     per_set, per_seed = grid_summary(runs)
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    columns = [c for c, _ in GRID_COLUMNS]
+    columns = [c for c, _, _ in GRID_COLUMNS]
     text = []
     for dataset in dict.fromkeys(r["dataset"] for r in per_set):
         text += [f"### {dataset}: mean ± std over seeds", ""]
