@@ -25,6 +25,7 @@ import torch
 from tests.cli import GRID_RUNS as RUNS
 from tests.cli import GRID_TINY, ROOT, data_flags, grid_flags, launch, local_grid_flags
 
+
 @pytest.fixture(scope="module")
 def local_grid(synthetic_root, tmp_path_factory):
     """The tiny grid run by the local launcher, with cifar10_worst_seed_1 failing (its directory holds a foreign
