@@ -17,7 +17,7 @@ from bkd.state import MethodState
 from bkd.issues import write_label_issues
 from data.cifar import DATASETS
 from data.loaders import make_loader
-from data.setup import SUBSET_FILE, load_run_data
+from data.setup import load_run_data
 from models import PreResNet18
 from utils import checkpoint as ck
 from utils import logfmt
@@ -167,7 +167,7 @@ def train(args, device, run):
     else:
         run.clear()  # --overwrite: only now that data and networks are ready
         if args.subset:
-            save_numpy(data.subset, run.file(SUBSET_FILE))
+            save_numpy(data.subset, run.file(ck.SUBSET))
     recorder = TraceRecorder(args.trace, resume_epoch=start_epoch) if args.trace else None
     if recorder is not None and not start_epoch:
         recorder.config(**run_config(args, data, init_hashes))
@@ -178,6 +178,7 @@ def train(args, device, run):
     alphas = (args.alpha1, args.alpha2, args.alpha3, args.alpha4)
     sample_alpha = None if state.warmup else group_alphas(state.groups, alphas, device)
     truly_noisy = data.truly_noisy  # None without clean labels (custom data)
+    machine = machine_info()  # for metrics.json, rewritten every epoch
     stop = StopFlag().install()
 
     def save_pair(teacher_name, student_name, epoch, kind):
@@ -301,7 +302,7 @@ def train(args, device, run):
             "loaders": {name: loader.state_dict() for name, loader in loaders.items()},
             "rng": rng_state(),
         }, run.file(ck.STATE))
-        save_json(metrics(args, state, data, epoch + 1), run.file(ck.METRICS))
+        save_json(metrics(args, state, data, epoch + 1, machine), run.file(ck.METRICS))
         if recorder is not None:
             recorder.epoch(row, teacher, student)
             recorder.save()
@@ -310,10 +311,10 @@ def train(args, device, run):
                     f"outputs in {portable(run.path)}"))
 
 
-def metrics(args, state, data, epochs_done):
+def metrics(args, state, data, epochs_done, machine):
     return {
         "config": {k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()},
-        "machine": machine_info(),
+        "machine": machine,
         "epochs_completed": epochs_done,
         "mean_top_student": state.mean_top_student,
         "mean_top_student_all_epochs": state.mean_top_all,

@@ -64,7 +64,7 @@ def main(argv=None):
         print(line)
     flagged = load_detection(os.path.join(run_dir, ck.DETECTION), len(data.noisy))
     truly_noisy, scope = data.truly_noisy, "labels"
-    if data.truly_noisy is None:
+    if truly_noisy is None:
         summary = per_class(flagged, data.noisy, data.classes)
         update_json(os.path.join(run_dir, ck.METRICS), {"flagged": summary})
         if args.true_labels is None:

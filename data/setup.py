@@ -15,10 +15,10 @@ from data.cifar import DATASETS, load_images, local_images
 from data.custom import data_file, load_custom
 from data.labels import load_label_file
 from data.split import stratified_subset, train_val_split
+from utils import checkpoint as ck
 from utils import logfmt
 from utils.files import portable
 
-SUBSET_FILE = "train_subset.npy"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -50,7 +50,7 @@ class RunData:
     @property
     def truly_noisy(self):
         """Per used image: given label != clean label; None without clean labels."""
-        return None if self.clean is None else self.given[self.subset] != self.clean[self.subset]
+        return None if self.clean is None else self.noisy != self.clean[self.subset]
 
 
 def cifar_classes(dataset):
@@ -104,5 +104,5 @@ def load_run_labels(args, run_dir, val_ratio):
 
 def saved_subset(run_dir):
     """The subset a run used (train_subset.npy), or None for the whole training set."""
-    path = os.path.join(run_dir, SUBSET_FILE)
+    path = os.path.join(run_dir, ck.SUBSET)
     return np.load(path) if os.path.exists(path) else None

@@ -14,8 +14,9 @@ DETECTION = "detection.npy"
 AGREEMENT = "agreement.npy"  # the full-set statistic pA[y] that detection.npy splits
 LABEL_ISSUES = "label_issues.csv"  # every training image, most suspect label first
 METRICS = "metrics.json"
+SUBSET = "train_subset.npy"  # with --subset: the indices of the training images the run uses
 RUN_ARTEFACTS = (STATE, TEACHER, STUDENT, TEACHER_LAST, STUDENT_LAST, DETECTION, AGREEMENT, LABEL_ISSUES, METRICS,
-                 "train_subset.npy")
+                 SUBSET)
 
 
 def run_dir_name(dataset, noise_type, seed, preset="default"):
