@@ -7,14 +7,15 @@ requeue`, node failure) is simply started again. Either way the restarted task c
 the run's own resume state (`--resume`, the last completed epoch), never from submitit's pickle,
 so no epoch is lost or trained twice.
 """
-import json
 import os
 import subprocess
 import time
 
 from launch.grid import Pipeline, read_json, status, write_record
+from utils.files import save_json
 
 JOBS_FILE = "launch_slurm.json"  # <results_dir>/launch_slurm.json: run name -> job id of the last submission
+ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING")  # SLURM states of a job not yet ended
 STOP_WAIT_S = 60  # how long checkpoint() waits for the training step to stop after SIGTERM
 
 
@@ -60,7 +61,7 @@ def submit(runs, train_flags=(), eval_flags=(), *, folder, partition=None, gpus=
     for run in runs:
         state = status(run)
         job = state.get("job_id")
-        if state["state"] in ("done", "running") or known.get(job) in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING"):
+        if state["state"] in ("done", "running") or known.get(job) in ACTIVE:
             skipped.append((run, state["state"] if state["state"] in ("done", "running") else "queued"))
         else:
             todo.append(run)
@@ -98,13 +99,12 @@ def save_jobs(runs, ids):
     path = jobs_path(runs)
     jobs = read_json(path) or {}
     jobs.update(ids)
-    with open(path + ".tmp", "w") as fh:
-        json.dump(jobs, fh, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    save_json(jobs, path)
 
 
-def recorded_jobs(runs):
-    return [status(run).get("job_id") for run in runs if status(run).get("job_id")]
+def recorded_jobs(runs, statuses=None):
+    statuses = statuses or [status(run) for run in runs]
+    return [s["job_id"] for s in statuses if s.get("job_id")]
 
 
 def job_states(job_ids):
@@ -122,10 +122,9 @@ def job_states(job_ids):
 def wait(runs, poll_s=10, log=print):
     """Block until no run is running or queued on the cluster; returns the final statuses."""
     while True:
-        states = job_states(recorded_jobs(runs))
-        busy = [run for run in runs if status(run)["state"] == "running"
-                or states.get(status(run).get("job_id")) in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING")]
-        if not busy:
-            return [status(run) for run in runs]
+        statuses = [status(run) for run in runs]
+        states = job_states(recorded_jobs(runs, statuses))
+        if not any(s["state"] == "running" or states.get(s.get("job_id")) in ACTIVE for s in statuses):
+            return statuses
         time.sleep(poll_s)
 
