@@ -22,18 +22,21 @@ from models import PreResNet18
 from utils import checkpoint as ck
 from utils import logfmt
 from utils.cli import base_parser, parse, require_positive, require_unit_interval
-from utils.errors import DataError, UsageError, first_line, run_cli
+from utils.errors import DataError, DivergedError, Interrupted, RunDirError, UsageError, first_line, run_cli
 from utils.files import portable, save_json, save_numpy, save_torch
+from utils.hashing import array_sha256
 from utils.metrics import detection_scores
 from utils.runtime import machine_info, resolve_device, rng_state, set_global_seeds, set_rng_state
 from utils.trace import TraceRecorder, run_config, state_sha256, tensor_sha256
 
-# Flags whose value must match when a run is resumed.
+# Flags whose value must match when a run is resumed: every flag that changes what the run computes.
 RESUME_MUST_MATCH = (
     "dataset", "noise_type", "seed", "lr", "val_ratio", "n_epoch", "batch_size", "momentum", "weight_decay",
     "alpha1", "alpha2", "alpha3", "alpha4", "width", "subset", "lr_step", "noisy_val_freq", "detach_robust_target",
-    "reference", "overfitting_epoch",
+    "reference", "overfitting_epoch", "loader", "image_size", "eval_batch_size", "amp", "no_channels_last", "compile",
+    "legacy_cifar100_val_norm",
 )
+RESUME_MUST_MATCH_TORCHVISION = ("num_workers",)  # the PIL workers' random streams depend on their number
 PATH_FLAGS = ("data_root", "noise_path", "results_dir", "run_dir", "trace")
 
 
@@ -105,6 +108,10 @@ def main(argv=None):
     run = ck.RunDir(ck.resolve_run_dir(args)).open(resume=args.resume, overwrite=args.overwrite)
     try:
         train(args, device, run)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, and say what the directory holds
+        raise Interrupted(f"interrupted; {run.describe()}") from None
+    except (Interrupted, DivergedError, RunDirError) as err:
+        raise type(err)(f"{err}; {run.describe()}") from None
     finally:
         run.close()
 
@@ -116,6 +123,7 @@ def train(args, device, run):
     log(str(device))
     if not args.eval_batch_size:
         args.eval_batch_size = 1024 if device.type == "cuda" else 256
+    saved = load_resume_state(run, args) if args.resume and run.started else None
     data = load_run_data(args)
     for line in data.banner:
         log(line)
@@ -161,13 +169,17 @@ def train(args, device, run):
                                                   ("test", test_loader)) if loader is not None}
 
     state, start_epoch = MethodState(), 0
-    if args.resume:
-        state, start_epoch = restore(run, args, teacher, student, optimizer, scheduler, precision, loaders)
+    fingerprint = data_fingerprint(data)
+    if saved is not None:
+        check_resumable_data(saved, fingerprint, run.file(ck.STATE))
+        state, start_epoch = restore(saved, run.file(ck.STATE), teacher, student, optimizer, scheduler, precision, loaders)
         log(logfmt.ours(f"resumed {portable(run.path)} after epoch {start_epoch - 1} of 0..{args.n_epoch - 1}"))
     else:
-        run.clear()  # --overwrite: only now that data and networks are ready
+        run.start_fresh()  # leftovers go, an --overwritten run goes aside: only now that data and networks are ready
         if args.subset:
             save_numpy(data.subset, run.file(ck.SUBSET))
+    for notice in run.notices:
+        log(logfmt.ours(notice))
     recorder = TraceRecorder(args.trace, resume_epoch=start_epoch) if args.trace else None
     if recorder is not None and not start_epoch:
         recorder.config(**run_config(args, data, init_hashes))
@@ -292,7 +304,9 @@ def train(args, device, run):
         scheduler.step()
         save_torch({
             "epoch": epoch + 1,
-            "args": {k: getattr(args, k) for k in RESUME_MUST_MATCH},
+            "args": resume_flags(args),
+            "data": fingerprint,
+            "num_threads": torch.get_num_threads(),
             "teacher": teacher.state_dict(),
             "student": student.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -303,6 +317,7 @@ def train(args, device, run):
             "rng": rng_state(),
         }, run.file(ck.STATE))
         save_json(metrics(args, state, data, epoch + 1, machine), run.file(ck.METRICS))
+        run.epoch_completed()
         if recorder is not None:
             recorder.epoch(row, teacher, student)
             recorder.save()
@@ -334,25 +349,76 @@ def metrics(args, state, data, epochs_done, machine):
     }
 
 
-def restore(run, args, teacher, student, optimizer, scheduler, precision, loaders):
+def resume_flags(args):
+    names = RESUME_MUST_MATCH + (RESUME_MUST_MATCH_TORCHVISION if args.loader == "torchvision" else ())
+    return {k: getattr(args, k) for k in names}
+
+
+def data_fingerprint(data):
+    """What a resumed run must find again: the images and labels it trains on, its subset, split and test set."""
+    test = () if data.x_test is None else (data.x_test, data.y_test)
+    return {
+        "images": array_sha256(data.x_full),
+        "labels": array_sha256(np.asarray(data.noisy, dtype=np.int64)),
+        "subset": array_sha256(np.asarray(data.subset, dtype=np.int64)),
+        "split": array_sha256(np.asarray(data.train_pos, dtype=np.int64), np.asarray(data.val_pos, dtype=np.int64)),
+        "test": array_sha256(*test),
+        "num_images": len(data.subset),
+    }
+
+
+FINGERPRINT_NAMES = {"images": "the training images", "labels": "the training labels (label file or --noise_path)",
+                     "subset": "the training subset", "split": "the validation split", "test": "the test set",
+                     "num_images": "the number of training images"}
+
+
+def load_resume_state(run, args):
+    """The resume state of a started run, checked against the flags before any data is loaded."""
     path = run.file(ck.STATE)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise DataError(f"{path}: unreadable resume state ({first_line(err)}); start again with --overwrite") from None
-    for key, value in saved["args"].items():
-        if getattr(args, key) != value:
-            raise UsageError(f"--{key} {getattr(args, key)} differs from the run being resumed ({value}); resume with the same flags")
-    teacher.load_state_dict(saved["teacher"])
-    student.load_state_dict(saved["student"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    precision.scaler.load_state_dict(saved["scaler"])
-    for name, loader in loaders.items():
-        loader.load_state_dict(saved["loaders"][name])
-    set_rng_state(saved["rng"])
-    return MethodState.from_state_dict(saved["method"]), saved["epoch"]
+    if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict):
+        raise DataError(f"{path}: not a resume state of this project; start again with --overwrite")
+    flags = saved["args"]
+    for key, value in resume_flags(args).items():
+        if key in flags and flags[key] != value:
+            raise UsageError(f"--{key} {value} differs from the run being resumed ({flags[key]}); resume with the same flags, "
+                             "or start a new run with --overwrite")
+    return saved
 
+
+def check_resumable_data(saved, fingerprint, path):
+    """Refuse, in one line, to resume a run on other data; a thread count may differ, with a notice."""
+    recorded = saved.get("data")
+    if recorded is None:
+        log(logfmt.ours(f"{path} records no data fingerprint (an earlier version wrote it): the data is not checked"))
+    else:
+        for key, name in FINGERPRINT_NAMES.items():
+            if recorded.get(key) != fingerprint[key]:
+                raise DataError(f"{name} differ from those of the run being resumed ({key} {fingerprint[key]} vs "
+                                f"{recorded.get(key)}); resume with the same data, or start a new run with --overwrite")
+    threads = saved.get("num_threads")
+    if threads is not None and threads != torch.get_num_threads():
+        log(logfmt.ours(f"resuming with {torch.get_num_threads()} threads where the run used {threads}: it continues, but its "
+                        "result is no longer bit-equal to an uninterrupted run (float sums round differently)"))
+
+
+def restore(saved, path, teacher, student, optimizer, scheduler, precision, loaders):
+    try:
+        teacher.load_state_dict(saved["teacher"])
+        student.load_state_dict(saved["student"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        precision.scaler.load_state_dict(saved["scaler"])
+        for name, loader in loaders.items():
+            loader.load_state_dict(saved["loaders"][name])
+        set_rng_state(saved["rng"])
+        return MethodState.from_state_dict(saved["method"]), int(saved["epoch"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        raise DataError(f"{path}: not a resume state of this run ({type(err).__name__}: {first_line(err)}); "
+                        "start again with --overwrite") from None
 
 if __name__ == "__main__":
     run_cli(main)

@@ -64,8 +64,7 @@ class StopFlag:
     def check(self, where):
         if self.signal is not None:
             name = signal.Signals(self.signal).name
-            raise Interrupted(f"{name} received during {where}; the run directory keeps the last completed epoch, "
-                              "continue it by running the same command with --resume")
+            raise Interrupted(f"{name} received during {where}")  # the caller says what the run directory holds
 
 
 # oneDNN's 1x1 backward-weights kernel for channels-last inputs on x86 CPUs writes past its workspace when the
@@ -159,10 +158,7 @@ def train_epoch(teacher, student, loader, optimizer, precision, *, epoch, n_epoc
 def _check_finite(first_bad, epoch):
     bad = int(first_bad)
     if bad >= 0:
-        raise DivergedError(
-            f"non-finite loss at epoch {epoch}, iteration {bad}; stopped before saving it, the run "
-            "directory keeps the last good epoch (lower --lr, or --resume to retry from it)"
-        )
+        raise DivergedError(f"non-finite loss at epoch {epoch}, iteration {bad} (lower --lr); stopped before saving the epoch")
 
 
 @dataclass

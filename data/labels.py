@@ -1,5 +1,4 @@
 """CIFAR-N human label files: locate, download with checksum, load without running pickle code, validate."""
-import hashlib
 import io
 import os
 import pickle
@@ -11,6 +10,7 @@ import numpy as np
 
 from data.cifar import DATASETS
 from utils.errors import DataError, UsageError
+from utils.hashing import file_sha256
 
 # --noise_type -> (dataset, key in the CIFAR-N file)
 NOISE_TYPES = {
@@ -91,12 +91,6 @@ def safe_load(path):
     return obj
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_label_path(dataset):
@@ -112,7 +106,7 @@ def download_label_file(dataset, path):
     print(f"Downloading {url} to {path}", flush=True)
     try:
         urllib.request.urlretrieve(url, tmp)
-        got = sha256(tmp)
+        got = file_sha256(tmp)
         if got != expected:
             raise DataError(
                 f"{url}: sha256 {got} does not match the published {expected}; the download was discarded, "

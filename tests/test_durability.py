@@ -2,6 +2,7 @@
 import fcntl
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,3 +146,145 @@ def test_atomic_save_survives_sigkill_during_writes(tmp_path):
         proc.wait()
         obj = torch.load(target, weights_only=True)
         assert torch.all(obj["payload"] == float(obj["value"]))
+
+
+# --- issue 16: nothing lost, nothing stuck ----------------------------------------------------------------------------
+def quick_flags(data_root, results, **extra):
+    """A --subset run (as every quick-preset run is) of two short epochs."""
+    settings = dict(n_epoch=2, subset=200, width=4, print_freq=1, noisy_val_freq=1, clean_test_freq=1)
+    return tiny_flags(data_root, results, **dict(settings, **extra))
+
+
+def interrupt_in_epoch_0(flags, cwd):
+    proc = start(flags, cwd)
+    read_until(proc, iteration_marker(0, 1, n_epoch=2))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def test_subset_run_interrupted_in_epoch_0_restarts_with_the_same_command(synthetic_root, tmp_path):
+    flags = quick_flags(synthetic_root, str(tmp_path))
+    code, err = interrupt_in_epoch_0(flags, str(tmp_path))
+    assert code == 130 and "no epoch was completed" in err and "run the same command" in err, err
+    assert "--resume" not in err  # it would find nothing to resume
+    run_dir = tmp_path / "cifar10_worst_seed_0"
+    assert not (run_dir / "state.pth.tar").exists()
+    proc = run(TRAIN, *flags, cwd=str(tmp_path))  # the same command starts again
+    assert "[bkd] finished" in proc.stdout
+    assert torch.load(run_dir / "state.pth.tar", weights_only=True)["epoch"] == 2
+    # ... and so does --resume, saying that it starts at epoch 0
+    code, _ = interrupt_in_epoch_0(quick_flags(synthetic_root, str(tmp_path), overwrite=True), str(tmp_path))
+    assert code == 130
+    shutil.rmtree(run_dir)
+    run_dir.mkdir()
+    np.save(run_dir / "train_subset.npy", np.arange(200))
+    proc = run(TRAIN, *flags, "--resume", cwd=str(tmp_path))
+    assert "nothing to resume" in proc.stdout and "starting at epoch 0" in proc.stdout
+
+
+def test_launcher_relaunches_a_run_interrupted_in_epoch_0(synthetic_root, tmp_path):
+    from tests.cli import data_flags, launch
+
+    results = str(tmp_path)
+    run_dir = tmp_path / "cifar10_worst_seed_0_quick"
+    run_dir.mkdir()
+    np.save(run_dir / "train_subset.npy", np.arange(4000))  # what an interrupt in epoch 0 leaves behind
+    (run_dir / "training.log").write_text("epoch 0\n")
+    grid = ["run", "--seeds", "0", "--noise_types", "worst", "--results_dir", results, "--quick", "--cpu", *data_flags(synthetic_root),
+            "--subset", "200", "--n_epoch", "2", "--width", "4", "--device", "cpu", "--no_download"]
+    proc = launch(*grid, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 done" in proc.stdout
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_completes_an_epoch(synthetic_root, tmp_path):
+    flags = quick_flags(synthetic_root, str(tmp_path))
+    run(TRAIN, *flags, cwd=str(tmp_path))
+    run_dir = tmp_path / "cifar10_worst_seed_0"
+    (run_dir / "learning.log").write_text("Best test acc selected by val is 50.0\n")
+    before = run_dir_digests(run_dir)
+    # a diverging new run: the old run stays, and the message says so
+    proc = run(TRAIN, *quick_flags(synthetic_root, str(tmp_path), overwrite=True, lr=1e12), cwd=str(tmp_path), check=False)
+    assert proc.returncode == 5
+    assert "holds the earlier run again" in proc.stderr and "keeps the last" not in proc.stderr
+    assert run_dir_digests(run_dir) == before
+    # killed in the new run's epoch 0: the next command finds the old run back in place
+    proc = start(quick_flags(synthetic_root, str(tmp_path), overwrite=True), str(tmp_path))
+    read_until(proc, iteration_marker(0, 1, n_epoch=2))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run_dir / ".previous" / "state.pth.tar").exists() and not (run_dir / "state.pth.tar").exists()
+    proc = run(TRAIN, *flags, "--resume", cwd=str(tmp_path))
+    assert "the run it replaced is back" in proc.stdout
+    assert run_dir_digests(run_dir) == before
+    # a completed first epoch: the old run and its evaluation logs are gone
+    proc = run(TRAIN, *quick_flags(synthetic_root, str(tmp_path), overwrite=True, lr=0.01), cwd=str(tmp_path))
+    assert not (run_dir / ".previous").exists() and not (run_dir / "learning.log").exists()
+    assert set(run_dir_digests(run_dir)) <= set(before)
+
+
+def test_resume_refuses_other_data_or_flags(synthetic_root, tmp_path):
+    from tests.synthetic import write_dataset
+
+    flags = quick_flags(synthetic_root, str(tmp_path), n_epoch=3)
+    proc = start(flags, str(tmp_path))
+    read_until(proc, iteration_marker(1, 0, n_epoch=3))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    other = str(tmp_path / "other")
+    write_dataset(other, seed=1)  # same names, other images and labels
+    bigger = str(tmp_path / "bigger")
+    write_dataset(bigger, n_train=500)
+    from data.labels import safe_load
+
+    relabelled = safe_load(os.path.join(synthetic_root, "CIFAR-10_human.pt"))
+    relabelled["worse_label"] = (relabelled["worse_label"] + 1) % 10  # same images, other noisy labels
+    torch.save(relabelled, tmp_path / "relabelled.pt")
+    cases = {
+        "training images differ": (other, {}, 3),  # other pixels and labels under the same file names
+        "the training images differ": (bigger, {}, 3),  # more images (the subset draws others)
+        "--loader torchvision differs": (synthetic_root, {"loader": "torchvision"}, 2),
+        "--width 8 differs": (synthetic_root, {"width": 8}, 2),
+        "training labels": (synthetic_root, {"noise_path": str(tmp_path / "relabelled.pt")}, 3),
+    }
+    for expected, (root, extra, code) in cases.items():
+        changed = quick_flags(root, str(tmp_path), n_epoch=3, **extra)
+        got = run(TRAIN, *changed, "--resume", cwd=str(tmp_path), check=False)
+        assert got.returncode == code and expected in got.stderr, (expected, got.stderr)
+        assert len(got.stderr.strip().splitlines()) == 1 and "Traceback" not in got.stderr, got.stderr
+    # another thread count resumes, and says the result is no longer bit-equal
+    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
+    got = subprocess.run([sys.executable, script(TRAIN), *flags, "--resume"], cwd=str(tmp_path), capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert got.returncode == 0, got.stderr
+    assert "no longer bit-equal" in got.stdout
+
+
+def test_disk_full_while_saving_keeps_the_earlier_file(tmp_path):
+    from utils.errors import RunDirError
+    from utils.files import save_numpy
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
+    try:
+        target = mount / "detection.npy"
+        save_numpy(np.zeros(100, dtype=bool), str(target))
+        with pytest.raises(RunDirError, match="No space left on device.*earlier file is kept"):
+            save_numpy(np.zeros(200_000, dtype=bool), str(target))
+        assert np.load(target).shape == (100,)
+        assert [p.name for p in mount.iterdir()] == ["detection.npy"]  # no temporary file left
+    finally:
+        subprocess.run(["umount", str(mount)])
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_outputs_honour_the_umask(tmp_path, umask, mode):
+    from tests.cli import ROOT
+
+    code = (f"import os, sys; os.umask({umask}); sys.path.insert(0, sys.argv[1]); from utils.files import save_json; "
+            "save_json({'a': 1}, sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, ROOT, str(tmp_path / "m.json")], check=True)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == mode

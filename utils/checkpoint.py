@@ -3,6 +3,7 @@ and the run directory: its name, its lock, and what counts as an earlier run in 
 import errno
 import fcntl
 import os
+import shutil
 
 from utils.errors import DataError, RunDirError, first_line
 from utils.files import save_torch
@@ -17,6 +18,10 @@ METRICS = "metrics.json"
 SUBSET = "train_subset.npy"  # with --subset: the indices of the training images the run uses
 RUN_ARTEFACTS = (STATE, TEACHER, STUDENT, TEACHER_LAST, STUDENT_LAST, DETECTION, AGREEMENT, LABEL_ISSUES, METRICS,
                  SUBSET)
+# Written about a run by the evaluations and the launcher; they belong to the run they describe.
+RUN_RECORDS = ("learning.log", "detection.log", "launch.json", "confidence.png", "agreement.png", "accuracy.png")
+RUN_FILES = RUN_ARTEFACTS + RUN_RECORDS
+PREVIOUS = ".previous"  # --overwrite: the replaced run, until the new one completes an epoch
 
 
 def run_dir_name(dataset, noise_type, seed, preset="default"):
@@ -64,15 +69,21 @@ def load_model(path, build):
 
 
 class RunDir:
-    """The run directory, locked for the lifetime of a training process.
+    """The run directory: locked for the lifetime of a training process, never left without a result.
 
-    The lock is an flock on `.lock`, which the kernel releases when the process
-    dies, so a killed run never leaves it stuck.
+    The lock is an flock on `.lock`, which the kernel releases when the process dies, so a
+    killed run never leaves it stuck. A run counts as started once its first epoch completed
+    (`state.pth.tar` exists); files of a run that never got there are leftovers, which the same
+    command replaces. `--overwrite` moves a started run aside into `.previous/` and deletes it
+    only once the new run has completed an epoch; if the new run stops before that, the earlier
+    run is moved back (at once, or by the next command after a kill).
     """
 
     def __init__(self, path):
         self.path = path
         self._lock = None
+        self.notices = []  # `[bkd] ` lines for the log: what opening found and did
+        self._replaced = False  # an earlier run waits in .previous/ until the new one completes an epoch
 
     def file(self, name):
         return os.path.join(self.path, name)
@@ -81,9 +92,15 @@ class RunDir:
         return os.path.exists(self.file(name))
 
     def existing_artefacts(self):
-        return [name for name in RUN_ARTEFACTS if os.path.exists(self.file(name))]
+        return [name for name in RUN_FILES if self.has(name)]
+
+    @property
+    def started(self):
+        """True once an epoch completed: the resume state exists."""
+        return self.has(STATE)
 
     def open(self, resume=False, overwrite=False):
+        existed = os.path.isdir(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
             probe = self.file(".write_test")
@@ -102,23 +119,97 @@ class RunDir:
         for name in os.listdir(self.path):  # temporary files of a writer killed mid-save (we hold the lock)
             if name.startswith(".") and name.endswith(".tmp"):
                 os.remove(self.file(name))
-        existing = self.existing_artefacts()
-        if resume:
-            if not os.path.exists(self.file(STATE)):
-                raise RunDirError(f"nothing to resume in {self.path} (no {STATE}); start the run without --resume")
-        elif existing and not overwrite:
+        if os.path.isdir(self.file(PREVIOUS)):  # an --overwrite killed before the new run completed an epoch
+            self.restore_previous()
+            self.notices.append(f"an earlier --overwrite stopped before the new run completed an epoch; "
+                                f"the run it replaced is back in {self.path}")
+        leftovers = self.existing_artefacts()
+        if resume and not self.started:
+            if not existed:
+                raise RunDirError(f"nothing to resume in {self.path} (no such directory); start the run without --resume")
+            self.notices.append(f"nothing to resume in {self.path}: no epoch was completed; starting at epoch 0")
+        elif self.started and not resume and not overwrite:
             raise RunDirError(
-                f"{self.path} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
+                f"{self.path} already holds a run ({', '.join(leftovers)}); pass --resume to continue it, "
                 "--overwrite to replace it, or another --results_dir"
             )
         return self
 
-    def clear(self):
-        """Remove an earlier run's files (--overwrite); called only once the new run is ready to start."""
+    def start_fresh(self):
+        """Make room for a new run, once it is ready to start: leftovers go, a started run goes aside (--overwrite)."""
+        if self.started:
+            previous = self.file(PREVIOUS)
+            os.makedirs(previous)
+            for name in self.existing_artefacts():
+                os.replace(self.file(name), os.path.join(previous, name))
+            self._replaced = True
+            self.notices.append(f"--overwrite: the earlier run is kept in {previous} until the new run completes its "
+                                "first epoch")
+            return
+        leftovers = self.existing_artefacts()
+        for name in leftovers:
+            os.remove(self.file(name))
+        if leftovers:
+            self.notices.append(f"removed {', '.join(leftovers)}: files of a run that completed no epoch")
+
+    def epoch_completed(self):
+        """The new run has a complete epoch on disk: an earlier run kept for --overwrite is no longer needed."""
+        if self._replaced:
+            shutil.rmtree(self.file(PREVIOUS))
+            self._replaced = False
+
+    def restore_previous(self):
+        """Move the run kept in .previous/ back in place of a new run that completed no epoch."""
+        previous = self.file(PREVIOUS)
         for name in self.existing_artefacts():
             os.remove(self.file(name))
+        for name in os.listdir(previous):
+            os.replace(os.path.join(previous, name), self.file(name))
+        os.rmdir(previous)
+        self._replaced = False
+
+    def describe(self):
+        """What the run directory holds now, and how to go on: for messages after a stop."""
+        if self._replaced and not self.started:
+            self.restore_previous()
+            return f"the new run completed no epoch, so {self.path} holds the earlier run again, as it was"
+        if self.started:
+            try:
+                import torch
+
+                done = torch.load(self.file(STATE), map_location="cpu", weights_only=True)["epoch"]
+                kept = f"keeps epochs 0..{done - 1}"
+            except Exception:
+                kept = "keeps the last completed epoch"
+            return f"{self.path} {kept}: run the same command with --resume to continue"
+        return f"no epoch was completed, so {self.path} holds no result: run the same command to start again"
 
     def close(self):
+        if self._replaced and not self.started:
+            self.restore_previous()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def training_in_progress(run_dir):
+    """True if a training process holds the run directory's lock."""
+    path = os.path.join(run_dir, ".lock")
+    if not os.path.exists(path):
+        return False
+    with open(path) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                return True
+            raise
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def refuse_if_training(run_dir):
+    """learning.py / detection.py: one line instead of reading a run that is still being written."""
+    if training_in_progress(run_dir):
+        raise RunDirError(f"{run_dir} is still training (its lock is held); wait until it finishes, "
+                          "then run this again")

@@ -1,4 +1,5 @@
 """Errors a user can fix, each printed as one line with its exit code (see README, 'Exit codes')."""
+import os
 import sys
 
 EXIT_USAGE = 2  # bad flag value or combination
@@ -35,21 +36,43 @@ class Interrupted(BKDError):
 
 
 def run_cli(main, argv=None):
-    """Call main(argv); turn a BKDError into `error: <message>` on stderr and its exit code."""
+    """Call main(argv); turn a BKDError into `error: <message>` on stderr and its exit code.
+
+    When standard output goes to a log file (run.sh, the launcher), the same line goes there too,
+    as `[bkd] error: ...`, so that the log a report points to says why the step stopped.
+    """
     try:
         main(argv)
     except BKDError as err:
-        sys.stdout.flush()
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
-        sys.stdout.flush()
-        print("error: interrupted; the run directory keeps the last completed epoch (rerun with --resume)",
-              file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _report(f"error: {err}", err.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before the script installed its own handling
+        _report("error: interrupted before anything was written", EXIT_INTERRUPTED)
+
+
+def _report(message, code):
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+    if _stdout_is_separate_file():
+        print(f"[bkd] {message}", flush=True)
+    sys.exit(code)
+
+
+def _stdout_is_separate_file():
+    try:
+        out, err = os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return not sys.stdout.isatty() and (out.st_dev, out.st_ino) != (err.st_dev, err.st_ino)
+
+
+# Libraries' hints that would have the user disable a safety check (torch.load's weights_only, numpy's allow_pickle).
+_UNSAFE_HINTS = ("weights_only", "allow_pickle", "can still be loaded")
 
 
 def first_line(err):
-    """The first line of an exception's message, or its type name when it has none."""
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+    """The first line of an exception's message (or its type name), without hints to load files unsafely."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    safe = [line for line in lines if not any(hint in line for hint in _UNSAFE_HINTS)]
+    if safe:
+        return safe[0]
+    return "it holds objects other than plain tensors and arrays" if lines else type(err).__name__

@@ -1,4 +1,4 @@
-"""Atomic file writes: a kill at any moment leaves the old complete file or the new complete one."""
+"""Atomic file writes: a kill at any moment, or a full disk, leaves the old complete file or the new complete one."""
 import json
 import os
 import tempfile
@@ -6,20 +6,41 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from utils.errors import DataError, RunDirError
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file: mkstemp's 0600 would hide results from the group
+
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
+    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
+
+    A failed write (disk full, read-only folder) removes the temporary file, keeps any earlier
+    `path` as it was and raises a one-line RunDirError naming the file.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        os.chmod(tmp, FILE_MODE)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        kept = "the earlier file is kept" if os.path.exists(path) else "nothing was written"
+        raise RunDirError(f"cannot write {portable(path)} ({err.strerror or err}); {kept}; free space or make "
+                          f"{portable(directory)} writable") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
@@ -63,11 +84,23 @@ def _json_default(value):
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def update_json(path, updates):
-    """Merge `updates` into the JSON object at `path` (created if missing), atomically."""
-    data = {}
-    if os.path.exists(path):
+def read_json_object(path):
+    """The JSON object in `path` ({} if the file does not exist); a one-line DataError if it is not one."""
+    if not os.path.exists(path):
+        return {}
+    try:
         with open(path) as fh:
             data = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{portable(path)}: not readable JSON ({getattr(err, 'strerror', None) or err}); it is truncated "
+                        "or damaged: repair it, or move it aside to start a new one") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{portable(path)}: holds a JSON {type(data).__name__}, not an object; move it aside to start a new one")
+    return data
+
+
+def update_json(path, updates):
+    """Merge `updates` into the JSON object at `path` (created if missing), atomically."""
+    data = read_json_object(path)
     data.update(updates)
     save_json(data, path)

@@ -16,17 +16,15 @@ import time
 import numpy as np
 import torch
 
-from data.labels import sha256
 from utils import logfmt
 from utils.files import save_json
+from utils.hashing import array_sha256, file_sha256
 from utils.runtime import machine_info
 
 
 def tensor_sha256(value):
     """sha256 of a tensor's / array's raw bytes in its own dtype, C-contiguous, on the CPU."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().contiguous().numpy()
-    return hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
+    return array_sha256(value)
 
 
 def state_sha256(module):
@@ -88,7 +86,7 @@ class TraceRecorder:
                                           "student_sha256": state_sha256(student)})
 
     def detection(self, path, flagged):
-        digest = sha256(path)
+        digest = file_sha256(path)
         self.trace["detection_sha256"] = digest
         self.trace["detection"] = {"file_sha256": digest, "array_sha256": tensor_sha256(flagged),
                                    "sum": int(flagged.sum()), "len": len(flagged), "dtype": str(flagged.dtype)}
@@ -113,8 +111,8 @@ def run_config(args, data, init_hashes):
         "num_threads": torch.get_num_threads(),
         "num_interop_threads": torch.get_num_interop_threads(),
         "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
-        "npz_sha256": sha256(images) if images and os.path.isfile(images) and images.endswith(".npz") else None,
-        "noise_path_sha256": sha256(data.label_path) if data.label_path else None,
+        "npz_sha256": file_sha256(images) if images and os.path.isfile(images) and images.endswith(".npz") else None,
+        "noise_path_sha256": file_sha256(data.label_path) if data.label_path else None,
         "subset_size": len(data.subset),
         "subset_sha256": tensor_sha256(np.asarray(data.subset, dtype=np.int64)),
         "n_train_full": len(data.subset),
