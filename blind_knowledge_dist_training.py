@@ -21,7 +21,7 @@ from data.setup import load_run_data
 from models import PreResNet18
 from utils import checkpoint as ck
 from utils import logfmt
-from utils.cli import base_parser, parse, require_positive, require_unit_interval
+from utils.cli import base_parser, parse, require_non_negative, require_positive, require_unit_interval
 from utils.errors import DataError, DivergedError, Interrupted, RunDirError, UsageError, first_line, run_cli
 from utils.files import portable, save_json, save_numpy, save_torch
 from utils.hashing import array_sha256
@@ -75,6 +75,7 @@ def check_args(args):
     require_positive(args, "n_epoch", "batch_size", "lr", "print_freq", "clean_test_freq", "noisy_val_freq", "width", "lr_step")
     if args.eval_batch_size < 0:
         raise UsageError(f"--eval_batch_size {args.eval_batch_size} must be positive (0 = automatic)")
+    require_non_negative(args, "momentum", "weight_decay")
     require_unit_interval(args, "alpha1", "alpha2", "alpha3", "alpha4")
     if args.subset < 0:
         raise UsageError(f"--subset {args.subset} must be 0 (all images) or a positive count")
@@ -157,8 +158,11 @@ def train(args, device, run):
     common = {"device": device, "seed": args.seed, "num_workers": args.num_workers}
     x_full = data.x_full
     full_loader = make_loader(args.loader, x_full, data.noisy, batch_size=args.eval_batch_size, augment=augment, **norm, **common)
+    if args.loader == "torchvision" and len(data.train_pos) % args.batch_size == 1 and x_full.shape[1] < 16:
+        raise UsageError(f"--batch_size {args.batch_size} leaves a last training batch of one {x_full.shape[1]}x{x_full.shape[1]} "
+                         "image, on which BatchNorm cannot train with the PIL loader; pick another --batch_size")
     train_loader = make_loader(args.loader, x_full[data.train_pos], data.noisy[data.train_pos], batch_size=args.batch_size,
-                               shuffle=True, augment=augment, **norm, **common)
+                               shuffle=True, augment=augment, merge_single=True, **norm, **common)
     val_loader = (
         make_loader(args.loader, x_full[data.val_pos], data.noisy[data.val_pos], batch_size=args.eval_batch_size, **val_norm, **common)
         if len(data.val_pos) else train_loader  # --val_ratio 0: select on the training loader, as the original

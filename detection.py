@@ -13,7 +13,7 @@ from data.setup import load_run_labels
 from utils import checkpoint as ck
 from utils import logfmt
 from utils.cli import base_parser, parse
-from utils.errors import DataError, run_cli
+from utils.errors import DataError, first_line, run_cli
 from utils.files import update_json
 from utils.metrics import detection_scores
 from utils.runtime import set_global_seeds
@@ -45,7 +45,10 @@ def load_true_labels(path, given, num_classes):
     try:
         truth = np.load(path, allow_pickle=False)
     except Exception as err:
-        raise DataError(f"--true_labels {path}: not a readable .npy file ({err})") from None
+        raise DataError(f"--true_labels {path}: not a readable .npy file ({first_line(err)})") from None
+    if not isinstance(truth, np.ndarray):  # an .npz archive
+        truth.close()
+        raise DataError(f"--true_labels {path}: an .npz archive; save the labels alone with np.save(<file>.npy, labels)")
     if truth.shape != given.shape or not np.issubdtype(truth.dtype, np.integer):
         raise DataError(f"--true_labels {path}: needs one integer label per training image ({given.shape}), got "
                         f"{truth.dtype} {truth.shape}")
@@ -59,6 +62,7 @@ def main(argv=None):
     args = parse(build_parser(), argv)
     set_global_seeds(args.seed)
     run_dir = ck.resolve_run_dir(args)
+    ck.check_evaluable(run_dir)
     data = load_run_labels(args, run_dir, val_ratio=0.0)  # needs no images: training checked the labels against them
     for line in data.banner:
         print(line)

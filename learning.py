@@ -41,6 +41,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     print(logfmt.device_line(device))
     run_dir = ck.resolve_run_dir(args)
+    ck.check_evaluable(run_dir)
     data = load_run_data(args, subset=saved_subset(run_dir))
     for line in data.banner:
         print(line)

@@ -30,6 +30,6 @@ if [ -n "${DEVICE:-}" ]; then args+=(--device "$DEVICE"); fi
 status=0
 "$PYTHON" -m launch run "${args[@]}" "$@" || status=$?
 if [ "$status" != 0 ] && [ "$status" != 130 ]; then
-  echo "run.sh: a run failed (exit $status); the report above names it and its log" >&2
+  echo "run.sh: stopped with exit $status; the lines above name the problem (a failed run: its step and log)" >&2
 fi
 exit "$status"

@@ -72,27 +72,36 @@ def _load_npz(path):
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: x_test and y_test come together; it has only {'x_test' if 'x_test' in arrays else 'y_test'}")
     y = arrays["y_train"]
+    if len(arrays["x_train"]) == 0 or y.size == 0:
+        raise DataError(f"{path}: x_train is empty (no training images); README, 'Your own data'")
     classes = arrays.get("classes")
     if classes is None:
-        top = int(y.max()) + 1 if y.size and np.issubdtype(y.dtype, np.integer) else 0
+        top = int(y.max()) + 1 if np.issubdtype(y.dtype, np.integer) else 0
+        if top > len(y):  # every class needs an image: more classes than images cannot be
+            raise DataError(f"{path}: label {top - 1} implies {top} classes for {len(y)} images; labels must be 0..C-1 "
+                            "(renumber them), or name the classes in a `classes` array")
         classes = [str(c) for c in range(top)]
     ids = arrays.get("ids")
-    return CustomData(arrays["x_train"], y, arrays.get("x_test"), arrays.get("y_test"), [str(c) for c in classes],
+    if ids is not None and ids.ndim != 1:
+        raise DataError(f"{path}: ids must hold one identifier per image (1-D), got shape {ids.shape}")
+    x_test, y_test = arrays.get("x_test"), arrays.get("y_test")
+    if x_test is not None and len(x_test) == 0 and y_test.size == 0:
+        x_test = y_test = None  # an empty test set is no test set
+    return CustomData(arrays["x_train"], y, x_test, y_test, [str(c) for c in classes],
                       np.arange(len(y)).astype(str) if ids is None else ids.astype(str), path)
 
 
 def _load_folder(path, image_size):
     from PIL import Image
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
     try:
         classes, index = find_classes(path)
     except FileNotFoundError:
         raise DataError(f"{path}: no class sub-folders; put each class's images in <folder>/<class name>/") from None
-    try:
-        samples = make_dataset(path, index, extensions=IMG_EXTENSIONS, allow_empty=True)
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: {err}") from None
+    samples = _image_files(path, classes, index, IMG_EXTENSIONS)
+    if not samples:
+        raise DataError(f"{path}: no images in its class sub-folders ({', '.join(IMG_EXTENSIONS)})")
     images = np.empty((len(samples), image_size, image_size, 3), dtype=np.uint8)
     for i, (file, _) in enumerate(samples):
         try:
@@ -105,6 +114,27 @@ def _load_folder(path, image_size):
     return CustomData(images, labels, None, None, classes, ids, path)
 
 
+def _image_files(path, classes, index, extensions):
+    """(file, class index) of every image under <path>/<class>/, in torchvision's order (sorted walk).
+
+    Linked folders are followed once: a folder reached again (a link loop, two links to one
+    folder, a link to another class's folder) is skipped, so no image is read twice.
+    """
+    class_roots = {os.path.realpath(os.path.join(path, name)) for name in classes}
+    samples, seen = [], set()
+    for name in classes:
+        folders, own = [], os.path.realpath(os.path.join(path, name))
+        for root, dirs, files in os.walk(os.path.join(path, name), followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen or (real in class_roots and real != own):
+                dirs[:] = []
+                continue
+            seen.add(real)
+            folders.append((root, sorted(f for f in files if f.lower().endswith(extensions))))
+        samples += [(os.path.join(root, f), index[name]) for root, files in sorted(folders) for f in files]
+    return samples
+
+
 def _check(d):
     src = d.source
     x, y = d.x_train, d.y_train
@@ -115,6 +145,8 @@ def _check(d):
                         "resize them, or use an image folder with --image_size")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{src}: y_train must hold one integer label per image, got {y.dtype} {y.shape} for {len(x)} images")
+    if len(x) == 0:
+        raise DataError(f"{src}: x_train is empty (no training images)")
     if len(d.classes) < 2:
         raise DataError(f"{src}: {len(d.classes)} class(es); detection needs at least two")
     if len(y) and (y.min() < 0 or y.max() >= len(d.classes)):

@@ -52,8 +52,12 @@ def augment_batch(x, flip, offset_y, offset_x, pad_mode, flip_first):
 class DeviceLoader:
     """Device-resident split: uint8 NHWC numpy images -> normalised float batches on `device`."""
 
-    def __init__(self, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, seed=0):
+    def __init__(self, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, seed=0,
+                 merge_single=False):
         self.device = torch.device(device)
+        # A last batch of one image goes with the batch before it: BatchNorm cannot train on one image
+        # when the last stage's maps are 1x1 (8x8 inputs), and a lone image makes a noisy step anyway.
+        self.merge_single = merge_single
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).contiguous()
         self.augment = augment  # None or dict(pad_mode=..., flip_first=...)
         # Augmented splits are padded once, up front, so a batch is two gathers from uint8 memory.
@@ -72,14 +76,21 @@ class DeviceLoader:
     def num_samples(self):
         return len(self.labels)
 
+    def _bounds(self):
+        n, b = self.num_samples, self.batch_size
+        starts = list(range(0, n, b))
+        if self.merge_single and len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()
+        return list(zip(starts, starts[1:] + [n]))
+
     def __len__(self):
-        return (self.num_samples + self.batch_size - 1) // self.batch_size
+        return len(self._bounds())
 
     def __iter__(self):
         n, g, dev = self.num_samples, self.generator, self.device
         order = torch.randperm(n, generator=g, device=dev) if self.shuffle else torch.arange(n, device=dev)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for start, stop in self._bounds():
+            idx = order[start:stop]
             x = self.images[idx]
             if self.augment is not None:
                 b = len(idx)
@@ -158,11 +169,11 @@ class TorchvisionLoader:
         pass
 
 
-def make_loader(kind, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, seed=0, num_workers=4):
+def make_loader(kind, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, seed=0, num_workers=4,
+                merge_single=False):
     if kind == "device":
-        return DeviceLoader(
-            images, labels, batch_size=batch_size, device=device, mean=mean, std=std, shuffle=shuffle, augment=augment, seed=seed
-        )
+        return DeviceLoader(images, labels, batch_size=batch_size, device=device, mean=mean, std=std, shuffle=shuffle,
+                            augment=augment, seed=seed, merge_single=merge_single)
     if kind == "torchvision":
         return TorchvisionLoader(
             images, labels, batch_size=batch_size, device=device, mean=mean, std=std, shuffle=shuffle,

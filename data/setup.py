@@ -17,6 +17,7 @@ from data.labels import load_label_file
 from data.split import stratified_subset, train_val_split
 from utils import checkpoint as ck
 from utils import logfmt
+from utils.errors import DataError, first_line
 from utils.files import portable
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -91,6 +92,8 @@ def load_run_data(args, subset=None, val_ratio=None, with_images=True):
         strata = data.clean if data.clean is not None else data.given
         n = len(strata)
         subset = stratified_subset(strata, args.subset, args.seed) if getattr(args, "subset", 0) else np.arange(n)
+    else:
+        _check_subset(subset, len(data.given), ck.SUBSET)
     data.subset = subset
     data.train_pos, data.val_pos = train_val_split(len(subset), args.val_ratio if val_ratio is None else val_ratio, args.seed)
     data.banner += logfmt.split_lines(len(data.train_pos), len(data.val_pos))
@@ -103,6 +106,21 @@ def load_run_labels(args, run_dir, val_ratio):
 
 
 def saved_subset(run_dir):
-    """The subset a run used (train_subset.npy), or None for the whole training set."""
+    """The subset a run used (train_subset.npy), or None for the whole training set; checked against the data in load_run_data."""
     path = os.path.join(run_dir, ck.SUBSET)
-    return np.load(path) if os.path.exists(path) else None
+    if not os.path.exists(path):
+        return None
+    try:
+        subset = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise DataError(f"{path}: unreadable ({first_line(err)}); truncated? Train the run again (--overwrite)") from None
+    if subset.ndim != 1 or not np.issubdtype(subset.dtype, np.integer) or len(subset) == 0:
+        raise DataError(f"{path}: holds {subset.dtype} {subset.shape}, not the run's training-image indices; "
+                        "train the run again (--overwrite)")
+    return subset
+
+
+def _check_subset(subset, num_images, origin):
+    if subset.min() < 0 or subset.max() >= num_images or len(np.unique(subset)) != len(subset):
+        raise DataError(f"{origin}: indices outside 0..{num_images - 1} or repeated: it does not belong to this data "
+                        "(another --dataset or data file?); train the run again (--overwrite)")

@@ -19,7 +19,7 @@ import sys
 
 from launch.grid import GRIDS, make_grid
 from launch.local import print_status, report, run_local
-from utils.errors import EXIT_USAGE
+from utils.errors import EXIT_USAGE, UsageError
 
 
 RUN_SELECTORS = ("--dataset", "--noise_type", "--seed", "--results_dir", "--run_dir", "--preset")
@@ -81,10 +81,39 @@ def runs_of(args):
     return make_grid(args.grid, args.seeds, args.noise_types, args.dataset, args.results_dir, "quick" if args.quick else "default")
 
 
+def check_grid_args(args):
+    """One line naming the bad value, or None."""
+    from data.cifar import DATASETS
+    from data.labels import NOISE_TYPES, check_noise_type
+
+    if args.dataset == "custom":
+        return ("the launcher runs CIFAR-N grids; train your own data with blind_knowledge_dist_training.py --dataset custom, "
+                "then learning.py and detection.py (README, 'Your own data')")
+    if args.dataset is not None and args.dataset not in DATASETS:
+        return f"--dataset {args.dataset!r} is unknown; use one of {', '.join(DATASETS)}"
+    for noise_type in args.noise_types or ():
+        try:
+            check_noise_type(args.dataset or NOISE_TYPES.get(noise_type, ("cifar10",))[0], noise_type)
+        except UsageError as err:
+            return str(err)
+    if args.command == "run":
+        for name in ("parallel", "threads", "per_gpu"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                return f"--{name} {value} must be at least 1"
+    elif not os.path.isdir(args.results_dir):
+        return f"--results_dir {args.results_dir}: no such directory; nothing has been launched there"
+    return None
+
+
 def main(argv=None):
     args, extra = build_parser().parse_known_args(argv)
     if extra and args.command != "run":
         print(f"error: unknown flags {' '.join(extra)} (see python -m launch {args.command} --help)", file=sys.stderr)
+        return EXIT_USAGE
+    problem = check_grid_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     runs = runs_of(args)
     if args.command == "status":

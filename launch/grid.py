@@ -7,7 +7,6 @@ with a resume state and no finished logs continues with --resume; a run whose pi
 (`.launch.lock`, an flock held by whoever runs its steps) is held is running and never gets a
 second writer.
 """
-import errno
 import fcntl
 import json
 import os
@@ -27,7 +26,7 @@ STEPS = (  # name, script, log file, open mode
     ("detection", "detection.py", "detection.log", "w"),
 )
 RECORD = "launch.json"  # the launcher's notes on a run: last failure, SLURM job id, step times
-PIPELINE_LOCK = ".launch.lock"
+PIPELINE_LOCK = ck.PIPELINE_LOCK
 GRIDS = {
     # the authors' run.sh: one seed, CIFAR-10N aggre, worst, rand1
     "original": ((0,), (("cifar10", "aggre"), ("cifar10", "worst"), ("cifar10", "rand1"))),
@@ -90,21 +89,6 @@ def write_record(run, **fields):
     os.replace(tmp, run.file(RECORD))
 
 
-def _held(path):
-    """True if another process holds an flock on `path`."""
-    if not os.path.exists(path):
-        return False
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                return True
-            raise
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
 def progress(run):
     """(last completed epoch or None, n_epoch or None) from the run's metrics.json."""
     metrics = read_json(run.file(ck.METRICS)) or {}
@@ -136,7 +120,7 @@ def status(run):
     last, n_epoch = progress(run)
     info = {"run": run.name, "epoch": last, "n_epoch": n_epoch, "job_id": record.get("job_id"),
             "log": os.path.join(run.path, "training.log"), "detail": ""}
-    if _held(run.file(PIPELINE_LOCK)) or _held(run.file(".lock")):
+    if ck.lock_held(run.file(PIPELINE_LOCK)) or ck.lock_held(run.file(".lock")):
         info["state"] = "running"
     elif finished(run):
         info["state"] = "done"

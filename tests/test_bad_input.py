@@ -72,6 +72,11 @@ TRAINING_CASES = [
     (["--lr", "abc"], 2, "argument --lr: invalid float value: 'abc'"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"], 2, "--device cuda"),
     (["--device", "tpu"], 2, "--device"),
+    (["--seed", "-1"], 2, "--seed -1 must be in 0..2**32-1"),
+    (["--seed", str(2**32)], 2, f"--seed {2**32} must be in 0..2**32-1"),
+    (["--momentum", "-0.9"], 2, "--momentum -0.9 must be 0 or positive"),
+    (["--weight_decay", "-1"], 2, "--weight_decay -1.0 must be 0 or positive"),
+    (["--image_size", "100000"], 2, "--image_size 100000 must be between 8 and 1024"),
 ]
 
 
@@ -159,6 +164,9 @@ def _learning_argv(synthetic_root, run_dir):
     ("missing", "checkpoint not found"),
     ("truncated", "unreadable checkpoint"),
     ("architecture", "weights do not fit"),
+    ("no_tensors", "not a model checkpoint"),
+    ("other_network", "not a PreResNet18 checkpoint"),
+    ("pickle", "unreadable checkpoint"),
 ])
 def test_learning_checkpoint_errors(damage, message, finished_run, synthetic_root, tmp_path, capsys):
     src, _ = finished_run
@@ -169,12 +177,100 @@ def test_learning_checkpoint_errors(damage, message, finished_run, synthetic_roo
         os.remove(path)
     elif damage == "truncated":
         open(path, "wb").write(open(path, "rb").read()[:2000])
+    elif damage == "no_tensors":
+        torch.save({"state_dict": [1, 2, 3], "epoch": 0}, path)
+    elif damage == "other_network":
+        torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}, "epoch": 0}, path)
+    elif damage == "pickle":
+        torch.save({"state_dict": {}, "epoch": np.int64(0)}, path)  # needs weights_only=False: refused without the hint
     else:
         ckpt = torch.load(path, weights_only=True)
         ckpt["state_dict"]["linear.weight"] = ckpt["state_dict"]["linear.weight"][:, :10]
         torch.save(ckpt, path)
     code, err = call(learning, _learning_argv(synthetic_root, run_dir), capsys)
     assert code == 3 and message in err and "student.pth.tar" in err and len(err.strip().splitlines()) == 1, err
+    assert "weights_only" not in err and "allow_pickle" not in err
+
+
+def _copy_run(finished_run, tmp_path):
+    src, _ = finished_run
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(src, run_dir)
+    return run_dir
+
+
+def _detection_argv(synthetic_root, run_dir):
+    return ["--noise_path", os.path.join(synthetic_root, "CIFAR-10_human.pt"), "--noise_type", "worst", "--run_dir", run_dir]
+
+
+@pytest.mark.parametrize("damage, code, message", [
+    ("metrics", 3, "metrics.json: not readable JSON"),
+    ("subset_truncated", 3, "train_subset.npy: unreadable"),
+    ("subset_range", 3, "indices outside 0..399"),
+    ("subset_shape", 3, "not the run's training-image indices"),
+    ("training", 4, "is still training"),
+])
+def test_evaluation_refuses_damaged_or_running_runs(damage, code, message, finished_run, synthetic_root, tmp_path, capsys):
+    run_dir = _copy_run(finished_run, tmp_path)
+    subset = os.path.join(run_dir, "train_subset.npy")
+    if damage == "metrics":
+        path = os.path.join(run_dir, "metrics.json")
+        open(path, "w").write(open(path).read()[:100])
+    elif damage == "subset_truncated":
+        np.save(subset, np.arange(300))
+        open(subset, "wb").write(open(subset, "rb").read()[:200])
+    elif damage == "subset_range":
+        np.save(subset, np.arange(100, 500))
+    elif damage == "subset_shape":
+        np.save(subset, np.zeros((2, 3)))
+    import fcntl
+
+    with open(os.path.join(run_dir, ".lock"), "a+") as lock:
+        if damage == "training":
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for module, argv in ((learning, _learning_argv(synthetic_root, run_dir)), (detection, _detection_argv(synthetic_root, run_dir))):
+            got, err = call(module, argv, capsys)
+            assert got == code and message in err and len(err.strip().splitlines()) == 1, (module.__name__, err)
+
+
+def test_evaluation_in_a_read_only_run_directory(finished_run, synthetic_root, tmp_path, capsys):
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root) to make a read-only run directory")
+    try:
+        run_dir = _copy_run(finished_run, mount)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        before = digests(run_dir)
+        for module, argv in ((learning, _learning_argv(synthetic_root, run_dir)), (detection, _detection_argv(synthetic_root, run_dir))):
+            got, err = call(module, argv, capsys)
+            assert got == 4 and "Read-only file system" in err and len(err.strip().splitlines()) == 1, err
+        assert digests(run_dir) == before
+    finally:
+        subprocess.run(["umount", str(mount)])
+
+
+def test_true_labels_as_npz_is_one_line(finished_run, synthetic_root, tmp_path, capsys):
+    path = str(tmp_path / "truth.npz")
+    np.savez(path, labels=np.zeros(400, dtype=np.int64))
+    from data.labels import safe_load
+
+    # --true_labels applies to custom data; a CIFAR run would use its clean labels, so check the loader directly
+    with pytest.raises(DataError, match="an .npz archive"):
+        detection.load_true_labels(path, safe_load(os.path.join(synthetic_root, "CIFAR-10_human.pt"))["worse_label"], 10)
+
+
+def test_resume_state_of_the_wrong_structure(finished_run, synthetic_root, tmp_path, capsys):
+    run_dir = _copy_run(finished_run, tmp_path)
+    path = os.path.join(run_dir, "state.pth.tar")
+    saved = torch.load(path, weights_only=True)
+    argv = tiny_flags(synthetic_root, "unused", run_dir=run_dir, resume=True, n_epoch=2, noisy_val_freq=1)
+    for broken in ([1, 2], dict(saved, teacher={"x": torch.zeros(1)}), dict(saved, method={"bogus": 1}), dict(saved, rng=None)):
+        torch.save(broken, path)
+        code, err = call(training, argv, capsys)
+        assert code == 3 and "state.pth.tar" in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("content, message", [

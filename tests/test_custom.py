@@ -137,6 +137,9 @@ def _bad_cases(tmp_path):
         (str(folder_no_classes), "no class sub-folders"),
         (str(folder_bad_image), f"{folder_bad_image / 'dog' / 'bad.png'}: unreadable image"),
         (str(tmp_path / "missing.npz"), "no such file or folder"),
+        (_npz(tmp_path / "huge.npz", x_train=x, y_train=np.where(y == 1, 2**31 - 1, 0)), "label 2147483647 implies 2147483648 classes"),
+        (_npz(tmp_path / "nothing.npz", x_train=x[:0], y_train=y[:0]), "x_train is empty"),
+        (_npz(tmp_path / "ids2d.npz", x_train=x, y_train=y, ids=np.full((20, 2), "198")), "ids must hold one identifier per image"),
     ]
 
 
@@ -148,3 +151,45 @@ def test_bad_custom_data_gets_one_line_errors(tmp_path, capsys):
                                     "cpu", "--n_epoch", "1"], capsys)
         assert code == 3 and message in err and len(err.strip().splitlines()) == 1, (path, err)
         assert not os.path.exists(tmp_path / "r" / f"custom_{os.path.splitext(os.path.basename(path))[0]}_seed_0" / "state.pth.tar")
+
+
+def test_image_folder_link_loop_reads_each_image_once(tmp_path):
+    path, clean, _ = write_custom(str(tmp_path), n_train=60, folder=True)
+    first, second = (os.path.join(path, c) for c in sorted(CUSTOM_CLASSES)[:2])
+    os.symlink(first, os.path.join(first, "self"))  # a loop: <first>/self -> <first>
+    os.symlink(second, os.path.join(first, "again"))  # another class's folder, linked again
+    from data.custom import load_custom
+
+    data = load_custom(path)
+    assert len(data.y_train) == 60 and len(set(data.ids)) == 60
+    assert not any("self" in i for i in data.ids)
+    counts = dict(zip(data.classes, np.bincount(data.y_train)))
+    results = str(tmp_path / "results")
+    os.makedirs(results)
+    out = run("blind_knowledge_dist_training.py", "--dataset", "custom", "--data_file", path, "--results_dir", results,
+              *TRAIN[2:], "--n_epoch", "1", cwd=results).stdout
+    assert "60 training images" in out and ", ".join(f"{k} {n}" for k, n in counts.items()) in out
+
+
+def test_empty_test_set_is_no_test_set(tmp_path):
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, 255, (40, 32, 32, 3)).astype(np.uint8)
+    path = _npz(tmp_path / "notest.npz", x_train=x, y_train=np.arange(40) % 2, x_test=x[:0], y_test=np.zeros(0, int))
+    results = str(tmp_path / "results")
+    os.makedirs(results)
+    out = run("blind_knowledge_dist_training.py", "--dataset", "custom", "--data_file", path, "--results_dir", results,
+              *TRAIN[2:], "--n_epoch", "1", cwd=results).stdout
+    assert "no test set: no test accuracy" in out and "acc on clean test_data" not in out
+
+
+def test_small_images_with_a_last_training_batch_of_one(tmp_path):
+    """8x8 images leave 1x1 maps in the last stage, where BatchNorm cannot train on one image: the batch is merged."""
+    rng = np.random.RandomState(0)
+    n = 33 + 4  # --val_ratio 0.1 of 37 -> 3 validation, 34 training = 32 + 2; with batch 33: 33 + 1
+    x = rng.randint(0, 255, (n, 8, 8, 3)).astype(np.uint8)
+    path = _npz(tmp_path / "small.npz", x_train=x, y_train=np.arange(n) % 2)
+    results = str(tmp_path / "results")
+    os.makedirs(results)
+    out = run("blind_knowledge_dist_training.py", "--dataset", "custom", "--data_file", path, "--results_dir", results,
+              *TRAIN[2:], "--n_epoch", "1", "--batch_size", "33", cwd=results)
+    assert "[bkd] finished" in out.stdout

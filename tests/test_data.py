@@ -188,3 +188,17 @@ def test_loaders_agree_without_augmentation_and_are_seeded():
     b = [b[0] for b in DeviceLoader(images, labels, batch_size=32, device="cpu", shuffle=True, augment=aug, seed=5, **CIFAR10)]
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     assert torchvision_transform(CIFAR10["mean"], CIFAR10["std"], aug).transforms[1].padding_mode == "reflect"
+
+
+def test_device_loader_merges_a_last_batch_of_one():
+    from data.loaders import DeviceLoader
+
+    x = np.zeros((33, 8, 8, 3), dtype=np.uint8)
+    common = dict(batch_size=16, device="cpu", mean=(0, 0, 0), std=(1, 1, 1), shuffle=True)
+    merged = DeviceLoader(x, np.zeros(33), merge_single=True, **common)
+    plain = DeviceLoader(x, np.zeros(33), **common)
+    assert [len(y) for _, y, _ in merged] == [16, 17] and len(merged) == 2
+    assert [len(y) for _, y, _ in plain] == [16, 16, 1] and len(plain) == 3
+    assert sorted(torch.cat([i for _, _, i in merged]).tolist()) == list(range(33))
+    two = DeviceLoader(x[:18], np.zeros(18), merge_single=True, **common)
+    assert [len(y) for _, y, _ in two] == [16, 2]  # only a batch of exactly one is merged

@@ -256,3 +256,28 @@ def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, loca
         for key in ("val_acc", "test_acc", "mean_top_student_all_epochs", "otsu_full", "detection", "learning"):
             assert ma[key] == mb[key], (name, key)
         assert np.array_equal(np.load(os.path.join(a, "agreement.npy")), np.load(os.path.join(b, "agreement.npy")))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--parallel", "-1"], "--parallel -1 must be at least 1"),
+    (["run", "--threads", "0"], "--threads 0 must be at least 1"),
+    (["run", "--noise_types", "bogus"], "'bogus' is unknown"),
+    (["run", "--dataset", "custom"], "the launcher runs CIFAR-N grids"),
+    (["status"], "no such directory"),
+    (["summary"], "no such directory"),
+])
+def test_launcher_refuses_bad_input_and_creates_nothing(args, message, tmp_path):
+    results = tmp_path / "results"
+    proc = launch(*args, "--results_dir", results)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not results.exists()
+
+
+def test_sequential_failure_reason_is_in_the_run_log(synthetic_root, tmp_path):
+    results = str(tmp_path)
+    proc = launch("run", "--seeds", "0", "--noise_types", "worst", "--results_dir", results, "--cpu", *data_flags(synthetic_root),
+                  "--device", "cpu", "--no_download", "--momentum", "-1")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    log = os.path.join(results, "cifar10_worst_seed_0", "training.log")
+    assert f"see {log}" in proc.stdout
+    assert "[bkd] error: --momentum -1.0 must be 0 or positive" in open(log).read()

@@ -194,7 +194,7 @@ def test_stop_flag_turns_signals_into_a_resumable_error():
     flag = StopFlag()
     flag.check("anywhere")  # no signal yet: nothing happens
     flag._handler(signal.SIGINT, None)
-    with pytest.raises(Interrupted, match="SIGINT received during epoch 3.*--resume"):
+    with pytest.raises(Interrupted, match="^SIGINT received during epoch 3$"):  # the run adds what its directory holds
         flag.check("epoch 3")
     with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
         flag._handler(signal.SIGINT, None)

@@ -6,7 +6,7 @@ import os
 import shutil
 
 from utils.errors import DataError, RunDirError, first_line
-from utils.files import save_torch
+from utils.files import read_json_object, save_torch
 
 TEACHER, STUDENT = "teacher.pth.tar", "student.pth.tar"  # best by validation (the original's names)
 TEACHER_LAST, STUDENT_LAST = "teacher_last.pth.tar", "student_last.pth.tar"  # the last epoch
@@ -20,8 +20,9 @@ RUN_ARTEFACTS = (STATE, TEACHER, STUDENT, TEACHER_LAST, STUDENT_LAST, DETECTION,
                  SUBSET)
 # Written about a run by the evaluations and the launcher; they belong to the run they describe.
 RUN_RECORDS = ("learning.log", "detection.log", "launch.json", "confidence.png", "agreement.png", "accuracy.png")
-RUN_FILES = RUN_ARTEFACTS + RUN_RECORDS
 PREVIOUS = ".previous"  # --overwrite: the replaced run, until the new one completes an epoch
+PIPELINE_LOCK = ".launch.lock"  # held by the launcher while it runs a run's steps
+INCOMPLETE = ".incomplete"  # a run that has not completed its first epoch: its files are leftovers
 
 
 def run_dir_name(dataset, noise_type, seed, preset="default"):
@@ -55,11 +56,15 @@ def load_model(path, build):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise DataError(f"{path}: unreadable checkpoint ({first_line(err)}); truncated or not a checkpoint") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise DataError(f"{path}: not a model checkpoint (no 'state_dict')")
-    num_classes = ckpt.get("num_classes") or ckpt["state_dict"]["linear.weight"].shape[0]
-    width = ckpt.get("width") or ckpt["state_dict"]["conv1.weight"].shape[0]
-    model = build(num_classes, width)
+    weights = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        raise DataError(f"{path}: not a model checkpoint (no 'state_dict' of named tensors)")
+    try:
+        num_classes = int(ckpt.get("num_classes") or weights["linear.weight"].shape[0])
+        width = int(ckpt.get("width") or weights["conv1.weight"].shape[0])
+        model = build(num_classes, width)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        raise DataError(f"{path}: not a PreResNet18 checkpoint ({type(err).__name__}: {first_line(err)})") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
@@ -73,10 +78,11 @@ class RunDir:
 
     The lock is an flock on `.lock`, which the kernel releases when the process dies, so a
     killed run never leaves it stuck. A run counts as started once its first epoch completed
-    (`state.pth.tar` exists); files of a run that never got there are leftovers, which the same
-    command replaces. `--overwrite` moves a started run aside into `.previous/` and deletes it
-    only once the new run has completed an epoch; if the new run stops before that, the earlier
-    run is moved back (at once, or by the next command after a kill).
+    (`state.pth.tar` exists). Until then it carries the marker `.incomplete`, and its files are
+    leftovers that the same command replaces (as is a lone `train_subset.npy`); other files are
+    never removed without `--overwrite`. `--overwrite` moves them aside into `.previous/` and
+    deletes them only once the new run has completed an epoch; if the new run stops before that,
+    they are moved back (at once, or by the next command after a kill).
     """
 
     def __init__(self, path):
@@ -91,13 +97,24 @@ class RunDir:
     def has(self, name):
         return os.path.exists(self.file(name))
 
-    def existing_artefacts(self):
-        return [name for name in RUN_FILES if self.has(name)]
+    def existing_artefacts(self, names=RUN_ARTEFACTS):
+        return [name for name in names if self.has(name)]
+
+    def replaced_files(self):
+        """What --overwrite moves aside: the run's files and the records about it, except the record of a launcher
+        that is running this very training (it holds the pipeline lock)."""
+        records = RUN_RECORDS if not lock_held(self.file(PIPELINE_LOCK)) else tuple(r for r in RUN_RECORDS if r != "launch.json")
+        return self.existing_artefacts(RUN_ARTEFACTS + records)
 
     @property
     def started(self):
         """True once an epoch completed: the resume state exists."""
         return self.has(STATE)
+
+    @property
+    def restartable(self):
+        """No completed epoch, and nothing but what an unfinished run of ours leaves behind."""
+        return not self.started and (self.has(INCOMPLETE) or self.existing_artefacts() in ([], [SUBSET]))
 
     def open(self, resume=False, overwrite=False):
         existed = os.path.isdir(self.path)
@@ -123,37 +140,42 @@ class RunDir:
             self.restore_previous()
             self.notices.append(f"an earlier --overwrite stopped before the new run completed an epoch; "
                                 f"the run it replaced is back in {self.path}")
-        leftovers = self.existing_artefacts()
+        files = ", ".join(self.existing_artefacts())
         if resume and not self.started:
             if not existed:
                 raise RunDirError(f"nothing to resume in {self.path} (no such directory); start the run without --resume")
+            if not self.restartable:
+                raise RunDirError(f"nothing to resume in {self.path}: it holds {files} but no {STATE}; --overwrite "
+                                  "replaces them, or pick another --results_dir")
             self.notices.append(f"nothing to resume in {self.path}: no epoch was completed; starting at epoch 0")
-        elif self.started and not resume and not overwrite:
-            raise RunDirError(
-                f"{self.path} already holds a run ({', '.join(leftovers)}); pass --resume to continue it, "
-                "--overwrite to replace it, or another --results_dir"
-            )
+        elif not (resume or overwrite or self.restartable):
+            raise RunDirError(f"{self.path} already holds a run ({files}); pass --resume to continue it, "
+                              "--overwrite to replace it, or another --results_dir")
         return self
 
     def start_fresh(self):
-        """Make room for a new run, once it is ready to start: leftovers go, a started run goes aside (--overwrite)."""
-        if self.started:
+        """Make room for a new run, once it is ready to start: leftovers go, anything else goes aside (--overwrite)."""
+        files = self.existing_artefacts()
+        if self.restartable:
+            for name in files:
+                os.remove(self.file(name))
+            if files:
+                self.notices.append(f"removed {', '.join(files)}: files of a run that completed no epoch")
+        else:
             previous = self.file(PREVIOUS)
             os.makedirs(previous)
-            for name in self.existing_artefacts():
+            for name in self.replaced_files():
                 os.replace(self.file(name), os.path.join(previous, name))
             self._replaced = True
             self.notices.append(f"--overwrite: the earlier run is kept in {previous} until the new run completes its "
                                 "first epoch")
-            return
-        leftovers = self.existing_artefacts()
-        for name in leftovers:
-            os.remove(self.file(name))
-        if leftovers:
-            self.notices.append(f"removed {', '.join(leftovers)}: files of a run that completed no epoch")
+        with open(self.file(INCOMPLETE), "w"):
+            pass
 
     def epoch_completed(self):
-        """The new run has a complete epoch on disk: an earlier run kept for --overwrite is no longer needed."""
+        """The new run has a complete epoch on disk: no leftovers to mark, and no earlier run to keep for --overwrite."""
+        if self.has(INCOMPLETE):
+            os.remove(self.file(INCOMPLETE))
         if self._replaced:
             shutil.rmtree(self.file(PREVIOUS))
             self._replaced = False
@@ -161,7 +183,10 @@ class RunDir:
     def restore_previous(self):
         """Move the run kept in .previous/ back in place of a new run that completed no epoch."""
         previous = self.file(PREVIOUS)
-        for name in self.existing_artefacts():
+        for name in os.listdir(previous):
+            if self.has(name):
+                os.remove(self.file(name))
+        for name in self.existing_artefacts() + [INCOMPLETE] * self.has(INCOMPLETE):
             os.remove(self.file(name))
         for name in os.listdir(previous):
             os.replace(os.path.join(previous, name), self.file(name))
@@ -194,7 +219,11 @@ class RunDir:
 
 def training_in_progress(run_dir):
     """True if a training process holds the run directory's lock."""
-    path = os.path.join(run_dir, ".lock")
+    return lock_held(os.path.join(run_dir, ".lock"))
+
+
+def lock_held(path):
+    """True if another process holds an flock on `path`."""
     if not os.path.exists(path):
         return False
     with open(path) as fh:
@@ -208,8 +237,18 @@ def training_in_progress(run_dir):
     return False
 
 
-def refuse_if_training(run_dir):
-    """learning.py / detection.py: one line instead of reading a run that is still being written."""
+def check_evaluable(run_dir):
+    """learning.py / detection.py, before any work: the run is not being written, and its metrics.json can take results."""
     if training_in_progress(run_dir):
-        raise RunDirError(f"{run_dir} is still training (its lock is held); wait until it finishes, "
-                          "then run this again")
+        raise RunDirError(f"{run_dir} is still training (its lock is held); wait until it finishes, then run this again")
+    if not os.path.isdir(run_dir):
+        raise DataError(f"{run_dir}: no such run directory; train this run first (blind_knowledge_dist_training.py)")
+    read_json_object(os.path.join(run_dir, METRICS))
+    probe = os.path.join(run_dir, ".write_test")
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise RunDirError(f"cannot write to run directory {run_dir} ({err.strerror}); the results go into its {METRICS}: "
+                          "make it writable") from None

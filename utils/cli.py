@@ -6,7 +6,8 @@ from data.cifar import DATA_ROOT_ENV, DATASETS, default_data_root
 from data.labels import NOISE_TYPES, check_noise_type
 from utils.errors import EXIT_USAGE, UsageError
 
-CUSTOM = "custom"  # --dataset custom: your own labelled images (data/custom.py)
+CUSTOM = "custom"
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # 1024 px: 3 MB per image in memory; resize larger ones  # --dataset custom: your own labelled images (data/custom.py)
 
 # Small-scale presets. Explicit flags still win over a preset's values.
 PRESETS = {
@@ -61,8 +62,10 @@ def parse(parser, argv=None):
         raise UsageError(f"--dataset {args.dataset!r} is unknown; use one of {', '.join(DATASETS)} or {CUSTOM}")
     if args.dataset != CUSTOM:  # custom data has its given labels only: --noise_type does not apply
         check_noise_type(args.dataset, args.noise_type)
-    if args.image_size < 8:
-        raise UsageError(f"--image_size {args.image_size} must be at least 8")
+    if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        raise UsageError(f"--image_size {args.image_size} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
+    if not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed {args.seed} must be in 0..2**32-1 (numpy's seed range)")
     if not 0 <= args.val_ratio < 1:
         raise UsageError(f"--val_ratio {args.val_ratio} must be in [0, 1); 0 = no validation set (challenge setting)")
     return args
@@ -77,6 +80,13 @@ def require_positive(args, *names):
         value = getattr(args, name)
         if not value > 0:
             raise UsageError(f"--{name} {value} must be positive")
+
+
+def require_non_negative(args, *names):
+    for name in names:
+        value = getattr(args, name)
+        if not value >= 0:
+            raise UsageError(f"--{name} {value} must be 0 or positive")
 
 
 def require_unit_interval(args, *names):

@@ -1,6 +1,7 @@
 """Atomic file writes: a kill at any moment, or a full disk, leaves the old complete file or the new complete one."""
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 
@@ -37,7 +38,11 @@ def atomic_path(path):
         os.replace(tmp, path)
     except OSError as err:
         kept = "the earlier file is kept" if os.path.exists(path) else "nothing was written"
-        raise RunDirError(f"cannot write {portable(path)} ({err.strerror or err}); {kept}; free space or make "
+        try:
+            free = f"; {shutil.disk_usage(directory).free:,} bytes free there"
+        except OSError:
+            free = ""
+        raise RunDirError(f"cannot write {portable(path)} ({err.strerror or err}{free}); {kept}; free space or make "
                           f"{portable(directory)} writable") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
