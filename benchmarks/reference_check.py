@@ -43,6 +43,10 @@ def golden_flags(trace):
                                             "--lr_step", env["GOLDEN_LR_STEP"]]
 
 
+class StepFailed(Exception):
+    """A replayed script failed; the message names the step and its log."""
+
+
 def replay(trace_path, workdir, shared=SHARED, floats=None):
     """Run the three scripts for the trace's configuration in `workdir`; return what the comparison needs."""
     import torch
@@ -73,11 +77,13 @@ def replay(trace_path, workdir, shared=SHARED, floats=None):
         proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *flags], cwd=workdir, env=env,
                               capture_output=True, text=True)
         walls[name] = time.time() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"{script} exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
-        out[name] = proc.stdout
         with open(os.path.join(workdir, f"{name}.log"), "w") as fh:
-            fh.write(proc.stdout)
+            fh.write(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise StepFailed(f"{name} ({script}) exited {proc.returncode}: {last}; its output is in "
+                             f"{os.path.join(workdir, name + '.log')}")
+        out[name] = proc.stdout
     with open(ours_trace) as fh:
         ours = json.load(fh)
     run_dir = os.path.join(workdir, "results", f"{golden['--dataset']}_{golden['--noise_type']}_seed_{golden['--seed']}")
@@ -167,10 +173,19 @@ def main(argv=None):
     p.add_argument("--workdir", default=None, help="where the replay runs (default results/reference_<name>)")
     p.add_argument("--out", default=None, help="write the table and timings as JSON here (default benchmarks/results/reference_<name>.json)")
     args = p.parse_args(argv)
-    name = os.path.splitext(os.path.basename(args.trace))[0]
-    workdir = args.workdir or os.path.join(ROOT, "results", f"reference_{name}")
+    # paths as the caller gave them, relative to the caller's directory (the scripts run in the work directory)
+    trace, shared = os.path.abspath(args.trace), os.path.abspath(args.shared)
+    name = os.path.splitext(os.path.basename(trace))[0]
+    workdir = os.path.abspath(args.workdir or os.path.join(ROOT, "results", f"reference_{name}"))
+    if not os.path.isfile(trace):
+        print(f"error: --trace {args.trace}: no such file", file=sys.stderr)
+        return 2
     os.makedirs(workdir, exist_ok=True)
-    result = replay(args.trace, workdir, args.shared)
+    try:
+        result = replay(trace, workdir, shared)
+    except StepFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     rows = table(result)
     ours_cap, their_cap = result["capability"]
     print(f"replay of {args.trace}: this CPU {ours_cap}, the trace's {their_cap}, {result['threads']} threads; "
@@ -182,7 +197,7 @@ def main(argv=None):
           f"{theirs_wall:.0f} s (the recording machine); learning.py + detection.py: ours "
           f"{result['walls']['learning'] + result['walls']['detection']:.0f} s")
     failed = [r for r in rows if r[3] == "DIFFERENT"]
-    save_json({"trace": portable(os.path.abspath(args.trace)), "machine": machine_info(), "floats_demanded": result["floats"],
+    save_json({"trace": portable(trace), "machine": machine_info(), "floats_demanded": result["floats"],
                "rows": [dict(zip(("field", "ours", "theirs", "result"), r[:4])) for r in rows],
                "wall_s": result["walls"], "their_training_wall_s": theirs_wall, "passed": not failed},
               args.out or os.path.join(ROOT, "benchmarks", "results", f"reference_{name}.json"))

@@ -139,7 +139,9 @@ def test_atomic_save_survives_sigkill_during_writes(tmp_path):
     rng = np.random.RandomState(0)
     for attempt in range(4):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, ROOT, target])
+        deadline = time.time() + 60
         while not os.path.exists(target):
+            assert proc.poll() is None and time.time() < deadline, "the writer never wrote its first file"
             time.sleep(0.05)
         time.sleep(rng.uniform(0.1, 0.6))
         proc.send_signal(signal.SIGKILL)

@@ -147,7 +147,7 @@ def test_help_lists_original_flags_with_defaults():
             assert flag in text, (name, flag)
 
 
-def test_report_summary_and_plots(trained, tmp_path):
+def test_report_summary_and_plots(trained, synthetic_root, tmp_path):
     _, results, _ = trained
     run_dir = os.path.join(results, "cifar10_worst_seed_0")
     from utils import report
@@ -159,9 +159,25 @@ def test_report_summary_and_plots(trained, tmp_path):
     text = report.write_summary(rows, str(tmp_path / "summary"))
     assert "| cifar10 | worst | default | 1 |" in text and os.path.exists(tmp_path / "summary.csv")
     pytest.importorskip("matplotlib")
-    paths = report.plot_run(run_dir, truly_noisy=np.load(os.path.join(run_dir, "detection.npy")))
+    from data.labels import load_noisy_labels
+
+    noisy, clean = load_noisy_labels("cifar10", "worst", os.path.join(synthetic_root, "CIFAR-10_human.pt"))
+    paths = report.plot_run(run_dir, truly_noisy=noisy != clean)  # the true-noise mask, not the detection
     assert [os.path.basename(p) for p in paths] == ["confidence.png", "agreement.png", "accuracy.png"]
     assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+@pytest.mark.parametrize("split_epoch", [0, 3])
+def test_confidence_plot_marks_the_split_at_its_0_based_epoch(split_epoch):
+    pytest.importorskip("matplotlib")
+    from utils import report
+
+    m = {"mean_top_student": [0.1, 0.2, 0.3, 0.25, 0.2, 0.22], "mean_top_student_all_epochs": [0.1, 0.2, 0.3, 0.25, 0.2, 0.22, 0.5],
+         "split_epoch": split_epoch, "split_fallback": False}
+    ax = report.confidence_figure(m, "run").axes[0]
+    warmup, robust, marker = ax.lines
+    assert list(warmup.get_xdata()) == [0, 1, 2, 3, 4, 5] and list(robust.get_xdata()) == [5, 6]
+    assert list(marker.get_xdata()) == [split_epoch, split_epoch]
 
 
 def test_run_sh_runs_all_three_steps_and_fails_loudly(synthetic_root, tmp_path):

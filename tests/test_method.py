@@ -108,9 +108,13 @@ def test_otsu_split_is_the_per_cut_definition_in_float32():
     assert split["score"] == best
 
 
-def test_otsu_split_with_all_values_in_one_bin_is_finite():
-    split = otsu_split(np.full(10, 0.5))
-    assert 0 < split["threshold"] < 1
+def test_otsu_split_with_all_values_in_one_bin_takes_the_first_cut():
+    """No cut has values on both sides (the original crashes): the first cut, NaN means, every value in group 2."""
+    values = np.full(10, 0.5)
+    split = otsu_split(values)
+    assert split["threshold"] == float(np.float32(0.002)) and split["score"] == -1e7
+    assert all(np.isnan(split[k]) for k in ("mu1", "mu2", "sigma1", "sigma2"))
+    assert assign_groups(values, split).tolist() == [2] * 10
 
 
 def test_groups_follow_threshold_and_means():

@@ -26,6 +26,26 @@ def load_run(run_dir):
         return json.load(fh)
 
 
+def confidence_figure(m, name):
+    """The student's mean top probability per epoch (0-based, as the logs and split_epoch), the split epoch marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    tops = m["mean_top_student"]
+    ax.plot(range(len(tops)), tops, marker="o", ms=3, label="warm-up (what the overfitting rule sees)")
+    robust = m.get("mean_top_student_all_epochs", [])[len(tops):]
+    if robust:
+        ax.plot(range(len(tops) - 1, len(tops) + len(robust)), [tops[-1]] + robust, marker="o", ms=3, color="grey",
+                label="robust phase")
+    if m.get("split_epoch") is not None:
+        e = m["split_epoch"]
+        label = f"overfitting epoch {e}" if not m.get("split_fallback") else f"no peak: split at last epoch {e}"
+        ax.axvline(e, color="red", ls="--", label=label)
+    ax.set(xlabel="epoch", ylabel="student mean max$_c$ $p_S$ (training batches)", title=name)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def plot_run(run_dir, truly_noisy=None):
     """Write the three figures of a run; returns their paths ([] without matplotlib)."""
     try:
@@ -38,23 +58,7 @@ def plot_run(run_dir, truly_noisy=None):
         return []
     m = load_run(run_dir)
     name = os.path.basename(os.path.normpath(run_dir))
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    tops = m["mean_top_student"]
-    ax.plot(range(1, len(tops) + 1), tops, marker="o", ms=3, label="warm-up (what the overfitting rule sees)")
-    robust = m.get("mean_top_student_all_epochs", [])[len(tops):]
-    if robust:
-        ax.plot(range(len(tops), len(tops) + len(robust) + 1), [tops[-1]] + robust, marker="o", ms=3, color="grey",
-                label="robust phase")
-    if m.get("split_epoch"):
-        e = m["split_epoch"]
-        label = f"overfitting epoch {e}" if not m.get("split_fallback") else f"no peak: split at last epoch {e}"
-        ax.axvline(e, color="red", ls="--", label=label)
-    ax.set(xlabel="epoch", ylabel="student mean max$_c$ $p_S$ (training batches)", title=name)
-    ax.legend(fontsize=8)
-    paths.append(_save(fig, run_dir, "confidence.png"))
-
+    paths = [_save(confidence_figure(m, name), run_dir, "confidence.png")]
     agreement_path = os.path.join(run_dir, "agreement.npy")
     if os.path.exists(agreement_path) and m.get("otsu_full"):
         p = np.load(agreement_path)
@@ -84,7 +88,7 @@ def plot_run(run_dir, truly_noisy=None):
         if m.get(key):
             epochs, acc = zip(*m[key])
             ax.plot(epochs, acc, marker="o", ms=3, label=label)
-    if m.get("split_epoch"):
+    if m.get("split_epoch") is not None:
         ax.axvline(m["split_epoch"], color="red", ls="--", lw=1, label="split")
     ax.set(xlabel="epoch", ylabel="agreement accuracy (%)", title=name)
     ax.legend(fontsize=8)
