@@ -25,7 +25,7 @@ from utils.cli import base_parser, parse, require_non_negative, require_positive
 from utils.errors import DataError, DivergedError, Interrupted, RunDirError, UsageError, first_line, run_cli
 from utils.files import portable, save_json, save_numpy, save_torch
 from utils.hashing import array_sha256
-from utils.metrics import detection_scores
+from utils.metrics import detection_scores, ranking_line, ranking_scores
 from utils.runtime import machine_info, resolve_device, rng_state, set_global_seeds, set_rng_state
 from utils.trace import TraceRecorder, run_config, state_sha256, tensor_sha256
 
@@ -228,6 +228,8 @@ def train(args, device, run):
             d = detection_scores(detected, truly_noisy)
             log(logfmt.ours(f"detection against the clean labels: precision {d['precision']:.4f}, recall {d['recall']:.4f}, "
                             f"F1 {d['f1']:.4f}"))
+            state.ranking = ranking_scores(full["full"], truly_noisy)
+            log(logfmt.ours(ranking_line(state.ranking)))
         if recorder is not None:
             recorder.split(state.overfit_epoch, None if fallback else now, state.stats[epoch]["train"], state.split,
                            state.groups, state.stats[epoch]["full"], state.full_split, state.full_groups,
@@ -349,7 +351,8 @@ def metrics(args, state, data, epochs_done, machine):
         "best_epoch": state.best_epoch,
         "epoch_seconds": state.epoch_seconds,
         "noise_rate": None if data.truly_noisy is None else float(np.mean(data.truly_noisy)),
-        "detection": None if state.detected is None or data.truly_noisy is None else detection_scores(state.detected, data.truly_noisy),
+        "detection": None if state.detected is None or data.truly_noisy is None else
+        dict(detection_scores(state.detected, data.truly_noisy), **(state.ranking or {})),
     }
 
 

@@ -15,7 +15,7 @@ from utils import logfmt
 from utils.cli import base_parser, parse
 from utils.errors import DataError, first_line, run_cli
 from utils.files import update_json
-from utils.metrics import detection_scores
+from utils.metrics import detection_scores, ranking_line, ranking_scores
 from utils.runtime import set_global_seeds
 
 
@@ -67,6 +67,7 @@ def main(argv=None):
     for line in data.banner:
         print(line)
     flagged = load_detection(os.path.join(run_dir, ck.DETECTION), len(data.noisy))
+    label_prob = load_agreement(os.path.join(run_dir, ck.AGREEMENT), len(data.noisy))
     truly_noisy, scope = data.truly_noisy, "labels"
     if truly_noisy is None:
         summary = per_class(flagged, data.noisy, data.classes)
@@ -75,12 +76,29 @@ def main(argv=None):
             return
         audited, truly_noisy = load_true_labels(args.true_labels, data.noisy, data.info["num_classes"])
         flagged, scope = flagged[audited], f"audited labels ({int(audited.sum())} of {len(audited)})"
+        label_prob = None if label_prob is None else label_prob[audited]
     s = detection_scores(flagged, truly_noisy)
     for line in logfmt.detection(s["flagged"], s["truly_noisy"], s["precision"], s["recall"], s["f1"]):
         print(line)
     print(logfmt.ours(f"{s['flagged']} of {len(flagged)} {scope} flagged, {s['truly_noisy']} truly noisy: precision "
                       f"{s['precision']:.4f}, recall {s['recall']:.4f}, F1 {s['f1']:.4f}"))
+    if label_prob is not None:  # the ranking behind label_issues.csv, and the floor a flagged set must beat
+        s.update(ranking_scores(label_prob, truly_noisy))
+        print(logfmt.ours(ranking_line(s)))
     update_json(os.path.join(run_dir, ck.METRICS), {"detection": s})
+
+
+def load_agreement(path, expected_len):
+    """agreement.npy (the ranking statistic), or None with a [bkd] notice when the run has none usable."""
+    try:
+        label_prob = np.load(path, allow_pickle=False)
+    except Exception as err:
+        print(logfmt.ours(f"{ck.AGREEMENT} not usable ({first_line(err)}): no ranking scores"))
+        return None
+    if label_prob.shape != (expected_len,):
+        print(logfmt.ours(f"{ck.AGREEMENT} has shape {label_prob.shape}, not ({expected_len},): no ranking scores"))
+        return None
+    return label_prob
 
 
 def per_class(flagged, given, classes):

@@ -31,15 +31,10 @@ from bkd.issues import read_label_issues  # noqa: E402
 from data.setup import CIFAR10_CLASSES, load_run_data  # noqa: E402
 from utils.cli import PRESETS  # noqa: E402
 from utils.files import portable, save_json  # noqa: E402
-from utils.metrics import detection_scores  # noqa: E402
+from utils.metrics import PRECISION_AT, detection_scores, ranking_scores  # noqa: E402
 from utils.runtime import machine_info  # noqa: E402
 
 SHARED = os.environ.get("BKD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
-TOP = (100, 500, 1000)
-
-
-def precision_at(order, truth, k):
-    return float(truth[order[:k]].mean())
 
 
 def main():
@@ -76,7 +71,8 @@ def main():
             subprocess.run([sys.executable, os.path.join(ROOT, script), *flags, *extra], stdout=out, check=True)
     bkd_seconds = time.time() - bkd_start
     rows = read_label_issues(os.path.join(run_dir, "label_issues.csv"))
-    bkd_order = np.array([r["position"] for r in rows])
+    bkd_quality = np.zeros(len(given))  # the given label's agreed probability: the csv's ranking key
+    bkd_quality[[r["position"] for r in rows]] = [r["given_prob"] for r in rows]
     bkd_flags = np.zeros(len(given), bool)
     bkd_flags[[r["position"] for r in rows if r["flagged"]]] = True
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
@@ -93,19 +89,23 @@ def main():
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    cl_order = np.argsort(get_label_quality_scores(given, probs), kind="stable")
+    cl_quality = get_label_quality_scores(given, probs)
     cl_flags = find_label_issues(labels=given, pred_probs=probs)
 
     results = {}
-    for name, order, flagged in (("BKD label_issues.csv", bkd_order, bkd_flags), ("cleanlab", cl_order, cl_flags)):
-        results[name] = {f"precision@{k}": precision_at(order, truth, k) for k in TOP}
-        results[name]["flagged"] = detection_scores(flagged, truth)
-    lines = ["| ranking | " + " | ".join(f"precision, top {k:,}" for k in TOP) + " | flagged | precision | recall | F1 |",
-             "|---|" + "---|" * (len(TOP) + 4)]
+    for name, quality, flagged in (("BKD label_issues.csv", bkd_quality, bkd_flags), ("cleanlab", cl_quality, cl_flags)):
+        results[name] = dict(ranking_scores(quality, truth), flagged=detection_scores(flagged, truth))
+    floor = results["cleanlab"]["flag_all_f1"]
+    lines = ["| ranking | AUROC | AP | " + " | ".join(f"precision, top {k:,}" for k in PRECISION_AT)
+             + " | flagged | precision | recall | F1 |", "|---|" + "---|" * (len(PRECISION_AT) + 6)]
     for name, r in results.items():
         d = r["flagged"]
-        lines.append(f"| {name} | " + " | ".join(f"{r[f'precision@{k}']:.3f}" for k in TOP)
+        lines.append(f"| {name} | {r['auroc']:.3f} | {r['average_precision']:.3f} | "
+                     + " | ".join(f"{r[f'precision_at_{k}']:.3f}" for k in PRECISION_AT)
                      + f" | {d['flagged']:,} | {d['precision']:.3f} | {d['recall']:.3f} | {d['f1']:.3f} |")
+    lines.append(f"| random ranking, flagging every label (the floors) | 0.500 | {truth.mean():.3f} | "
+                 + " | ".join(f"{truth.mean():.3f}" for _ in PRECISION_AT)
+                 + f" | {len(given):,} | {truth.mean():.3f} | 1.000 | {floor:.3f} |")
     text = "\n".join(lines)
     report = {"command": " ".join(["python", portable(os.path.abspath(sys.argv[0]))] + [portable(a) for a in sys.argv[1:]]),
               "machine": machine_info(), "images": len(given), "wrong_labels": int(truth.sum()),

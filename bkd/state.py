@@ -24,6 +24,7 @@ class MethodState:
     groups: np.ndarray = None  # group id 1..4 per training sample, fixed once split
     full_groups: np.ndarray = None  # group id 1..4 per image of the full set
     detected: np.ndarray = None  # detection result: G4 of the full-set split (True = label flagged noisy)
+    ranking: dict = None  # ranking scores of the full-set statistic against the clean labels, when they are known
     best_val: float = 0.0  # as the original: a checkpoint is saved on a validation accuracy above this
     best_epoch: int = 0
     best_test: float = 0.0  # best test accuracy so far, printed only

@@ -125,6 +125,14 @@ def test_detection_reports_scores(trained, synthetic_root):
     assert lines[-5:] == [str(flagged.sum()), str(truth.sum()), f"precision is {precision}", f"recall is {recall}",
                           f"The f-score is {f1}"]
     assert lines[-7:-5] == ["Train with 400 noisy instances.", "Validate with 0 noisy instances."]
+    # ours: the ranking behind label_issues.csv, scored, with the floor of flagging every label
+    from utils.metrics import ranking_scores
+
+    expected = ranking_scores(np.load(os.path.join(run_dir, "agreement.npy")), truth)
+    saved = json.load(open(os.path.join(run_dir, "metrics.json")))["detection"]
+    assert all(saved[k] == v for k, v in expected.items()) and saved["f1"] == f1
+    assert f"[bkd] ranking by agreed probability: AUROC {expected['auroc']:.3f}" in out
+    assert f"flagging every label scores F1 {2 * truth.mean() / (1 + truth.mean()):.3f} (the floor)" in out
 
 
 def test_help_lists_original_flags_with_defaults():

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from bkd.method import (agreement, assign_groups, compensation_loss, find_overfitting_epoch, first_detectable_epoch, one_hot,
                         otsu_split, predict, robust_targets, teacher_loss)
+from utils.metrics import detection_scores
 
 
 def test_compensation_loss_value_skips_labelled_class():
@@ -202,3 +203,21 @@ def test_stop_flag_turns_signals_into_a_resumable_error():
         flag.check("epoch 3")
     with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
         flag._handler(signal.SIGINT, None)
+
+
+def test_ranking_scores_against_hand_computed_values():
+    from utils.metrics import ranking_scores
+
+    truly_noisy = np.zeros(2000, bool)
+    truly_noisy[:400] = True  # noise rate 0.2
+    perfect = np.where(truly_noisy, 0.1, 0.9)  # every noisy label has the lower agreed probability
+    s = ranking_scores(perfect, truly_noisy)
+    assert s["auroc"] == 1.0 and s["average_precision"] == 1.0
+    assert s["precision_at_100"] == 1.0 and s["precision_at_1000"] == 0.4  # 400 noisy among the first 1,000
+    assert s["noise_rate"] == 0.2 and s["flag_all_f1"] == pytest.approx(2 * 0.2 / 1.2)
+    inverted = ranking_scores(1 - perfect, truly_noisy)
+    assert inverted["auroc"] == 0.0 and inverted["precision_at_100"] == 0.0
+    # the floor is the F1 of flagging everything, by the original's arithmetic
+    assert detection_scores(np.ones(2000, bool), truly_noisy)["f1"] == pytest.approx(s["flag_all_f1"])
+    small = ranking_scores(perfect[:300], truly_noisy[:300])  # all noisy: no AUROC, no precision at 500
+    assert small["auroc"] is None and small["precision_at_500"] is None and small["precision_at_100"] == 1.0

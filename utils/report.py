@@ -156,7 +156,10 @@ def write_summary(rows, prefix):
 
 # the challenge's columns: test accuracy and detection scores
 GRID_COLUMNS = ACCURACY_COLUMNS + [(name, lambda m, key=key: (m.get("detection") or {}).get(key), 3)
-                                   for name, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"))]
+                                   for name, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"),
+                                                     ("flag-all F1 (floor)", "flag_all_f1"), ("AUROC", "auroc"),
+                                                     ("AP", "average_precision"), ("P@100", "precision_at_100"),
+                                                     ("P@1000", "precision_at_1000"))]
 
 
 def grid_summary(runs):
