@@ -21,13 +21,13 @@ from data.setup import load_run_data
 from models import PreResNet18
 from utils import checkpoint as ck
 from utils import logfmt
-from utils.cli import base_parser, parse, require_non_negative, require_positive, require_unit_interval
+from flags import base_parser, parse, require_non_negative, require_positive, require_unit_interval
 from utils.errors import DataError, DivergedError, Interrupted, RunDirError, UsageError, first_line, run_cli
 from utils.files import portable, save_json, save_numpy, save_torch
 from utils.hashing import array_sha256
 from utils.metrics import detection_scores, ranking_line, ranking_scores
 from utils.runtime import machine_info, resolve_device, rng_state, set_global_seeds, set_rng_state
-from utils.trace import TraceRecorder, run_config, state_sha256, tensor_sha256
+from bkd.trace import TraceRecorder, run_config, state_sha256, tensor_sha256
 
 # Flags whose value must match when a run is resumed: every flag that changes what the run computes.
 RESUME_MUST_MATCH = (

@@ -12,7 +12,7 @@ import numpy as np
 from data.setup import load_run_labels
 from utils import checkpoint as ck
 from utils import logfmt
-from utils.cli import base_parser, parse
+from flags import base_parser, parse
 from utils.errors import DataError, first_line, run_cli
 from utils.files import update_json
 from utils.metrics import detection_scores, ranking_line, ranking_scores

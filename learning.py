@@ -11,7 +11,7 @@ from data.setup import load_run_data, saved_subset
 from models import PreResNet18
 from utils import checkpoint as ck
 from utils import logfmt
-from utils.cli import base_parser, parse
+from flags import base_parser, parse
 from utils.errors import DataError, run_cli
 from utils.files import update_json
 from utils.runtime import resolve_device, set_global_seeds

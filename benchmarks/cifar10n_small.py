@@ -31,7 +31,7 @@ from data.cifar import DATASETS  # noqa: E402
 from data.loaders import DeviceLoader  # noqa: E402
 from data.setup import load_run_data  # noqa: E402
 from models import PreResNet18  # noqa: E402
-from utils.cli import PRESETS  # noqa: E402
+from flags import PRESETS  # noqa: E402
 from utils.metrics import detection_scores  # noqa: E402
 from utils.files import portable  # noqa: E402
 from utils.runtime import machine_info, set_global_seeds  # noqa: E402

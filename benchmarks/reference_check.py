@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 from utils.files import portable, save_json  # noqa: E402
 from utils.runtime import machine_info  # noqa: E402
-from utils.trace import DATA_CONFIG, DATA_ITERATION, compare, compare_logs, trace_machine  # noqa: E402
+from bkd.trace import DATA_CONFIG, DATA_ITERATION, compare, compare_logs, trace_machine  # noqa: E402
 
 SHARED = os.environ.get("BKD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
 LOGS = ("training", "learning", "detection")

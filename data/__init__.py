@@ -1,5 +1,12 @@
-"""CIFAR images, CIFAR-N label files, splits and augmentation.
+"""The data of a run (imports utils/ only).
 
-The default CIFAR-N label paths (as in the original) are files in this folder:
-data/CIFAR-10_human.pt and data/CIFAR-100_human.pt (git-ignored, never committed).
+cifar.py    CIFAR images (prepared npz or torchvision), download and checks
+labels.py   CIFAR-N label files: safe unpickling, download with checksum, validation
+custom.py   your own data: an npz or an image folder
+split.py    stratified subset and the noisy validation split
+setup.py    everything a run needs, as one RunData, and the original's start-up lines
+loaders.py  the two input pipelines (device-resident batches, the original's PIL workers)
+
+The default CIFAR-N label paths (as in the original) are data/CIFAR-10_human.pt and
+data/CIFAR-100_human.pt (git-ignored, never committed).
 """

@@ -65,7 +65,7 @@ def build_parser():
 
 def split_flags(extra):
     """Extra flags -> (training flags, the subset learning.py and detection.py accept)."""
-    from utils.cli import base_parser
+    from flags import base_parser
 
     accepted = {s for action in base_parser("")._actions for s in action.option_strings}
     evaluation, keep = [], False
@@ -122,7 +122,7 @@ def main(argv=None):
         print_status(runs, job_states=job_states(recorded_jobs(runs)))
         return 0
     if args.command == "summary":
-        from utils.report import write_grid_summary
+        from launch.summary import write_grid_summary
 
         print(write_grid_summary(runs, args.out or os.path.join(args.results_dir, "summary")))
         return 0
@@ -145,7 +145,7 @@ def main(argv=None):
             print(f"== follow with: python -m launch status {' '.join(grid_args(args))}")
             return 0
         statuses = slurm.wait(runs)
-        from utils.report import write_grid_summary
+        from launch.summary import write_grid_summary
 
         print(write_grid_summary(runs, os.path.join(args.results_dir, "summary")))
         failed = [s for s in statuses if s["state"] != "done"]

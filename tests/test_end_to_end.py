@@ -158,7 +158,7 @@ def test_help_lists_original_flags_with_defaults():
 def test_report_summary_and_plots(trained, synthetic_root, tmp_path):
     _, results, _ = trained
     run_dir = os.path.join(results, "cifar10_worst_seed_0")
-    from utils import report
+    from bkd import report
 
     rows = report.summarise([run_dir])
     assert rows[0]["label set"] == "worst" and rows[0]["seeds"] == 1
@@ -178,7 +178,7 @@ def test_report_summary_and_plots(trained, synthetic_root, tmp_path):
 @pytest.mark.parametrize("split_epoch", [0, 3])
 def test_confidence_plot_marks_the_split_at_its_0_based_epoch(split_epoch):
     pytest.importorskip("matplotlib")
-    from utils import report
+    from bkd import report
 
     m = {"mean_top_student": [0.1, 0.2, 0.3, 0.25, 0.2, 0.22], "mean_top_student_all_epochs": [0.1, 0.2, 0.3, 0.25, 0.2, 0.22, 0.5],
          "split_epoch": split_epoch, "split_fallback": False}
@@ -242,7 +242,7 @@ def test_cifar100_path(tmp_path):
 
 
 def test_summary_is_mean_and_std_over_seeds(tmp_path):
-    from utils import report
+    from bkd import report
 
     def write(seed, overfit, f1, best):
         d = tmp_path / f"cifar10_aggre_seed_{seed}_quick"

@@ -91,7 +91,7 @@ def test_status_and_summary_of_a_partly_failed_grid(local_grid):
     assert re.search(r"cifar10_aggre_seed_0\s+done\s+3/3", out)
     assert re.search(r"cifar10_worst_seed_1\s+failed\s+-\s+training exited 4", out)
     from launch.grid import make_grid
-    from utils.report import grid_summary
+    from launch.summary import grid_summary
 
     per_set, per_seed = grid_summary(make_grid(seeds=[0, 1], noise_types=["aggre", "worst"], results_dir=results))
     aggre, worst = per_set

@@ -1,1 +1,10 @@
-"""Small helpers shared by the three scripts: errors, seeding and devices, atomic files, metrics, logging."""
+"""Small helpers below every other layer (they import nothing of the project above utils/).
+
+errors.py      one-line errors and exit codes
+files.py       atomic writes, JSON, portable paths
+hashing.py     sha256 of files and arrays
+checkpoint.py  model checkpoints, the run directory and its lock
+metrics.py     detection and ranking scores
+runtime.py     seeding, devices, machine info
+logfmt.py      the original's log lines
+"""

@@ -1,6 +1,6 @@
 """Plots of one run and a summary table over runs, from the files in run directories.
 
-    python -m utils.report results/<run> [results/<run> ...] [--summary out/summary]
+    python -m bkd.report results/<run> [results/<run> ...] [--summary out/summary]
 
 Per run (matplotlib, optional): `confidence.png` (the student's mean top probability per
 epoch, warm-up and robust phase, overfitting epoch marked), `agreement.png` (histogram of the full-set
@@ -129,12 +129,12 @@ def summarise(run_dirs):
         row = {"dataset": dataset, "label set": noise_type, "preset": preset, "seeds": len(runs)}
         for column, get, digits in SUMMARY_COLUMNS:
             values = [get(m) for m in runs if get(m) is not None]
-            row[column] = _mean_std(values, digits) + (f" ({len(values)} of {len(runs)} runs)" if 0 < len(values) < len(runs) else "")
+            row[column] = mean_std(values, digits) + (f" ({len(values)} of {len(runs)} runs)" if 0 < len(values) < len(runs) else "")
         rows.append(row)
     return rows
 
 
-def _mean_std(values, digits):
+def mean_std(values, digits):
     if not values:
         return "n/a"
     values = np.asarray(values, dtype=float)
@@ -148,72 +148,13 @@ def write_summary(rows, prefix):
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
-    lines = _markdown(rows, header)
+    lines = markdown(rows, header)
     with open(prefix + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return "\n".join(lines)
 
 
-# the challenge's columns: test accuracy and detection scores
-GRID_COLUMNS = ACCURACY_COLUMNS + [(name, lambda m, key=key: (m.get("detection") or {}).get(key), 3)
-                                   for name, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"),
-                                                     ("flag-all F1 (floor)", "flag_all_f1"), ("AUROC", "auroc"),
-                                                     ("AP", "average_precision"), ("P@100", "precision_at_100"),
-                                                     ("P@1000", "precision_at_1000"))]
-
-
-def grid_summary(runs):
-    """The challenge's tables for a grid (launch.grid.Run list): rows per label set, mean ± std over the
-    finished seeds, and one row per run. An unfinished run is listed with its state, never averaged in."""
-    from launch.grid import status
-
-    per_seed, finished, pairs = [], defaultdict(list), []
-    for run in runs:
-        if (run.dataset, run.noise_type) not in pairs:
-            pairs.append((run.dataset, run.noise_type))
-        state = status(run)
-        row = {"dataset": run.dataset, "label set": run.noise_type, "seed": run.seed, "state": state["state"]}
-        if state["state"] == "done":
-            m = load_run(run.path)
-            finished[(run.dataset, run.noise_type)].append(m)
-            row.update({column: _mean_std([get(m)], digits) if get(m) is not None else "n/a"
-                        for column, get, digits in GRID_COLUMNS})
-        else:
-            if state["epoch"] is not None:
-                row["state"] += f" (epoch {state['epoch']} of 0..{state['n_epoch'] - 1})"
-            row.update({column: "" for column, _, _ in GRID_COLUMNS})
-        per_seed.append(row)
-    per_set = []
-    for dataset, noise_type in pairs:
-        done, total = finished[(dataset, noise_type)], sum(1 for r in runs if (r.dataset, r.noise_type) == (dataset, noise_type))
-        row = {"dataset": dataset, "label set": noise_type, "seeds": f"{len(done)} of {total}"}
-        for column, get, digits in GRID_COLUMNS:
-            row[column] = _mean_std([get(m) for m in done if get(m) is not None], digits)
-        per_set.append(row)
-    return per_set, per_seed
-
-
-def write_grid_summary(runs, prefix):
-    """Write <prefix>.md (per dataset: mean ± std per label set, then the runs) and <prefix>.csv; return the Markdown."""
-    per_set, per_seed = grid_summary(runs)
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    columns = [c for c, _, _ in GRID_COLUMNS]
-    text = []
-    for dataset in dict.fromkeys(r["dataset"] for r in per_set):
-        text += [f"### {dataset}: mean ± std over seeds", ""]
-        text += _markdown([r for r in per_set if r["dataset"] == dataset], ["label set", "seeds"] + columns)
-        text += ["", f"### {dataset}: per run", ""]
-        text += _markdown([r for r in per_seed if r["dataset"] == dataset], ["label set", "seed", "state"] + columns) + [""]
-    with open(prefix + ".md", "w") as fh:
-        fh.write("\n".join(text))
-    with open(prefix + ".csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["row", "dataset", "label set", "seeds", "seed", "state"] + columns)
-        writer.writeheader()
-        writer.writerows([dict(r, row="mean ± std") for r in per_set] + [dict(r, row="run") for r in per_seed])
-    return "\n".join(text)
-
-
-def _markdown(rows, header):
+def markdown(rows, header):
     return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(str(r.get(h, "")) for h in header) + " |" for r in rows])
 

@@ -1,0 +1,63 @@
+"""The challenge's tables over a grid of runs: mean ± std over seeds per label set, and one row per run."""
+import csv
+import os
+from collections import defaultdict
+
+from bkd.report import ACCURACY_COLUMNS, load_run, markdown, mean_std
+from launch.grid import status
+
+# the challenge's columns: test accuracy and detection scores
+GRID_COLUMNS = ACCURACY_COLUMNS + [(name, lambda m, key=key: (m.get("detection") or {}).get(key), 3)
+                                   for name, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"),
+                                                     ("flag-all F1 (floor)", "flag_all_f1"), ("AUROC", "auroc"),
+                                                     ("AP", "average_precision"), ("P@100", "precision_at_100"),
+                                                     ("P@1000", "precision_at_1000"))]
+
+
+def grid_summary(runs):
+    """The challenge's tables for a grid (launch.grid.Run list): rows per label set, mean ± std over the
+    finished seeds, and one row per run. An unfinished run is listed with its state, never averaged in."""
+    per_seed, finished, pairs = [], defaultdict(list), []
+    for run in runs:
+        if (run.dataset, run.noise_type) not in pairs:
+            pairs.append((run.dataset, run.noise_type))
+        state = status(run)
+        row = {"dataset": run.dataset, "label set": run.noise_type, "seed": run.seed, "state": state["state"]}
+        if state["state"] == "done":
+            m = load_run(run.path)
+            finished[(run.dataset, run.noise_type)].append(m)
+            row.update({column: mean_std([get(m)], digits) if get(m) is not None else "n/a"
+                        for column, get, digits in GRID_COLUMNS})
+        else:
+            if state["epoch"] is not None:
+                row["state"] += f" (epoch {state['epoch']} of 0..{state['n_epoch'] - 1})"
+            row.update({column: "" for column, _, _ in GRID_COLUMNS})
+        per_seed.append(row)
+    per_set = []
+    for dataset, noise_type in pairs:
+        done, total = finished[(dataset, noise_type)], sum(1 for r in runs if (r.dataset, r.noise_type) == (dataset, noise_type))
+        row = {"dataset": dataset, "label set": noise_type, "seeds": f"{len(done)} of {total}"}
+        for column, get, digits in GRID_COLUMNS:
+            row[column] = mean_std([get(m) for m in done if get(m) is not None], digits)
+        per_set.append(row)
+    return per_set, per_seed
+
+
+def write_grid_summary(runs, prefix):
+    """Write <prefix>.md (per dataset: mean ± std per label set, then the runs) and <prefix>.csv; return the Markdown."""
+    per_set, per_seed = grid_summary(runs)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    columns = [c for c, _, _ in GRID_COLUMNS]
+    text = []
+    for dataset in dict.fromkeys(r["dataset"] for r in per_set):
+        text += [f"### {dataset}: mean ± std over seeds", ""]
+        text += markdown([r for r in per_set if r["dataset"] == dataset], ["label set", "seeds"] + columns)
+        text += ["", f"### {dataset}: per run", ""]
+        text += markdown([r for r in per_seed if r["dataset"] == dataset], ["label set", "seed", "state"] + columns) + [""]
+    with open(prefix + ".md", "w") as fh:
+        fh.write("\n".join(text))
+    with open(prefix + ".csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["row", "dataset", "label set", "seeds", "seed", "state"] + columns)
+        writer.writeheader()
+        writer.writerows([dict(r, row="mean ± std") for r in per_set] + [dict(r, row="run") for r in per_seed])
+    return "\n".join(text)
