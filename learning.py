@@ -5,6 +5,7 @@ Prints the original's start-up lines and its `Best test acc selected by val is <
 """
 import os
 
+from bkd.config import ORIGINAL_TEST_BATCH, resolve_evaluation
 from bkd.engine import Precision, evaluate
 from data.loaders import make_loader
 from data.setup import load_run_data, saved_subset
@@ -16,7 +17,6 @@ from utils.errors import DataError, run_cli
 from utils.files import update_json
 from utils.runtime import resolve_device, set_global_seeds
 
-ORIGINAL_TEST_BATCH = 64  # the original's learning.py evaluates at batch 64
 
 
 def build_parser():
@@ -56,11 +56,11 @@ def main(argv=None):
         print(logfmt.ours("the data has no test set: no test accuracy"))
         update_json(os.path.join(run_dir, ck.METRICS), {"learning": {"best_epoch": ckpt.get("epoch"), "best_test_acc": None}})
         return
-    test_loader = make_loader("torchvision" if args.reference else "device", data.x_test, data.y_test,
-                              batch_size=ORIGINAL_TEST_BATCH if args.reference else args.eval_batch_size, device=device,
+    computation = resolve_evaluation(args.reference, args.eval_batch_size)
+    test_loader = make_loader(computation.loader, data.x_test, data.y_test, batch_size=computation.eval_batch_size, device=device,
                               mean=data.info["mean"], std=data.info["std"], num_workers=args.num_workers)
     precision = Precision(device)
-    best_acc = evaluate(teacher, student, test_loader, precision, autograd=args.reference, description="test").accuracy
+    best_acc = evaluate(teacher, student, test_loader, precision, autograd=computation.eval_autograd, description="test").accuracy
     print(logfmt.learning(best_acc))
     print(logfmt.ours(f"{ck.TEACHER} / {ck.STUDENT} are from epoch {ckpt.get('epoch')}"), flush=True)
     results = {"best_epoch": ckpt.get("epoch"), "best_test_acc": best_acc}
@@ -68,7 +68,7 @@ def main(argv=None):
         teacher, student, last = load_pair(run_dir, ck.TEACHER_LAST, ck.STUDENT_LAST, device)
         last_acc = best_acc  # the same weights when the best epoch is the last (always with --reference)
         if last.get("epoch") != ckpt.get("epoch"):
-            last_acc = evaluate(teacher, student, test_loader, precision, autograd=args.reference, description="test").accuracy
+            last_acc = evaluate(teacher, student, test_loader, precision, autograd=computation.eval_autograd, description="test").accuracy
         print(logfmt.ours(f"last epoch ({last.get('epoch')}) test acc is {last_acc}"))
         results.update(last_epoch=last.get("epoch"), last_test_acc=last_acc)
     update_json(os.path.join(run_dir, ck.METRICS), {"learning": results})

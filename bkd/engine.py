@@ -96,11 +96,16 @@ def forward_pair(teacher, student, x, precision, channels_last=False):
     return zt.float(), zs.float()
 
 
+def _ignore(*args):
+    pass
+
+
 def train_epoch(teacher, student, loader, optimizer, precision, *, epoch, n_epoch, num_classes, sample_alpha=None,
-                detach_target=False, print_freq=100, channels_last=False, stop=None, log=print, recorder=None):
+                detach_target=False, print_freq=100, channels_last=False, stop=None, log=print, on_iteration=_ignore):
     """One epoch. Warm-up when `sample_alpha` is None, else the robust phase with per-sample alphas.
 
     `detach_target` (not the original) stops the robust target's gradient into the student.
+    `on_iteration(epoch, i, idx, x, y, target, loss, naive, comp)` hears every iteration (a trace records it).
     Returns dict(mean_top_student (a float32 value, as the original accumulates it), probs (3, N):
     the teacher's, student's and agreed probability of each sample's label, loss, naive, comp (epoch means)).
     """
@@ -133,8 +138,7 @@ def train_epoch(teacher, student, loader, optimizer, precision, *, epoch, n_epoc
         with torch.no_grad():
             sums += torch.stack([loss, naive, comp]) * len(y)
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
-        if recorder is not None:
-            recorder.iteration(epoch, i, idx, x, y, target, loss, naive, comp)
+        on_iteration(epoch, i, idx, x, y, target, loss, naive, comp)
         if i % print_freq == 0:
             _check_finite(first_bad, epoch)
             printed = i
@@ -169,9 +173,11 @@ class Pass:
     label_prob: torch.Tensor  # the agreed probability of the sample's label, pA[y] (float32)
     agreed: torch.Tensor  # the label teacher and student agree on, argmax pA
     agreed_prob: torch.Tensor  # its agreed probability, max pA
+    probs: torch.Tensor = None  # (N, C) agreement probabilities, with keep_probs=True
 
 
-def evaluate(teacher, student, loader, precision, channels_last=False, autograd=False, description="evaluation"):
+def evaluate(teacher, student, loader, precision, channels_last=False, autograd=False, description="evaluation",
+             keep_probs=False):
     """Eval-mode pass over `loader`. `autograd=True` keeps autograd on, as the original's evaluation does."""
     teacher.eval()
     student.eval()
@@ -179,6 +185,7 @@ def evaluate(teacher, student, loader, precision, channels_last=False, autograd=
     correct = torch.zeros((), dtype=torch.long, device=device)
     label_prob, agreed_prob = torch.zeros(2, loader.num_samples, device=device)
     agreed = torch.zeros(loader.num_samples, dtype=torch.long, device=device)
+    probs = None
     total = 0
     with torch.set_grad_enabled(autograd):
         for x, y, idx in progress(loader, description, total=len(loader)):
@@ -187,8 +194,12 @@ def evaluate(teacher, student, loader, precision, channels_last=False, autograd=
             top_prob, top = pa.max(dim=1)
             correct += (pa.argmax(dim=1) == y).sum()
             label_prob[idx], agreed[idx], agreed_prob[idx] = label_probability(pa, y), top, top_prob
+            if keep_probs:
+                if probs is None:
+                    probs = torch.zeros(loader.num_samples, pa.shape[1], device=device)
+                probs[idx] = pa
             total += len(y)
-    return Pass(100 * float(correct) / float(max(total, 1)), label_prob, agreed, agreed_prob)
+    return Pass(100 * float(correct) / float(max(total, 1)), label_prob, agreed, agreed_prob, probs)
 
 
 def group_alphas(groups, alphas, device):

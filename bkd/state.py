@@ -55,9 +55,10 @@ class MethodState:
             self.overfit_epoch = found
         return found
 
-    def add_full_stat(self, epoch, full_stat, agreed=None, agreed_prob=None):
-        """The full-set pass of a warm-up epoch: pA[y], and the agreed label and its probability (label_issues.csv)."""
-        self.stats[epoch].update(full=full_stat, full_agreed=agreed, full_agreed_prob=agreed_prob)
+    def add_full_stat(self, epoch, full_stat, agreed=None, agreed_prob=None, probs=None):
+        """The full-set pass of a warm-up epoch: pA[y], the agreed label and its probability (label_issues.csv),
+        and the (N, C) agreement probabilities (pred_probs.npy)."""
+        self.stats[epoch].update(full=full_stat, full_agreed=agreed, full_agreed_prob=agreed_prob, full_probs=probs)
 
     def split_at(self, epoch):
         """Split the statistics of `epoch` (spec 4.6); fixes the training groups, returns the detection mask."""

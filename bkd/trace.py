@@ -7,6 +7,7 @@ differences, first difference first; with `floats=False` (another CPU type) it c
 what does not depend on float rounding: the data, the random streams and the schedule.
 """
 import hashlib
+import io
 import json
 import os
 import re
@@ -85,8 +86,10 @@ class TraceRecorder:
         self.trace["checkpoints"].append({"kind": kind, "epoch": epoch, "teacher_sha256": state_sha256(teacher),
                                           "student_sha256": state_sha256(student)})
 
-    def detection(self, path, flagged):
-        digest = file_sha256(path)
+    def detection(self, flagged):
+        buffer = io.BytesIO()
+        np.save(buffer, flagged)  # the bytes np.save writes to detection.npy
+        digest = hashlib.sha256(buffer.getvalue()).hexdigest()
         self.trace["detection_sha256"] = digest
         self.trace["detection"] = {"file_sha256": digest, "array_sha256": tensor_sha256(flagged),
                                    "sum": int(flagged.sum()), "len": len(flagged), "dtype": str(flagged.dtype)}
@@ -94,6 +97,48 @@ class TraceRecorder:
     def save(self):
         self.trace["run"]["wall_total_s"] = time.time() - self.trace["run"]["t_start"]
         save_json(self.trace, self.path, sort_keys=False, indent=None)
+
+
+class TraceListener:
+    """Records a run's events into a TraceRecorder (bkd.outputs.Listener's events; listens after the files)."""
+
+    def __init__(self, recorder, args, data):
+        self.recorder, self.args, self.data = recorder, args, data
+        self.init_hashes = None
+
+    def built(self, teacher, student):
+        self.init_hashes = (state_sha256(teacher), state_sha256(student))
+
+    def start(self, start_epoch):
+        if start_epoch == 0:
+            self.recorder.config(**run_config(self.args, self.data, self.init_hashes))
+
+    def epoch_start(self, epoch):
+        self.recorder.start_epoch()
+
+    def iteration(self, *args):
+        self.recorder.iteration(*args)
+
+    def checkpoint(self, kind, epoch, teacher, student):
+        self.recorder.checkpoint(kind, epoch, teacher, student)
+
+    def split(self, event):
+        stats, state = event.state.stats[event.epoch], event.state
+        self.recorder.split(state.overfit_epoch, event.found_at, stats["train"], state.split, state.groups, stats["full"],
+                            state.full_split, state.full_groups, fallback_epoch=event.epoch if event.fallback else None)
+        self.recorder.detection(event.detected)
+
+    def epoch_end(self, epoch, row, teacher, student, resume_state, state):
+        row = dict(row)
+        probs = row.pop("train_probs", None)
+        if probs is not None:  # pT[y], pS[y], pA[y] of the training pass
+            row.update(train_agreement_sha256=tensor_sha256(probs[2]), train_teacher_prob_sha256=tensor_sha256(probs[0]),
+                       train_student_prob_sha256=tensor_sha256(probs[1]))
+        full = row.pop("full_agreement", None)
+        if full is not None:
+            row["full_agreement_sha256"] = tensor_sha256(full)
+        self.recorder.epoch(row, teacher, student)
+        self.recorder.save()
 
 
 def run_config(args, data, init_hashes):

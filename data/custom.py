@@ -58,6 +58,15 @@ def load_custom(path, image_size=32):
     return _check(data)
 
 
+def from_arrays(images, labels, classes=None, ids=None, x_test=None, y_test=None, source="arrays"):
+    """Your data as arrays (the Python API): checked as an .npz file's arrays would be."""
+    arrays = {"x_train": np.asarray(images), "y_train": np.asarray(labels)}
+    for key, value in (("classes", classes), ("ids", ids), ("x_test", x_test), ("y_test", y_test)):
+        if value is not None:
+            arrays[key] = np.asarray(value)
+    return _check(_from_dict(arrays, source))
+
+
 def _load_npz(path):
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -69,6 +78,10 @@ def _load_npz(path):
         raise
     except Exception as err:  # zipfile / numpy format errors, object arrays
         raise DataError(f"{path}: not a readable .npz array file ({err}); README, 'Your own data'") from None
+    return _from_dict(arrays, path)
+
+
+def _from_dict(arrays, path):
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: x_test and y_test come together; it has only {'x_test' if 'x_test' in arrays else 'y_test'}")
     y = arrays["y_train"]

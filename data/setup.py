@@ -19,6 +19,7 @@ from utils import checkpoint as ck
 from utils import logfmt
 from utils.errors import DataError, first_line
 from utils.files import portable
+from utils.hashing import array_sha256
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -53,6 +54,31 @@ class RunData:
         """Per used image: given label != clean label; None without clean labels."""
         return None if self.clean is None else self.noisy != self.clean[self.subset]
 
+    def fingerprint(self):
+        """What a resumed run must find again: the images and labels it trains on, its subset, split and test set."""
+        test = () if self.x_test is None else (self.x_test, self.y_test)
+        return {
+            "images": array_sha256(self.x_full),
+            "labels": array_sha256(np.asarray(self.noisy, dtype=np.int64)),
+            "subset": array_sha256(np.asarray(self.subset, dtype=np.int64)),
+            "split": array_sha256(np.asarray(self.train_pos, dtype=np.int64), np.asarray(self.val_pos, dtype=np.int64)),
+            "test": array_sha256(*test),
+            "num_images": len(self.subset),
+        }
+
+
+FINGERPRINT_NAMES = {"images": "the training images", "labels": "the training labels (label file or --noise_path)",
+                     "subset": "the training subset", "split": "the validation split", "test": "the test set",
+                     "num_images": "the number of training images"}
+
+
+def check_same_data(recorded, fingerprint):
+    """One line naming what differs between a recorded fingerprint and this data's (exit 3), or nothing."""
+    for key, name in FINGERPRINT_NAMES.items():
+        if recorded.get(key) != fingerprint[key]:
+            raise DataError(f"{name} differ from those of the run being resumed ({key} {fingerprint[key]} vs "
+                            f"{recorded.get(key)}); resume with the same data, or start a new run with --overwrite")
+
 
 def cifar_classes(dataset):
     return CIFAR10_CLASSES if dataset == "cifar10" else [str(c) for c in range(DATASETS[dataset]["num_classes"])]
@@ -61,16 +87,24 @@ def cifar_classes(dataset):
 def load_source(args, with_images=True):
     """The data set without subset and split: RunData with images (unless with_images=False, CIFAR only)."""
     if args.dataset == "custom":
-        custom = load_custom(data_file(args), args.image_size)
-        mean, std = custom.normalisation()
-        info = dict(num_classes=custom.num_classes, mean=mean, std=std, pad_mode="reflect", flip_first=True)
-        counts = ", ".join(f"{name} {n}" for name, n in zip(custom.classes, np.bincount(custom.y_train)))
-        banner = [logfmt.ours(f"custom data {portable(os.path.abspath(custom.source))}: {len(custom.y_train)} training images "
-                              f"{custom.image_size}x{custom.image_size} of {custom.num_classes} classes ({counts}), "
-                              + (f"{len(custom.y_test)} test images" if custom.x_test is not None else
-                                 "no test set: no test accuracy"))]
-        return RunData("custom", custom.x_train, custom.y_train, None, custom.x_test, custom.y_test, info, custom.classes,
-                       custom.ids, banner=banner)
+        return custom_source(load_custom(data_file(args), args.image_size))
+    return _cifar_source(args, with_images)
+
+
+def custom_source(custom):
+    """Your own data (a checked data.custom.CustomData) as a RunData: classes and normalisation from the data."""
+    mean, std = custom.normalisation()
+    info = dict(num_classes=custom.num_classes, mean=mean, std=std, pad_mode="reflect", flip_first=True)
+    counts = ", ".join(f"{name} {n}" for name, n in zip(custom.classes, np.bincount(custom.y_train)))
+    source = custom.source if custom.source == "arrays" else portable(os.path.abspath(custom.source))
+    banner = [logfmt.ours(f"custom data {source}: {len(custom.y_train)} training images "
+                          f"{custom.image_size}x{custom.image_size} of {custom.num_classes} classes ({counts}), "
+                          + (f"{len(custom.y_test)} test images" if custom.x_test is not None else "no test set: no test accuracy"))]
+    return RunData("custom", custom.x_train, custom.y_train, None, custom.x_test, custom.y_test, info, custom.classes,
+                   custom.ids, banner=banner)
+
+
+def _cifar_source(args, with_images):
     images = load_images(args.dataset, args.data_root, download=not args.no_download) if with_images else None
     labels = load_label_file(args.dataset, args.noise_type, args.noise_path, None if images is None else images.y_train,
                              download=not args.no_download)
@@ -86,16 +120,21 @@ def load_source(args, with_images=True):
 
 def load_run_data(args, subset=None, val_ratio=None, with_images=True):
     """Images, labels, subset and split of a run. `subset` (indices) overrides drawing it from --subset."""
-    data = load_source(args, with_images)
+    return choose_images(load_source(args, with_images), getattr(args, "subset", 0), args.seed,
+                         args.val_ratio if val_ratio is None else val_ratio, subset)
+
+
+def choose_images(data, subset_size, seed, val_ratio, subset=None):
+    """The run's images: the stratified subset (or `subset`, or all) and the noisy validation split."""
     if subset is None:
         # stratified by the official (CIFAR) or given (custom) labels, so every label set of a seed uses the same images
         strata = data.clean if data.clean is not None else data.given
         n = len(strata)
-        subset = stratified_subset(strata, args.subset, args.seed) if getattr(args, "subset", 0) else np.arange(n)
+        subset = stratified_subset(strata, subset_size, seed) if subset_size else np.arange(n)
     else:
         _check_subset(subset, len(data.given), ck.SUBSET)
     data.subset = subset
-    data.train_pos, data.val_pos = train_val_split(len(subset), args.val_ratio if val_ratio is None else val_ratio, args.seed)
+    data.train_pos, data.val_pos = train_val_split(len(subset), val_ratio, seed)
     data.banner += logfmt.split_lines(len(data.train_pos), len(data.val_pos))
     return data
 

@@ -88,7 +88,7 @@ def test_engine_iteration_is_the_originals_computation_bit_for_bit(robust):
         if ours:
             recorder = _LossRecorder()
             out = train_epoch(teacher, student, loader, optimizer, Precision(torch.device("cpu")), epoch=0, n_epoch=1,
-                              num_classes=10, log=lambda *a: None, recorder=recorder,
+                              num_classes=10, log=lambda *a: None, on_iteration=recorder.iteration,
                               sample_alpha=group_alphas(groups, alphas, "cpu") if robust else None)
             mean_max, agree, losses = out["mean_top_student"], out["probs"][2], recorder.losses
         else:

@@ -13,10 +13,11 @@ TEACHER_LAST, STUDENT_LAST = "teacher_last.pth.tar", "student_last.pth.tar"  # t
 STATE = "state.pth.tar"  # resumable state, rewritten after every epoch
 DETECTION = "detection.npy"
 AGREEMENT = "agreement.npy"  # the full-set statistic pA[y] that detection.npy splits
+PRED_PROBS = "pred_probs.npy"  # (N, C) agreement probabilities of the full set at the split (for cleanlab)
 LABEL_ISSUES = "label_issues.csv"  # every training image, most suspect label first
 METRICS = "metrics.json"
 SUBSET = "train_subset.npy"  # with --subset: the indices of the training images the run uses
-RUN_ARTEFACTS = (STATE, TEACHER, STUDENT, TEACHER_LAST, STUDENT_LAST, DETECTION, AGREEMENT, LABEL_ISSUES, METRICS,
+RUN_ARTEFACTS = (STATE, TEACHER, STUDENT, TEACHER_LAST, STUDENT_LAST, DETECTION, AGREEMENT, PRED_PROBS, LABEL_ISSUES, METRICS,
                  SUBSET)
 # Written about a run by the evaluations and the launcher; they belong to the run they describe.
 RUN_RECORDS = ("learning.log", "detection.log", "launch.json", "confidence.png", "agreement.png", "accuracy.png")

@@ -1,0 +1,272 @@
+"""One BKD training run, in the order the paper tells it (spec sections 3-5).
+
+    fit(config, data, device, listener) -> MethodState
+
+Teacher and student are built and trained together; each epoch is a warm-up epoch until the
+student's confidence peaks (the overfitting epoch), whose statistics are then split (Otsu) into
+trust groups and the detection result; every later epoch is a robust epoch. Validation and test
+run on the original's schedule. The run announces what happens (new best, split, end of an
+epoch) to a listener (bkd.outputs): files, a trace and the Python API are listeners; the loop
+never knows where anything goes. The order of work and of random draws is the original's, so the
+reference mode replays the authors' traces bit for bit.
+"""
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bkd.config import resolve_computation
+from bkd.engine import (CPU_CHANNELS_LAST_MIN_WIDTH, Precision, StopFlag, evaluate, group_alphas, train_epoch,
+                        use_channels_last)
+from bkd.outputs import Listener
+from bkd.state import MethodState
+from data.cifar import DATASETS
+from data.loaders import make_loader
+from models import PreResNet18
+from utils import logfmt
+from utils.errors import DataError, UsageError, first_line
+from utils.metrics import detection_scores, ranking_line, ranking_scores
+from utils.runtime import rng_state, set_global_seeds, set_rng_state
+
+
+@dataclass
+class SplitEvent:
+    """The Otsu split of epoch `epoch`'s statistics (spec 4.6), as the listeners hear it."""
+
+    epoch: int  # whose statistics were split
+    found_at: int  # the epoch after which the overfitting epoch was found (None: the fallback split)
+    state: MethodState  # groups, both splits
+    detected: np.ndarray  # detection.npy: full-set group 4
+    label_prob: np.ndarray  # full-set pA[y] (agreement.npy, the ranking key of label_issues.csv)
+    agreed: np.ndarray  # the label teacher and student agree on
+    agreed_prob: np.ndarray  # its agreed probability
+    probs: np.ndarray  # (N, C) agreement probabilities (pred_probs.npy)
+
+    @property
+    def fallback(self):
+        return self.found_at is None
+
+
+@dataclass
+class Trainer:
+    """Everything the epoch loop works with, built once in the original's order."""
+
+    teacher: torch.nn.Module
+    student: torch.nn.Module
+    nets: tuple  # what runs the forward passes (compiled or not)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    precision: Precision
+    loaders: dict  # full, train, val, test (if any)
+    channels_last: bool
+    computation: object
+    sample_alpha: torch.Tensor = None  # per-sample alpha of the robust phase (None in warm-up)
+
+
+def build(config, data, device, listener, log):
+    """Teacher, then student (spec 7.3), one SGD over both, StepLR, then the four views (7.4)."""
+    computation = resolve_computation(config, device)
+    num_classes = data.info["num_classes"]
+    log(logfmt.BUILDING)
+    teacher = PreResNet18(num_classes, config.width).to(device)
+    student = PreResNet18(num_classes, config.width).to(device)
+    log(logfmt.BUILT)
+    listener.built(teacher, student)
+    channels_last = use_channels_last(computation.channels_last, device, config.width)
+    if channels_last != computation.channels_last:
+        log(logfmt.ours(f"width {config.width} < {CPU_CHANNELS_LAST_MIN_WIDTH} on the CPU: NCHW instead of channels-last "
+                        "(oneDNN's 1x1 kernels fail on narrow channels-last convolutions; README, 'Performance')"))
+    if channels_last:
+        teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
+    optimizer = torch.optim.SGD(list(teacher.parameters()) + list(student.parameters()), lr=config.lr,
+                                momentum=config.momentum, weight_decay=config.weight_decay, foreach=computation.sgd_foreach)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=0.1)
+    nets = (torch.compile(teacher), torch.compile(student)) if computation.compile else (teacher, student)
+    return Trainer(teacher, student, nets, optimizer, scheduler, Precision(device, amp=computation.amp),
+                   build_loaders(config, computation, data, device), channels_last, computation)
+
+
+def build_loaders(config, computation, data, device):
+    """The full training set (detection, with the training augmentation), the training split, the noisy
+    validation split and the clean test set, built in the original's order."""
+    info, x, kind = data.info, data.x_full, computation.loader
+    augment = {"pad_mode": info["pad_mode"], "flip_first": info["flip_first"]}
+    norm = {"mean": info["mean"], "std": info["std"]}
+    val_norm = norm
+    if data.name == "cifar100" and computation.legacy_cifar100_val_norm:  # the original's defect (spec section 6)
+        val_norm = {"mean": DATASETS["cifar10"]["mean"], "std": DATASETS["cifar10"]["std"]}
+    common = {"device": device, "seed": config.seed, "num_workers": config.num_workers}
+    evals = computation.eval_batch_size
+    loaders = {"full": make_loader(kind, x, data.noisy, batch_size=evals, augment=augment, **norm, **common)}
+    if kind == "torchvision" and len(data.train_pos) % config.batch_size == 1 and x.shape[1] < 16:
+        raise UsageError(f"--batch_size {config.batch_size} leaves a last training batch of one {x.shape[1]}x{x.shape[1]} "
+                         "image, on which BatchNorm cannot train with the PIL loader; pick another --batch_size")
+    loaders["train"] = make_loader(kind, x[data.train_pos], data.noisy[data.train_pos], batch_size=config.batch_size,
+                                   shuffle=True, augment=augment, merge_single=True, **norm, **common)
+    loaders["val"] = (make_loader(kind, x[data.val_pos], data.noisy[data.val_pos], batch_size=evals, **val_norm, **common)
+                      if len(data.val_pos) else loaders["train"])  # --val_ratio 0: select on the training loader
+    if data.x_test is not None:
+        loaders["test"] = make_loader(kind, data.x_test, data.y_test, batch_size=evals, **norm, **common)
+    return loaders
+
+
+def fit(config, data, device, listener=None, log=print, resume=None, resume_name="resume state", stop=None):
+    """Train teacher and student on `data` (a data.setup.RunData); returns the MethodState.
+
+    `resume`: a resume state a listener saved at the end of an epoch (continue after it), read from `resume_name`.
+    """
+    listener = listener or Listener()
+    set_global_seeds(config.seed)
+    t = build(config, data, device, listener, log)
+    state, start = MethodState(), 0
+    if resume is not None:
+        state, start = restore(resume, t, resume_name)
+    listener.start(start)
+    stop = stop or StopFlag().install()
+    if not state.warmup:
+        t.sample_alpha = group_alphas(state.groups, config.alphas, device)
+    time_start = time.time()
+    for epoch in range(start, config.n_epoch):
+        epoch_start, last = time.time(), epoch == config.n_epoch - 1
+        phase = "warm-up" if state.warmup else "robust"
+        listener.epoch_start(epoch)
+        row = {"epoch": epoch, "lr": t.optimizer.param_groups[0]["lr"], "mean_max_student_prob": None}
+        log(logfmt.epoch_start(epoch))
+        # One pass over the training split: warm-up (one-hot targets) or robust (per-group soft targets)
+        out = train_epoch(*t.nets, t.loaders["train"], t.optimizer, t.precision, epoch=epoch, n_epoch=config.n_epoch,
+                          num_classes=data.info["num_classes"], sample_alpha=t.sample_alpha,
+                          detach_target=config.detach_robust_target, print_freq=config.print_freq,
+                          channels_last=t.channels_last, stop=stop, log=log, on_iteration=listener.iteration)
+        state.mean_top_all.append(out["mean_top_student"])
+        if state.warmup:
+            end_warmup_epoch(config, data, t, state, epoch, out, row, listener, stop, log)
+        validate_and_test(config, t, state, epoch, row, listener, stop, log)
+        if last:
+            end_of_training(t, state, epoch, listener, log)
+        state.epoch_seconds.append(time.time() - epoch_start)
+        log(logfmt.ours(f"epoch {epoch} ({phase}): loss {out['loss']:.4f}, naive loss {out['naive']:.4f}, compensation "
+                        f"loss {out['comp']:.4f}, student mean top probability {out['mean_top_student']:.4f}, "
+                        f"{state.epoch_seconds[-1]:.1f} s"))
+        log(logfmt.elapsed(epoch, time.time() - time_start))
+        log()
+        t.scheduler.step()
+        listener.epoch_end(epoch, row, t.teacher, t.student, resume_state(t, state, epoch), state)
+    return state
+
+
+def end_warmup_epoch(config, data, t, state, epoch, out, row, listener, stop, log):
+    """The overfitting rule on the student's confidence so far; at its peak, the split; else the full-set pass."""
+    train_stat = out["probs"][2].cpu().numpy()  # pA[y] of each training sample, from this epoch's training pass
+    row.update(mean_max_student_prob=out["mean_top_student"], train_probs=out["probs"].cpu().numpy())
+    found = state.end_warmup_epoch(epoch, out["mean_top_student"], train_stat, forced=config.overfitting_epoch)
+    if found is not None:  # the student's confidence peaked at `found`: split its statistics (no full-set pass now)
+        row["overfitting_epoch_found"] = found
+        for line in logfmt.overfitting_block(found):
+            log(line)
+        split(config, data, t, state, found, epoch, listener, log)
+        return
+    # The full-set statistic, kept per warm-up epoch for detection (spec 4.5)
+    stop.check(f"epoch {epoch}, full-set pass")
+    full = evaluate(*t.nets, t.loaders["full"], t.precision, t.channels_last, description="full set", keep_probs=True)
+    state.add_full_stat(epoch, *(v.cpu().numpy() for v in (full.label_prob, full.agreed, full.agreed_prob, full.probs)))
+    row["full_agreement"] = full.label_prob
+    if epoch == config.n_epoch - 1:  # no peak in the whole run: split the last epoch (not the original: it crashed)
+        log(logfmt.ours(f"no overfitting epoch found in epochs 0..{epoch}; splitting the last epoch's statistics instead"))
+        split(config, data, t, state, epoch, None, listener, log)
+
+
+def split(config, data, t, state, epoch, found_at, listener, log):
+    """Otsu split of epoch `epoch`'s statistics (spec 4.6): training groups for the robust phase, detection.npy."""
+    detected = state.split_at(epoch)
+    t.sample_alpha = group_alphas(state.groups, config.alphas, _device(t))
+    for which, result in (("training split", state.split), ("full set", state.full_split)):
+        if found_at is None:  # not the original's split, so not its lines
+            log(logfmt.ours(f"fallback Otsu split of epoch {epoch} ({which}): up_mean {result['mu2']:0.5f}, up_sigma "
+                            f"{result['sigma2']:0.5f}, lo_mean {result['mu1']:0.5f}, lo_sigma {result['sigma1']:0.5f}, "
+                            f"thresh {result['threshold']:0.5f}"))
+        else:
+            for line in logfmt.otsu_block(result):
+                log(line)
+    full = state.stats[epoch]
+    sizes = np.bincount(state.groups, minlength=5)[1:]
+    log(logfmt.ours(f"split of epoch {epoch}: training groups G1-G4 {sizes.tolist()}; "
+                    f"{int(detected.sum())} of {len(detected)} labels flagged as noisy (detection.npy)"))
+    truly_noisy = data.truly_noisy  # None without clean labels (custom data)
+    if truly_noisy is not None and truly_noisy.any():
+        d = detection_scores(detected, truly_noisy)
+        log(logfmt.ours(f"detection against the clean labels: precision {d['precision']:.4f}, recall {d['recall']:.4f}, "
+                        f"F1 {d['f1']:.4f}"))
+        state.ranking = ranking_scores(full["full"], truly_noisy)
+        log(logfmt.ours(ranking_line(state.ranking)))
+    listener.split(SplitEvent(epoch, found_at, state, detected, full["full"], full["full_agreed"], full["full_agreed_prob"],
+                              full.get("full_probs")))
+
+
+def _device(t):
+    return next(t.teacher.parameters()).device
+
+
+def validate_and_test(config, t, state, epoch, row, listener, stop, log):
+    """Noisy validation (a new best is a checkpoint) and clean test accuracy, at e % freq == 0 and the last epoch."""
+    last = epoch == config.n_epoch - 1
+    autograd = t.computation.eval_autograd
+    if epoch % config.noisy_val_freq == 0 or last:
+        stop.check(f"epoch {epoch}, validation")
+        acc = evaluate(*t.nets, t.loaders["val"], t.precision, t.channels_last, autograd=autograd, description="validation").accuracy
+        row["val_acc"] = acc
+        state.val_acc.append([epoch, acc])
+        if acc > state.best_val:
+            log(logfmt.new_best(state.best_val, state.best_epoch))
+            state.best_val, state.best_epoch = acc, epoch
+            listener.checkpoint("best_val", epoch, t.teacher, t.student)
+        log(logfmt.validation(epoch, acc, state.best_val, state.best_epoch))
+    if "test" in t.loaders and (epoch % config.clean_test_freq == 0 or last):
+        stop.check(f"epoch {epoch}, test")
+        acc = evaluate(*t.nets, t.loaders["test"], t.precision, t.channels_last, autograd=autograd, description="test").accuracy
+        row["test_acc"] = acc
+        state.test_acc.append([epoch, acc])
+        if acc > state.best_test:
+            state.best_test, state.best_test_epoch = acc, epoch
+        log(logfmt.test(epoch, acc, state.best_test, state.best_test_epoch))
+
+
+def end_of_training(t, state, epoch, listener, log):
+    """The last epoch's weights; the best-by-validation ones stay (the original overwrote them: spec section 6)."""
+    if not t.computation.end_save_overwrites_best and state.best_val == 0.0:  # never a validation accuracy above 0
+        log(logfmt.ours("no validation accuracy above 0; the best-by-validation weights are the last epoch's"))
+        listener.checkpoint("best_val", epoch, t.teacher, t.student)
+    listener.checkpoint("end_of_training", epoch, t.teacher, t.student)
+    log(logfmt.END_SAVE)
+
+
+def resume_state(t, state, epoch):
+    """Everything needed to continue after `epoch` exactly (with the same data, flags and thread count)."""
+    return {
+        "epoch": epoch + 1,
+        "teacher": t.teacher.state_dict(),
+        "student": t.student.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "scaler": t.precision.scaler.state_dict(),
+        "method": state.state_dict(),
+        "loaders": {name: loader.state_dict() for name, loader in t.loaders.items()},
+        "rng": rng_state(),
+    }
+
+
+def restore(saved, t, source):
+    """Load a resume state into the trainer; a state of another structure is one line (exit 3)."""
+    try:
+        t.teacher.load_state_dict(saved["teacher"])
+        t.student.load_state_dict(saved["student"])
+        t.optimizer.load_state_dict(saved["optimizer"])
+        t.scheduler.load_state_dict(saved["scheduler"])
+        t.precision.scaler.load_state_dict(saved["scaler"])
+        for view, loader in t.loaders.items():
+            loader.load_state_dict(saved["loaders"][view])
+        set_rng_state(saved["rng"])
+        return MethodState.from_state_dict(saved["method"]), int(saved["epoch"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        raise DataError(f"{source}: not a resume state of this run ({type(err).__name__}: {first_line(err)}); "
+                        "start again with --overwrite") from None
