@@ -126,7 +126,7 @@ def train(args, device, run):
     files = RunFiles(run, data, config, computation.end_save_overwrites_best, identity, flags, machine_info(), log)
     trace = TraceListener(TraceRecorder(args.trace, resume_epoch=saved["epoch"] if saved else 0), args, data) if args.trace else None
     log(logfmt.ours(f"{args.dataset} {args.noise_type}, seed {args.seed}: {len(data.train_pos)} training / "
-                    f"{len(data.val_pos)} validation / {len(data.noisy)} detection images, PreResNet18 width {args.width}, "
+                    f"{len(data.val_pos)} validation / {len(data.labels)} detection images, PreResNet18 width {args.width}, "
                     f"device {device} ({'mixed precision' if computation.amp else 'fp32'}), {computation.name}, "
                     f"run directory {portable(run.path)}"))
     if saved is not None:

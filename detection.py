@@ -66,15 +66,15 @@ def main(argv=None):
     data = load_run_labels(args, run_dir, val_ratio=0.0)  # needs no images: training checked the labels against them
     for line in data.banner:
         print(line)
-    flagged = load_detection(os.path.join(run_dir, ck.DETECTION), len(data.noisy))
-    label_prob = load_agreement(os.path.join(run_dir, ck.AGREEMENT), len(data.noisy))
+    flagged = load_detection(os.path.join(run_dir, ck.DETECTION), len(data.labels))
+    label_prob = load_agreement(os.path.join(run_dir, ck.AGREEMENT), len(data.labels))
     truly_noisy, scope = data.truly_noisy, "labels"
     if truly_noisy is None:
-        summary = per_class(flagged, data.noisy, data.classes)
+        summary = per_class(flagged, data.labels, data.classes)
         update_json(os.path.join(run_dir, ck.METRICS), {"flagged": summary})
         if args.true_labels is None:
             return
-        audited, truly_noisy = load_true_labels(args.true_labels, data.noisy, data.info["num_classes"])
+        audited, truly_noisy = load_true_labels(args.true_labels, data.labels, data.info["num_classes"])
         flagged, scope = flagged[audited], f"audited labels ({int(audited.sum())} of {len(audited)})"
         label_prob = None if label_prob is None else label_prob[audited]
     s = detection_scores(flagged, truly_noisy)

@@ -109,7 +109,7 @@ def run_label_set(label_set, args, runs_dir, log=print):
     ns = SimpleNamespace(dataset="cifar10", noise_type=label_set, noise_path=args.noise_path, data_root=args.data_root,
                          no_download=True, subset=QUICK["subset"], seed=args.seed, val_ratio=QUICK["val_ratio"])
     data = load_run_data(ns)
-    x, noisy, clean = data.x_full, data.noisy, data.clean[data.subset]
+    x, noisy, clean = data.images, data.labels, data.clean[data.subset]
     truth = noisy != clean
     result = {"label_set": label_set, "images": len(noisy), "noise_rate": float(truth.mean())}
 

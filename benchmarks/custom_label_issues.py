@@ -52,11 +52,11 @@ def main():
     ns = SimpleNamespace(dataset="cifar10", noise_type="worst", noise_path=args.noise_path, data_root=args.data_root,
                          no_download=True, subset=quick["subset"], seed=args.seed, val_ratio=0.1)
     data = load_run_data(ns)
-    given, clean = data.noisy, data.clean[data.subset]
+    given, clean = data.labels, data.clean[data.subset]
     truth = given != clean
     os.makedirs(args.workdir, exist_ok=True)
     custom = os.path.join(args.workdir, "custom.npz")
-    np.savez(custom, x_train=data.x_full, y_train=given, x_test=data.x_test, y_test=data.y_test,
+    np.savez(custom, x_train=data.images, y_train=given, x_test=data.x_test, y_test=data.y_test,
              classes=np.array(CIFAR10_CLASSES), ids=np.array([f"cifar10-train-{i}" for i in data.subset]))
     print(f"wrote {custom}: {len(given)} images, {truth.mean():.1%} of their labels wrong (the file does not say which)")
 
@@ -84,7 +84,7 @@ def main():
         from benchmarks.cifar10n_small import cross_validated_probs
 
         cv_start = time.time()
-        probs = cross_validated_probs(data.x_full, given, args.seed)
+        probs = cross_validated_probs(data.images, given, args.seed)
         cv_note = f"3-fold cross-validation here, {time.time() - cv_start:.0f} s"
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores

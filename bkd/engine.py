@@ -96,6 +96,9 @@ def forward_pair(teacher, student, x, precision, channels_last=False):
     return zt.float(), zs.float()
 
 
+LABEL_PROB_KEYS = ("teacher", "student", "agreement")  # pT[y], pS[y], pA[y]
+
+
 def _ignore(*args):
     pass
 
@@ -106,8 +109,8 @@ def train_epoch(teacher, student, loader, optimizer, precision, *, epoch, n_epoc
 
     `detach_target` (not the original) stops the robust target's gradient into the student.
     `on_iteration(epoch, i, idx, x, y, target, loss, naive, comp)` hears every iteration (a trace records it).
-    Returns dict(mean_top_student (a float32 value, as the original accumulates it), probs (3, N):
-    the teacher's, student's and agreed probability of each sample's label, loss, naive, comp (epoch means)).
+    Returns dict(mean_top_student (a float32 value, as the original accumulates it), label_prob: the teacher's,
+    student's and agreed probability of each sample's label (dict of (N,) tensors), loss, naive, comp (epoch means)).
     """
     teacher.train()
     student.train()
@@ -152,7 +155,7 @@ def train_epoch(teacher, student, loader, optimizer, precision, *, epoch, n_epoc
     totals = (sums / n).tolist()
     return {
         "mean_top_student": (sum_max_student / n).item(),
-        "probs": probs,
+        "label_prob": dict(zip(LABEL_PROB_KEYS, probs)),
         "loss": totals[0],
         "naive": totals[1],
         "comp": totals[2],

@@ -118,7 +118,7 @@ class RunFiles(Listener):
         save_numpy(event.label_prob, self.run.file(ck.AGREEMENT))
         if event.probs is not None:  # (a run resumed from a state of an earlier version has none)
             save_numpy(event.probs, self.run.file(ck.PRED_PROBS))
-        write_label_issues(self.run.file(ck.LABEL_ISSUES), data.noisy, event.label_prob, event.agreed, event.agreed_prob,
+        write_label_issues(self.run.file(ck.LABEL_ISSUES), data.labels, event.label_prob, event.agreed, event.agreed_prob,
                            event.state.full_groups, data.classes, data.ids[data.subset])
 
     def epoch_end(self, epoch, row, teacher, student, resume_state, state):

@@ -90,7 +90,7 @@ def build(config, data, device, listener, log):
 def build_loaders(config, computation, data, device):
     """The full training set (detection, with the training augmentation), the training split, the noisy
     validation split and the clean test set, built in the original's order."""
-    info, x, kind = data.info, data.x_full, computation.loader
+    info, x, kind = data.info, data.images, computation.loader
     augment = {"pad_mode": info["pad_mode"], "flip_first": info["flip_first"]}
     norm = {"mean": info["mean"], "std": info["std"]}
     val_norm = norm
@@ -98,13 +98,13 @@ def build_loaders(config, computation, data, device):
         val_norm = {"mean": DATASETS["cifar10"]["mean"], "std": DATASETS["cifar10"]["std"]}
     common = {"device": device, "seed": config.seed, "num_workers": config.num_workers}
     evals = computation.eval_batch_size
-    loaders = {"full": make_loader(kind, x, data.noisy, batch_size=evals, augment=augment, **norm, **common)}
+    loaders = {"full": make_loader(kind, x, data.labels, batch_size=evals, augment=augment, **norm, **common)}
     if kind == "torchvision" and len(data.train_pos) % config.batch_size == 1 and x.shape[1] < 16:
         raise UsageError(f"--batch_size {config.batch_size} leaves a last training batch of one {x.shape[1]}x{x.shape[1]} "
                          "image, on which BatchNorm cannot train with the PIL loader; pick another --batch_size")
-    loaders["train"] = make_loader(kind, x[data.train_pos], data.noisy[data.train_pos], batch_size=config.batch_size,
+    loaders["train"] = make_loader(kind, x[data.train_pos], data.labels[data.train_pos], batch_size=config.batch_size,
                                    shuffle=True, augment=augment, merge_single=True, **norm, **common)
-    loaders["val"] = (make_loader(kind, x[data.val_pos], data.noisy[data.val_pos], batch_size=evals, **val_norm, **common)
+    loaders["val"] = (make_loader(kind, x[data.val_pos], data.labels[data.val_pos], batch_size=evals, **val_norm, **common)
                       if len(data.val_pos) else loaders["train"])  # --val_ratio 0: select on the training loader
     if data.x_test is not None:
         loaders["test"] = make_loader(kind, data.x_test, data.y_test, batch_size=evals, **norm, **common)
@@ -140,7 +140,7 @@ def fit(config, data, device, listener=None, log=print, resume=None, resume_name
                           channels_last=t.channels_last, stop=stop, log=log, on_iteration=listener.iteration)
         state.mean_top_all.append(out["mean_top_student"])
         if state.warmup:
-            end_warmup_epoch(config, data, t, state, epoch, out, row, listener, stop, log)
+            after_warmup_epoch(config, data, t, state, epoch, out, row, listener, stop, log)
         validate_and_test(config, t, state, epoch, row, listener, stop, log)
         if last:
             end_of_training(t, state, epoch, listener, log)
@@ -155,11 +155,11 @@ def fit(config, data, device, listener=None, log=print, resume=None, resume_name
     return state
 
 
-def end_warmup_epoch(config, data, t, state, epoch, out, row, listener, stop, log):
+def after_warmup_epoch(config, data, t, state, epoch, out, row, listener, stop, log):
     """The overfitting rule on the student's confidence so far; at its peak, the split; else the full-set pass."""
-    train_stat = out["probs"][2].cpu().numpy()  # pA[y] of each training sample, from this epoch's training pass
-    row.update(mean_max_student_prob=out["mean_top_student"], train_probs=out["probs"].cpu().numpy())
-    found = state.end_warmup_epoch(epoch, out["mean_top_student"], train_stat, forced=config.overfitting_epoch)
+    label_prob = {who: p.cpu().numpy() for who, p in out["label_prob"].items()}  # of each training sample, this epoch
+    row.update(mean_max_student_prob=out["mean_top_student"], train_label_prob=label_prob)
+    found = state.record_warmup_epoch(epoch, out["mean_top_student"], label_prob["agreement"], forced=config.overfitting_epoch)
     if found is not None:  # the student's confidence peaked at `found`: split its statistics (no full-set pass now)
         row["overfitting_epoch_found"] = found
         for line in logfmt.overfitting_block(found):

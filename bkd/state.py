@@ -37,7 +37,7 @@ class MethodState:
     def warmup(self):
         return self.groups is None
 
-    def end_warmup_epoch(self, epoch, mean_top, train_stat, forced=None):
+    def record_warmup_epoch(self, epoch, mean_top, train_stat, forced=None):
         """Keep this warm-up epoch's statistic; return the overfitting epoch if it is found now.
 
         `forced` (--overfitting_epoch) replaces the rule: that epoch is reported when the rule

@@ -130,10 +130,11 @@ class TraceListener:
 
     def epoch_end(self, epoch, row, teacher, student, resume_state, state):
         row = dict(row)
-        probs = row.pop("train_probs", None)
-        if probs is not None:  # pT[y], pS[y], pA[y] of the training pass
-            row.update(train_agreement_sha256=tensor_sha256(probs[2]), train_teacher_prob_sha256=tensor_sha256(probs[0]),
-                       train_student_prob_sha256=tensor_sha256(probs[1]))
+        label_prob = row.pop("train_label_prob", None)
+        if label_prob is not None:  # pT[y], pS[y], pA[y] of the training pass
+            row.update(train_agreement_sha256=tensor_sha256(label_prob["agreement"]),
+                       train_teacher_prob_sha256=tensor_sha256(label_prob["teacher"]),
+                       train_student_prob_sha256=tensor_sha256(label_prob["student"]))
         full = row.pop("full_agreement", None)
         if full is not None:
             row["full_agreement_sha256"] = tensor_sha256(full)
@@ -167,8 +168,8 @@ def run_config(args, data, init_hashes):
         "train_positions_sha256": tensor_sha256(train_pos),
         "val_positions_sha256": tensor_sha256(val_pos),
         "val_positions_first10": val_pos[:10].tolist(),
-        "train_noisy_labels_sha256": tensor_sha256(data.noisy[train_pos].astype(np.int64)),
-        "full_noisy_labels_sha256": tensor_sha256(data.noisy.astype(np.int64)),
+        "train_noisy_labels_sha256": tensor_sha256(data.labels[train_pos].astype(np.int64)),
+        "full_noisy_labels_sha256": tensor_sha256(data.labels.astype(np.int64)),
         "full_noise_or_not_sum": None if data.truly_noisy is None else int(data.truly_noisy.sum()),
         "teacher_init_sha256": init_hashes[0],
         "student_init_sha256": init_hashes[1],

@@ -42,24 +42,24 @@ class RunData:
     label_path: str = None  # the CIFAR-N label file
 
     @property
-    def x_full(self):
+    def images(self):  # the images of the run (the subset, or all; source order): the "full set" of detection
         return self.x_train[self.subset]
 
     @property
-    def noisy(self):  # the given label per used image (the "full" view, in source order)
+    def labels(self):  # the given label of each image of the run (subset order)
         return self.given[self.subset]
 
     @property
     def truly_noisy(self):
         """Per used image: given label != clean label; None without clean labels."""
-        return None if self.clean is None else self.noisy != self.clean[self.subset]
+        return None if self.clean is None else self.labels != self.clean[self.subset]
 
     def fingerprint(self):
         """What a resumed run must find again: the images and labels it trains on, its subset, split and test set."""
         test = () if self.x_test is None else (self.x_test, self.y_test)
         return {
-            "images": array_sha256(self.x_full),
-            "labels": array_sha256(np.asarray(self.noisy, dtype=np.int64)),
+            "images": array_sha256(self.images),
+            "labels": array_sha256(np.asarray(self.labels, dtype=np.int64)),
             "subset": array_sha256(np.asarray(self.subset, dtype=np.int64)),
             "split": array_sha256(np.asarray(self.train_pos, dtype=np.int64), np.asarray(self.val_pos, dtype=np.int64)),
             "test": array_sha256(*test),

@@ -90,7 +90,7 @@ def test_engine_iteration_is_the_originals_computation_bit_for_bit(robust):
             out = train_epoch(teacher, student, loader, optimizer, Precision(torch.device("cpu")), epoch=0, n_epoch=1,
                               num_classes=10, log=lambda *a: None, on_iteration=recorder.iteration,
                               sample_alpha=group_alphas(groups, alphas, "cpu") if robust else None)
-            mean_max, agree, losses = out["mean_top_student"], out["probs"][2], recorder.losses
+            mean_max, agree, losses = out["mean_top_student"], out["label_prob"]["agreement"], recorder.losses
         else:
             mean_max, agree, losses = _spec_epoch(teacher, student, loader.loader, optimizer, 10, groups, alphas)
         results.append((mean_max, agree, losses, [p.detach().clone() for p in teacher.parameters()] +

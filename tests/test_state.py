@@ -18,7 +18,7 @@ def _warmup(state, tops, rng, forced=None):
     recorded = {}
     for epoch, top in enumerate(tops):
         train = _epoch_stats(rng)
-        found = state.end_warmup_epoch(epoch, top, train, forced=forced)
+        found = state.record_warmup_epoch(epoch, top, train, forced=forced)
         if found is not None:
             return epoch, found, recorded
         full = _epoch_stats(rng, 250)
