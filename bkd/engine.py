@@ -15,18 +15,28 @@ import torch
 
 from bkd.method import agreement, compensation_loss, label_probability, one_hot, robust_targets, teacher_loss
 from utils import logfmt
-from utils.errors import DivergedError, Interrupted
+from utils.errors import DivergedError, Interrupted, UsageError
+
+
+def cpu_has_native_bf16():
+    """AVX-512 BF16 or AMX: the CPUs where bf16 autocast pays (elsewhere it runs many times slower than fp32)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 class Precision:
-    """fp32 by default (as the original); with `amp` on CUDA, bf16 where supported, else fp16 with gradient scaling."""
+    """fp32 by default (as the original). With `amp`: on CUDA bf16 where supported, else fp16 with gradient
+    scaling; on a CPU bf16, only where the CPU has it natively (a one-line refusal elsewhere)."""
 
     def __init__(self, device, amp=False):
         self.device_type = device.type
-        self.enabled = amp and device.type == "cuda"
+        self.enabled = amp and device.type in ("cuda", "cpu")
+        if self.enabled and device.type == "cpu" and not cpu_has_native_bf16():
+            raise UsageError(f"--amp: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 (AVX-512 BF16 "
+                             "or AMX), where bf16 autocast runs many times slower than fp32; drop --amp")
         self.dtype = torch.float32
         if self.enabled:
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            self.dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
 
     def autocast(self):

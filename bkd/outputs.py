@@ -44,33 +44,30 @@ class Listeners(Listener):
     def __init__(self, *listeners):
         self.listeners = [listener for listener in listeners if listener is not None]
 
-    def built(self, *args):
+    def _each(self, event, *args):
         for listener in self.listeners:
-            listener.built(*args)
+            getattr(listener, event)(*args)
+
+    def built(self, *args):
+        self._each("built", *args)
 
     def start(self, *args):
-        for listener in self.listeners:
-            listener.start(*args)
+        self._each("start", *args)
 
     def epoch_start(self, *args):
-        for listener in self.listeners:
-            listener.epoch_start(*args)
+        self._each("epoch_start", *args)
 
     def iteration(self, *args):
-        for listener in self.listeners:
-            listener.iteration(*args)
+        self._each("iteration", *args)
 
     def checkpoint(self, *args):
-        for listener in self.listeners:
-            listener.checkpoint(*args)
+        self._each("checkpoint", *args)
 
     def split(self, *args):
-        for listener in self.listeners:
-            listener.split(*args)
+        self._each("split", *args)
 
     def epoch_end(self, *args):
-        for listener in self.listeners:
-            listener.epoch_end(*args)
+        self._each("epoch_end", *args)
 
 
 class Results(Listener):

@@ -83,8 +83,12 @@ def build(config, data, device, listener, log):
                                 momentum=config.momentum, weight_decay=config.weight_decay, foreach=computation.sgd_foreach)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=0.1)
     nets = (torch.compile(teacher), torch.compile(student)) if computation.compile else (teacher, student)
-    return Trainer(teacher, student, nets, optimizer, scheduler, Precision(device, amp=computation.amp),
-                   build_loaders(config, computation, data, device), channels_last, computation)
+    precision = Precision(device, amp=computation.amp)
+    if precision.enabled:
+        log(logfmt.ours(f"--amp: {precision.name} autocast on {device.type} (opt-in: not yet validated against fp32; "
+                        "README, 'Performance')"))
+    return Trainer(teacher, student, nets, optimizer, scheduler, precision, build_loaders(config, computation, data, device),
+                   channels_last, computation)
 
 
 def build_loaders(config, computation, data, device):

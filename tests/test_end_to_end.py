@@ -258,3 +258,17 @@ def test_summary_is_mean_and_std_over_seeds(tmp_path):
     assert rows[0]["detection F1"] == "0.300 ± 0.141"  # sample std of 0.2 and 0.4
     assert rows[0]["test acc, best val (%)"] == "55.00 ± 7.07"
     assert rows[0]["overfit epoch"] == "10 (1 of 2 runs)"  # a run without a peak is not averaged in silently
+
+
+def test_amp_on_the_cpu_needs_native_bf16(synthetic_root, tmp_path):
+    """--amp: bf16 autocast on a CPU with native bf16 (the run completes and says so), else a one-line refusal."""
+    from bkd.engine import cpu_has_native_bf16
+
+    proc = run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, str(tmp_path), n_epoch=2, amp=True), cwd=str(tmp_path),
+               check=False)
+    if cpu_has_native_bf16():
+        assert proc.returncode == 0, proc.stderr
+        assert "[bkd] --amp: bf16 autocast on cpu" in proc.stdout and "[bkd] finished" in proc.stdout
+    else:
+        assert proc.returncode == 2 and "has no native bf16" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not os.path.exists(tmp_path / "cifar10_worst_seed_0" / "state.pth.tar")
