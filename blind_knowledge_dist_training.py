@@ -5,6 +5,8 @@ listeners that write the run's files (bkd.outputs.RunFiles) and, with --trace, i
 say where the results are. Standard output carries the original's lines (0-based epochs); ours
 start with `[bkd] `.
 """
+import time
+
 import torch
 
 from bkd.config import TrainConfig, resolve_computation, uses_pil_workers
@@ -109,6 +111,7 @@ def main(argv=None):
 
 def train(args, device, run):
     """Data, files and trace around one bkd.run.fit."""
+    time_start = time.time()
     set_global_seeds(args.seed)
     log(logfmt.device_line(device))
     log(str(device))
@@ -131,7 +134,8 @@ def train(args, device, run):
                     f"run directory {portable(run.path)}"))
     if saved is not None:
         log(logfmt.ours(f"resumed {portable(run.path)} after epoch {saved['epoch'] - 1} of 0..{args.n_epoch - 1}"))
-    state = fit(config, data, device, Listeners(files, trace), log=log, resume=saved, resume_name=run.file(ck.STATE))
+    state = fit(config, data, device, Listeners(files, trace), log=log, resume=saved, resume_name=run.file(ck.STATE),
+                time_start=time_start)
     log(logfmt.ours(f"finished: best noisy validation accuracy {state.best_val:.2f} % at epoch {state.best_epoch}; "
                     f"outputs in {portable(run.path)}"))
 

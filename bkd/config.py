@@ -58,6 +58,7 @@ class Computation:
     legacy_cifar100_val_norm: bool
     amp: bool
     compile: bool
+    defer_full_pass: bool = False  # the full-set pass only for the epoch the overfitting rule picks (not the original)
 
     @property
     def name(self):
@@ -71,7 +72,8 @@ def resolve_computation(config, device):
         return Computation("torchvision", config.batch_size, False, None, True, True, True, False, False)
     eval_batch = config.eval_batch_size or (1024 if device.type == "cuda" else 256)
     return Computation(config.loader, eval_batch, not config.no_channels_last, True, False, False,
-                       config.legacy_cifar100_val_norm, config.amp, config.compile)
+                       config.legacy_cifar100_val_norm, config.amp, config.compile,
+                       defer_full_pass=config.loader == "device")  # its augmentation can be re-drawn for any epoch
 
 
 ORIGINAL_TEST_BATCH = 64  # the original's learning.py evaluates at batch 64

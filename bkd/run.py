@@ -11,7 +11,7 @@ never knows where anything goes. The order of work and of random draws is the or
 reference mode replays the authors' traces bit for bit.
 """
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ class Trainer:
     channels_last: bool
     computation: object
     sample_alpha: torch.Tensor = None  # per-sample alpha of the robust phase (None in warm-up)
+    snapshots: dict = field(default_factory=dict)  # epoch -> weights the overfitting rule may still pick (deferred pass)
 
 
 def build(config, data, device, listener, log):
@@ -115,11 +116,14 @@ def build_loaders(config, computation, data, device):
     return loaders
 
 
-def fit(config, data, device, listener=None, log=print, resume=None, resume_name="resume state", stop=None):
+def fit(config, data, device, listener=None, log=print, resume=None, resume_name="resume state", stop=None,
+        time_start=None):
     """Train teacher and student on `data` (a data.setup.RunData); returns the MethodState.
 
     `resume`: a resume state a listener saved at the end of an epoch (continue after it), read from `resume_name`.
+    `time_start`: when the script started (the original's `time elapsed` lines count from there).
     """
+    time_start = time_start or time.time()
     listener = listener or Listener()
     set_global_seeds(config.seed)
     t = build(config, data, device, listener, log)
@@ -130,7 +134,6 @@ def fit(config, data, device, listener=None, log=print, resume=None, resume_name
     stop = stop or StopFlag().install()
     if not state.warmup:
         t.sample_alpha = group_alphas(state.groups, config.alphas, device)
-    time_start = time.time()
     for epoch in range(start, config.n_epoch):
         epoch_start, last = time.time(), epoch == config.n_epoch - 1
         phase = "warm-up" if state.warmup else "robust"
@@ -160,24 +163,64 @@ def fit(config, data, device, listener=None, log=print, resume=None, resume_name
 
 
 def after_warmup_epoch(config, data, t, state, epoch, out, row, listener, stop, log):
-    """The overfitting rule on the student's confidence so far; at its peak, the split; else the full-set pass."""
+    """The overfitting rule on the student's confidence so far; at its peak, the split; else the full-set pass.
+
+    The original runs the full-set pass in every warm-up epoch, in case the rule later picks that epoch
+    (the reference mode still does). By default only the weights of the epochs the rule may still
+    pick are kept, and the pass runs once, for the epoch it picks (or the last, as the fallback),
+    with that epoch's augmentation draws: the same statistic, at a fraction of the work.
+    """
     label_prob = {who: p.cpu().numpy() for who, p in out["label_prob"].items()}  # of each training sample, this epoch
     row.update(mean_max_student_prob=out["mean_top_student"], train_label_prob=label_prob)
     found = state.record_warmup_epoch(epoch, out["mean_top_student"], label_prob["agreement"], forced=config.overfitting_epoch)
-    if found is not None:  # the student's confidence peaked at `found`: split its statistics (no full-set pass now)
+    last = epoch == config.n_epoch - 1
+    if found is not None:  # the student's confidence peaked at `found`: split its statistics
         row["overfitting_epoch_found"] = found
         for line in logfmt.overfitting_block(found):
             log(line)
+        if t.computation.defer_full_pass:
+            full_set_pass(t, state, found, stop, config.seed, weights=t.snapshots.pop(found))
         split(config, data, t, state, found, epoch, listener, log)
+        t.snapshots = {}
         return
-    # The full-set statistic, kept per warm-up epoch for detection (spec 4.5)
-    stop.check(f"epoch {epoch}, full-set pass")
-    full = evaluate(*t.nets, t.loaders["full"], t.precision, t.channels_last, description="full set", keep_probs=True)
-    state.add_full_stat(epoch, *(v.cpu().numpy() for v in (full.label_prob, full.agreed, full.agreed_prob, full.probs)))
-    row["full_agreement"] = full.label_prob
-    if epoch == config.n_epoch - 1:  # no peak in the whole run: split the last epoch (not the original: it crashed)
+    if t.computation.defer_full_pass:  # keep the weights of the epochs the rule may still pick, this one too
+        t.snapshots = {e: w for e, w in t.snapshots.items() if state.still_pickable(e, epoch)}
+        if not last:
+            t.snapshots[epoch] = weights_snapshot(t)
+    if not t.computation.defer_full_pass or last:
+        row["full_agreement"] = full_set_pass(t, state, epoch, stop, config.seed)
+    if last:  # no peak in the whole run: split the last epoch (not the original: it crashed)
         log(logfmt.ours(f"no overfitting epoch found in epochs 0..{epoch}; splitting the last epoch's statistics instead"))
         split(config, data, t, state, epoch, None, listener, log)
+
+
+def weights_snapshot(t):
+    return {"teacher": _copy(t.teacher.state_dict()), "student": _copy(t.student.state_dict())}
+
+
+def _copy(state_dict):
+    return {k: v.detach().clone() for k, v in state_dict.items()}
+
+
+def full_set_pass(t, state, epoch, stop, seed, weights=None):
+    """The full-set statistic of `epoch` (spec 4.5): both networks in eval mode over every image of the run, with
+    the training augmentation; with `weights` (a snapshot of that epoch) instead of the current ones."""
+    stop.check(f"epoch {epoch}, full-set pass")
+    current = weights_snapshot(t) if weights is not None else None
+    if weights is not None:
+        t.teacher.load_state_dict(weights["teacher"])
+        t.student.load_state_dict(weights["student"])
+    if t.computation.defer_full_pass:
+        t.loaders["full"].reseed(FULL_PASS_SEED_BASE * seed + epoch + 1)  # that epoch's draws, whenever it runs
+    full = evaluate(*t.nets, t.loaders["full"], t.precision, t.channels_last, description="full set", keep_probs=True)
+    if current is not None:
+        t.teacher.load_state_dict(current["teacher"])
+        t.student.load_state_dict(current["student"])
+    state.add_full_stat(epoch, *(v.cpu().numpy() for v in (full.label_prob, full.agreed, full.agreed_prob, full.probs)))
+    return full.label_prob
+
+
+FULL_PASS_SEED_BASE = 1_000_003  # per-epoch seeds of the full-set augmentation: seed * base + epoch + 1
 
 
 def split(config, data, t, state, epoch, found_at, listener, log):
@@ -256,6 +299,7 @@ def resume_state(t, state, epoch):
         "method": state.state_dict(),
         "loaders": {name: loader.state_dict() for name, loader in t.loaders.items()},
         "rng": rng_state(),
+        "snapshots": t.snapshots,
     }
 
 
@@ -270,6 +314,7 @@ def restore(saved, t, source):
         for view, loader in t.loaders.items():
             loader.load_state_dict(saved["loaders"][view])
         set_rng_state(saved["rng"])
+        t.snapshots = dict(saved.get("snapshots") or {})
         return MethodState.from_state_dict(saved["method"]), int(saved["epoch"])
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
         raise DataError(f"{source}: not a resume state of this run ({type(err).__name__}: {first_line(err)}); "

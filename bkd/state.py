@@ -37,6 +37,11 @@ class MethodState:
     def warmup(self):
         return self.groups is None
 
+    @staticmethod
+    def still_pickable(epoch, completed):
+        """Can the overfitting rule still pick `epoch` after epoch `completed`? (It reports an epoch when it first can.)"""
+        return first_detectable_epoch(epoch) > completed
+
     def record_warmup_epoch(self, epoch, mean_top, train_stat, forced=None):
         """Keep this warm-up epoch's statistic; return the overfitting epoch if it is found now.
 

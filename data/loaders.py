@@ -100,6 +100,10 @@ class DeviceLoader:
                 x = crop_flip(x, flip, oy, ox, self.augment["flip_first"])
             yield torch.addcmul(self.shift, x.float(), self.scale), self.labels[idx], idx
 
+    def reseed(self, seed):
+        """Draw the next pass's augmentation from `seed`: the same draws whenever that pass runs."""
+        self.generator.manual_seed(seed)
+
     def state_dict(self):
         return {"generator": self.generator.get_state()}
 

@@ -1,0 +1,65 @@
+"""Side by side, in one invocation on one machine: the reference mode (the original's computation, which the
+golden traces show equal to the authors' script), the default mode, and --amp where the CPU has native bf16.
+
+    python benchmarks/speed.py [--epochs 3] [--out benchmarks/results/speed.json]
+
+Each mode trains the quick preset's data and network (CIFAR-10N worst, seed 0, 4,000 images, width 16)
+for a few epochs with validation and test at the first and the last epoch, in its own process, one
+after the other; the wall time is the training script's, start to finish. Prints each time and the
+ratios to the reference mode; the results file records the machine.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bkd.engine import cpu_has_native_bf16  # noqa: E402
+from utils.files import save_json  # noqa: E402
+from utils.runtime import machine_info  # noqa: E402
+
+SHARED = os.environ.get("BKD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+MODES = {"reference": ["--reference"], "default": [], "amp": ["--amp"]}
+
+
+def time_mode(flags, workdir):
+    start = time.time()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "blind_knowledge_dist_training.py"), *flags],
+                          cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {' '.join(flags[-3:])} exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+    return time.time() - start
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--shared", default=SHARED, help="the shared data folder (cifar10-jpeg/, cifar-n/)")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "speed.json"))
+    args = p.parse_args(argv)
+    shared = os.path.abspath(args.shared)
+    common = ["--preset", "quick", "--num_workers", "2", "--n_epoch", str(args.epochs), "--noisy_val_freq", "1000",
+              "--clean_test_freq", "1000", "--dataset", "cifar10", "--noise_type", "worst", "--seed", "0", "--device", "cpu",
+              "--no_download", "--data_root", os.path.join(shared, "cifar10-jpeg"),
+              "--noise_path", os.path.join(shared, "cifar-n", "CIFAR-10_human.pt")]
+    modes = dict(MODES) if cpu_has_native_bf16() else {k: v for k, v in MODES.items() if k != "amp"}
+    seconds = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, flags in modes.items():
+            seconds[name] = time_mode(common + flags + ["--results_dir", os.path.join(workdir, name)], workdir)
+            print(f"{name:>9}: {seconds[name]:7.1f} s  ({seconds['reference'] / seconds[name]:.2f}x the reference mode)",
+                  flush=True)
+    if "amp" not in modes:
+        print("amp: not measured: this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+    ratios = {name: seconds["reference"] / s for name, s in seconds.items()}
+    save_json({"epochs": args.epochs, "seconds": seconds, "speedup_vs_reference": ratios, "machine": machine_info(),
+               "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:])}, args.out)
+    print(f"written to {os.path.relpath(args.out, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
