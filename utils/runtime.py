@@ -79,6 +79,8 @@ def machine_info():
     info = {
         "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
+                            for name in ("avx512_bf16", "amx_tile")},
         "cpu_count": os.cpu_count(),
         "num_threads": torch.get_num_threads(),
         "num_interop_threads": torch.get_num_interop_threads(),
