@@ -76,10 +76,7 @@ def run_local(runs, train_flags=(), eval_flags=(), parallel=None, per_gpu=1, cpu
             free.put(env)
             log(f"== {run.name}: {describe(outcome)}")
             if sequential and outcome["outcome"] == "done":
-                for name in ("learning.log", "detection.log"):
-                    with open(run.file(name)) as fh:
-                        log(fh.read().rstrip("\n"))
-                log(f"== {run.name}: outputs in {run.path}")
+                show_results(run, log)
 
     def stop_all(signum, frame):
         first = not interrupted.is_set()
@@ -106,6 +103,14 @@ def run_local(runs, train_flags=(), eval_flags=(), parallel=None, per_gpu=1, cpu
     for run in runs:
         outcomes.setdefault(run.name, {"outcome": "interrupted", "log": run.file("training.log")})
     return outcomes
+
+
+def show_results(run, log):
+    """A finished run's evaluation logs, when runs go one at a time (as the original's run.sh showed them)."""
+    for name in ("learning.log", "detection.log"):
+        with open(run.file(name)) as fh:
+            log(fh.read().rstrip("\n"))
+    log(f"== {run.name}: outputs in {run.path}")
 
 
 def describe(outcome):
