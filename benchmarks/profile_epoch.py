@@ -1,0 +1,89 @@
+"""Where an epoch goes: each phase of a warm-up and a robust epoch of the quick preset, timed alone.
+
+    python benchmarks/profile_epoch.py [--out benchmarks/results/profile_epoch.json]
+
+The quick preset's data and network (CIFAR-10N worst, seed 0, 4,000 images, width 16), built as a
+run builds them (bkd.run.build), in the default mode and in the reference mode: the training pass
+of a warm-up epoch and of a robust epoch, the full-set pass, the validation and test passes, and
+the bookkeeping of an epoch's end (resume state and metrics.json written, data fingerprint).
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from bkd.config import TrainConfig  # noqa: E402
+from bkd.engine import StopFlag, evaluate, group_alphas, train_epoch  # noqa: E402
+from bkd.outputs import Listener  # noqa: E402
+from bkd.run import build, full_set_pass, resume_state  # noqa: E402
+from bkd.state import MethodState  # noqa: E402
+from data.setup import load_run_data  # noqa: E402
+from flags import PRESETS  # noqa: E402
+from utils.files import save_json, save_torch  # noqa: E402
+from utils.runtime import machine_info, set_global_seeds  # noqa: E402
+
+SHARED = os.environ.get("BKD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+
+
+def timed(fn):
+    start = time.time()
+    fn()
+    return time.time() - start
+
+
+def profile(data, reference):
+    quick = {k: v for k, v in PRESETS["quick"].items() if k != "subset"}
+    config = TrainConfig(**quick, num_workers=2, reference=reference)
+    set_global_seeds(0)
+    t = build(config, data, torch.device("cpu"), Listener(), log=lambda *a: None)
+    state, stop, quiet = MethodState(), StopFlag(), (lambda *a: None)
+    common = dict(epoch=0, n_epoch=config.n_epoch, num_classes=10, print_freq=10 ** 6, channels_last=t.channels_last, log=quiet)
+    out = {}
+    seconds = {"training pass, warm-up": timed(lambda: out.update(train_epoch(*t.nets, t.loaders["train"], t.optimizer,
+                                                                              t.precision, **common)))}
+    state.stats[0] = {}
+    seconds["full-set pass"] = timed(lambda: full_set_pass(t, state, 0, stop, config.seed))
+    for view in ("val", "test"):
+        seconds[f"{view} pass"] = timed(lambda: evaluate(*t.nets, t.loaders[view], t.precision, t.channels_last,
+                                                         autograd=t.computation.eval_autograd))
+    groups = np.random.RandomState(0).randint(1, 5, len(data.train_pos))
+    alpha = group_alphas(groups, config.alphas, "cpu")
+    seconds["training pass, robust"] = timed(lambda: train_epoch(*t.nets, t.loaders["train"], t.optimizer, t.precision,
+                                                                 sample_alpha=alpha, **common))
+    with tempfile.TemporaryDirectory() as tmp:
+        seconds["epoch end: resume state + metrics.json"] = timed(lambda: (
+            save_torch(resume_state(t, state, 0), os.path.join(tmp, "state.pth.tar")),
+            save_json({"mean_top_student": [out["mean_top_student"]]}, os.path.join(tmp, "metrics.json"))))
+    seconds["data fingerprint (once per run)"] = timed(data.fingerprint)
+    return seconds
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", default=SHARED)
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "profile_epoch.json"))
+    args = p.parse_args(argv)
+    shared = os.path.abspath(args.shared)
+    ns = SimpleNamespace(dataset="cifar10", noise_type="worst", seed=0, val_ratio=0.1, subset=PRESETS["quick"]["subset"],
+                         data_root=os.path.join(shared, "cifar10-jpeg"), noise_path=os.path.join(shared, "cifar-n", "CIFAR-10_human.pt"),
+                         no_download=True)
+    data = load_run_data(ns)
+    results = {mode: profile(data, mode == "reference") for mode in ("default", "reference")}
+    print("| phase | default (s) | reference (s) |\n|---|---|---|")
+    for phase in results["default"]:
+        print(f"| {phase} | {results['default'][phase]:.2f} | {results['reference'][phase]:.2f} |")
+    save_json({"seconds": results, "machine": machine_info()}, args.out)
+    print(f"written to {os.path.relpath(args.out, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
