@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from bkd.config import TrainConfig, resolve_computation, uses_pil_workers
+from bkd.config import TrainConfig, check_config, resolve_computation, uses_pil_workers
 from bkd.method import first_detectable_epoch
 from bkd.outputs import Listeners, RunFiles
 from bkd.run import fit
@@ -84,10 +84,7 @@ def check_args(args):
         if args.overfitting_epoch < 0 or acted >= args.n_epoch:
             raise UsageError(f"--overfitting_epoch {args.overfitting_epoch} would be acted upon after epoch {acted}, "
                              f"outside 0..{args.n_epoch - 1}; give an epoch below {args.n_epoch - 5} or more --n_epoch")
-    if args.reference:
-        clash = [f"--{k}" for k in ("amp", "compile", "detach_robust_target") if getattr(args, k)]
-        if clash:
-            raise UsageError(f"--reference runs the original's computation; drop {', '.join(clash)}")
+    check_config(TrainConfig.from_namespace(args))
 
 
 def log(message=""):

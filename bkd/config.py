@@ -7,6 +7,8 @@ autograd, its end-of-training overwrite and its CIFAR-100 validation normalisati
 """
 from dataclasses import dataclass, fields
 
+from utils.errors import UsageError
+
 
 @dataclass
 class TrainConfig:
@@ -63,6 +65,13 @@ class Computation:
     @property
     def name(self):
         return "reference mode" if self.eval_autograd else f"loader {self.loader}"
+
+
+def check_config(config):
+    """Flags that contradict the reference mode: one line naming them."""
+    clash = [f"--{name}" for name in ("amp", "compile", "detach_robust_target") if getattr(config, name)]
+    if config.reference and clash:
+        raise UsageError(f"--reference runs the original's computation; drop {', '.join(clash)}")
 
 
 def resolve_computation(config, device):

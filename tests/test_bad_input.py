@@ -77,6 +77,7 @@ TRAINING_CASES = [
     (["--momentum", "-0.9"], 2, "--momentum -0.9 must be 0 or positive"),
     (["--weight_decay", "-1"], 2, "--weight_decay -1.0 must be 0 or positive"),
     (["--image_size", "100000"], 2, "--image_size 100000 must be between 8 and 1024"),
+    (["--reference", "--amp", "--compile"], 2, "--reference runs the original's computation; drop --amp, --compile"),
 ]
 
 
