@@ -15,7 +15,7 @@ from bkd.outputs import Listeners, RunFiles
 from bkd.run import fit
 from bkd.trace import TraceListener, TraceRecorder
 from data.setup import check_same_data, load_run_data
-from flags import base_parser, parse, require_non_negative, require_positive, require_unit_interval
+from flags import base_parser, parse
 from utils import checkpoint as ck
 from utils import logfmt
 from utils.errors import DataError, DivergedError, Interrupted, RunDirError, UsageError, first_line, run_cli
@@ -68,23 +68,16 @@ def build_parser():
 
 
 def check_args(args):
-    require_positive(args, "n_epoch", "batch_size", "lr", "print_freq", "clean_test_freq", "noisy_val_freq", "width", "lr_step")
-    if args.eval_batch_size < 0:
-        raise UsageError(f"--eval_batch_size {args.eval_batch_size} must be positive (0 = automatic)")
-    require_non_negative(args, "momentum", "weight_decay")
-    require_unit_interval(args, "alpha1", "alpha2", "alpha3", "alpha4")
+    check_config(TrainConfig.from_namespace(args))  # the training values (shared with the Python API)
     if args.subset < 0:
         raise UsageError(f"--subset {args.subset} must be 0 (all images) or a positive count")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pick one")
-    if args.num_workers < 0:
-        raise UsageError(f"--num_workers {args.num_workers} must be >= 0")
     if args.overfitting_epoch is not None:
         acted = first_detectable_epoch(args.overfitting_epoch)
         if args.overfitting_epoch < 0 or acted >= args.n_epoch:
             raise UsageError(f"--overfitting_epoch {args.overfitting_epoch} would be acted upon after epoch {acted}, "
                              f"outside 0..{args.n_epoch - 1}; give an epoch below {args.n_epoch - 5} or more --n_epoch")
-    check_config(TrainConfig.from_namespace(args))
 
 
 def log(message=""):
@@ -149,7 +142,7 @@ def load_resume_state(run, args):
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise DataError(f"{path}: unreadable resume state ({first_line(err)}); start again with --overwrite") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict):
+    if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict) or not isinstance(saved.get("epoch"), int):
         raise DataError(f"{path}: not a resume state of this project; start again with --overwrite")
     flags = saved["args"]
     for key, value in resume_flags(args).items():

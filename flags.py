@@ -73,24 +73,3 @@ def parse(parser, argv=None):
 
 def _has(parser, dest):
     return any(action.dest == dest for action in parser._actions)
-
-
-def require_positive(args, *names):
-    for name in names:
-        value = getattr(args, name)
-        if not value > 0:
-            raise UsageError(f"--{name} {value} must be positive")
-
-
-def require_non_negative(args, *names):
-    for name in names:
-        value = getattr(args, name)
-        if not value >= 0:
-            raise UsageError(f"--{name} {value} must be 0 or positive")
-
-
-def require_unit_interval(args, *names):
-    for name in names:
-        value = getattr(args, name)
-        if not 0 <= value <= 1:
-            raise UsageError(f"--{name} {value} must be in [0, 1]")

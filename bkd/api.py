@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from bkd.config import TrainConfig
+from bkd.config import TrainConfig, check_config
 from bkd.engine import StopFlag
 from bkd.issues import rank_label_issues
 from bkd.outputs import Listeners, Results, RunFiles
@@ -50,6 +50,7 @@ def find_label_issues(images, labels, *, classes=None, ids=None, val_ratio=0.1, 
         raise UsageError(f"find_label_issues: unknown argument(s) {', '.join(unknown)}; the training flags are "
                          f"{', '.join(sorted(known))}, val_ratio, subset, device, run_dir, classes, ids")
     config = TrainConfig(**flags)
+    check_config(config)
     data = choose_images(custom_source(from_arrays(images, labels, classes, ids)), subset, config.seed, val_ratio)
     device = resolve_device(device)
     log = print if verbose else _quiet

@@ -67,8 +67,20 @@ class Computation:
         return "reference mode" if self.eval_autograd else f"loader {self.loader}"
 
 
+POSITIVE = ("n_epoch", "batch_size", "lr", "print_freq", "clean_test_freq", "noisy_val_freq", "width", "lr_step")
+
+
 def check_config(config):
-    """Flags that contradict the reference mode: one line naming them."""
+    """One line naming a bad value (the flag's name: the script's flags and the API's arguments are the same)."""
+    for name in POSITIVE:
+        if not getattr(config, name) > 0:
+            raise UsageError(f"--{name} {getattr(config, name)} must be positive")
+    for name in ("momentum", "weight_decay", "eval_batch_size", "num_workers"):
+        if not getattr(config, name) >= 0:
+            raise UsageError(f"--{name} {getattr(config, name)} must be 0 or positive")
+    for name in ("alpha1", "alpha2", "alpha3", "alpha4"):
+        if not 0 <= getattr(config, name) <= 1:
+            raise UsageError(f"--{name} {getattr(config, name)} must be in [0, 1]")
     clash = [f"--{name}" for name in ("amp", "compile", "detach_robust_target") if getattr(config, name)]
     if config.reference and clash:
         raise UsageError(f"--reference runs the original's computation; drop {', '.join(clash)}")

@@ -81,3 +81,13 @@ def test_api_refuses_unknown_arguments_and_bad_data(flipped_set):
         find_label_issues(images, given, epochs=3)
     with pytest.raises(DataError, match="x_train must be uint8"):
         find_label_issues(images.astype(np.float32), given)
+
+
+def test_api_checks_values_as_the_script_does(flipped_set):
+    from utils.errors import UsageError
+
+    images, given, _ = flipped_set
+    for bad, message in ((dict(n_epoch=0), "--n_epoch 0 must be positive"), (dict(alpha4=1.5), "--alpha4 1.5 must be in"),
+                         (dict(reference=True, amp=True), "drop --amp")):
+        with pytest.raises(UsageError, match=message):
+            find_label_issues(images, given, **bad)
