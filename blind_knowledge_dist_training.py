@@ -20,7 +20,7 @@ from utils import checkpoint as ck
 from utils import logfmt
 from utils.errors import DataError, DivergedError, Interrupted, RunDirError, UsageError, first_line, run_cli
 from utils.files import portable
-from utils.runtime import machine_info, resolve_device, set_global_seeds
+from utils.runtime import machine_info, resolve_device
 
 DEFAULTS = TrainConfig()  # the original's defaults, shared with the Python API (bkd.api)
 
@@ -101,8 +101,7 @@ def main(argv=None):
 
 def train(args, device, run):
     """Data, files and trace around one bkd.run.fit."""
-    time_start = time.time()
-    set_global_seeds(args.seed)
+    time_start = time.time()  # (bkd.run.fit seeds python, numpy and torch before the first random draw)
     log(logfmt.device_line(device))
     log(str(device))
     config = TrainConfig.from_namespace(args)

@@ -23,17 +23,9 @@ from utils.hashing import array_sha256, file_sha256
 from utils.runtime import machine_info
 
 
-def tensor_sha256(value):
-    """sha256 of a tensor's / array's raw bytes in its own dtype, C-contiguous, on the CPU."""
-    return array_sha256(value)
-
-
 def state_sha256(module):
     """One sha256 over the bytes of every state-dict value, in state-dict order (names not hashed)."""
-    digest = hashlib.sha256()
-    for value in module.state_dict().values():
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return array_sha256(*module.state_dict().values())
 
 
 class TraceRecorder:
@@ -62,8 +54,8 @@ class TraceRecorder:
     def iteration(self, epoch, i, idx, x, y, target, loss, naive, comp):
         self.trace["iterations"].append({
             "epoch": epoch, "iter": i, "batch": len(y),
-            "index_sha256": tensor_sha256(idx), "img_sha256": tensor_sha256(x), "labels_sha256": tensor_sha256(y),
-            "target_sha256": tensor_sha256(target),
+            "index_sha256": array_sha256(idx), "img_sha256": array_sha256(x), "labels_sha256": array_sha256(y),
+            "target_sha256": array_sha256(target),
             "loss": loss.item(), "naive_loss": naive.item(), "compensation_loss": comp.item(),
         })
 
@@ -91,7 +83,7 @@ class TraceRecorder:
         np.save(buffer, flagged)  # the bytes np.save writes to detection.npy
         digest = hashlib.sha256(buffer.getvalue()).hexdigest()
         self.trace["detection_sha256"] = digest
-        self.trace["detection"] = {"file_sha256": digest, "array_sha256": tensor_sha256(flagged),
+        self.trace["detection"] = {"file_sha256": digest, "array_sha256": array_sha256(flagged),
                                    "sum": int(flagged.sum()), "len": len(flagged), "dtype": str(flagged.dtype)}
 
     def save(self):
@@ -132,12 +124,12 @@ class TraceListener:
         row = dict(row)
         label_prob = row.pop("train_label_prob", None)
         if label_prob is not None:  # pT[y], pS[y], pA[y] of the training pass
-            row.update(train_agreement_sha256=tensor_sha256(label_prob["agreement"]),
-                       train_teacher_prob_sha256=tensor_sha256(label_prob["teacher"]),
-                       train_student_prob_sha256=tensor_sha256(label_prob["student"]))
+            row.update(train_agreement_sha256=array_sha256(label_prob["agreement"]),
+                       train_teacher_prob_sha256=array_sha256(label_prob["teacher"]),
+                       train_student_prob_sha256=array_sha256(label_prob["student"]))
         full = row.pop("full_agreement", None)
         if full is not None:
-            row["full_agreement_sha256"] = tensor_sha256(full)
+            row["full_agreement_sha256"] = array_sha256(full)
         self.recorder.epoch(row, teacher, student)
         self.recorder.save()
 
@@ -160,16 +152,16 @@ def run_config(args, data, init_hashes):
         "npz_sha256": file_sha256(images) if images and os.path.isfile(images) and images.endswith(".npz") else None,
         "noise_path_sha256": file_sha256(data.label_path) if data.label_path else None,
         "subset_size": len(data.subset),
-        "subset_sha256": tensor_sha256(np.asarray(data.subset, dtype=np.int64)),
+        "subset_sha256": array_sha256(np.asarray(data.subset, dtype=np.int64)),
         "n_train_full": len(data.subset),
         "n_train_split": len(train_pos),
         "n_val_split": len(val_pos),
         "n_test": 0 if data.y_test is None else len(data.y_test),
-        "train_positions_sha256": tensor_sha256(train_pos),
-        "val_positions_sha256": tensor_sha256(val_pos),
+        "train_positions_sha256": array_sha256(train_pos),
+        "val_positions_sha256": array_sha256(val_pos),
         "val_positions_first10": val_pos[:10].tolist(),
-        "train_noisy_labels_sha256": tensor_sha256(data.labels[train_pos].astype(np.int64)),
-        "full_noisy_labels_sha256": tensor_sha256(data.labels.astype(np.int64)),
+        "train_noisy_labels_sha256": array_sha256(data.labels[train_pos].astype(np.int64)),
+        "full_noisy_labels_sha256": array_sha256(data.labels.astype(np.int64)),
         "full_noise_or_not_sum": None if data.truly_noisy is None else int(data.truly_noisy.sum()),
         "teacher_init_sha256": init_hashes[0],
         "student_init_sha256": init_hashes[1],
@@ -177,12 +169,12 @@ def run_config(args, data, init_hashes):
 
 
 def _split_record(stat, split, groups):
-    record = {"p_sha256": tensor_sha256(np.asarray(stat, dtype=np.float32)), "p_len": len(stat),
+    record = {"p_sha256": array_sha256(np.asarray(stat, dtype=np.float32)), "p_len": len(stat),
               "up_mean": split["mu2"], "up_sigma": split["sigma2"], "lo_mean": split["mu1"], "lo_sigma": split["sigma1"],
               "thresh": split["threshold"], "thresh_type": "torch.float32"}
     for k in (1, 2, 3, 4):
         mask = np.asarray(groups) == k
-        record.update({f"group_{k}_size": int(mask.sum()), f"group_{k}_sha256": tensor_sha256(mask),
+        record.update({f"group_{k}_size": int(mask.sum()), f"group_{k}_sha256": array_sha256(mask),
                        f"group_{k}_dtype": "torch.bool"})
     return record
 

@@ -121,12 +121,9 @@ class RunDir:
         existed = os.path.isdir(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
-            probe = self.file(".write_test")
-            with open(probe, "w"):
-                pass
-            os.remove(probe)
         except OSError as err:
             raise RunDirError(f"cannot write to run directory {self.path} ({err.strerror}); pick another --results_dir") from None
+        check_writable(self.path, "pick another --results_dir")
         self._lock = open(self.file(".lock"), "a+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -184,10 +181,7 @@ class RunDir:
     def restore_previous(self):
         """Move the run kept in .previous/ back in place of a new run that completed no epoch."""
         previous = self.file(PREVIOUS)
-        for name in os.listdir(previous):
-            if self.has(name):
-                os.remove(self.file(name))
-        for name in self.existing_artefacts() + [INCOMPLETE] * self.has(INCOMPLETE):
+        for name in self.existing_artefacts() + [INCOMPLETE] * self.has(INCOMPLETE):  # (records are replaced below)
             os.remove(self.file(name))
         for name in os.listdir(previous):
             os.replace(os.path.join(previous, name), self.file(name))
@@ -245,11 +239,15 @@ def check_evaluable(run_dir):
     if not os.path.isdir(run_dir):
         raise DataError(f"{run_dir}: no such run directory; train this run first (blind_knowledge_dist_training.py)")
     read_json_object(os.path.join(run_dir, METRICS))
-    probe = os.path.join(run_dir, ".write_test")
+    check_writable(run_dir, f"the results go into its {METRICS}: make it writable")
+
+
+def check_writable(folder, fix):
+    """One line (exit 4) if a file cannot be created in `folder`, ending with how to `fix` it."""
+    probe = os.path.join(folder, ".write_test")
     try:
         with open(probe, "w"):
             pass
         os.remove(probe)
     except OSError as err:
-        raise RunDirError(f"cannot write to run directory {run_dir} ({err.strerror}); the results go into its {METRICS}: "
-                          "make it writable") from None
+        raise RunDirError(f"cannot write to run directory {folder} ({err.strerror}); {fix}") from None
