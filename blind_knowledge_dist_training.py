@@ -58,7 +58,9 @@ def build_parser():
     p.add_argument("--eval_batch_size", type=int, default=DEFAULTS.eval_batch_size, help="batch size of evaluation passes (0 = 1024 on CUDA, 256 on CPU)")
     p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast (CUDA: fp16 with gradient scaling where bf16 is missing; a CPU needs native bf16, AVX-512 BF16 or AMX); not yet validated against fp32")
     p.add_argument("--no_channels_last", action="store_true", help="keep the NCHW memory format (channels-last is faster on CUDA and CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile both networks")
+    p.add_argument("--compile", action="store_const", const=True, default=DEFAULTS.compile,
+                   help="torch.compile both networks (default: from --width 16, where it pays; eager if it fails)")
+    p.add_argument("--no_compile", dest="compile", action="store_const", const=False, help="run the networks eager")
     p.add_argument("--overfitting_epoch", type=int, default=None,
                    help="skip the confidence rule and split at this (0-based) epoch, acted upon when the rule could first have found it")
     p.add_argument("--trace", type=str, default=None, help="write the run's trace (golden-trace schema) to this JSON file")
@@ -119,7 +121,8 @@ def train(args, device, run):
     trace = TraceListener(TraceRecorder(args.trace, resume_epoch=saved["epoch"] if saved else 0), args, data) if args.trace else None
     log(logfmt.ours(f"{args.dataset} {args.noise_type}, seed {args.seed}: {len(data.train_pos)} training / "
                     f"{len(data.val_pos)} validation / {len(data.labels)} detection images, PreResNet18 width {args.width}, "
-                    f"device {device} ({'mixed precision' if computation.amp else 'fp32'}), {computation.name}, "
+                    f"device {device} ({'mixed precision' if computation.amp else 'fp32'}"
+                    f"{', torch.compile' if computation.compile else ''}), {computation.name}, "
                     f"run directory {portable(run.path)}"))
     if saved is not None:
         log(logfmt.ours(f"resumed {portable(run.path)} after epoch {saved['epoch'] - 1} of 0..{args.n_epoch - 1}"))

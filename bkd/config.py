@@ -31,7 +31,7 @@ class TrainConfig:
     loader: str = "device"  # "device" or "torchvision" (the original's PIL workers)
     eval_batch_size: int = 0  # 0: 1024 on CUDA, 256 on the CPU
     amp: bool = False
-    compile: bool = False
+    compile: bool = None  # torch.compile both networks; None: where it pays (compiles)
     no_channels_last: bool = False
     overfitting_epoch: int = None  # force the split at this epoch instead of the confidence rule
     detach_robust_target: bool = False  # not the original: no gradient from the robust target into the student
@@ -67,6 +67,17 @@ class Computation:
         return "reference mode" if self.eval_autograd else f"loader {self.loader}"
 
 
+# torch.compile costs about a minute on a CPU the first time (less from the on-disk cache) and saves a share of
+# every step that grows with the network: from width 16 (the quick preset) it pays back within a quick run;
+# below, a whole run is seconds (README, 'Performance').
+COMPILE_MIN_WIDTH = 16
+
+
+def compiles(config):
+    """--compile / --no_compile as asked; by default, for networks from COMPILE_MIN_WIDTH channels."""
+    return config.compile if config.compile is not None else config.width >= COMPILE_MIN_WIDTH
+
+
 POSITIVE = ("n_epoch", "batch_size", "lr", "print_freq", "clean_test_freq", "noisy_val_freq", "width", "lr_step")
 
 
@@ -93,7 +104,7 @@ def resolve_computation(config, device):
         return Computation("torchvision", config.batch_size, False, None, True, True, True, False, False)
     eval_batch = config.eval_batch_size or (1024 if device.type == "cuda" else 256)
     return Computation(config.loader, eval_batch, not config.no_channels_last, True, False, False,
-                       config.legacy_cifar100_val_norm, config.amp, config.compile,
+                       config.legacy_cifar100_val_norm, config.amp, compiles(config),
                        defer_full_pass=config.loader == "device")  # its augmentation can be re-drawn for any epoch
 
 

@@ -15,7 +15,7 @@ import torch
 
 from bkd.method import agreement, compensation_loss, label_probability, one_hot, robust_targets, teacher_loss
 from utils import logfmt
-from utils.errors import DivergedError, Interrupted, UsageError
+from utils.errors import DivergedError, Interrupted, UsageError, first_line
 
 
 def cpu_has_native_bf16():
@@ -87,6 +87,68 @@ CPU_CHANNELS_LAST_MIN_WIDTH = 16
 def use_channels_last(requested, device, width):
     """Channels-last when requested, except on a CPU with a network too narrow for oneDNN's 1x1 kernels."""
     return requested and (device.type != "cpu" or width >= CPU_CHANNELS_LAST_MIN_WIDTH)
+
+
+class CompiledPair:
+    """torch.compile for teacher and student, with eager as the fallback.
+
+    One graph per mode and the batch size that mode mostly sees: training batches in train mode and evaluation
+    batches in eval mode. Any other batch size (an epoch's last batch) runs eager, so an odd size costs no
+    compilation; eager and compiled differ in rounding only. The teacher and the student share their graphs
+    (same code, the weights are inputs). If compilation fails or torch.compile is unavailable, both networks run
+    eager from then on, and `log` gets one [bkd] line saying so.
+    """
+
+    def __init__(self, teacher, student, batch_sizes, log):
+        self.nets = (teacher, student)
+        self.batch_sizes = batch_sizes  # {True: training batch size, False: evaluation batch size}
+        self.log = log
+        self.announced = set()
+        try:
+            self.compiled = tuple(torch.compile(net, dynamic=False) for net in self.nets)
+        except Exception as err:  # torch.compile unsupported here (platform, Python version)
+            self._fall_back(err)
+
+    def _fall_back(self, err):
+        self.compiled = None
+        self.log(logfmt.ours(f"torch.compile failed ({first_line(err)}); the networks run eager (--no_compile skips "
+                             "the attempt)"))
+
+    def __call__(self, which, x):
+        net = self.nets[which]
+        if self.compiled is None or len(x) != self.batch_sizes[net.training]:
+            return net(x)
+        mode = "training" if net.training else "evaluation"
+        if mode not in self.announced:
+            self.announced.add(mode)
+            self.log(logfmt.ours(f"torch.compile: compiling the networks for {mode} at batch {len(x)} (once per "
+                                 "process: a minute or two the first time, seconds from the cache; --no_compile skips it)"))
+        try:
+            return self.compiled[which](x)
+        except Exception as err:  # a compiler missing or failing (inductor needs a C++ compiler on a CPU)
+            self._fall_back(err)
+            return net(x)
+
+    @property
+    def teacher(self):
+        return _Forward(self, 0)
+
+    @property
+    def student(self):
+        return _Forward(self, 1)
+
+
+class _Forward:
+    """One network of a CompiledPair: called like the network, and the network for everything else."""
+
+    def __init__(self, pair, which):
+        self.pair, self.which = pair, which
+
+    def __call__(self, x):
+        return self.pair(self.which, x)
+
+    def __getattr__(self, name):  # train(), eval(), parameters(), ...
+        return getattr(self.pair.nets[self.which], name)
 
 
 def progress(iterable, description, total=None):

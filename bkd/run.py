@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bkd.config import resolve_computation
-from bkd.engine import (CPU_CHANNELS_LAST_MIN_WIDTH, Precision, StopFlag, evaluate, group_alphas, train_epoch,
+from bkd.engine import (CPU_CHANNELS_LAST_MIN_WIDTH, CompiledPair, Precision, StopFlag, evaluate, group_alphas, train_epoch,
                         use_channels_last)
 from bkd.outputs import Listener
 from bkd.state import MethodState
@@ -83,7 +83,10 @@ def build(config, data, device, listener, log):
     optimizer = torch.optim.SGD(list(teacher.parameters()) + list(student.parameters()), lr=config.lr,
                                 momentum=config.momentum, weight_decay=config.weight_decay, foreach=computation.sgd_foreach)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=0.1)
-    nets = (torch.compile(teacher), torch.compile(student)) if computation.compile else (teacher, student)
+    nets = (teacher, student)
+    if computation.compile:
+        pair = CompiledPair(teacher, student, {True: config.batch_size, False: computation.eval_batch_size}, log)
+        nets = (pair.teacher, pair.student)
     precision = Precision(device, amp=computation.amp)
     if precision.enabled:
         log(logfmt.ours(f"--amp: {precision.name} autocast on {device.type} (opt-in: not yet validated against fp32; "

@@ -1,0 +1,95 @@
+"""torch.compile of both networks: on where it pays, eager for odd batch sizes, eager with one line where it fails."""
+import numpy as np
+import torch
+
+from bkd.config import COMPILE_MIN_WIDTH, TrainConfig, resolve_computation
+from bkd.engine import CompiledPair
+from models.preact_resnet import PreResNet18
+from tests.cli import run, tiny_flags
+
+CPU = torch.device("cpu")
+
+
+def _pair_of_nets():
+    torch.manual_seed(0)
+    teacher, student = PreResNet18(3, width=2), PreResNet18(3, width=2)
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():  # running statistics of their own, so that eval mode is not the identity
+        teacher(x), student(x)
+    return teacher.eval(), student.eval()
+
+
+def test_compile_by_default_from_the_quick_presets_width_and_never_in_reference_mode():
+    assert resolve_computation(TrainConfig(width=COMPILE_MIN_WIDTH), CPU).compile
+    assert not resolve_computation(TrainConfig(width=COMPILE_MIN_WIDTH - 1), CPU).compile  # the tests' networks
+    assert resolve_computation(TrainConfig(width=4, compile=True), CPU).compile
+    assert not resolve_computation(TrainConfig(width=64, compile=False), CPU).compile
+    assert not resolve_computation(TrainConfig(width=64, reference=True), CPU).compile
+
+
+def test_a_failing_compiler_falls_back_to_eager_once_with_one_line(monkeypatch):
+    teacher, student = _pair_of_nets()
+    calls = []
+
+    def broken(net, **kwargs):
+        def compiled(x):
+            calls.append(len(x))
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nsecond line")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken)
+    lines = []
+    pair = CompiledPair(teacher, student, {True: 4, False: 8}, lines.append)
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(pair.teacher(x), teacher(x)) and torch.equal(pair.student(x), student(x))
+    assert calls == [8]  # tried once, then eager for both networks
+    failed = [line for line in lines if "failed" in line]
+    assert failed == ["[bkd] torch.compile failed (InvalidCxxCompiler: No working C++ compiler found); the networks "
+                      "run eager (--no_compile skips the attempt)"]
+
+
+def test_torch_compile_unavailable_means_eager(monkeypatch):
+    teacher, student = _pair_of_nets()
+
+    def unavailable(net, **kwargs):
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    lines = []
+    pair = CompiledPair(teacher, student, {True: 4, False: 8}, lines.append)
+    with torch.no_grad():
+        x = torch.randn(8, 3, 8, 8)
+        assert torch.equal(pair.student(x), student(x))
+    assert len(lines) == 1 and "not supported on this Python" in lines[0]
+    assert pair.teacher.training is False and next(pair.teacher.parameters()) is next(teacher.parameters())
+
+
+def test_compiled_networks_match_eager_and_odd_batches_run_eager():
+    teacher, student = _pair_of_nets()
+    lines = []
+    pair = CompiledPair(teacher, student, {True: 4, False: 8}, lines.append)
+    x = torch.randn(11, 3, 8, 8)
+    with torch.no_grad():
+        for net, eager in ((pair.teacher, teacher), (pair.student, student)):  # one graph serves both networks
+            torch.testing.assert_close(net(x[:8]), eager(x[:8]), rtol=1e-4, atol=1e-5)
+            assert torch.equal(net(x[8:]), eager(x[8:]))  # a last batch of 3: eager, not a second compilation
+    assert lines == ["[bkd] torch.compile: compiling the networks for evaluation at batch 8 (once per process: a minute "
+                     "or two the first time, seconds from the cache; --no_compile skips it)"]
+
+
+def test_training_script_with_compile_trains_as_eager_does(synthetic_root, tmp_path):
+    common = dict(n_epoch=2, width=4, noisy_val_freq=1, clean_test_freq=1, print_freq=1)
+    out = {}
+    for name, flag in (("compiled", {"compile": True}), ("eager", {})):
+        proc = run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, str(tmp_path / name), **common, **flag),
+                   cwd=str(tmp_path), timeout=600)
+        out[name] = proc.stdout
+    assert "device cpu (fp32, torch.compile)" in out["compiled"] and "torch.compile" not in out["eager"]
+    assert "compiling the networks for training at batch 32" in out["compiled"]
+    assert "compiling the networks for evaluation at batch 256" in out["compiled"]  # the full set: 256 + 144 eager
+    losses = {name: [line for line in text.splitlines() if line.startswith("epoch:   0/  1\titer:")]
+              for name, text in out.items()}
+    assert losses["compiled"][:3] == losses["eager"][:3]  # equal to the printed digits until rounding compounds
+    agreement = {name: np.load(tmp_path / name / "cifar10_worst_seed_0" / "agreement.npy") for name in out}
+    assert agreement["compiled"].shape == agreement["eager"].shape and np.isfinite(agreement["compiled"]).all()
