@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from bkd.config import TrainConfig, check_config, resolve_computation, uses_pil_workers
+from bkd.config import TrainConfig, check_config, compiles, resolve_computation, uses_pil_workers
 from bkd.method import first_detectable_epoch
 from bkd.outputs import Listeners, RunFiles
 from bkd.run import fit
@@ -133,8 +133,9 @@ def train(args, device, run):
 
 
 def resume_flags(args):
-    names = RESUME_MUST_MATCH + (RESUME_MUST_MATCH_TORCHVISION if uses_pil_workers(TrainConfig.from_namespace(args)) else ())
-    return {k: getattr(args, k) for k in names}
+    config = TrainConfig.from_namespace(args)
+    names = RESUME_MUST_MATCH + (RESUME_MUST_MATCH_TORCHVISION if uses_pil_workers(config) else ())
+    return dict({k: getattr(args, k) for k in names}, compile=compiles(config))  # as resolved: on or off
 
 
 def load_resume_state(run, args):

@@ -74,7 +74,9 @@ COMPILE_MIN_WIDTH = 16
 
 
 def compiles(config):
-    """--compile / --no_compile as asked; by default, for networks from COMPILE_MIN_WIDTH channels."""
+    """--compile / --no_compile as asked; by default, for networks from COMPILE_MIN_WIDTH channels; never with --reference."""
+    if config.reference:
+        return False
     return config.compile if config.compile is not None else config.width >= COMPILE_MIN_WIDTH
 
 

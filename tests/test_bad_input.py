@@ -129,6 +129,10 @@ def test_resume_without_state_and_with_changed_flags(finished_run, synthetic_roo
     run_dir, before = finished_run
     code, err = call(training, tiny_flags(synthetic_root, "unused", run_dir=run_dir, resume=True, n_epoch=2, noisy_val_freq=1, lr=0.05), capsys)
     assert code == 2 and "--lr 0.05 differs from the run being resumed (0.02)" in err, err
+    # trained eager (width 8: compilation off by default); compiled would round differently
+    code, err = call(training, tiny_flags(synthetic_root, "unused", run_dir=run_dir, resume=True, n_epoch=2, noisy_val_freq=1,
+                                          compile=True), capsys)
+    assert code == 2 and "--compile True differs from the run being resumed (False)" in err, err
     assert digests(run_dir) == before
 
 
