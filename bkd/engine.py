@@ -124,7 +124,8 @@ class CompiledPair:
             self.log(logfmt.ours(f"torch.compile: compiling the networks for {mode} at batch {len(x)} (once per "
                                  "process: a minute or two the first time, seconds from the cache; --no_compile skips it)"))
         try:
-            return self.compiled[which](x)
+            with _backward_compiled_with_forward():
+                return self.compiled[which](x)
         except Exception as err:  # a compiler missing or failing (inductor needs a C++ compiler on a CPU)
             self._fall_back(err)
             return net(x)
@@ -136,6 +137,15 @@ class CompiledPair:
     @property
     def student(self):
         return _Forward(self, 1)
+
+
+def _backward_compiled_with_forward():
+    """Compile the backward graph with the forward graph (torch compiles it at the first backward by default), so
+    that a failure to compile it surfaces here, where the run can still go on eager."""
+    config = torch._functorch.config
+    if not hasattr(config, "force_non_lazy_backward_lowering"):
+        return contextlib.nullcontext()
+    return config.patch(force_non_lazy_backward_lowering=True)
 
 
 class _Forward:
