@@ -142,7 +142,10 @@ class CompiledPair:
 def _backward_compiled_with_forward():
     """Compile the backward graph with the forward graph (torch compiles it at the first backward by default), so
     that a failure to compile it surfaces here, where the run can still go on eager."""
-    config = torch._functorch.config
+    try:
+        from torch._functorch import config
+    except ImportError:
+        return contextlib.nullcontext()
     if not hasattr(config, "force_non_lazy_backward_lowering"):
         return contextlib.nullcontext()
     return config.patch(force_non_lazy_backward_lowering=True)
