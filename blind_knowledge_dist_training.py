@@ -116,7 +116,7 @@ def train(args, device, run):
         check_resumable_data(saved, fingerprint, run.file(ck.STATE))
     computation = resolve_computation(config, device)
     identity = {"args": resume_flags(args), "data": fingerprint, "num_threads": torch.get_num_threads()}
-    flags = {k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()}
+    flags = dict({k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()}, compile=computation.compile)
     files = RunFiles(run, data, config, computation.end_save_overwrites_best, identity, flags, machine_info(), log)
     trace = TraceListener(TraceRecorder(args.trace, resume_epoch=saved["epoch"] if saved else 0), args, data) if args.trace else None
     log(logfmt.ours(f"{args.dataset} {args.noise_type}, seed {args.seed}: {len(data.train_pos)} training / "

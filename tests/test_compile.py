@@ -1,4 +1,6 @@
 """torch.compile of both networks: on where it pays, eager for odd batch sizes, eager with one line where it fails."""
+import json
+
 import numpy as np
 import torch
 
@@ -91,5 +93,8 @@ def test_training_script_with_compile_trains_as_eager_does(synthetic_root, tmp_p
     losses = {name: [line for line in text.splitlines() if line.startswith("epoch:   0/  1\titer:")]
               for name, text in out.items()}
     assert losses["compiled"][:3] == losses["eager"][:3]  # equal to the printed digits until rounding compounds
+    for name in out:  # the run records what it computed with
+        metrics = json.load(open(tmp_path / name / "cifar10_worst_seed_0" / "metrics.json"))
+        assert metrics["config"]["compile"] is (name == "compiled")
     agreement = {name: np.load(tmp_path / name / "cifar10_worst_seed_0" / "agreement.npy") for name in out}
     assert agreement["compiled"].shape == agreement["eager"].shape and np.isfinite(agreement["compiled"]).all()
