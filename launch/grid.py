@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from data.labels import NOISE_TYPES
 from utils import checkpoint as ck
+from utils.files import save_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = (  # name, script, log file, open mode
@@ -83,10 +84,7 @@ def read_json(path):
 def write_record(run, **fields):
     record = read_json(run.file(RECORD)) or {}
     record.update(fields)
-    tmp = run.file(f".{RECORD}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(record, fh, indent=2, sort_keys=True)
-    os.replace(tmp, run.file(RECORD))
+    save_json(record, run.file(RECORD))
 
 
 def progress(run):
