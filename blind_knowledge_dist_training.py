@@ -56,7 +56,7 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run directory")
     p.add_argument("--loader", choices=("device", "torchvision"), default="device", help="input pipeline: batched on the device, or the original's PIL workers")
     p.add_argument("--eval_batch_size", type=int, default=DEFAULTS.eval_batch_size, help="batch size of evaluation passes (0 = 1024 on CUDA, 256 on CPU)")
-    p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast (CUDA: fp16 with gradient scaling where bf16 is missing; a CPU needs native bf16, AVX-512 BF16 or AMX); not yet validated against fp32")
+    p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast (CUDA: fp16 with gradient scaling where bf16 is missing; a CPU needs native bf16, AVX-512 BF16 or AMX); opt-in: it changed the outcome against fp32 on the quick preset")
     p.add_argument("--no_channels_last", action="store_true", help="keep the NCHW memory format (channels-last is faster on CUDA and CPU)")
     p.add_argument("--compile", action="store_const", const=True, default=DEFAULTS.compile,
                    help="torch.compile both networks (default: from --width 16, where it pays; eager if it fails)")
