@@ -19,21 +19,21 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import SHARED, cifar10n_flags  # noqa: E402
+
 from bkd.engine import cpu_has_native_bf16  # noqa: E402
 from bkd.report import SUMMARY_COLUMNS, load_run, markdown, mean_std  # noqa: E402
 from launch.grid import make_grid  # noqa: E402
 from utils.files import save_json  # noqa: E402
 from utils.runtime import machine_info  # noqa: E402
 
-SHARED = os.environ.get("BKD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
 PRECISIONS = {"fp32": [], "bf16 (--amp)": ["--amp"]}
 
 
 def launch(precision_flags, results_dir, args, shared):
     command = [sys.executable, "-m", "launch", "run", "--quick", "--cpu", "--seeds", *map(str, args.seeds),
                "--noise_types", *args.noise_types, "--parallel", str(args.parallel), "--results_dir", results_dir,
-               "--data_root", os.path.join(shared, "cifar10-jpeg"), "--no_download",
-               "--noise_path", os.path.join(shared, "cifar-n", "CIFAR-10_human.pt"), *precision_flags]
+               *cifar10n_flags(shared), *precision_flags]
     if subprocess.run(command, cwd=ROOT).returncode != 0:
         raise SystemExit(f"error: the launch into {os.path.relpath(results_dir, ROOT)} failed (see its logs); "
                          "rerun this command to resume")

@@ -25,6 +25,8 @@ from types import SimpleNamespace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import SHARED  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 from bkd.issues import read_label_issues  # noqa: E402
@@ -34,7 +36,6 @@ from utils.files import portable, save_json  # noqa: E402
 from utils.metrics import PRECISION_AT, detection_scores, ranking_scores  # noqa: E402
 from utils.runtime import machine_info  # noqa: E402
 
-SHARED = os.environ.get("BKD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
 
 
 def main():

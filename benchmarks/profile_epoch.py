@@ -11,7 +11,6 @@ state and metrics.json written, data fingerprint).
 """
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -22,7 +21,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bkd-profile-inductor-")  # compile from nothing
+from benchmarks import SHARED  # noqa: E402
+
 import torch  # noqa: E402
 
 from bkd.config import TrainConfig  # noqa: E402
@@ -35,7 +35,6 @@ from flags import PRESETS  # noqa: E402
 from utils.files import save_json, save_torch  # noqa: E402
 from utils.runtime import machine_info, set_global_seeds  # noqa: E402
 
-SHARED = os.environ.get("BKD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
 
 
 def timed(fn):
@@ -88,13 +87,14 @@ def main(argv=None):
                          data_root=os.path.join(shared, "cifar10-jpeg"), noise_path=os.path.join(shared, "cifar-n", "CIFAR-10_human.pt"),
                          no_download=True)
     data = load_run_data(ns)
-    results = {name: profile(data, mode) for name, mode in MODES.items()}
+    with tempfile.TemporaryDirectory(prefix="bkd-profile-inductor-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # the compiled mode compiles from nothing (read when it compiles)
+        results = {name: profile(data, mode) for name, mode in MODES.items()}
     print("| phase | " + " | ".join(f"{name} (s)" for name in MODES) + " |\n|---|" + "---|" * len(MODES))
     for phase in results["reference"]:
         print(f"| {phase} | " + " | ".join(f"{results[name][phase]:.2f}" for name in MODES) + " |")
     save_json({"seconds": results, "machine": machine_info()}, args.out)
     print(f"written to {os.path.relpath(args.out, ROOT)}")
-    shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 
 if __name__ == "__main__":

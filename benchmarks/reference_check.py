@@ -28,11 +28,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import SHARED, cifar10n_flags  # noqa: E402
+
 from utils.files import portable, save_json  # noqa: E402
 from utils.runtime import machine_info  # noqa: E402
 from bkd.trace import DATA_CONFIG, DATA_ITERATION, compare, compare_logs, trace_machine  # noqa: E402
 
-SHARED = os.environ.get("BKD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
 LOGS = ("training", "learning", "detection")
 
 
@@ -57,8 +58,7 @@ def replay(trace_path, workdir, shared=SHARED, floats=None):
     ours_capability = torch.backends.cpu.get_cpu_capability()
     if floats is None:
         floats = ours_capability == capability
-    data = ["--data_root", os.path.join(shared, "cifar10-jpeg"), "--noise_path", os.path.join(shared, "cifar-n", "CIFAR-10_human.pt"),
-            "--results_dir", os.path.join(workdir, "results"), "--no_download", "--reference"]
+    data = cifar10n_flags(shared) + ["--results_dir", os.path.join(workdir, "results"), "--reference"]
     ours_trace = os.path.join(workdir, "trace.json")
     train = golden_flags(theirs) + data + ["--device", "cpu", "--trace", ours_trace]
     if not floats:  # the trace's schedule of work, whatever this CPU's rounding makes of the confidence curve

@@ -21,11 +21,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import SHARED, cifar10n_flags  # noqa: E402
+
 from bkd.engine import cpu_has_native_bf16  # noqa: E402
 from utils.files import save_json  # noqa: E402
 from utils.runtime import machine_info  # noqa: E402
 
-SHARED = os.environ.get("BKD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
 # name: (flags, compilation cache), in the order they run; "empty" starts a new cache, "filled" reuses it
 MODES = {
     "reference": (["--reference"], None),
@@ -56,8 +57,7 @@ def main(argv=None):
     shared = os.path.abspath(args.shared)
     common = ["--preset", "quick", "--num_workers", "2", "--n_epoch", str(args.epochs), "--noisy_val_freq", "1000",
               "--clean_test_freq", "1000", "--dataset", "cifar10", "--noise_type", "worst", "--seed", "0", "--device", "cpu",
-              "--no_download", "--data_root", os.path.join(shared, "cifar10-jpeg"),
-              "--noise_path", os.path.join(shared, "cifar-n", "CIFAR-10_human.pt")]
+              *cifar10n_flags(shared)]
     amp = cpu_has_native_bf16()
     modes = {name: mode for name, mode in MODES.items() if amp or "--amp" not in mode[0]}
     seconds = {}
