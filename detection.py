@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from data.setup import load_run_labels
-from utils import checkpoint as ck
+from bkd import rundir as rd
 from utils import logfmt
 from flags import base_parser, parse
 from utils.errors import DataError, first_line, run_cli
@@ -61,17 +61,17 @@ def load_true_labels(path, given, num_classes):
 def main(argv=None):
     args = parse(build_parser(), argv)
     set_global_seeds(args.seed)
-    run_dir = ck.resolve_run_dir(args)
-    ck.check_evaluable(run_dir)
-    data = load_run_labels(args, run_dir, val_ratio=0.0)  # needs no images: training checked the labels against them
+    run_dir = rd.resolve_run_dir(args)
+    rd.check_evaluable(run_dir)
+    data = load_run_labels(args, rd.saved_subset(run_dir), val_ratio=0.0)  # needs no images: training checked the labels against them
     for line in data.banner:
         print(line)
-    flagged = load_detection(os.path.join(run_dir, ck.DETECTION), len(data.labels))
-    label_prob = load_agreement(os.path.join(run_dir, ck.AGREEMENT), len(data.labels))
+    flagged = load_detection(os.path.join(run_dir, rd.DETECTION), len(data.labels))
+    label_prob = load_agreement(os.path.join(run_dir, rd.AGREEMENT), len(data.labels))
     truly_noisy, scope = data.truly_noisy, "labels"
     if truly_noisy is None:
         summary = per_class(flagged, data.labels, data.classes)
-        update_json(os.path.join(run_dir, ck.METRICS), {"flagged": summary})
+        update_json(os.path.join(run_dir, rd.METRICS), {"flagged": summary})
         if args.true_labels is None:
             return
         audited, truly_noisy = load_true_labels(args.true_labels, data.labels, data.info["num_classes"])
@@ -85,7 +85,7 @@ def main(argv=None):
     if label_prob is not None:  # the ranking behind label_issues.csv, and the floor a flagged set must beat
         s.update(ranking_scores(label_prob, truly_noisy))
         print(logfmt.ours(ranking_line(s)))
-    update_json(os.path.join(run_dir, ck.METRICS), {"detection": s})
+    update_json(os.path.join(run_dir, rd.METRICS), {"detection": s})
 
 
 def load_agreement(path, expected_len):
@@ -93,10 +93,10 @@ def load_agreement(path, expected_len):
     try:
         label_prob = np.load(path, allow_pickle=False)
     except Exception as err:
-        print(logfmt.ours(f"{ck.AGREEMENT} not usable ({first_line(err)}): no ranking scores"))
+        print(logfmt.ours(f"{rd.AGREEMENT} not usable ({first_line(err)}): no ranking scores"))
         return None
     if label_prob.shape != (expected_len,):
-        print(logfmt.ours(f"{ck.AGREEMENT} has shape {label_prob.shape}, not ({expected_len},): no ranking scores"))
+        print(logfmt.ours(f"{rd.AGREEMENT} has shape {label_prob.shape}, not ({expected_len},): no ranking scores"))
         return None
     return label_prob
 
@@ -104,7 +104,7 @@ def load_agreement(path, expected_len):
 def per_class(flagged, given, classes):
     """Print and return how many labels are flagged, overall and per given class."""
     print(logfmt.ours(f"{int(flagged.sum())} of {len(flagged)} labels flagged as noisy ({flagged.mean():.1%}); "
-                      f"most suspect first in {ck.LABEL_ISSUES}"))
+                      f"most suspect first in {rd.LABEL_ISSUES}"))
     rows = []
     for c, name in enumerate(classes):
         mine = given == c

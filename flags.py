@@ -2,12 +2,14 @@
 import argparse
 import sys
 
+from bkd.config import DEFAULTS, check_seed_and_split
 from data.cifar import DATA_ROOT_ENV, DATASETS, default_data_root
 from data.labels import NOISE_TYPES, check_noise_type
 from utils.errors import EXIT_USAGE, UsageError
 
-CUSTOM = "custom"
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # 1024 px: 3 MB per image in memory; resize larger ones  # --dataset custom: your own labelled images (data/custom.py)
+CUSTOM = "custom"  # --dataset custom: your own labelled images (data/custom.py)
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # 1024 px: 3 MB per image in memory; resize larger ones
+EVAL_PRINT_FREQ = 50  # the original's learning.py and detection.py default (unused there); training's is DEFAULTS.print_freq
 
 # Small-scale presets. Explicit flags still win over a preset's values.
 PRESETS = {
@@ -29,15 +31,15 @@ class Parser(argparse.ArgumentParser):
 def base_parser(description):
     """The flags every script of the original accepts, with the original's defaults."""
     p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--lr", type=float, default=0.02, help="learning rate")
-    p.add_argument("--val_ratio", type=float, default=0.1, help="share of training images held out as noisy validation set (0 = challenge setting)")
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="learning rate")
+    p.add_argument("--val_ratio", type=float, default=DEFAULTS.val_ratio, help="share of training images held out as noisy validation set (0 = challenge setting)")
     p.add_argument("--noise_type", type=str, default="clean", help="label set: " + ", ".join(NOISE_TYPES))
     p.add_argument("--noise_path", type=str, default=None, help="path of CIFAR-10_human.pt / CIFAR-100_human.pt (default ./data/<file>, downloaded if missing)")
     p.add_argument("--dataset", type=str, default="cifar10", help=" or ".join(DATASETS) + ", or custom: your own images (README, 'Your own data')")
-    p.add_argument("--n_epoch", type=int, default=300, help="number of epochs")
-    p.add_argument("--seed", type=int, default=0, help="seed of python, numpy and torch")
-    p.add_argument("--print_freq", type=int, default=50, help="print a progress line every this many iterations")
-    p.add_argument("--num_workers", type=int, default=4, help="DataLoader workers (--loader torchvision only)")
+    p.add_argument("--n_epoch", type=int, default=DEFAULTS.n_epoch, help="number of epochs")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of python, numpy and torch")
+    p.add_argument("--print_freq", type=int, default=EVAL_PRINT_FREQ, help="print a progress line every this many iterations")
+    p.add_argument("--num_workers", type=int, default=DEFAULTS.num_workers, help="DataLoader workers (--loader torchvision only)")
     # Ours (README, 'Flags added to the original')
     p.add_argument("--data_root", type=str, default=default_data_root(), help=f"folder with CIFAR images (official folders or <dataset>.npz); ${DATA_ROOT_ENV} sets the default")
     p.add_argument("--device", type=str, default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
@@ -64,10 +66,7 @@ def parse(parser, argv=None):
         check_noise_type(args.dataset, args.noise_type)
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
         raise UsageError(f"--image_size {args.image_size} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
-    if not 0 <= args.seed < 2**32:
-        raise UsageError(f"--seed {args.seed} must be in 0..2**32-1 (numpy's seed range)")
-    if not 0 <= args.val_ratio < 1:
-        raise UsageError(f"--val_ratio {args.val_ratio} must be in [0, 1); 0 = no validation set (challenge setting)")
+    check_seed_and_split(args.seed, args.val_ratio)
     return args
 
 

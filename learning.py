@@ -8,9 +8,10 @@ import os
 from bkd.config import ORIGINAL_TEST_BATCH, resolve_evaluation
 from bkd.engine import Precision, evaluate
 from data.loaders import make_loader
-from data.setup import load_run_data, saved_subset
+from data.setup import load_run_data
 from models import PreResNet18
-from utils import checkpoint as ck
+from bkd import rundir as rd
+from utils.checkpoint import load_model
 from utils import logfmt
 from flags import base_parser, parse
 from utils.errors import DataError, run_cli
@@ -27,8 +28,8 @@ def build_parser():
 
 def load_pair(run_dir, teacher_name, student_name, device):
     build = lambda num_classes, width: PreResNet18(num_classes, width)  # noqa: E731
-    teacher, t_ckpt = ck.load_model(os.path.join(run_dir, teacher_name), build)
-    student, s_ckpt = ck.load_model(os.path.join(run_dir, student_name), build)
+    teacher, t_ckpt = load_model(os.path.join(run_dir, teacher_name), build)
+    student, s_ckpt = load_model(os.path.join(run_dir, student_name), build)
     if t_ckpt.get("epoch") != s_ckpt.get("epoch"):
         raise DataError(f"{run_dir}: {teacher_name} (epoch {t_ckpt.get('epoch')}) and {student_name} "
                         f"(epoch {s_ckpt.get('epoch')}) are from different epochs")
@@ -40,13 +41,13 @@ def main(argv=None):
     set_global_seeds(args.seed)
     device = resolve_device(args.device)
     print(logfmt.device_line(device))
-    run_dir = ck.resolve_run_dir(args)
-    ck.check_evaluable(run_dir)
-    data = load_run_data(args, subset=saved_subset(run_dir))
+    run_dir = rd.resolve_run_dir(args)
+    rd.check_evaluable(run_dir)
+    data = load_run_data(args, subset=rd.saved_subset(run_dir))
     for line in data.banner:
         print(line)
     print(logfmt.BUILDING)
-    teacher, student, ckpt = load_pair(run_dir, ck.TEACHER, ck.STUDENT, device)
+    teacher, student, ckpt = load_pair(run_dir, rd.TEACHER, rd.STUDENT, device)
     print(logfmt.BUILT)
     num_classes = data.info["num_classes"]
     if ckpt["state_dict"]["linear.weight"].shape[0] != num_classes:
@@ -54,7 +55,7 @@ def main(argv=None):
                         f"--dataset {args.dataset} has {num_classes}")
     if data.x_test is None:
         print(logfmt.ours("the data has no test set: no test accuracy"))
-        update_json(os.path.join(run_dir, ck.METRICS), {"learning": {"best_epoch": ckpt.get("epoch"), "best_test_acc": None}})
+        update_json(os.path.join(run_dir, rd.METRICS), {"learning": {"best_epoch": ckpt.get("epoch"), "best_test_acc": None}})
         return
     computation = resolve_evaluation(args.reference, args.eval_batch_size)
     test_loader = make_loader(computation.loader, data.x_test, data.y_test, batch_size=computation.eval_batch_size, device=device,
@@ -62,16 +63,16 @@ def main(argv=None):
     precision = Precision(device)
     best_acc = evaluate(teacher, student, test_loader, precision, autograd=computation.eval_autograd, description="test").accuracy
     print(logfmt.learning(best_acc))
-    print(logfmt.ours(f"{ck.TEACHER} / {ck.STUDENT} are from epoch {ckpt.get('epoch')}"), flush=True)
+    print(logfmt.ours(f"{rd.TEACHER} / {rd.STUDENT} are from epoch {ckpt.get('epoch')}"), flush=True)
     results = {"best_epoch": ckpt.get("epoch"), "best_test_acc": best_acc}
-    if os.path.exists(os.path.join(run_dir, ck.TEACHER_LAST)):
-        teacher, student, last = load_pair(run_dir, ck.TEACHER_LAST, ck.STUDENT_LAST, device)
+    if os.path.exists(os.path.join(run_dir, rd.TEACHER_LAST)):
+        teacher, student, last = load_pair(run_dir, rd.TEACHER_LAST, rd.STUDENT_LAST, device)
         last_acc = best_acc  # the same weights when the best epoch is the last (always with --reference)
         if last.get("epoch") != ckpt.get("epoch"):
             last_acc = evaluate(teacher, student, test_loader, precision, autograd=computation.eval_autograd, description="test").accuracy
         print(logfmt.ours(f"last epoch ({last.get('epoch')}) test acc is {last_acc}"))
         results.update(last_epoch=last.get("epoch"), last_test_acc=last_acc)
-    update_json(os.path.join(run_dir, ck.METRICS), {"learning": results})
+    update_json(os.path.join(run_dir, rd.METRICS), {"learning": results})
 
 
 if __name__ == "__main__":

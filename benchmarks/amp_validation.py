@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import SHARED, cifar10n_flags  # noqa: E402
 
-from bkd.engine import cpu_has_native_bf16  # noqa: E402
+from utils.runtime import cpu_native_bf16  # noqa: E402
 from bkd.report import SUMMARY_COLUMNS, load_run, markdown, mean_std  # noqa: E402
 from launch.grid import make_grid  # noqa: E402
 from utils.files import save_json  # noqa: E402
@@ -68,7 +68,7 @@ def main(argv=None):
     p.add_argument("--runs_dir", default=os.path.join(ROOT, "results", "amp_validation"), help="where the runs go")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "amp_validation"))
     args = p.parse_args(argv)
-    if not cpu_has_native_bf16():
+    if not cpu_native_bf16():
         print("amp validation not run: this CPU has no native bf16 (AVX-512 BF16 or AMX), where --amp is refused; "
               "run it on a CPU that has it (the README says the validation is pending until then)")
         return

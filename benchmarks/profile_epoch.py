@@ -25,7 +25,7 @@ from benchmarks import SHARED  # noqa: E402
 
 import torch  # noqa: E402
 
-from bkd.config import TrainConfig  # noqa: E402
+from bkd.config import TrainConfig, resolve_computation  # noqa: E402
 from bkd.engine import StopFlag, evaluate, group_alphas, train_epoch  # noqa: E402
 from bkd.outputs import Listener  # noqa: E402
 from bkd.run import build, full_set_pass, resume_state  # noqa: E402
@@ -50,7 +50,8 @@ def profile(data, mode):
     quick = {k: v for k, v in PRESETS["quick"].items() if k != "subset"}
     config = TrainConfig(**quick, num_workers=2, **mode)
     set_global_seeds(0)
-    t = build(config, data, torch.device("cpu"), Listener(), log=lambda *a: None)
+    device = torch.device("cpu")
+    t = build(config, data, device, resolve_computation(config, device), Listener(), log=lambda *a: None)
     state, stop, quiet = MethodState(), StopFlag(), (lambda *a: None)
     common = dict(epoch=0, n_epoch=config.n_epoch, num_classes=10, print_freq=10 ** 6, channels_last=t.channels_last, log=quiet)
     out = {}
@@ -71,7 +72,7 @@ def profile(data, mode):
                                                                  sample_alpha=alpha, **common))
     with tempfile.TemporaryDirectory() as tmp:
         seconds["epoch end: resume state + metrics.json"] = timed(lambda: (
-            save_torch(resume_state(t, state, 0), os.path.join(tmp, "state.pth.tar")),
+            save_torch(resume_state(t, state, 0, device), os.path.join(tmp, "state.pth.tar")),
             save_json({"mean_top_student": [out["mean_top_student"]]}, os.path.join(tmp, "metrics.json"))))
     seconds["data fingerprint (once per run)"] = timed(data.fingerprint)
     return seconds

@@ -9,8 +9,9 @@ hash), the three standard outputs line by line (elapsed times, label-file paths 
 `[bkd] ` lines aside) and detection.npy. Prints a table of field, ours, theirs; exits 1
 on a difference in what this machine can reproduce.
 
-On a CPU whose kernels differ from the recording machine's (torch's CPU capability, e.g.
-AVX2 here against the traces' AVX512), float rounding differs from the first backward
+On a CPU of another kind than the recording machine's (vendor, family, model and torch's CPU
+capability: an AMD EPYC, with AVX2 or with AVX-512, against the traces' Intel Xeon), oneDNN
+takes other kernels or blocks them differently, and float rounding differs from the first backward
 pass on, and forty epochs amplify it. There the check demands what does not depend on
 rounding: the data, the random streams and the schedule (indices, images, labels and
 one-hot targets of every iteration, the initial weights), with the trace's overfitting
@@ -32,7 +33,8 @@ from benchmarks import SHARED, cifar10n_flags  # noqa: E402
 
 from utils.files import portable, save_json  # noqa: E402
 from utils.runtime import machine_info  # noqa: E402
-from bkd.trace import DATA_CONFIG, DATA_ITERATION, compare, compare_logs, trace_machine  # noqa: E402
+from bkd.trace import DATA_CONFIG, DATA_ITERATION, compare, compare_logs, describe_cpu, same_cpu_kind, trace_machine  # noqa: E402
+from utils.runtime import cpu_kind  # noqa: E402
 
 LOGS = ("training", "learning", "detection")
 
@@ -54,10 +56,10 @@ def replay(trace_path, workdir, shared=SHARED, floats=None):
 
     with open(trace_path) as fh:
         theirs = json.load(fh)
-    capability, threads = trace_machine(theirs)
-    ours_capability = torch.backends.cpu.get_cpu_capability()
+    recorded, threads = trace_machine(theirs)
+    ours_kind = cpu_kind()
     if floats is None:
-        floats = ours_capability == capability
+        floats = same_cpu_kind(ours_kind, recorded)
     data = cifar10n_flags(shared) + ["--results_dir", os.path.join(workdir, "results"), "--reference"]
     ours_trace = os.path.join(workdir, "trace.json")
     train = golden_flags(theirs) + data + ["--device", "cpu", "--trace", ours_trace]
@@ -95,7 +97,7 @@ def replay(trace_path, workdir, shared=SHARED, floats=None):
                 golden_logs[name] = fh.read()
     with open(os.path.join(run_dir, "detection.npy"), "rb") as fh:
         detection_sha = hashlib.sha256(fh.read()).hexdigest()
-    return {"ours": ours, "theirs": theirs, "floats": floats, "capability": (ours_capability, capability),
+    return {"ours": ours, "theirs": theirs, "floats": floats, "cpu": (describe_cpu(ours_kind), describe_cpu(recorded)),
             "threads": threads, "logs": out, "golden_logs": golden_logs, "walls": walls, "detection_sha256": detection_sha}
 
 
@@ -187,8 +189,8 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 1
     rows = table(result)
-    ours_cap, their_cap = result["capability"]
-    print(f"replay of {args.trace}: this CPU {ours_cap}, the trace's {their_cap}, {result['threads']} threads; "
+    ours_cpu, their_cpu = result["cpu"]
+    print(f"replay of {args.trace}: this CPU {ours_cpu}, the trace's {their_cpu}, {result['threads']} threads; "
           + ("every field demanded" if result["floats"] else
              "floats not demanded (other CPU kernels round differently); schedule fixed with --overfitting_epoch"))
     print_table(rows)

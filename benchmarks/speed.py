@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import SHARED, cifar10n_flags  # noqa: E402
 
-from bkd.engine import cpu_has_native_bf16  # noqa: E402
+from utils.runtime import cpu_native_bf16  # noqa: E402
 from utils.files import save_json  # noqa: E402
 from utils.runtime import machine_info  # noqa: E402
 
@@ -58,7 +58,7 @@ def main(argv=None):
     common = ["--preset", "quick", "--num_workers", "2", "--n_epoch", str(args.epochs), "--noisy_val_freq", "1000",
               "--clean_test_freq", "1000", "--dataset", "cifar10", "--noise_type", "worst", "--seed", "0", "--device", "cpu",
               *cifar10n_flags(shared)]
-    amp = cpu_has_native_bf16()
+    amp = cpu_native_bf16()
     modes = {name: mode for name, mode in MODES.items() if amp or "--amp" not in mode[0]}
     seconds = {}
     with tempfile.TemporaryDirectory() as workdir:

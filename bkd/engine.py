@@ -15,29 +15,19 @@ import torch
 
 from bkd.method import agreement, compensation_loss, label_probability, one_hot, robust_targets, teacher_loss
 from utils import logfmt
-from utils.errors import DivergedError, Interrupted, UsageError, first_line
-
-
-def cpu_has_native_bf16():
-    """AVX-512 BF16 or AMX: the CPUs where bf16 autocast pays (elsewhere it runs many times slower than fp32)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+from utils.errors import DivergedError, Interrupted, first_line
 
 
 class Precision:
-    """fp32 by default (as the original). With `amp`: on CUDA bf16 where supported, else fp16 with gradient
-    scaling; on a CPU bf16, only where the CPU has it natively (a one-line refusal elsewhere)."""
+    """The arithmetic of the forward passes: "fp32" (the default, as the original), or mixed precision "bf16" /
+    "fp16" (autocast; fp16 with gradient scaling), as bkd.config.resolve_precision chose it for the device."""
 
-    def __init__(self, device, amp=False):
-        self.device_type = device.type
-        self.enabled = amp and device.type in ("cuda", "cpu")
-        if self.enabled and device.type == "cpu" and not cpu_has_native_bf16():
-            raise UsageError(f"--amp: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 (AVX-512 BF16 "
-                             "or AMX), where bf16 autocast runs many times slower than fp32; drop --amp")
-        self.dtype = torch.float32
-        if self.enabled:
-            self.dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
+    DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, device, name="fp32"):
+        self.device_type, self.name, self.dtype = device.type, name, self.DTYPES[name]
+        self.enabled = name != "fp32"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=name == "fp16")
 
     def autocast(self):
         if not self.enabled:
@@ -49,10 +39,6 @@ class Precision:
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
         self.scaler.update()
-
-    @property
-    def name(self):
-        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
 
 class StopFlag:
@@ -99,13 +85,13 @@ class CompiledPair:
     eager from then on, and `log` gets one [bkd] line saying so.
     """
 
-    def __init__(self, teacher, student, batch_sizes, log):
+    def __init__(self, teacher, student, batch_sizes, log, mode=None):
         self.nets = (teacher, student)
         self.batch_sizes = batch_sizes  # {True: training batch size, False: evaluation batch size}
         self.log = log
         self.announced = set()
         try:
-            self.compiled = tuple(torch.compile(net, dynamic=False) for net in self.nets)
+            self.compiled = tuple(torch.compile(net, dynamic=False, mode=mode) for net in self.nets)
         except Exception as err:  # torch.compile unsupported here (platform, Python version)
             self._fall_back(err)
 
@@ -126,7 +112,9 @@ class CompiledPair:
         try:
             with _backward_compiled_with_forward():
                 return self.compiled[which](x)
-        except Exception as err:  # a compiler missing or failing (inductor needs a C++ compiler on a CPU)
+        except Exception as err:
+            if not compilation_failed(err):  # out of memory, a device-side assert, ...: not the compiler's, not retried
+                raise
             self._fall_back(err)
             return net(x)
 
@@ -137,6 +125,21 @@ class CompiledPair:
     @property
     def student(self):
         return _Forward(self, 1)
+
+
+def compilation_failed(err):
+    """Did torch.compile fail (dynamo or inductor: a graph it cannot trace, a compiler missing or failing)? An error of
+    the computation itself (out of memory, a device-side assert) is not a compilation failure."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return False
+    kinds = []
+    for module, names in (("torch._dynamo.exc", ("TorchDynamoException",)),
+                          ("torch._inductor.exc", ("CppCompileError", "InvalidCxxCompiler", "OperatorIssue",
+                                                   "CppWrapperCodegenError", "SubgraphLoweringException")),
+                          ("triton.compiler.errors", ("CompilationError",))):
+        found = sys.modules.get(module)
+        kinds += [getattr(found, name) for name in names if isinstance(getattr(found, name, None), type)]
+    return isinstance(err, tuple(kinds))
 
 
 def _backward_compiled_with_forward():

@@ -19,15 +19,16 @@ def rank_label_issues(given_prob):
     return np.argsort(np.asarray(given_prob), kind="stable")
 
 
-def write_label_issues(path, given, given_prob, agreed, agreed_prob, groups, classes, ids):
-    """Write the ranked table; every argument but `path` and `classes` has one entry per image (run order)."""
+def write_label_issues(path, given, given_prob, agreed, agreed_prob, groups, classes, ids, positions):
+    """Write the ranked table; every argument but `path` and `classes` has one entry per image of the run (run order);
+    `positions` are the images' indices in the data (x_train, or the folder's sorted order), which the table shows."""
     order = rank_label_issues(given_prob)
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(COLUMNS)
             for rank, i in enumerate(order, 1):
-                writer.writerow([rank, int(i), ids[i], int(given[i]), classes[given[i]], f"{float(given_prob[i]):.6f}",
+                writer.writerow([rank, int(positions[i]), ids[i], int(given[i]), classes[given[i]], f"{float(given_prob[i]):.6f}",
                                  int(agreed[i]), classes[agreed[i]], f"{float(agreed_prob[i]):.6f}", int(groups[i]),
                                  int(groups[i] == 4)])
     return order

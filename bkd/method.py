@@ -64,6 +64,26 @@ def first_detectable_epoch(overfit_epoch):
     return max(overfit_epoch + 2, 5)
 
 
+def may_still_pick(epoch, completed):
+    """Can the rule pick `epoch` once epoch `completed` is done, now or after a later epoch? (It reports an epoch when
+    it first can.) The statistics and, for the deferred full-set pass, the weights of such epochs are kept; no other."""
+    return first_detectable_epoch(epoch) >= completed
+
+
+def latest_forceable_epoch(n_epoch):
+    """The last epoch --overfitting_epoch can name in a run of `n_epoch` epochs (None: the run is too short)."""
+    latest = n_epoch - 3
+    return latest if latest >= 0 and first_detectable_epoch(latest) <= n_epoch - 1 else None
+
+
+# The deferred full-set pass of an epoch (default mode) draws its augmentation from that epoch's own seed, whenever it runs.
+FULL_PASS_SEED_BASE = 1_000_003
+
+
+def full_pass_seed(seed, epoch):
+    return FULL_PASS_SEED_BASE * seed + epoch + 1
+
+
 # Otsu split (the paper's variant) of the agreed label probability into trust groups.
 def otsu_split(values):
     """Return dict(threshold, mu1, mu2, sigma1, sigma2, score) for values in [0, 1].

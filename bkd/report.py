@@ -164,7 +164,7 @@ def _truth(run_dir, m):
     c = m["config"]
     try:
         from data.labels import load_noisy_labels
-        from data.setup import saved_subset
+        from bkd.rundir import saved_subset
 
         noisy, clean = load_noisy_labels(c["dataset"], c["noise_type"], c.get("noise_path"), download=False)
     except Exception:

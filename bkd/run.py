@@ -16,18 +16,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bkd.config import resolve_computation
 from bkd.engine import (CPU_CHANNELS_LAST_MIN_WIDTH, CompiledPair, Precision, StopFlag, evaluate, group_alphas, train_epoch,
                         use_channels_last)
+from bkd.method import full_pass_seed, may_still_pick
 from bkd.outputs import Listener
 from bkd.state import MethodState
 from data.cifar import DATASETS
 from data.loaders import make_loader
 from models import PreResNet18
 from utils import logfmt
-from utils.errors import DataError, UsageError, first_line
+from utils.checkpoint import host_copy
+from utils.errors import DataError, OutOfMemory, UsageError, first_line
 from utils.metrics import detection_scores, ranking_line, ranking_scores
-from utils.runtime import rng_state, set_global_seeds, set_rng_state
+from utils.runtime import cuda_settings, rng_state, set_global_seeds, set_rng_state
 
 
 @dataclass
@@ -65,9 +66,8 @@ class Trainer:
     snapshots: dict = field(default_factory=dict)  # epoch -> weights the overfitting rule may still pick (deferred pass)
 
 
-def build(config, data, device, listener, log):
+def build(config, data, device, computation, listener, log):
     """Teacher, then student (spec 7.3), one SGD over both, StepLR, then the four views (7.4)."""
-    computation = resolve_computation(config, device)
     num_classes = data.info["num_classes"]
     log(logfmt.BUILDING)
     teacher = PreResNet18(num_classes, config.width).to(device)
@@ -87,10 +87,12 @@ def build(config, data, device, listener, log):
     if computation.compile:
         pair = CompiledPair(teacher, student, {True: config.batch_size, False: computation.eval_batch_size}, log)
         nets = (pair.teacher, pair.student)
-    precision = Precision(device, amp=computation.amp)
+    precision = Precision(device, computation.precision)
     if precision.enabled:
-        log(logfmt.ours(f"--amp: {precision.name} autocast on {device.type} (opt-in: on the quick preset it moved the "
-                        "overfitting epoch and lowered detection F1 against fp32; README, 'Performance')"))
+        log(logfmt.ours(f"--amp: {precision.name} autocast on {device.type}"
+                        f"{' with gradient scaling (this GPU has no native bf16)' if precision.name == 'fp16' else ''} "
+                        "(opt-in: on the quick preset it moved the overfitting epoch and lowered detection F1 against fp32; "
+                        "docs/performance.md)"))
     return Trainer(teacher, student, nets, optimizer, scheduler, precision, build_loaders(config, computation, data, device),
                    channels_last, computation)
 
@@ -119,20 +121,32 @@ def build_loaders(config, computation, data, device):
     return loaders
 
 
-def fit(config, data, device, listener=None, log=print, resume=None, resume_name="resume state", stop=None,
+def fit(config, data, device, computation, listener=None, log=print, resume=None, resume_name="resume state", stop=None,
         time_start=None):
-    """Train teacher and student on `data` (a data.setup.RunData); returns the MethodState.
+    """Train teacher and student on `data` (a data.setup.RunData) as `computation` (bkd.config.resolve_computation of
+    `config` on `device`) says; returns the MethodState.
 
     `resume`: a resume state a listener saved at the end of an epoch (continue after it), read from `resume_name`.
     `time_start`: when the script started (the original's `time elapsed` lines count from there).
+    The listener hears `finish()` last, however the run ends.
     """
-    time_start = time_start or time.time()
     listener = listener or Listener()
+    try:
+        with cuda_settings(device, computation.deterministic, computation.tf32):  # before the run's first CUDA operation
+            return _fit(config, data, device, computation, listener, log, resume, resume_name, stop, time_start or time.time())
+    except torch.cuda.OutOfMemoryError as err:
+        raise OutOfMemory(f"{device} ran out of memory ({first_line(err)}); lower --batch_size ({config.batch_size}) or "
+                          f"--eval_batch_size ({computation.eval_batch_size}), or free the device's memory") from None
+    finally:
+        listener.finish()
+
+
+def _fit(config, data, device, computation, listener, log, resume, resume_name, stop, time_start):
     set_global_seeds(config.seed)
-    t = build(config, data, device, listener, log)
+    t = build(config, data, device, computation, listener, log)
     state, start = MethodState(), 0
     if resume is not None:
-        state, start = restore(resume, t, resume_name)
+        state, start = restore(resume, t, resume_name, device)
     listener.start(start)
     stop = stop or StopFlag().install()
     if not state.warmup:
@@ -161,7 +175,7 @@ def fit(config, data, device, listener=None, log=print, resume=None, resume_name
         log(logfmt.elapsed(epoch, time.time() - time_start))
         log()
         t.scheduler.step()
-        listener.epoch_end(epoch, row, t.teacher, t.student, resume_state(t, state, epoch), state)
+        listener.epoch_end(epoch, row, t.teacher, t.student, resume_state(t, state, epoch, device), state)
     return state
 
 
@@ -187,7 +201,7 @@ def after_warmup_epoch(config, data, t, state, epoch, out, row, listener, stop, 
         t.snapshots = {}
         return
     if t.computation.defer_full_pass:  # keep the weights of the epochs the rule may still pick, this one too
-        t.snapshots = {e: w for e, w in t.snapshots.items() if state.still_pickable(e, epoch)}
+        t.snapshots = {e: w for e, w in t.snapshots.items() if may_still_pick(e, epoch + 1)}
         if not last:
             t.snapshots[epoch] = weights_snapshot(t)
     if not t.computation.defer_full_pass or last:
@@ -214,16 +228,13 @@ def full_set_pass(t, state, epoch, stop, seed, weights=None):
         t.teacher.load_state_dict(weights["teacher"])
         t.student.load_state_dict(weights["student"])
     if t.computation.defer_full_pass:
-        t.loaders["full"].reseed(FULL_PASS_SEED_BASE * seed + epoch + 1)  # that epoch's draws, whenever it runs
+        t.loaders["full"].reseed(full_pass_seed(seed, epoch))  # that epoch's draws, whenever it runs
     full = evaluate(*t.nets, t.loaders["full"], t.precision, t.channels_last, description="full set", keep_probs=True)
     if current is not None:
         t.teacher.load_state_dict(current["teacher"])
         t.student.load_state_dict(current["student"])
     state.add_full_stat(epoch, *(v.cpu().numpy() for v in (full.label_prob, full.agreed, full.agreed_prob, full.probs)))
     return full.label_prob
-
-
-FULL_PASS_SEED_BASE = 1_000_003  # per-epoch seeds of the full-set augmentation: seed * base + epoch + 1
 
 
 def split(config, data, t, state, epoch, found_at, listener, log):
@@ -253,6 +264,10 @@ def split(config, data, t, state, epoch, found_at, listener, log):
                               full.get("full_probs")))
 
 
+def _on(device, weights):
+    return {net: {k: v.to(device) for k, v in w.items()} for net, w in weights.items()}
+
+
 def _device(t):
     return next(t.teacher.parameters()).device
 
@@ -269,7 +284,7 @@ def validate_and_test(config, t, state, epoch, row, listener, stop, log):
         if acc > state.best_val:
             log(logfmt.new_best(state.best_val, state.best_epoch))
             state.best_val, state.best_epoch = acc, epoch
-            listener.checkpoint("best_val", epoch, t.teacher, t.student)
+            listener.checkpoint("best_val", epoch, t.teacher, t.student, best=True)
         log(logfmt.validation(epoch, acc, state.best_val, state.best_epoch))
     if "test" in t.loaders and (epoch % config.clean_test_freq == 0 or last):
         stop.check(f"epoch {epoch}, test")
@@ -282,17 +297,20 @@ def validate_and_test(config, t, state, epoch, row, listener, stop, log):
 
 
 def end_of_training(t, state, epoch, listener, log):
-    """The last epoch's weights; the best-by-validation ones stay (the original overwrote them: spec section 6)."""
-    if not t.computation.end_save_overwrites_best and state.best_val == 0.0:  # never a validation accuracy above 0
+    """The last epoch's weights; the best-by-validation ones stay, where the original overwrote them (spec section 6,
+    and the reference mode: its end save is also the best checkpoint)."""
+    overwrites = t.computation.end_save_overwrites_best
+    if not overwrites and state.best_val == 0.0:  # never a validation accuracy above 0
         log(logfmt.ours("no validation accuracy above 0; the best-by-validation weights are the last epoch's"))
-        listener.checkpoint("best_val", epoch, t.teacher, t.student)
-    listener.checkpoint("end_of_training", epoch, t.teacher, t.student)
+        listener.checkpoint("best_val", epoch, t.teacher, t.student, best=True)
+    listener.checkpoint("end_of_training", epoch, t.teacher, t.student, best=overwrites)
     log(logfmt.END_SAVE)
 
 
-def resume_state(t, state, epoch):
-    """Everything needed to continue after `epoch` exactly (with the same data, flags and thread count)."""
-    return {
+def resume_state(t, state, epoch, device):
+    """Everything needed to continue after `epoch` exactly (with the same data, flags and thread count), as a copy
+    in host memory: CPU tensors only, which a CPU-only machine can read, and which the training goes on without."""
+    return host_copy({
         "epoch": epoch + 1,
         "teacher": t.teacher.state_dict(),
         "student": t.student.state_dict(),
@@ -301,12 +319,12 @@ def resume_state(t, state, epoch):
         "scaler": t.precision.scaler.state_dict(),
         "method": state.state_dict(),
         "loaders": {name: loader.state_dict() for name, loader in t.loaders.items()},
-        "rng": rng_state(),
+        "rng": rng_state(device),
         "snapshots": t.snapshots,
-    }
+    })
 
 
-def restore(saved, t, source):
+def restore(saved, t, source, device):
     """Load a resume state into the trainer; a state of another structure is one line (exit 3)."""
     try:
         t.teacher.load_state_dict(saved["teacher"])
@@ -316,8 +334,8 @@ def restore(saved, t, source):
         t.precision.scaler.load_state_dict(saved["scaler"])
         for view, loader in t.loaders.items():
             loader.load_state_dict(saved["loaders"][view])
-        set_rng_state(saved["rng"])
-        t.snapshots = dict(saved.get("snapshots") or {})
+        set_rng_state(saved["rng"], device)
+        t.snapshots = {e: _on(device, w) for e, w in (saved.get("snapshots") or {}).items()}
         return MethodState.from_state_dict(saved["method"]), int(saved["epoch"])
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
         raise DataError(f"{source}: not a resume state of this run ({type(err).__name__}: {first_line(err)}); "

@@ -4,19 +4,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from bkd.method import assign_groups, find_overfitting_epoch, first_detectable_epoch, otsu_split
-
-# The overfitting epoch is acted upon at most 5 epochs after it (epoch 0 forced with
-# --overfitting_epoch is acted upon after epoch 5), so the statistics of the last six
-# warm-up epochs are enough.
-STAT_WINDOW = 6
+from bkd.method import assign_groups, find_overfitting_epoch, first_detectable_epoch, may_still_pick, otsu_split
 
 
 @dataclass
 class MethodState:
     mean_top_student: list = field(default_factory=list)  # m_e per warm-up epoch (what the overfitting rule sees)
     mean_top_all: list = field(default_factory=list)  # m_e of every epoch, warm-up and robust (for the report)
-    stats: dict = field(default_factory=dict)  # epoch -> {"train": pA[y], "full": pA[y]}, last STAT_WINDOW
+    stats: dict = field(default_factory=dict)  # epoch -> {"train": pA[y], "full": pA[y]}, of the epochs the rule may pick
     overfit_epoch: int = None  # the overfitting epoch, 0-based (None until found)
     split_epoch: int = None  # the epoch whose statistics were split (overfit epoch, or the last as fallback)
     split: dict = None  # Otsu split of the training statistic
@@ -37,11 +32,6 @@ class MethodState:
     def warmup(self):
         return self.groups is None
 
-    @staticmethod
-    def still_pickable(epoch, completed):
-        """Can the overfitting rule still pick `epoch` after epoch `completed`? (It reports an epoch when it first can.)"""
-        return first_detectable_epoch(epoch) > completed
-
     def record_warmup_epoch(self, epoch, mean_top, train_stat, forced=None):
         """Keep this warm-up epoch's statistic; return the overfitting epoch if it is found now.
 
@@ -50,7 +40,7 @@ class MethodState:
         """
         self.mean_top_student.append(float(mean_top))
         self.stats[epoch] = {"train": train_stat}
-        for old in [e for e in self.stats if e <= epoch - STAT_WINDOW]:
+        for old in [e for e in self.stats if not may_still_pick(e, epoch)]:
             del self.stats[old]
         if forced is None:
             found = find_overfitting_epoch(self.mean_top_student)

@@ -111,7 +111,7 @@ class TraceListener:
     def iteration(self, *args):
         self.recorder.iteration(*args)
 
-    def checkpoint(self, kind, epoch, teacher, student):
+    def checkpoint(self, kind, epoch, teacher, student, best):
         self.recorder.checkpoint(kind, epoch, teacher, student)
 
     def split(self, event):
@@ -132,6 +132,9 @@ class TraceListener:
             row["full_agreement_sha256"] = array_sha256(full)
         self.recorder.epoch(row, teacher, student)
         self.recorder.save()
+
+    def finish(self):
+        pass
 
 
 def run_config(args, data, init_hashes):
@@ -241,14 +244,33 @@ def first_difference(ours, theirs, floats=True):
     return next(compare(ours, theirs, floats), None)
 
 
-# The golden traces were recorded on an AVX-512 CPU (reference-traces/README.md); our traces say so themselves.
-GOLDEN_CPU_CAPABILITY = "AVX512"
+# The golden traces were recorded on an Intel Xeon, family 6 model 207, with torch's capability AVX512
+# (reference-traces/README.md); our traces record their CPU themselves (machine.cpu_kind).
+GOLDEN_CPU_KIND = {"vendor": "GenuineIntel", "family": 6, "model": 207, "capability": "AVX512"}
 
 
 def trace_machine(trace):
-    """(CPU capability, thread count) a trace was recorded with."""
+    """(CPU kind, thread count) a trace was recorded with (utils.runtime.cpu_kind: vendor, family, model, capability)."""
     config = trace["config"]
-    return config.get("machine", {}).get("cpu_capability", GOLDEN_CPU_CAPABILITY), config.get("num_threads")
+    machine = config.get("machine")
+    if machine is None:
+        kind = GOLDEN_CPU_KIND
+    else:  # a trace of ours; older ones record the capability only
+        kind = machine.get("cpu_kind") or {"capability": machine.get("cpu_capability")}
+    return kind, config.get("num_threads")
+
+
+def same_cpu_kind(ours, recorded):
+    """Float rounding can be demanded only on the recording machine's kind of CPU: oneDNN picks its kernels and their
+    blocking by the CPU model (its cache sizes), not only by the instruction set (an AMD EPYC with AVX-512 rounds the
+    first backward pass differently from the traces' Intel Xeon)."""
+    return all(ours.get(key) == value for key, value in recorded.items())
+
+
+def describe_cpu(kind):
+    if "vendor" not in kind:
+        return str(kind.get("capability"))
+    return f"{kind['vendor']} family {kind['family']} model {kind['model']}, {kind['capability']}"
 
 
 _ELAPSED = re.compile(r"^(epoch: \d+\ttime elapsed: ).*$")

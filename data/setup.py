@@ -15,9 +15,8 @@ from data.cifar import DATASETS, load_images, local_images
 from data.custom import data_file, load_custom
 from data.labels import load_label_file
 from data.split import stratified_subset, train_val_split
-from utils import checkpoint as ck
 from utils import logfmt
-from utils.errors import DataError, first_line
+from utils.errors import DataError
 from utils.files import portable
 from utils.hashing import array_sha256
 
@@ -72,12 +71,11 @@ FINGERPRINT_NAMES = {"images": "the training images", "labels": "the training la
                      "num_images": "the number of training images"}
 
 
-def check_same_data(recorded, fingerprint):
-    """One line naming what differs between a recorded fingerprint and this data's (exit 3), or nothing."""
+def check_same_data(recorded, fingerprint, fix, what="the run being resumed"):
+    """One line naming what differs between a recorded fingerprint and this data's, and how to `fix` it (exit 3)."""
     for key, name in FINGERPRINT_NAMES.items():
-        if recorded.get(key) != fingerprint[key]:
-            raise DataError(f"{name} differ from those of the run being resumed ({key} {fingerprint[key]} vs "
-                            f"{recorded.get(key)}); resume with the same data, or start a new run with --overwrite")
+        if key in fingerprint and recorded.get(key) != fingerprint[key]:
+            raise DataError(f"{name} differ from those of {what} ({key} {fingerprint[key]} vs {recorded.get(key)}); {fix}")
 
 
 def cifar_classes(dataset):
@@ -132,34 +130,19 @@ def choose_images(data, subset_size, seed, val_ratio, subset=None):
         n = len(strata)
         subset = stratified_subset(strata, subset_size, seed) if subset_size else np.arange(n)
     else:
-        _check_subset(subset, len(data.given), ck.SUBSET)
+        _check_subset(subset, len(data.given))
     data.subset = subset
     data.train_pos, data.val_pos = train_val_split(len(subset), val_ratio, seed)
     data.banner += logfmt.split_lines(len(data.train_pos), len(data.val_pos))
     return data
 
 
-def load_run_labels(args, run_dir, val_ratio):
-    """For learning.py / detection.py: the run's data without loading CIFAR images (its subset from the run dir)."""
-    return load_run_data(args, subset=saved_subset(run_dir), val_ratio=val_ratio, with_images=False)
+def load_run_labels(args, subset, val_ratio):
+    """For learning.py / detection.py: the run's data without loading CIFAR images (`subset`: the run's, or None)."""
+    return load_run_data(args, subset=subset, val_ratio=val_ratio, with_images=False)
 
 
-def saved_subset(run_dir):
-    """The subset a run used (train_subset.npy), or None for the whole training set; checked against the data in load_run_data."""
-    path = os.path.join(run_dir, ck.SUBSET)
-    if not os.path.exists(path):
-        return None
-    try:
-        subset = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise DataError(f"{path}: unreadable ({first_line(err)}); truncated? Train the run again (--overwrite)") from None
-    if subset.ndim != 1 or not np.issubdtype(subset.dtype, np.integer) or len(subset) == 0:
-        raise DataError(f"{path}: holds {subset.dtype} {subset.shape}, not the run's training-image indices; "
-                        "train the run again (--overwrite)")
-    return subset
-
-
-def _check_subset(subset, num_images, origin):
+def _check_subset(subset, num_images):
     if subset.min() < 0 or subset.max() >= num_images or len(np.unique(subset)) != len(subset):
-        raise DataError(f"{origin}: indices outside 0..{num_images - 1} or repeated: it does not belong to this data "
+        raise DataError(f"the run's saved subset: indices outside 0..{num_images - 1} or repeated: it does not belong to this data "
                         "(another --dataset or data file?); train the run again (--overwrite)")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from data.labels import NOISE_TYPES
-from utils import checkpoint as ck
+from bkd import rundir as rd
 from utils.files import save_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ STEPS = (  # name, script, log file, open mode
     ("detection", "detection.py", "detection.log", "w"),
 )
 RECORD = "launch.json"  # the launcher's notes on a run: last failure, SLURM job id, step times
-PIPELINE_LOCK = ck.PIPELINE_LOCK
+PIPELINE_LOCK = rd.PIPELINE_LOCK
 GRIDS = {
     # the authors' run.sh: one seed, CIFAR-10N aggre, worst, rand1
     "original": ((0,), (("cifar10", "aggre"), ("cifar10", "worst"), ("cifar10", "rand1"))),
@@ -47,7 +47,7 @@ class Run:
 
     @property
     def name(self):
-        return ck.run_dir_name(self.dataset, self.noise_type, self.seed, self.preset)
+        return rd.run_dir_name(self.dataset, self.noise_type, self.seed, self.preset)
 
     @property
     def path(self):
@@ -89,7 +89,7 @@ def write_record(run, **fields):
 
 def progress(run):
     """(last completed epoch or None, n_epoch or None) from the run's metrics.json."""
-    metrics = read_json(run.file(ck.METRICS)) or {}
+    metrics = read_json(run.file(rd.METRICS)) or {}
     done = metrics.get("epochs_completed")
     return (done - 1 if done else None), (metrics.get("config") or {}).get("n_epoch")
 
@@ -118,14 +118,14 @@ def status(run):
     last, n_epoch = progress(run)
     info = {"run": run.name, "epoch": last, "n_epoch": n_epoch, "job_id": record.get("job_id"),
             "log": os.path.join(run.path, "training.log"), "detail": ""}
-    if ck.lock_held(run.file(PIPELINE_LOCK)) or ck.lock_held(run.file(".lock")):
+    if rd.lock_held(run.file(PIPELINE_LOCK)) or rd.lock_held(run.file(".lock")):
         info["state"] = "running"
     elif finished(run):
         info["state"] = "done"
     elif record.get("failed"):
         failure = record["failed"]
         info.update(state="failed", log=failure["log"], detail=f"{failure['step']} exited {failure['exit_code']}")
-    elif os.path.exists(run.file(ck.STATE)) or os.path.exists(run.file("training.log")):
+    elif os.path.exists(run.file(rd.STATE)) or os.path.exists(run.file("training.log")):
         info["state"] = "interrupted"
     else:
         info["state"] = "not started"
@@ -172,7 +172,7 @@ class Pipeline:
                 if step == "training" and training_finished(run):
                     continue
                 flags = run.flags() + (self.train_flags if step == "training" else self.eval_flags)
-                if step == "training" and os.path.exists(run.file(ck.STATE)):
+                if step == "training" and os.path.exists(run.file(rd.STATE)):
                     flags.append("--resume")
                 code = self._step(script, flags, run.file(log_name), mode, step)
                 if code != 0 or self.stopped:

@@ -1,7 +1,7 @@
 """PreResNet18 of the CIFAR-N challenge baseline (spec section 3).
 
 Stem conv3x3 -> BN -> ReLU, four stages of two pre-activation basic blocks,
-4x4 average pooling (global average pooling at image sizes other than 32) and a linear head. Unlike He et al.'s PreAct-ResNet there
+4x4 average pooling (at other image sizes: over the whole last map, by the same operation) and a linear head. Unlike He et al.'s PreAct-ResNet there
 is no BN-ReLU after the last stage, and the 1x1 projection shortcut is applied
 to the block's pre-activated input.
 """
@@ -54,8 +54,9 @@ class PreActResNet(nn.Module):
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        # the original's 4x4 average pool at 32x32 inputs; any other image size pools the whole map
-        out = F.avg_pool2d(out, 4) if out.shape[-2:] == (4, 4) else F.adaptive_avg_pool2d(out, 1)
+        # the original's 4x4 average pool at 32x32 inputs; at any other size the same pool over the whole map (not
+        # adaptive_avg_pool2d, whose CUDA backward has no deterministic implementation)
+        out = F.avg_pool2d(out, tuple(out.shape[-2:]))
         return self.linear(out.flatten(1))
 
 

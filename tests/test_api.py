@@ -69,7 +69,8 @@ def test_api_with_a_run_directory_writes_the_usual_outputs_and_reuses_them(flipp
     assert np.array_equal(first.ranked, again.ranked) and np.array_equal(first.suggested_label, again.suggested_label)
     from utils.errors import UsageError
 
-    with pytest.raises(UsageError, match="other settings"):
+    with pytest.raises(UsageError, match=r"lr=0.05 differs from the run being resumed \(0.02\); call with the same "
+                                         r"arguments, or give another run_dir"):
         find_label_issues(images, given, device="cpu", run_dir=str(tmp_path / "run"), **dict(flags, lr=0.05))
 
 

@@ -2,7 +2,9 @@
 import json
 
 import numpy as np
+import pytest
 import torch
+from torch._inductor.exc import InvalidCxxCompiler
 
 from bkd.config import COMPILE_MIN_WIDTH, TrainConfig, resolve_computation
 from bkd.engine import CompiledPair
@@ -29,6 +31,11 @@ def test_compile_by_default_from_the_quick_presets_width_and_never_in_reference_
     assert not resolve_computation(TrainConfig(width=64, reference=True), CPU).compile
 
 
+class _NoCompiler(InvalidCxxCompiler):  # inductor's error where a CPU has no C++ compiler
+    def __init__(self):
+        RuntimeError.__init__(self, "No working C++ compiler found\nsecond line")
+
+
 def test_a_failing_compiler_falls_back_to_eager_once_with_one_line(monkeypatch):
     teacher, student = _pair_of_nets()
     calls = []
@@ -36,7 +43,7 @@ def test_a_failing_compiler_falls_back_to_eager_once_with_one_line(monkeypatch):
     def broken(net, **kwargs):
         def compiled(x):
             calls.append(len(x))
-            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nsecond line")
+            raise _NoCompiler()
         return compiled
 
     monkeypatch.setattr(torch, "compile", broken)
@@ -47,8 +54,29 @@ def test_a_failing_compiler_falls_back_to_eager_once_with_one_line(monkeypatch):
         assert torch.equal(pair.teacher(x), teacher(x)) and torch.equal(pair.student(x), student(x))
     assert calls == [8]  # tried once, then eager for both networks
     failed = [line for line in lines if "failed" in line]
-    assert failed == ["[bkd] torch.compile failed (InvalidCxxCompiler: No working C++ compiler found); the networks "
+    assert failed == ["[bkd] torch.compile failed (No working C++ compiler found); the networks "
                       "run eager (--no_compile skips the attempt)"]
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("CUDA error: device-side assert triggered")])
+def test_errors_of_the_computation_are_not_compilation_failures(monkeypatch, error):
+    """Out of memory or a device-side assert inside a compiled graph is raised as it is, not retried eager."""
+    teacher, student = _pair_of_nets()
+    calls = []
+
+    def failing(net, **kwargs):
+        def compiled(x):
+            calls.append(len(x))
+            raise error
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing)
+    lines = []
+    pair = CompiledPair(teacher, student, {True: 4, False: 8}, lines.append)
+    with torch.no_grad(), pytest.raises(type(error)):
+        pair.teacher(torch.randn(8, 3, 8, 8))
+    assert calls == [8] and not [line for line in lines if "failed" in line] and pair.compiled is not None
 
 
 def test_torch_compile_unavailable_means_eager(monkeypatch):

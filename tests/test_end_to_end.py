@@ -262,11 +262,11 @@ def test_summary_is_mean_and_std_over_seeds(tmp_path):
 
 def test_amp_on_the_cpu_needs_native_bf16(synthetic_root, tmp_path):
     """--amp: bf16 autocast on a CPU with native bf16 (the run completes and says so), else a one-line refusal."""
-    from bkd.engine import cpu_has_native_bf16
+    from utils.runtime import cpu_native_bf16
 
     proc = run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, str(tmp_path), n_epoch=2, amp=True), cwd=str(tmp_path),
                check=False)
-    if cpu_has_native_bf16():
+    if cpu_native_bf16():
         assert proc.returncode == 0, proc.stderr
         assert "[bkd] --amp: bf16 autocast on cpu" in proc.stdout and "[bkd] finished" in proc.stdout
     else:

@@ -221,17 +221,3 @@ def test_ranking_scores_against_hand_computed_values():
     assert detection_scores(np.ones(2000, bool), truly_noisy)["f1"] == pytest.approx(s["flag_all_f1"])
     small = ranking_scores(perfect[:300], truly_noisy[:300])  # all noisy: no AUROC, no precision at 500
     assert small["auroc"] is None and small["precision_at_500"] is None and small["precision_at_100"] == 1.0
-
-
-def test_cpu_amp_is_refused_without_native_bf16(monkeypatch):
-    from bkd import engine
-    from utils.errors import UsageError
-
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
-    with pytest.raises(UsageError, match="has no native bf16"):
-        engine.Precision(torch.device("cpu"), amp=True)
-    assert engine.Precision(torch.device("cpu")).name == "fp32"  # without --amp nothing is asked of the CPU
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
-    precision = engine.Precision(torch.device("cpu"), amp=True)
-    with precision.autocast():
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16

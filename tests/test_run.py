@@ -5,7 +5,7 @@ import os
 import numpy as np
 import torch
 
-from bkd.config import TrainConfig
+from bkd.config import TrainConfig, resolve_computation
 from bkd.engine import StopFlag, train_epoch
 from bkd.outputs import Listener
 from bkd.run import build, full_set_pass, weights_snapshot
@@ -21,7 +21,8 @@ def _trainer():
     data = choose_images(custom_source(from_arrays(images, labels)), 0, 0, 0.1)
     config = TrainConfig(width=4, batch_size=32, eval_batch_size=64)
     torch.manual_seed(0)
-    return build(config, data, torch.device("cpu"), Listener(), log=lambda *a: None), data
+    device = torch.device("cpu")
+    return build(config, data, device, resolve_computation(config, device), Listener(), log=lambda *a: None), data
 
 
 def test_deferred_full_set_pass_equals_the_pass_in_its_epoch():

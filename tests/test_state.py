@@ -4,8 +4,8 @@ import io
 import numpy as np
 import torch
 
-from bkd.method import find_overfitting_epoch, first_detectable_epoch
-from bkd.state import STAT_WINDOW, MethodState
+from bkd.method import find_overfitting_epoch, first_detectable_epoch, may_still_pick
+from bkd.state import MethodState
 
 
 def _epoch_stats(rng, n=200):
@@ -31,7 +31,7 @@ def test_split_happens_at_the_peak_with_that_epochs_statistics():
     state = MethodState()
     at, found, recorded = _warmup(state, [0.1, 0.2, 0.3, 0.6, 0.5, 0.4], np.random.RandomState(0))
     assert (at, found) == (5, 3) and state.overfit_epoch == 3
-    assert 5 not in recorded and min(state.stats) >= at - STAT_WINDOW + 1
+    assert 5 not in recorded and sorted(state.stats) == [e for e in range(6) if may_still_pick(e, at)] == [0, 1, 2, 3, 4, 5]
     detected = state.split_at(3)
     assert not state.warmup and state.split_epoch == 3
     train, full = recorded[3]
@@ -63,14 +63,19 @@ def test_state_round_trips_through_weights_only_load():
     assert all(np.array_equal(restored.stats[e]["full"], state.stats[e]["full"]) for e in state.stats if "full" in state.stats[e])
 
 
-def test_window_proof_found_epoch_is_always_recent():
-    """The first peak is found after epoch e = max(i + 2, 5), at most 5 epochs later, so a window of 6 suffices."""
+def test_the_rule_only_picks_epochs_whose_statistics_are_kept():
+    """The first peak i is found after epoch e = max(i + 2, 5), so may_still_pick(i, e) holds: its statistics (and, for
+    the deferred full-set pass, its weights) were kept; and the state keeps nothing else."""
     rng = np.random.RandomState(2)
+    picked = 0
     for _ in range(2000):
         tops = rng.rand(rng.randint(6, 20)).tolist()
-        for e in range(5, len(tops)):
-            found = find_overfitting_epoch(tops[: e + 1])
+        state = MethodState()
+        for e, top in enumerate(tops):
+            found = state.record_warmup_epoch(e, top, np.zeros(3, np.float32))
+            assert sorted(state.stats) == [k for k in range(e + 1) if may_still_pick(k, e)]
             if found is not None:
-                assert e == first_detectable_epoch(found)
-                assert found >= e - STAT_WINDOW + 1
+                assert e == first_detectable_epoch(found) and found in state.stats
+                picked += 1
                 break
+    assert picked > 1000

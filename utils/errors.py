@@ -6,6 +6,7 @@ EXIT_USAGE = 2  # bad flag value or combination
 EXIT_DATA = 3  # missing, corrupt or mismatched input file
 EXIT_RUN_DIR = 4  # run directory in use, already holding a run, or unwritable
 EXIT_DIVERGED = 5  # non-finite loss
+EXIT_MEMORY = 6  # the device ran out of memory
 EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM; resumable with --resume
 
 
@@ -29,6 +30,10 @@ class RunDirError(BKDError):
 
 class DivergedError(BKDError):
     exit_code = EXIT_DIVERGED
+
+
+class OutOfMemory(BKDError):
+    exit_code = EXIT_MEMORY
 
 
 class Interrupted(BKDError):

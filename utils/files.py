@@ -1,13 +1,16 @@
 """Atomic file writes: a kill at any moment, or a full disk, leaves the old complete file or the new complete one."""
+import errno
 import json
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 
 import numpy as np
 
-from utils.errors import DataError, RunDirError
+from utils.errors import DataError, RunDirError, first_line
 
 
 def _umask():
@@ -63,7 +66,10 @@ def save_torch(obj, path):
     import torch  # here, so that modules needing only the other writers load without torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+            raise OSError(errno.EIO, f"torch.save could not write it: {first_line(err)}") from None
 
 
 def save_numpy(array, path):
@@ -109,3 +115,47 @@ def update_json(path, updates):
     data = read_json_object(path)
     data.update(updates)
     save_json(data, path)
+
+
+class BackgroundWriter:
+    """Writes files on one thread of its own, in the order asked, so that the caller does not wait for the disk
+    (with background=False, at once in the caller's thread).
+
+    A job that fails (a full disk) keeps its error: every job after it is skipped, and every later `submit` or
+    `drain` raises it in the caller's thread. `drain()` waits until everything asked is written.
+    """
+
+    def __init__(self, background=True):
+        self.background = background
+        self._jobs = queue.Queue()
+        self._error = None
+        self._thread = None
+
+    def submit(self, fn, *args):
+        self._raise()
+        if not self.background:
+            fn(*args)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="bkd-writer", daemon=True)
+            self._thread.start()
+        self._jobs.put((fn, args))
+
+    def _work(self):
+        while True:
+            fn, args = self._jobs.get()
+            try:
+                if self._error is None:
+                    fn(*args)
+            except BaseException as err:  # noqa: B902 - handed to the caller's thread
+                self._error = err
+            finally:
+                self._jobs.task_done()
+
+    def drain(self):
+        self._jobs.join()
+        self._raise()
+
+    def _raise(self):
+        if self._error is not None:
+            raise self._error

@@ -1,4 +1,5 @@
-"""Seeding, device selection, and what machine a result comes from."""
+"""Seeding, device selection and settings, and what machine a result comes from."""
+import contextlib
 import os
 import platform
 import random
@@ -9,6 +10,23 @@ import torch
 
 from utils.errors import UsageError
 
+# The oldest torch with every API this project calls: torch.amp.GradScaler(device) is 2.3's (requirements.txt
+# says the same; tests/test_cuda_path.py checks both against the code).
+MIN_TORCH = (2, 3)
+
+
+def torch_version(version=None):
+    """(major, minor) of a torch version string such as '2.11.0+cu128'."""
+    major, minor = (version or torch.__version__).split("+")[0].split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def check_torch_version(version=None):
+    version = version or torch.__version__
+    if torch_version(version) < MIN_TORCH:
+        need = ".".join(map(str, MIN_TORCH))
+        raise UsageError(f"torch {version} is older than this project needs ({need}); pip install -r requirements.txt")
+
 
 def set_global_seeds(seed):
     """Seed Python's `random`, numpy's global RNG and torch (CPU and every CUDA device)."""
@@ -18,8 +36,27 @@ def set_global_seeds(seed):
     torch.cuda.manual_seed_all(seed)
 
 
+@contextlib.contextmanager
+def preserved_global_rng():
+    """Leave Python's, numpy's and torch's global generators (CUDA's too, where present) as they were found.
+
+    (Seeding torch seeds CUDA too, lazily, at its first use: so where CUDA is present its state is read here, which
+    starts CUDA, and put back after.)"""
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+        if state[3] is not None:
+            torch.cuda.set_rng_state_all(state[3])
+
+
 def resolve_device(name="auto"):
-    """'auto' -> CUDA when present, else CPU; an explicit device must exist."""
+    """'auto' -> CUDA when present, else CPU; an explicit device must exist. Checks torch's version first."""
+    check_torch_version()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -39,45 +76,194 @@ def resolve_device(name="auto"):
     return device
 
 
-def rng_state():
-    """Every random number generator state the training depends on (for exact resume)."""
+def cuda_index(device):
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def rng_state(device):
+    """Every random number generator state the training depends on (for exact resume): the run device's CUDA one."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(cuda_index(device))
     return state
 
 
-def set_rng_state(state):
+def set_rng_state(state, device):
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], cuda_index(device))
 
 
-def cpu_model():
+# --- precision, determinism, TF32 -------------------------------------------------------------------------------
+def cpu_native_bf16():
+    """AVX-512 BF16 or AMX: the CPUs where bf16 autocast pays (elsewhere it runs many times slower than fp32)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def cuda_native_bf16(device):
+    """bf16 in hardware: compute capability 8.0 (Ampere) or newer. Older GPUs emulate it, far slower than fp32."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+CUBLAS_WORKSPACE = ":4096:8"  # what torch.use_deterministic_algorithms needs of cuBLAS (PyTorch's reproducibility notes)
+
+
+def _new_tf32_api():
+    return hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision") and \
+        hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
+def tf32_settings():
+    """TF32 in cuDNN convolutions and cuBLAS matrix products, as torch reports it (newer torch: 'tf32' / 'ieee')."""
+    if _new_tf32_api():
+        return {"cudnn_conv": torch.backends.cudnn.conv.fp32_precision, "cuda_matmul": torch.backends.cuda.matmul.fp32_precision}
+    return {"cudnn_conv": torch.backends.cudnn.allow_tf32, "cuda_matmul": torch.backends.cuda.matmul.allow_tf32}
+
+
+def _set_tf32(settings):
+    if _new_tf32_api():
+        torch.backends.cudnn.conv.fp32_precision = settings["cudnn_conv"]
+        torch.backends.cuda.matmul.fp32_precision = settings["cuda_matmul"]
+    else:
+        torch.backends.cudnn.allow_tf32 = settings["cudnn_conv"]
+        torch.backends.cuda.matmul.allow_tf32 = settings["cuda_matmul"]
+
+
+def _tf32(enabled):
+    if _new_tf32_api():
+        mode = "tf32" if enabled else "ieee"
+        return {"cudnn_conv": mode, "cuda_matmul": mode}
+    return {"cudnn_conv": enabled, "cuda_matmul": enabled}
+
+
+def determinism_settings():
+    return {"cudnn_deterministic": torch.backends.cudnn.deterministic, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+
+
+@contextlib.contextmanager
+def cuda_settings(device, deterministic=True, tf32=False):
+    """A run's CUDA arithmetic, set before its first CUDA operation and restored after it.
+
+    deterministic: cuDNN's deterministic algorithms, no autotuning (cudnn.benchmark off), and
+    torch.use_deterministic_algorithms with the cuBLAS workspace it needs; otherwise cuDNN autotunes
+    (cudnn.benchmark), faster and nondeterministic. tf32: TF32 in cuDNN convolutions and cuBLAS matrix
+    products (otherwise strict fp32). On other devices nothing is changed: the CPU's kernels are
+    deterministic at a fixed thread count.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"), tf32_settings())
+    try:
+        if deterministic and saved[3] is None:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.use_deterministic_algorithms(deterministic)
+        _set_tf32(_tf32(tf32))
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2])
+        if saved[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        _set_tf32(saved[4])
+
+
+# --- what a result comes from ----------------------------------------------------------------------------------
+def _cpuinfo():
+    fields = {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
 
 
-def machine_info():
-    """What a result depends on beyond the code: CPU type (float rounding differs between CPU kernels), threads, versions."""
+def cpu_model():
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_kind():
+    """What decides the CPU's float rounding besides the thread count: vendor, family and model (oneDNN's kernels and
+    their blocking follow the CPU model, not only the instruction set), and torch's kernel capability."""
+    info = _cpuinfo()
+    number = lambda key: int(info[key]) if info.get(key, "").isdigit() else None  # noqa: E731
+    return {"vendor": info.get("vendor_id"), "family": number("cpu family"), "model": number("model"),
+            "capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def device_identity(device):
+    """The device a run computes on, as resume compares it: its type and its model (rounding follows both)."""
+    if device.type == "cuda":
+        index = cuda_index(device)
+        major, minor = torch.cuda.get_device_capability(index)
+        return {"type": "cuda", "name": torch.cuda.get_device_name(index), "capability": f"{major}.{minor}"}
+    if device.type == "cpu":
+        kind = cpu_kind()
+        return {"type": "cpu", "name": cpu_model(), "capability": kind["capability"],
+                "model": f"{kind['vendor']} family {kind['family']} model {kind['model']}"}
+    return {"type": device.type, "name": device.type}
+
+
+def describe_device(identity):
+    return f"{identity.get('type')} ({identity.get('name')})"
+
+
+def _driver_version():
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def gpu_info(device):
+    """The GPU facts a CUDA result depends on: model, compute capability, memory, driver, CUDA, cuDNN, TF32, determinism."""
+    index = cuda_index(device)
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "name": props.name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "multiprocessors": props.multi_processor_count,
+        "driver": _driver_version(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "tf32": tf32_settings(),
+        "determinism": determinism_settings(),
+        "visible_devices": torch.cuda.device_count(),
+    }
+
+
+def machine_info(device=None):
+    """What a result depends on beyond the code: CPU type (float rounding differs between CPU kernels), threads, versions,
+    and on CUDA the GPU, its driver and libraries, TF32 and determinism settings."""
     from importlib.metadata import version  # not `import torchvision`: that takes seconds
 
     info = {
         "cpu_model": cpu_model(),
+        "cpu_kind": cpu_kind(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
                             for name in ("avx512_bf16", "amx_tile")},
@@ -88,6 +274,8 @@ def machine_info():
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": version("torchvision"),
                      "numpy": np.__version__, "PIL": version("pillow")},
     }
-    if torch.cuda.is_available():
-        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    if device is not None:
+        info["device"] = str(device)
+        if device.type == "cuda":
+            info["gpu"] = gpu_info(device)
     return info

@@ -1,0 +1,266 @@
+"""The run directory (results/<run>/): its files, its name, its lock, and what counts as an earlier run in it."""
+import errno
+import fcntl
+import os
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils.errors import DataError, RunDirError, first_line
+from utils.files import read_json_object
+
+TEACHER, STUDENT = "teacher.pth.tar", "student.pth.tar"  # best by validation (the original's names)
+TEACHER_LAST, STUDENT_LAST = "teacher_last.pth.tar", "student_last.pth.tar"  # the last epoch
+STATE = "state.pth.tar"  # resumable state, rewritten after every epoch
+DETECTION = "detection.npy"
+AGREEMENT = "agreement.npy"  # the full-set statistic pA[y] that detection.npy splits
+PRED_PROBS = "pred_probs.npy"  # (N, C) agreement probabilities of the full set at the split (for cleanlab)
+LABEL_ISSUES = "label_issues.csv"  # every training image, most suspect label first
+METRICS = "metrics.json"
+SUBSET = "train_subset.npy"  # with --subset: the indices of the training images the run uses
+SPLIT_FILES = (DETECTION, AGREEMENT, PRED_PROBS, LABEL_ISSUES)  # written together at the split
+RUN_ARTEFACTS = (STATE, TEACHER, STUDENT, TEACHER_LAST, STUDENT_LAST, DETECTION, AGREEMENT, PRED_PROBS, LABEL_ISSUES, METRICS,
+                 SUBSET)
+# Written about a run by the evaluations and the launcher; they belong to the run they describe.
+RUN_RECORDS = ("learning.log", "detection.log", "launch.json", "confidence.png", "agreement.png", "accuracy.png")
+PREVIOUS = ".previous"  # --overwrite: the replaced run, until the new one completes an epoch
+PIPELINE_LOCK = ".launch.lock"  # held by the launcher while it runs a run's steps
+INCOMPLETE = ".incomplete"  # a run that has not completed its first epoch: its files are leftovers
+
+
+def run_dir_name(dataset, noise_type, seed, preset="default"):
+    name = f"{dataset}_{noise_type}_seed_{seed}"
+    return name if preset in (None, "default") else f"{name}_{preset}"
+
+
+def resolve_run_dir(args):
+    if getattr(args, "run_dir", None):
+        return args.run_dir
+    # custom data: named after its file or folder, e.g. results/custom_pets_seed_0
+    labels = args.noise_type if args.dataset != "custom" else _stem(args.data_file or "custom.npz")
+    return os.path.join(args.results_dir, run_dir_name(args.dataset, labels, args.seed, args.preset))
+
+
+def _stem(path):
+    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+
+class RunDir:
+    """The run directory: locked for the lifetime of a training process, never left without a result.
+
+    The lock is an flock on `.lock`, which the kernel releases when the process dies, so a
+    killed run never leaves it stuck. A run counts as started once its first epoch completed
+    (`state.pth.tar` exists). Until then it carries the marker `.incomplete`, and its files are
+    leftovers that the same command replaces (as is a lone `train_subset.npy`); other files are
+    never removed without `--overwrite`. `--overwrite` moves them aside into `.previous/` and
+    deletes them only once the new run has completed an epoch; if the new run stops before that,
+    they are moved back (at once, or by the next command after a kill).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._lock = None
+        self.notices = []  # `[bkd] ` lines for the log: what opening found and did
+        self._replaced = False  # an earlier run waits in .previous/ until the new one completes an epoch
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def has(self, name):
+        return os.path.exists(self.file(name))
+
+    def existing_artefacts(self, names=RUN_ARTEFACTS):
+        return [name for name in names if self.has(name)]
+
+    def replaced_files(self):
+        """What --overwrite moves aside: the run's files and the records about it, except the record of a launcher
+        that is running this very training (it holds the pipeline lock)."""
+        records = RUN_RECORDS if not lock_held(self.file(PIPELINE_LOCK)) else tuple(r for r in RUN_RECORDS if r != "launch.json")
+        return self.existing_artefacts(RUN_ARTEFACTS + records)
+
+    @property
+    def started(self):
+        """True once an epoch completed: the resume state exists."""
+        return self.has(STATE)
+
+    @property
+    def restartable(self):
+        """No completed epoch, and nothing but what an unfinished run of ours leaves behind."""
+        return not self.started and (self.has(INCOMPLETE) or self.existing_artefacts() in ([], [SUBSET]))
+
+    def open(self, resume=False, overwrite=False):
+        existed = os.path.isdir(self.path)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as err:
+            raise RunDirError(f"cannot write to run directory {self.path} ({err.strerror}); pick another --results_dir") from None
+        check_writable(self.path, "pick another --results_dir")
+        self._lock = open(self.file(".lock"), "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise RunDirError(f"{self.path} is in use by another training process; wait for it or use another --seed/--results_dir") from None
+            raise
+        for name in os.listdir(self.path):  # temporary files of a writer killed mid-save (we hold the lock)
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.remove(self.file(name))
+        if os.path.isdir(self.file(PREVIOUS)):  # an --overwrite killed before the new run completed an epoch
+            self.restore_previous()
+            self.notices.append(f"an earlier --overwrite stopped before the new run completed an epoch; "
+                                f"the run it replaced is back in {self.path}")
+        files = ", ".join(self.existing_artefacts())
+        if resume and not self.started:
+            if not existed:
+                raise RunDirError(f"nothing to resume in {self.path} (no such directory); start the run without --resume")
+            if not self.restartable:
+                raise RunDirError(f"nothing to resume in {self.path}: it holds {files} but no {STATE}; --overwrite "
+                                  "replaces them, or pick another --results_dir")
+            self.notices.append(f"nothing to resume in {self.path}: no epoch was completed; starting at epoch 0")
+        elif not (resume or overwrite or self.restartable):
+            raise RunDirError(f"{self.path} already holds a run ({files}); pass --resume to continue it, "
+                              "--overwrite to replace it, or another --results_dir")
+        return self
+
+    def start_fresh(self):
+        """Make room for a new run, once it is ready to start: leftovers go, anything else goes aside (--overwrite)."""
+        files = self.existing_artefacts()
+        if self.restartable:
+            for name in files:
+                os.remove(self.file(name))
+            if files:
+                self.notices.append(f"removed {', '.join(files)}: files of a run that completed no epoch")
+        else:
+            previous = self.file(PREVIOUS)
+            os.makedirs(previous)
+            for name in self.replaced_files():
+                os.replace(self.file(name), os.path.join(previous, name))
+            self._replaced = True
+            self.notices.append(f"--overwrite: the earlier run is kept in {previous} until the new run completes its "
+                                "first epoch")
+        with open(self.file(INCOMPLETE), "w"):
+            pass
+
+    def epoch_completed(self):
+        """The new run has a complete epoch on disk: no leftovers to mark, and no earlier run to keep for --overwrite."""
+        if self.has(INCOMPLETE):
+            os.remove(self.file(INCOMPLETE))
+        if self._replaced:
+            shutil.rmtree(self.file(PREVIOUS))
+            self._replaced = False
+
+    def restore_previous(self):
+        """Move the run kept in .previous/ back in place of a new run that completed no epoch."""
+        previous = self.file(PREVIOUS)
+        for name in self.existing_artefacts() + [INCOMPLETE] * self.has(INCOMPLETE):  # (records are replaced below)
+            os.remove(self.file(name))
+        for name in os.listdir(previous):
+            os.replace(os.path.join(previous, name), self.file(name))
+        os.rmdir(previous)
+        self._replaced = False
+
+    def describe(self):
+        """What the run directory holds now, and how to go on: for messages after a stop."""
+        if self._replaced and not self.started:
+            self.restore_previous()
+            return f"the new run completed no epoch, so {self.path} holds the earlier run again, as it was"
+        if self.started:
+            try:
+                import torch
+
+                done = torch.load(self.file(STATE), map_location="cpu", weights_only=True)["epoch"]
+                kept = f"keeps epochs 0..{done - 1}"
+            except Exception:
+                kept = "keeps the last completed epoch"
+            return f"{self.path} {kept}: run the same command with --resume to continue"
+        return f"no epoch was completed, so {self.path} holds no result: run the same command to start again"
+
+    def close(self):
+        if self._replaced and not self.started:
+            self.restore_previous()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def training_in_progress(run_dir):
+    """True if a training process holds the run directory's lock."""
+    return lock_held(os.path.join(run_dir, ".lock"))
+
+
+def lock_held(path):
+    """True if another process holds an flock on `path`."""
+    if not os.path.exists(path):
+        return False
+    with open(path) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                return True
+            raise
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+@dataclass
+class SplitFiles:
+    """A run's split as its files hold it (what bkd.run.SplitEvent carried), for a finished run read back."""
+
+    label_prob: np.ndarray  # agreement.npy
+    detected: np.ndarray  # detection.npy
+    probs: np.ndarray  # pred_probs.npy
+
+    @property
+    def agreed(self):
+        return self.probs.argmax(axis=1)
+
+
+def read_split(run, num_images):
+    """The split files of a finished run (bkd.api reads a run directory back)."""
+    arrays = []
+    for name in (AGREEMENT, DETECTION, PRED_PROBS):
+        try:
+            arrays.append(np.load(run.file(name), allow_pickle=False))
+        except Exception as err:
+            raise DataError(f"{run.file(name)}: unreadable ({first_line(err)}); give another run_dir") from None
+        if len(arrays[-1]) != num_images:
+            raise DataError(f"{run.file(name)}: {len(arrays[-1])} entries for {num_images} images; give another run_dir")
+    return SplitFiles(*arrays)
+
+
+def saved_subset(run_dir):
+    """The subset a run used (train_subset.npy), or None for the whole training set; checked against the data in load_run_data."""
+    path = os.path.join(run_dir, SUBSET)
+    if not os.path.exists(path):
+        return None
+    try:
+        subset = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise DataError(f"{path}: unreadable ({first_line(err)}); truncated? Train the run again (--overwrite)") from None
+    if subset.ndim != 1 or not np.issubdtype(subset.dtype, np.integer) or len(subset) == 0:
+        raise DataError(f"{path}: holds {subset.dtype} {subset.shape}, not the run's training-image indices; "
+                        "train the run again (--overwrite)")
+    return subset
+
+
+def check_evaluable(run_dir):
+    """learning.py / detection.py, before any work: the run is not being written, and its metrics.json can take results."""
+    if training_in_progress(run_dir):
+        raise RunDirError(f"{run_dir} is still training (its lock is held); wait until it finishes, then run this again")
+    if not os.path.isdir(run_dir):
+        raise DataError(f"{run_dir}: no such run directory; train this run first (blind_knowledge_dist_training.py)")
+    read_json_object(os.path.join(run_dir, METRICS))
+    check_writable(run_dir, f"the results go into its {METRICS}: make it writable")
+
+
+def check_writable(folder, fix):
+    """One line (exit 4) if a file cannot be created in `folder`, ending with how to `fix` it."""
+    probe = os.path.join(folder, ".write_test")
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise RunDirError(f"cannot write to run directory {folder} ({err.strerror}); {fix}") from None
