@@ -85,13 +85,13 @@ class CompiledPair:
     eager from then on, and `log` gets one [bkd] line saying so.
     """
 
-    def __init__(self, teacher, student, batch_sizes, log, mode=None):
+    def __init__(self, teacher, student, batch_sizes, log):
         self.nets = (teacher, student)
         self.batch_sizes = batch_sizes  # {True: training batch size, False: evaluation batch size}
         self.log = log
         self.announced = set()
         try:
-            self.compiled = tuple(torch.compile(net, dynamic=False, mode=mode) for net in self.nets)
+            self.compiled = tuple(torch.compile(net, dynamic=False) for net in self.nets)
         except Exception as err:  # torch.compile unsupported here (platform, Python version)
             self._fall_back(err)
 

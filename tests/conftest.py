@@ -32,3 +32,13 @@ LONGEST_FIRST = ("test_launch", "test_reference", "test_end_to_end", "test_durab
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
+    if not any(item.get_closest_marker("cuda") for item in items):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here); "
+                                       "benchmarks/gpu_check.py runs these on one")
+        for item in items:
+            if item.get_closest_marker("cuda"):
+                item.add_marker(skip)
