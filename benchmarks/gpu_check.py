@@ -22,7 +22,6 @@ eager backend (the code path, not inductor's speed, which would take longer than
 """
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -195,9 +194,9 @@ def project(r, warmup_epochs):
 # --- the whole check --------------------------------------------------------------------------------------------------
 def run_tests(timeout):
     """The cuda-marked tests, in one process (they share the one GPU)."""
-    try:
-        import pytest  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
         return {"status": "not run: pytest is not installed"}
     start = time.time()
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-n", "0", "-p", "no:cacheprovider", "-rs",

@@ -52,8 +52,6 @@ class StepFailed(Exception):
 
 def replay(trace_path, workdir, shared=SHARED, floats=None):
     """Run the three scripts for the trace's configuration in `workdir`; return what the comparison needs."""
-    import torch
-
     with open(trace_path) as fh:
         theirs = json.load(fh)
     recorded, threads = trace_machine(theirs)

@@ -4,7 +4,7 @@ import io
 import numpy as np
 import torch
 
-from bkd.method import find_overfitting_epoch, first_detectable_epoch, may_still_pick
+from bkd.method import first_detectable_epoch, may_still_pick
 from bkd.state import MethodState
 
 
