@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 from benchmarks import SHARED, cifar10n_flags  # noqa: E402
 
 from utils.runtime import cpu_native_bf16  # noqa: E402
-from bkd.report import SUMMARY_COLUMNS, load_run, markdown, mean_std  # noqa: E402
+from bkd.report import COLUMNS, load_run, markdown, mean_std  # noqa: E402
 from launch.grid import make_grid  # noqa: E402
 from utils.files import save_json  # noqa: E402
 from utils.runtime import machine_info  # noqa: E402
@@ -44,7 +44,7 @@ def compare(per_precision):
     whether it exceeds the spread between seeds (the larger of the two standard deviations)."""
     rows = []
     for noise_type in dict.fromkeys(n for runs in per_precision.values() for n in runs):
-        for column, get, digits in SUMMARY_COLUMNS:
+        for column, get, digits in COLUMNS:
             row = {"label set": noise_type, "measure": column}
             values = {name: [get(m) for m in runs[noise_type] if get(m) is not None] for name, runs in per_precision.items()}
             for name, vals in values.items():
@@ -84,11 +84,11 @@ def main(argv=None):
             per_run.append({"label set": run.noise_type, "seed": run.seed, "precision": name,
                             "torch.compile": bool(m["config"].get("compile")),  # as the run recorded it
                             **{column: None if get(m) is None else round(get(m), digits)
-                               for column, get, digits in SUMMARY_COLUMNS}})
+                               for column, get, digits in COLUMNS}})
         per_precision[name] = runs
     rows = compare(per_precision)
     table = markdown(rows, ["label set", "measure", *PRECISIONS, "difference", "beyond seed spread"])
-    runs_table = markdown(per_run, ["label set", "seed", "precision", "torch.compile"] + [c for c, _, _ in SUMMARY_COLUMNS])
+    runs_table = markdown(per_run, ["label set", "seed", "precision", "torch.compile"] + [c for c, _, _ in COLUMNS])
     print("\n".join(table))
     with open(args.out + ".md", "w") as fh:
         fh.write("\n".join(["## fp32 against bf16 autocast: mean ± std over seeds", "", *table, "",

@@ -106,15 +106,29 @@ def _save(fig, run_dir, filename):
     return path
 
 
-# (column, value of a run's metrics.json, decimals): epochs whole, accuracies in % to 2 decimals, scores to 3
-ACCURACY_COLUMNS = [
+# The summary's columns, one set for every summary (this module's and the launcher's, launch/summary.py):
+# (column, value of a run's metrics.json, decimals): epochs whole, accuracies in % to 2 decimals, scores to 3.
+def _detection(key):
+    return lambda m: (m.get("detection") or {}).get(key)
+
+
+COLUMNS = [
+    ("overfit epoch", lambda m: m.get("overfit_epoch"), 0),
     ("test acc, best val (%)", lambda m: (m.get("learning") or {}).get("best_test_acc"), 2),
     ("test acc, last (%)", lambda m: (m.get("learning") or {}).get("last_test_acc", (m.get("test_acc") or [[None, None]])[-1][1]), 2),
-]
-SUMMARY_COLUMNS = [("overfit epoch", lambda m: m.get("overfit_epoch"), 0), *ACCURACY_COLUMNS] + [
-    (f"detection {name}", lambda m, key=key: (m.get("detection") or {}).get(key), 3)
-    for name, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"))
-]
+] + [(name, _detection(key), 3) for name, key in (
+    ("precision", "precision"), ("recall", "recall"), ("F1", "f1"), ("flag-all F1 (floor)", "flag_all_f1"), ("AUROC", "auroc"),
+    ("AP", "average_precision"), ("P@100", "precision_at_100"), ("P@1000", "precision_at_1000"))]
+COLUMN_NAMES = [name for name, _, _ in COLUMNS]
+
+
+def summary_values(runs):
+    """Each column over the runs (metrics.json dicts): mean ± sample std, and how many runs have a value where not all."""
+    row = {}
+    for column, get, digits in COLUMNS:
+        values = [get(m) for m in runs if get(m) is not None]
+        row[column] = mean_std(values, digits) + (f" ({len(values)} of {len(runs)} runs)" if 0 < len(values) < len(runs) else "")
+    return row
 
 
 def summarise(run_dirs):
@@ -124,14 +138,8 @@ def summarise(run_dirs):
         m = load_run(run_dir)
         c = m["config"]
         groups[(c["dataset"], c["noise_type"], c.get("preset", "default"))].append(m)
-    rows = []
-    for (dataset, noise_type, preset), runs in sorted(groups.items()):
-        row = {"dataset": dataset, "label set": noise_type, "preset": preset, "seeds": len(runs)}
-        for column, get, digits in SUMMARY_COLUMNS:
-            values = [get(m) for m in runs if get(m) is not None]
-            row[column] = mean_std(values, digits) + (f" ({len(values)} of {len(runs)} runs)" if 0 < len(values) < len(runs) else "")
-        rows.append(row)
-    return rows
+    return [dict({"dataset": dataset, "label set": noise_type, "preset": preset, "seeds": len(runs)}, **summary_values(runs))
+            for (dataset, noise_type, preset), runs in sorted(groups.items())]
 
 
 def mean_std(values, digits):

@@ -166,12 +166,11 @@ class RunDir:
             self.restore_previous()
             return f"the new run completed no epoch, so {self.path} holds the earlier run again, as it was"
         if self.started:
-            try:
-                import torch
+            from bkd import resume
 
-                done = torch.load(self.file(STATE), map_location="cpu", weights_only=True)["epoch"]
-                kept = f"keeps epochs 0..{done - 1}"
-            except Exception:
+            try:
+                kept = f"keeps epochs 0..{resume.load(self.file(STATE))['epoch'] - 1}"
+            except DataError:
                 kept = "keeps the last completed epoch"
             return f"{self.path} {kept}: run the same command with --resume to continue"
         return f"no epoch was completed, so {self.path} holds no result: run the same command to start again"

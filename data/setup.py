@@ -39,31 +39,31 @@ class RunData:
     val_pos: np.ndarray = None  # positions used for noisy validation
     banner: list = field(default_factory=list)  # the original's start-up lines about the data (or ours for custom)
     label_path: str = None  # the CIFAR-N label file
+    images: np.ndarray = None  # the images of the run (the subset, or all; source order): the "full set" of detection
+    labels: np.ndarray = None  # the given label of each image of the run (subset order)
+    truly_noisy: np.ndarray = None  # per image of the run: given label != clean label; None without clean labels
 
-    @property
-    def images(self):  # the images of the run (the subset, or all; source order): the "full set" of detection
-        return self.x_train[self.subset]
-
-    @property
-    def labels(self):  # the given label of each image of the run (subset order)
-        return self.given[self.subset]
-
-    @property
-    def truly_noisy(self):
-        """Per used image: given label != clean label; None without clean labels."""
-        return None if self.clean is None else self.labels != self.clean[self.subset]
+    def use(self, subset, train_pos, val_pos):
+        """The run's images: `subset` of the source (indices), split into training and validation positions. The
+        run's images, labels and noise mask are taken once, here."""
+        self.subset, self.train_pos, self.val_pos = subset, train_pos, val_pos
+        self.images = None if self.x_train is None else self.x_train[subset]
+        self.labels = self.given[subset]
+        self.truly_noisy = None if self.clean is None else self.labels != self.clean[subset]
 
     def fingerprint(self):
-        """What a resumed run must find again: the images and labels it trains on, its subset, split and test set."""
-        test = () if self.x_test is None else (self.x_test, self.y_test)
-        return {
-            "images": array_sha256(self.images),
+        """What a resumed run (and an evaluation) must find again: the images and labels it trains on, its subset,
+        split and test set. Loaded without images (detection.py), it has no `images` and `test`."""
+        found = {
             "labels": array_sha256(np.asarray(self.labels, dtype=np.int64)),
             "subset": array_sha256(np.asarray(self.subset, dtype=np.int64)),
             "split": array_sha256(np.asarray(self.train_pos, dtype=np.int64), np.asarray(self.val_pos, dtype=np.int64)),
-            "test": array_sha256(*test),
             "num_images": len(self.subset),
         }
+        if self.x_train is not None:
+            test = () if self.x_test is None else (self.x_test, self.y_test)
+            found.update(images=array_sha256(self.images), test=array_sha256(*test))
+        return found
 
 
 FINGERPRINT_NAMES = {"images": "the training images", "labels": "the training labels (label file or --noise_path)",
@@ -131,8 +131,7 @@ def choose_images(data, subset_size, seed, val_ratio, subset=None):
         subset = stratified_subset(strata, subset_size, seed) if subset_size else np.arange(n)
     else:
         _check_subset(subset, len(data.given))
-    data.subset = subset
-    data.train_pos, data.val_pos = train_val_split(len(subset), val_ratio, seed)
+    data.use(subset, *train_val_split(len(subset), val_ratio, seed))
     data.banner += logfmt.split_lines(len(data.train_pos), len(data.val_pos))
     return data
 

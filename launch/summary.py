@@ -3,15 +3,8 @@ import csv
 import os
 from collections import defaultdict
 
-from bkd.report import ACCURACY_COLUMNS, load_run, markdown, mean_std
+from bkd.report import COLUMN_NAMES, load_run, markdown, summary_values
 from launch.grid import status
-
-# the challenge's columns: test accuracy and detection scores
-GRID_COLUMNS = ACCURACY_COLUMNS + [(name, lambda m, key=key: (m.get("detection") or {}).get(key), 3)
-                                   for name, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"),
-                                                     ("flag-all F1 (floor)", "flag_all_f1"), ("AUROC", "auroc"),
-                                                     ("AP", "average_precision"), ("P@100", "precision_at_100"),
-                                                     ("P@1000", "precision_at_1000"))]
 
 
 def grid_summary(runs):
@@ -26,20 +19,17 @@ def grid_summary(runs):
         if state["state"] == "done":
             m = load_run(run.path)
             finished[(run.dataset, run.noise_type)].append(m)
-            row.update({column: mean_std([get(m)], digits) if get(m) is not None else "n/a"
-                        for column, get, digits in GRID_COLUMNS})
+            row.update(summary_values([m]))
         else:
             if state["epoch"] is not None:
                 row["state"] += f" (epoch {state['epoch']} of 0..{state['n_epoch'] - 1})"
-            row.update({column: "" for column, _, _ in GRID_COLUMNS})
+            row.update({column: "" for column in COLUMN_NAMES})
         per_seed.append(row)
     per_set = []
     for dataset, noise_type in pairs:
         done, total = finished[(dataset, noise_type)], sum(1 for r in runs if (r.dataset, r.noise_type) == (dataset, noise_type))
-        row = {"dataset": dataset, "label set": noise_type, "seeds": f"{len(done)} of {total}"}
-        for column, get, digits in GRID_COLUMNS:
-            row[column] = mean_std([get(m) for m in done if get(m) is not None], digits)
-        per_set.append(row)
+        per_set.append(dict({"dataset": dataset, "label set": noise_type, "seeds": f"{len(done)} of {total}"},
+                            **summary_values(done)))
     return per_set, per_seed
 
 
@@ -47,7 +37,7 @@ def write_grid_summary(runs, prefix):
     """Write <prefix>.md (per dataset: mean ± std per label set, then the runs) and <prefix>.csv; return the Markdown."""
     per_set, per_seed = grid_summary(runs)
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    columns = [c for c, _, _ in GRID_COLUMNS]
+    columns = COLUMN_NAMES
     text = []
     for dataset in dict.fromkeys(r["dataset"] for r in per_set):
         text += [f"### {dataset}: mean ± std over seeds", ""]

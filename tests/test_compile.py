@@ -96,6 +96,9 @@ def test_torch_compile_unavailable_means_eager(monkeypatch):
 
 
 def test_compiled_networks_match_eager_and_odd_batches_run_eager():
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     teacher, student = _pair_of_nets()
     lines = []
     pair = CompiledPair(teacher, student, {True: 4, False: 8}, lines.append)
@@ -106,6 +109,8 @@ def test_compiled_networks_match_eager_and_odd_batches_run_eager():
             assert torch.equal(net(x[8:]), eager(x[8:]))  # a last batch of 3: eager, not a second compilation
     assert lines == ["[bkd] torch.compile: compiling the networks for evaluation at batch 8 (once per process: a minute "
                      "or two the first time, seconds from the cache; --no_compile skips it)"]
+    assert pair.compiled is not None  # compiled, not fallen back to eager (which would also match eager)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled a graph of its own
 
 
 def test_training_script_with_compile_trains_as_eager_does(synthetic_root, tmp_path):
@@ -116,6 +121,7 @@ def test_training_script_with_compile_trains_as_eager_does(synthetic_root, tmp_p
                    cwd=str(tmp_path), timeout=600)
         out[name] = proc.stdout
     assert "device cpu (fp32, torch.compile)" in out["compiled"] and "torch.compile" not in out["eager"]
+    assert "torch.compile failed" not in out["compiled"]  # both graphs compiled: no eager fallback behind equal numbers
     assert "compiling the networks for training at batch 32" in out["compiled"]
     assert "compiling the networks for evaluation at batch 256" in out["compiled"]  # the full set: 256 + 144 eager
     losses = {name: [line for line in text.splitlines() if line.startswith("epoch:   0/  1\titer:")]

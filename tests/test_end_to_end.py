@@ -57,14 +57,13 @@ def test_training_writes_every_output(trained):
     assert re.search(r"^epoch: 0\tacc on noisy val_data:  [\d.]+\tbest: [\d.]+ \(epoch: \d\)$", stdout, re.M)
     assert re.search(r"^epoch: 0\tacc on clean test_data: [\d.]+\tbest: [\d.]+ \(epoch: 0\)$", stdout, re.M)
     assert [e for e, _ in metrics["val_acc"]] == [0, 2, 4, 6, 7] and [e for e, _ in metrics["test_acc"]] == [0, 4, 7]
-    found = re.search(r"^overfitting epoch: (\d+)$", stdout, re.M)
-    if found:
-        assert metrics["overfit_epoch"] == int(found.group(1)) and not metrics["split_fallback"]
-        assert len(re.findall(r"^otsu split performed:\n\tup_mean: [\d.]+\tup_sigma: [\d.]+\n\tlo_mean: [\d.]+\tlo_sigma: "
-                              r"[\d.]+\n\tthresh:  [\d.]+\n\n", stdout, re.M)) == 2
-    else:
-        assert "[bkd] no overfitting epoch found in epochs 0..7; splitting the last epoch's statistics instead" in stdout
-        assert metrics["split_fallback"] and metrics["split_epoch"] == 7
+    # this run's student confidence rises in every epoch but one near-tie (0.138, 0.143, 0.143, 0.165, ..., 0.235), on
+    # any CPU's rounding: no peak, so the last epoch's statistics are split (the run with a peak: tests/test_reference.py)
+    assert not re.search(r"^overfitting epoch: ", stdout, re.M) and metrics["overfit_epoch"] is None
+    assert "[bkd] no overfitting epoch found in epochs 0..7; splitting the last epoch's statistics instead" in stdout
+    assert metrics["split_fallback"] and metrics["split_epoch"] == 7
+    tops = metrics["mean_top_student"]
+    assert all(b > a for a, b in zip(tops[2:], tops[3:]))  # rising from epoch 2 on: not a near miss of the rule
     assert "models saved - end of training" in stdout
 
 
@@ -163,7 +162,7 @@ def test_report_summary_and_plots(trained, synthetic_root, tmp_path):
     rows = report.summarise([run_dir])
     assert rows[0]["label set"] == "worst" and rows[0]["seeds"] == 1
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
-    assert rows[0]["detection F1"] == f"{metrics['detection']['f1']:.3f}"
+    assert rows[0]["F1"] == f"{metrics['detection']['f1']:.3f}"
     text = report.write_summary(rows, str(tmp_path / "summary"))
     assert "| cifar10 | worst | default | 1 |" in text and os.path.exists(tmp_path / "summary.csv")
     pytest.importorskip("matplotlib")
@@ -255,9 +254,32 @@ def test_summary_is_mean_and_std_over_seeds(tmp_path):
 
     rows = report.summarise([write(0, 10, 0.2, 50.0), write(1, None, 0.4, 60.0)])
     assert len(rows) == 1 and rows[0]["seeds"] == 2
-    assert rows[0]["detection F1"] == "0.300 ± 0.141"  # sample std of 0.2 and 0.4
+    assert rows[0]["F1"] == "0.300 ± 0.141"  # sample std of 0.2 and 0.4
     assert rows[0]["test acc, best val (%)"] == "55.00 ± 7.07"
     assert rows[0]["overfit epoch"] == "10 (1 of 2 runs)"  # a run without a peak is not averaged in silently
+
+
+def test_the_run_summary_and_the_grid_summary_have_the_same_columns(tmp_path):
+    """One set of columns (bkd.report.COLUMNS) for both summaries; they disagreed (the grid's had no overfitting
+    epoch, the runs' no AUROC, AP, precision at k or floor)."""
+    from bkd import report
+    from launch import summary
+    from launch.grid import Run
+
+    metrics = {"config": {"dataset": "cifar10", "noise_type": "aggre"}, "overfit_epoch": 7,
+               "detection": {"precision": 0.5, "recall": 0.25, "f1": 1 / 3, "auroc": 0.75, "flag_all_f1": 0.2},
+               "learning": {"best_test_acc": 50.0, "last_test_acc": 48.0}, "epochs_completed": 2,
+               "test_acc": [[1, 48.0]]}
+    run_dir = tmp_path / "cifar10_aggre_seed_0"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps(dict(metrics, config=dict(metrics["config"], n_epoch=2))))
+    (run_dir / "learning.log").write_text("Best test acc selected by val is 50.0\n")
+    (run_dir / "detection.log").write_text("The f-score is 0.33\n")
+    by_run = report.summarise([str(run_dir)])[0]
+    per_set, per_seed = summary.grid_summary([Run("cifar10", "aggre", 0, str(tmp_path))])
+    columns = [name for name, _, _ in report.COLUMNS]
+    assert {k: by_run[k] for k in columns} == {k: per_set[0][k] for k in columns} == {k: per_seed[0][k] for k in columns}
+    assert by_run["overfit epoch"] == "7" and by_run["AUROC"] == "0.750" and by_run["AP"] == "n/a"
 
 
 def test_amp_on_the_cpu_needs_native_bf16(synthetic_root, tmp_path):

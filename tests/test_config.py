@@ -1,0 +1,109 @@
+"""Each decision made once: the training defaults, the computation of a run, the resume rules, the run's images; and
+the Python API behaving like a library (the caller's random state and signal handlers left as they were)."""
+import random
+import signal
+from dataclasses import fields
+
+import numpy as np
+import pytest
+import torch
+
+from bkd.config import DEFAULTS, TrainConfig
+from tests.cli import run
+from tests.synthetic import flip_labels, make_images
+
+FLAGS = dict(n_epoch=6, width=4, batch_size=32, lr_step=4, noisy_val_freq=3, clean_test_freq=3, eval_batch_size=64)
+
+
+def test_the_training_parser_takes_every_default_from_train_config():
+    import blind_knowledge_dist_training as training
+    import detection
+    import learning
+
+    parser = training.build_parser()
+    defaults = {action.dest: action.default for action in parser._actions}
+    for f in fields(TrainConfig):
+        assert f.name in defaults, f"--{f.name} is a training value without a flag"
+        assert defaults[f.name] == getattr(DEFAULTS, f.name), f.name
+    from flags import EVAL_PRINT_FREQ
+
+    for module in (learning, detection):  # the original's flags, with the original's defaults (print_freq 50 there)
+        shared = {action.dest: action.default for action in module.build_parser()._actions}
+        for name in ("lr", "val_ratio", "n_epoch", "seed", "num_workers"):
+            assert shared[name] == getattr(DEFAULTS, name), (module.__name__, name)
+        assert shared["print_freq"] == EVAL_PRINT_FREQ == 50
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    rng = np.random.RandomState(0)
+    images, clean = make_images(160, 4, rng)
+    return images, flip_labels(clean, 0.2, 4, rng)
+
+
+@pytest.fixture()
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the command line in the tests (tests/conftest.py)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_api_in_reference_mode_writes_the_checkpoints_the_command_line_writes(labelled, tmp_path, one_thread):
+    """The original's end save overwrites the best checkpoint: the API once passed its own `False` and kept epoch 3."""
+    from bkd import find_label_issues
+
+    images, given = labelled
+    flags = dict(FLAGS, noisy_val_freq=1)  # validation in every epoch: the best by validation is epoch 3 here
+    path = str(tmp_path / "mine.npz")
+    np.savez(path, x_train=images, y_train=given)
+    run("blind_knowledge_dist_training.py", "--dataset", "custom", "--data_file", path, "--results_dir", tmp_path, "--device",
+        "cpu", "--reference", "--num_workers", "0", *[f"--{k}={v}" for k, v in flags.items()], cwd=str(tmp_path))
+    find_label_issues(images, given, device="cpu", reference=True, num_workers=0, run_dir=str(tmp_path / "api"), **flags)
+    for name in ("teacher.pth.tar", "student.pth.tar", "teacher_last.pth.tar"):
+        cli, api = (torch.load(tmp_path / d / name, weights_only=True) for d in ("custom_mine_seed_0", "api"))
+        assert cli["epoch"] == api["epoch"] == 5, name  # the last epoch, as the original
+        assert all(torch.equal(cli["state_dict"][k], api["state_dict"][k]) for k in cli["state_dict"]), name
+
+
+def test_the_api_leaves_the_callers_random_state_and_signal_handlers_and_is_deterministic(labelled, one_thread):
+    from bkd import find_label_issues
+
+    images, given = labelled
+    random.seed(123)
+    np.random.seed(456)
+    torch.manual_seed(789)
+    before = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    first = find_label_issues(images, given, device="cpu", **FLAGS)
+    after = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    assert after[0] == before[0] and all(np.array_equal(a, b) for a, b in zip(after[1], before[1]))
+    assert torch.equal(after[2], before[2])
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+    random.random(), np.random.rand(), torch.rand(3)  # the caller draws on: the next call is still the same run
+    second = find_label_issues(images, given, device="cpu", **FLAGS)
+    assert np.array_equal(first.ranked, second.ranked) and np.array_equal(first.pred_probs, second.pred_probs)
+
+
+def test_a_runs_images_and_labels_are_taken_once():
+    from data.custom import from_arrays
+    from data.setup import choose_images, custom_source
+
+    images, labels = make_images(40, 4, np.random.RandomState(0))
+    data = choose_images(custom_source(from_arrays(images, labels)), 20, 0, 0.1)
+    assert data.images is data.images and data.labels is data.labels  # attributes, not a copy per access
+    assert np.array_equal(data.images, images[data.subset]) and np.array_equal(data.labels, labels[data.subset])
+
+
+def test_the_api_refuses_other_data_in_its_run_directory_with_api_advice(labelled, tmp_path, one_thread):
+    from bkd import find_label_issues
+    from utils.errors import DataError
+
+    images, given = labelled
+    find_label_issues(images, given, device="cpu", run_dir=str(tmp_path / "run"), **dict(FLAGS, n_epoch=1))
+    other = given.copy()
+    other[:3] = (other[:3] + 1) % 4
+    with pytest.raises(DataError) as err:
+        find_label_issues(images, other, device="cpu", run_dir=str(tmp_path / "run"), **dict(FLAGS, n_epoch=1))
+    assert "the training labels" in str(err.value) and str(err.value).endswith("or give another run_dir")
+    assert "--overwrite" not in str(err.value)
