@@ -5,6 +5,11 @@ precision, recall, F-score), then ours, prefixed `[bkd] `.
 Custom data: the number flagged and the share of each class flagged; with --true_labels (a
 .npy of correct labels, -1 where not audited) also the original's five lines over the audited labels.
 """
+if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
+    from utils.errors import interrupt_quietly_while_starting
+
+    interrupt_quietly_while_starting()
+
 import os
 
 import numpy as np
@@ -62,8 +67,10 @@ def main(argv=None):
     args = parse(build_parser(), argv)
     set_global_seeds(args.seed)
     run_dir = rd.resolve_run_dir(args)
-    rd.check_evaluable(run_dir)
+    metrics = rd.check_evaluable(run_dir)
+    rd.check_split(run_dir, metrics)
     data = load_run_labels(args, rd.saved_subset(run_dir), val_ratio=0.0)  # needs no images: training checked the labels against them
+    rd.check_run_data(run_dir, metrics, args, data.fingerprint())
     for line in data.banner:
         print(line)
     flagged = load_detection(os.path.join(run_dir, rd.DETECTION), len(data.labels))

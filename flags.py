@@ -28,9 +28,9 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def base_parser(description):
+def base_parser(description, prog=None):
     """The flags every script of the original accepts, with the original's defaults."""
-    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="learning rate")
     p.add_argument("--val_ratio", type=float, default=DEFAULTS.val_ratio, help="share of training images held out as noisy validation set (0 = challenge setting)")
     p.add_argument("--noise_type", type=str, default="clean", help="label set: " + ", ".join(NOISE_TYPES))
@@ -50,9 +50,53 @@ def base_parser(description):
     p.add_argument("--data_file", type=str, default=None,
                    help="--dataset custom: an .npz array file or an image folder (default <data_root>/custom.npz; README, 'Your own data')")
     p.add_argument("--image_size", type=int, default=32, help="--dataset custom with an image folder: resize images to this size")
+    p.add_argument("--keep_image_size", action="store_true",
+                   help="--dataset custom: train images smaller than 32 pixels at their size (by default they are resized to 32)")
     p.add_argument("--reference", action="store_true",
                    help="the authors' computation bit for bit (PIL loader workers, fp32 NCHW, their SGD call and batch sizes; README, 'Reference mode')")
     return p
+
+
+def training_parser():
+    """blind_knowledge_dist_training.py's flags (the launcher checks the flags it passes on with it)."""
+    p = base_parser("Blind Knowledge Distillation training (teacher + student).", prog="blind_knowledge_dist_training.py")
+    p.set_defaults(print_freq=DEFAULTS.print_freq)  # the training script's (100; the evaluations' is 50, as the original)
+    p.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size, help="training batch size")
+    p.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="SGD momentum")
+    p.add_argument("--weight_decay", type=float, default=DEFAULTS.weight_decay, help="SGD weight decay")
+    p.add_argument("--clean_test_freq", type=int, default=DEFAULTS.clean_test_freq, help="report clean test accuracy at epochs e %% freq == 0 (and the last)")
+    p.add_argument("--noisy_val_freq", type=int, default=DEFAULTS.noisy_val_freq, help="validate (and keep the best checkpoint) at epochs e %% freq == 0 (and the last)")
+    p.add_argument("--alpha1", type=float, default=DEFAULTS.alpha1, help="robust-phase alpha of group 1 (most trusted)")
+    p.add_argument("--alpha2", type=float, default=DEFAULTS.alpha2, help="robust-phase alpha of group 2")
+    p.add_argument("--alpha3", type=float, default=DEFAULTS.alpha3, help="robust-phase alpha of group 3")
+    p.add_argument("--alpha4", type=float, default=DEFAULTS.alpha4, help="robust-phase alpha of group 4 (flagged as noisy)")
+    # Ours (README, 'Flags added to the original')
+    p.add_argument("--width", type=int, default=DEFAULTS.width, help="channels of the first stage of PreResNet18 (64 = original)")
+    p.add_argument("--lr_step", type=int, default=DEFAULTS.lr_step, help="StepLR step size in epochs (gamma 0.1)")
+    p.add_argument("--subset", type=int, default=DEFAULTS.subset, help="train on a stratified, seeded subset of this many images (0 = all)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the run directory from its last completed epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run directory")
+    p.add_argument("--loader", choices=("device", "torchvision"), default=DEFAULTS.loader, help="input pipeline: batched on the device, or the original's PIL workers")
+    p.add_argument("--eval_batch_size", type=int, default=DEFAULTS.eval_batch_size, help="batch size of evaluation passes (0 = 1024 on CUDA, 256 on CPU)")
+    p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where the device has bf16 natively (CUDA compute capability 8.0+; a CPU with AVX-512 BF16 or AMX), fp16 with gradient scaling on older GPUs; opt-in: it changed the outcome against fp32 on the quick preset")
+    p.add_argument("--tf32", action="store_true", help="CUDA: TF32 convolutions and matrix products (faster on Ampere and newer, 10-bit mantissa products) instead of strict fp32")
+    p.add_argument("--cudnn_benchmark", action="store_true", help="CUDA: cuDNN's autotuned kernels (faster, nondeterministic: runs are no longer bit-reproducible, resume no longer bit-exact) instead of deterministic ones")
+    p.add_argument("--no_channels_last", action="store_true", help="keep the NCHW memory format (channels-last is faster on CUDA and CPU)")
+    p.add_argument("--compile", action="store_const", const=True, default=DEFAULTS.compile,
+                   help="torch.compile both networks (default: from --width 16, where it pays; eager if it fails)")
+    p.add_argument("--no_compile", dest="compile", action="store_const", const=False, help="run the networks eager")
+    p.add_argument("--overfitting_epoch", type=int, default=None,
+                   help="skip the confidence rule and split at this (0-based) epoch, acted upon when the rule could first have found it")
+    p.add_argument("--trace", type=str, default=None, help="write the run's trace (golden-trace schema) to this JSON file")
+    p.add_argument("--detach_robust_target", action="store_true", help="not the original: no gradient from the robust target into the student")
+    p.add_argument("--legacy_cifar100_val_norm", action="store_true", help="normalise the CIFAR-100 validation set with CIFAR-10 statistics, as the original")
+    return p
+
+
+def data_selection(args):
+    """What picks a run's data besides the training flags (bkd.config.run_args)."""
+    return {"dataset": args.dataset, "noise_type": args.noise_type, "image_size": args.image_size,
+            "keep_image_size": args.keep_image_size}
 
 
 def parse(parser, argv=None):

@@ -3,6 +3,11 @@
 Prints the original's start-up lines and its `Best test acc selected by val is <acc>` line
 (for teacher.pth.tar / student.pth.tar), then ours, prefixed `[bkd] `, for the last epoch.
 """
+if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
+    from utils.errors import interrupt_quietly_while_starting
+
+    interrupt_quietly_while_starting()
+
 import os
 
 from bkd.config import ORIGINAL_TEST_BATCH, resolve_evaluation
@@ -16,7 +21,7 @@ from utils import logfmt
 from flags import base_parser, parse
 from utils.errors import DataError, run_cli
 from utils.files import update_json
-from utils.runtime import resolve_device, set_global_seeds
+from utils.runtime import cuda_settings, resolve_device, set_global_seeds
 
 
 
@@ -42,8 +47,9 @@ def main(argv=None):
     device = resolve_device(args.device)
     print(logfmt.device_line(device))
     run_dir = rd.resolve_run_dir(args)
-    rd.check_evaluable(run_dir)
+    metrics = rd.check_evaluable(run_dir)
     data = load_run_data(args, subset=rd.saved_subset(run_dir))
+    rd.check_run_data(run_dir, metrics, args, data.fingerprint())
     for line in data.banner:
         print(line)
     print(logfmt.BUILDING)
@@ -61,6 +67,12 @@ def main(argv=None):
     test_loader = make_loader(computation.loader, data.x_test, data.y_test, batch_size=computation.eval_batch_size, device=device,
                               mean=data.info["mean"], std=data.info["std"], num_workers=args.num_workers)
     precision = Precision(device)
+    with cuda_settings(device, computation.deterministic, computation.tf32):
+        evaluate_pairs(run_dir, ckpt, teacher, student, test_loader, precision, computation, device)
+
+
+def evaluate_pairs(run_dir, ckpt, teacher, student, test_loader, precision, computation, device):
+    """The best-by-validation pair (the original's line), then the last epoch's (ours), into metrics.json."""
     best_acc = evaluate(teacher, student, test_loader, precision, autograd=computation.eval_autograd, description="test").accuracy
     print(logfmt.learning(best_acc))
     print(logfmt.ours(f"{rd.TEACHER} / {rd.STUDENT} are from epoch {ckpt.get('epoch')}"), flush=True)

@@ -31,7 +31,9 @@ from data.setup import choose_images, custom_source
 from utils.errors import UsageError
 from utils.runtime import machine_info, preserved_global_rng, resolve_device
 
-SELECTION = {"dataset": "custom", "noise_type": None, "image_size": None}  # what picks an API run's data: the arrays
+def selection(keep_image_size):
+    """What picks an API run's data besides the training flags: the arrays (their fingerprint), kept at their size or not."""
+    return {"dataset": "custom", "noise_type": None, "image_size": None, "keep_image_size": keep_image_size}
 
 
 @dataclass
@@ -46,26 +48,27 @@ class LabelIssues:
     overfit_epoch: int  # None when the run found no peak and split its last epoch
 
 
-def find_label_issues(images, labels, *, classes=None, ids=None, device="auto", run_dir=None, verbose=False, **flags):
+def find_label_issues(images, labels, *, classes=None, ids=None, device="auto", run_dir=None, keep_image_size=False,
+                      verbose=False, **flags):
     """Train BKD on (images, labels) and rank every label from most to least suspect; see the module docstring."""
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(flags) - known)
     if unknown:
         raise UsageError(f"find_label_issues: unknown argument(s) {', '.join(unknown)}; the training flags are "
-                         f"{', '.join(sorted(known))}, device, run_dir, classes, ids, verbose")
+                         f"{', '.join(sorted(known))}, device, run_dir, classes, ids, keep_image_size, verbose")
     config = TrainConfig(**flags)
     check_config(config)
     device = resolve_device(device)
     computation = resolve_computation(config, device)
-    data = choose_images(custom_source(from_arrays(images, labels, classes, ids)), config.subset, config.seed,
-                         config.val_ratio)
+    data = choose_images(custom_source(from_arrays(images, labels, classes, ids, keep_size=keep_image_size)), config.subset,
+                         config.seed, config.val_ratio)
     log = print if verbose else _quiet
     results = Results()
     with preserved_global_rng():  # the run seeds the global generators; the caller's come back as they were
         if run_dir is None:
             state = fit(config, data, device, computation, results, log=log, stop=StopFlag())
             return _result(data, results.event, state)
-        return _in_run_dir(run_dir, config, computation, data, device, results, log)
+        return _in_run_dir(run_dir, config, computation, data, device, results, log, selection(keep_image_size))
 
 
 def _quiet(*args):
@@ -78,10 +81,10 @@ def _result(data, event, state):
                        np.asarray(event.detected), np.asarray(event.probs), np.asarray(state.full_groups), state.overfit_epoch)
 
 
-def _in_run_dir(path, config, computation, data, device, results, log):
+def _in_run_dir(path, config, computation, data, device, results, log, chosen):
     """With a run directory: resume it (the same data and arguments), write its files, read the result back."""
     run = rd.RunDir(path)
-    identity = resume.identity(config, computation, data, device, SELECTION)
+    identity = resume.identity(config, computation, data, device, chosen)
     saved = None
     if os.path.exists(run.file(rd.STATE)):
         saved = resume.load(run.file(rd.STATE), resume.API)

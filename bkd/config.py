@@ -9,7 +9,6 @@ autograd, its end-of-training overwrite, its CIFAR-100 validation normalisation 
 from dataclasses import dataclass, fields
 
 from utils.errors import UsageError
-from utils.runtime import cpu_native_bf16, cuda_native_bf16
 
 
 @dataclass
@@ -146,6 +145,8 @@ def resolve_precision(device, amp):
     with AVX-512 BF16 or AMX), fp16 with gradient scaling on older GPUs; refused elsewhere in one line."""
     if not amp:
         return "fp32"
+    from utils.runtime import cpu_native_bf16, cuda_native_bf16  # (here: the launcher imports this module without torch)
+
     if device.type == "cuda":
         return "bf16" if cuda_native_bf16(device) else "fp16"
     if device.type == "cpu":
@@ -196,3 +197,25 @@ def resolve_evaluation(reference, eval_batch_size):
 def uses_pil_workers(config):
     """The PIL loader (the reference mode's too), whose random streams depend on the number of its workers."""
     return config.reference or config.loader == "torchvision"
+
+
+NOT_COMPARED = ("print_freq",)  # changes what is printed, not what is computed
+PIL_ONLY = ("num_workers",)  # the PIL workers' random streams depend on their number; the device loader has none
+
+
+def run_args(config, compile_resolved, selection):
+    """The settings that make a run what it is, as a resumed run (bkd.resume) and a relaunched grid (launch.grid)
+    compare them: every training flag that changes the computation (torch.compile as resolved), plus `selection`,
+    what picks the data (flags.data_selection)."""
+    args = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in NOT_COMPARED}
+    if not uses_pil_workers(config):
+        for name in PIL_ONLY:
+            args.pop(name)
+    args["compile"] = compile_resolved
+    args.update(selection)
+    return args
+
+
+def differing_args(recorded, args):
+    """(name, recorded value, this value) of every setting in both that differs, in `args`' order."""
+    return [(key, recorded[key], value) for key, value in args.items() if key in recorded and recorded[key] != value]

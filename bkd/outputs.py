@@ -177,6 +177,7 @@ class RunFiles(Listener):
         return {
             "config": self.flags,
             "machine": self.machine,
+            "data": self.identity["data"],  # the data's fingerprint: learning.py and detection.py check what they evaluate
             "epochs_completed": epochs_done,
             "mean_top_student": state.mean_top_student,
             "mean_top_student_all_epochs": state.mean_top_all,

@@ -7,19 +7,15 @@ kind of device is refused (the device loader's random stream cannot continue the
 the same kind of device, or another thread count, continues with a `[bkd] ` notice that the result is no
 longer bit-equal to an uninterrupted run.
 """
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
-from bkd.config import uses_pil_workers
+from bkd.config import differing_args, run_args
 from data.setup import check_same_data
 from utils import logfmt
 from utils.errors import DataError, UsageError, first_line
 from utils.runtime import describe_device, device_identity
-
-NOT_COMPARED = ("print_freq",)  # changes what is printed, not what is computed
-PIL_ONLY = ("num_workers",)  # the PIL workers' random streams depend on their number; the device loader has none
-
 
 @dataclass(frozen=True)
 class Advice:
@@ -37,21 +33,9 @@ SCRIPT = Advice("resume with the same flags", "start a new run with --overwrite"
 API = Advice("call with the same arguments", "give another run_dir", api=True)
 
 
-def run_args(config, computation, selection):
-    """The settings a resumed run must match: every training flag that changes the computation (torch.compile as
-    resolved), plus `selection`, what picks the data (dataset, label set, image size)."""
-    args = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in NOT_COMPARED}
-    if not uses_pil_workers(config):
-        for name in PIL_ONLY:
-            args.pop(name)
-    args["compile"] = computation.compile
-    args.update(selection)
-    return args
-
-
 def identity(config, computation, data, device, selection):
     """What a resume state records about its run, and what a resumed run must match."""
-    return {"args": run_args(config, computation, selection), "data": data.fingerprint(),
+    return {"args": run_args(config, computation.compile, selection), "data": data.fingerprint(),
             "num_threads": torch.get_num_threads(), "device": device_identity(device)}
 
 
@@ -68,11 +52,11 @@ def load(path, advice=SCRIPT):
 
 def check(saved, current, path, advice=SCRIPT, log=print):
     """Refuse, in one line, to resume `saved` as a run of another identity; say what continues without bit-equality."""
-    flags = saved["args"]
-    for key, value in current["args"].items():
-        if key in flags and flags[key] != value:
-            raise UsageError(f"{advice.flag(key, value)} differs from the run being resumed ({flags[key]}); "
-                             f"{advice.same}, or {advice.restart}")
+    differ = differing_args(saved["args"], current["args"])
+    if differ:
+        key, recorded, value = differ[0]
+        raise UsageError(f"{advice.flag(key, value)} differs from the run being resumed ({recorded}); "
+                         f"{advice.same}, or {advice.restart}")
     recorded = saved.get("data")
     if recorded is None:
         log(logfmt.ours(f"{path} records no data fingerprint (an earlier version wrote it): the data is not checked"))

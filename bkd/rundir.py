@@ -61,6 +61,7 @@ class RunDir:
     def __init__(self, path):
         self.path = path
         self._lock = None
+        self._created = False  # this process made the directory: a refusal before any file of the run removes it
         self.notices = []  # `[bkd] ` lines for the log: what opening found and did
         self._replaced = False  # an earlier run waits in .previous/ until the new one completes an epoch
 
@@ -90,18 +91,32 @@ class RunDir:
         return not self.started and (self.has(INCOMPLETE) or self.existing_artefacts() in ([], [SUBSET]))
 
     def open(self, resume=False, overwrite=False):
-        existed = os.path.isdir(self.path)
+        """Lock the directory for a training (creating it; a refusal leaves nothing created: see close)."""
+        if resume and not os.path.isdir(self.path):
+            raise RunDirError(f"nothing to resume in {self.path} (no such directory); start the run without --resume")
+        self._created = not os.path.isdir(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as err:
             raise RunDirError(f"cannot write to run directory {self.path} ({err.strerror}); pick another --results_dir") from None
-        check_writable(self.path, "pick another --results_dir")
+        try:
+            check_writable(self.path, "pick another --results_dir")
+            self._acquire("in use by another training process; wait for it or use another --seed/--results_dir")
+            self._check_for(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _acquire(self, busy):
         self._lock = open(self.file(".lock"), "a+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
+            self._lock.close()
+            self._lock = None
             if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunDirError(f"{self.path} is in use by another training process; wait for it or use another --seed/--results_dir") from None
+                raise RunDirError(f"{self.path} is {busy}") from None
             raise
         for name in os.listdir(self.path):  # temporary files of a writer killed mid-save (we hold the lock)
             if name.startswith(".") and name.endswith(".tmp"):
@@ -110,10 +125,10 @@ class RunDir:
             self.restore_previous()
             self.notices.append(f"an earlier --overwrite stopped before the new run completed an epoch; "
                                 f"the run it replaced is back in {self.path}")
+
+    def _check_for(self, resume, overwrite):
         files = ", ".join(self.existing_artefacts())
         if resume and not self.started:
-            if not existed:
-                raise RunDirError(f"nothing to resume in {self.path} (no such directory); start the run without --resume")
             if not self.restartable:
                 raise RunDirError(f"nothing to resume in {self.path}: it holds {files} but no {STATE}; --overwrite "
                                   "replaces them, or pick another --results_dir")
@@ -179,6 +194,8 @@ class RunDir:
         if self._replaced and not self.started:
             self.restore_previous()
         if self._lock is not None:
+            if self._created and os.listdir(self.path) == [".lock"]:  # refused before anything of the run was written
+                shutil.rmtree(self.path)
             self._lock.close()
             self._lock = None
 
@@ -244,14 +261,68 @@ def saved_subset(run_dir):
     return subset
 
 
-def check_evaluable(run_dir):
-    """learning.py / detection.py, before any work: the run is not being written, and its metrics.json can take results."""
-    if training_in_progress(run_dir):
-        raise RunDirError(f"{run_dir} is still training (its lock is held); wait until it finishes, then run this again")
+def check_evaluable(run_dir, log=print):
+    """learning.py / detection.py, before any work: the directory holds a finished run, nothing writes to it, and its
+    metrics.json can take results; returns that metrics.json. An --overwrite killed before the new run completed an
+    epoch is undone first (the run it replaced is put back, with a notice), as the next training would."""
     if not os.path.isdir(run_dir):
         raise DataError(f"{run_dir}: no such run directory; train this run first (blind_knowledge_dist_training.py)")
-    read_json_object(os.path.join(run_dir, METRICS))
     check_writable(run_dir, f"the results go into its {METRICS}: make it writable")
+    run = RunDir(run_dir)
+    run._acquire("still training (its lock is held); wait until it finishes, then run this again")
+    try:
+        for notice in run.notices:
+            log(f"[bkd] {notice}")
+        metrics = read_json_object(run.file(METRICS))
+        describe_unfinished(run, metrics)
+        return metrics
+    finally:
+        run.close()
+
+
+def describe_unfinished(run, metrics):
+    """One line (exit 4) if the directory holds no finished run: what it holds, and how to get the result."""
+    if not run.started or not metrics:
+        held = ("the start of a run that completed no epoch" if run.has(INCOMPLETE) or run.existing_artefacts()
+                else "no run")
+        raise RunDirError(f"{run.path} holds {held}, no result: train it (blind_knowledge_dist_training.py with this run's "
+                          "flags), then run this again")
+    done, n_epoch = metrics.get("epochs_completed"), (metrics.get("config") or {}).get("n_epoch")
+    if not done or not n_epoch or done < n_epoch:
+        raise RunDirError(f"{run.path} holds an unfinished run (epochs 0..{(done or 0) - 1} of 0..{(n_epoch or 0) - 1} "
+                          "completed): finish it with its training command and --resume, then run this again")
+
+
+def check_split(run_dir, metrics):
+    """detection.py: the split's files, complete and recorded (metrics.json is written after them, with the epoch)."""
+    present = [name for name in SPLIT_FILES if os.path.exists(os.path.join(run_dir, name))]
+    if metrics.get("split_epoch") is None:
+        raise DataError(f"{run_dir}: metrics.json records no split, so {', '.join(present) or 'its split files'} "
+                        "cannot be trusted (the training stopped while writing them?); resume the training with --resume "
+                        "to redo the split")
+    missing = [name for name in (DETECTION, AGREEMENT, LABEL_ISSUES) if name not in present]
+    if missing:
+        raise DataError(f"{run_dir}: the split of epoch {metrics['split_epoch']} lacks {', '.join(missing)}; train the run "
+                        "again (--overwrite)")
+
+
+def check_run_data(run_dir, metrics, args, fingerprint, log=print):
+    """The evaluation's data is the run's: its data set and label set, then its data's fingerprint (exit 3)."""
+    config = metrics.get("config") or {}
+    keys = ("dataset", "noise_type") if args.dataset != "custom" else ("dataset",)  # custom data: no label sets
+    for key in keys:
+        if key in config and config[key] != getattr(args, key):
+            raise DataError(f"--{key} {getattr(args, key)}: the run in {run_dir} was trained with --{key} {config[key]}; "
+                            f"give the flags it was trained with, or the run directory of a {getattr(args, key)} run")
+    recorded = metrics.get("data")
+    if recorded is None:
+        log(f"[bkd] {run_dir}/metrics.json records no data fingerprint (an earlier version wrote it): the data is not checked")
+        return
+    from data.setup import check_same_data
+
+    check_same_data(recorded, {k: v for k, v in fingerprint.items() if k != "split"},  # (the evaluations' own split)
+                    "evaluate it with the data and flags it was trained with (--data_root, --noise_path, --data_file, "
+                    "--subset, --seed)", what=f"the run in {run_dir}")
 
 
 def check_writable(folder, fix):

@@ -3,7 +3,10 @@
 Array file (`.npz`): `x_train` (N, S, S, 3) uint8 RGB, `y_train` (N,) the given labels (0..C-1),
 and optionally `x_test` / `y_test`, `classes` (C names) and `ids` (N identifiers, e.g. file names).
 Image folder: torchvision's ImageFolder layout (`<folder>/<class name>/<image>`), read once and
-resized to `--image_size`; ids are the files' paths relative to the folder. There are no clean
+resized to `--image_size`; ids are the files' paths relative to the folder; hidden files and
+folders (names starting with '.') are skipped, and counted. 16-bit and floating-point images are
+converted by their range. Images smaller than 32 pixels are resized to 32 (PreResNet18's three
+stride-2 stages leave almost nothing of them) unless `--keep_image_size`. There are no clean
 labels: detection ranks and flags the given ones.
 """
 import os
@@ -11,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.errors import DataError
+from utils.errors import DataError, first_line
 
 DEFAULT_FILE = "custom.npz"
+MIN_SIZE = 32  # smaller images are resized to this size by default: at 8x8 the last stage of PreResNet18 sees 1x1 maps
 
 
 @dataclass
@@ -25,6 +29,8 @@ class CustomData:
     classes: list
     ids: np.ndarray
     source: str
+    skipped: dict = None  # image folders: hidden files and folders skipped, {"files": n, "folders": m}
+    resized_from: int = None  # the images' own size, where it was below MIN_SIZE and they were resized to it
 
     @property
     def num_classes(self):
@@ -47,38 +53,78 @@ def data_file(args):
     return os.path.expanduser(args.data_file or os.path.join(args.data_root, DEFAULT_FILE))
 
 
-def load_custom(path, image_size=32):
+def load_custom(path, image_size=32, keep_size=False):
+    """The data at `path` (an .npz file or an image folder), checked, at `image_size` for a folder (at least MIN_SIZE
+    unless `keep_size`) and at its own size for an .npz file (resized to MIN_SIZE if smaller, unless `keep_size`)."""
     if os.path.isdir(path):
-        data = _load_folder(path, image_size)
+        data = _load_folder(path, image_size if keep_size else max(image_size, MIN_SIZE))
     elif os.path.exists(path):
         data = _load_npz(path)
     else:
         raise DataError(f"--data_file {path}: no such file or folder; give an .npz array file or an image folder "
                         "(README, 'Your own data')")
-    return _check(data)
+    return _at_least_min_size(_check(data), keep_size)
 
 
-def from_arrays(images, labels, classes=None, ids=None, x_test=None, y_test=None, source="arrays"):
+def from_arrays(images, labels, classes=None, ids=None, x_test=None, y_test=None, source="arrays", keep_size=False):
     """Your data as arrays (the Python API): checked as an .npz file's arrays would be."""
     arrays = {"x_train": np.asarray(images), "y_train": np.asarray(labels)}
     for key, value in (("classes", classes), ("ids", ids), ("x_test", x_test), ("y_test", y_test)):
         if value is not None:
             arrays[key] = np.asarray(value)
-    return _check(_from_dict(arrays, source))
+    return _at_least_min_size(_check(_from_dict(arrays, source)), keep_size)
+
+
+def _at_least_min_size(d, keep_size):
+    """Images smaller than MIN_SIZE, resized to it (bilinear), unless `keep_size`."""
+    size = d.image_size
+    if keep_size or size >= MIN_SIZE:
+        return d
+    d.x_train = _resize(d.x_train, MIN_SIZE)
+    if d.x_test is not None:
+        d.x_test = _resize(d.x_test, MIN_SIZE)
+    d.resized_from = size
+    return d
+
+
+def _resize(images, size):
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR)) for img in images])
+
+
+ZIP, NPY = b"PK\x03\x04", b"\x93NUMPY"
 
 
 def _load_npz(path):
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith(NPY):
+        raise DataError(f"{path}: a single .npy array, not an .npz archive of x_train and y_train; save them with "
+                        "np.savez(path, x_train=images, y_train=labels) (README, 'Your own data')")
+    if not head.startswith(ZIP):
+        raise DataError(f"{path}: not an .npz archive (a text or CSV file?); give an .npz file of x_train and y_train, or an "
+                        "image folder (README, 'Your own data')")
     try:
         with np.load(path, allow_pickle=False) as f:
             if "x_train" not in f.files or "y_train" not in f.files:
                 raise DataError(f"{path}: needs arrays x_train and y_train (has {', '.join(f.files) or 'none'}); "
                                 "README, 'Your own data'")
-            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test", "classes", "ids") if k in f.files}
+            arrays = {k: _array(f, k, path) for k in ("x_train", "y_train", "x_test", "y_test", "classes", "ids")
+                      if k in f.files}
     except DataError:
         raise
-    except Exception as err:  # zipfile / numpy format errors, object arrays
-        raise DataError(f"{path}: not a readable .npz array file ({err}); README, 'Your own data'") from None
+    except Exception as err:  # zipfile / numpy format errors
+        raise DataError(f"{path}: not a readable .npz array file ({first_line(err)}); README, 'Your own data'") from None
     return _from_dict(arrays, path)
+
+
+def _array(archive, key, path):
+    try:
+        return archive[key]
+    except ValueError:  # numpy refuses an object array without pickle (and we never load one with it)
+        raise DataError(f"{path}: array {key!r} holds Python objects, not numbers or text; save it as a plain array "
+                        f"(e.g. np.array(values, dtype=str) for names) (README, 'Your own data')") from None
 
 
 def _from_dict(arrays, path):
@@ -105,37 +151,46 @@ def _from_dict(arrays, path):
 
 
 def _load_folder(path, image_size):
-    from PIL import Image
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    try:
-        classes, index = find_classes(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no class sub-folders; put each class's images in <folder>/<class name>/") from None
-    samples = _image_files(path, classes, index, IMG_EXTENSIONS)
+    classes, hidden_folders = _class_folders(path)
+    if not classes:
+        raise DataError(f"{path}: no class sub-folders; put each class's images in <folder>/<class name>/")
+    samples, skipped = _image_files(path, classes, IMG_EXTENSIONS)
+    skipped["folders"] += hidden_folders
     if not samples:
         raise DataError(f"{path}: no images in its class sub-folders ({', '.join(IMG_EXTENSIONS)})")
     images = np.empty((len(samples), image_size, image_size, 3), dtype=np.uint8)
     for i, (file, _) in enumerate(samples):
-        try:
-            with Image.open(file) as img:
-                images[i] = np.asarray(img.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
-        except Exception as err:
-            raise DataError(f"{file}: unreadable image ({err}); remove or replace it") from None
+        images[i] = _read_image(file, image_size)
     labels = np.array([label for _, label in samples], dtype=np.int64)
     ids = np.array([os.path.relpath(file, path) for file, _ in samples])
-    return CustomData(images, labels, None, None, classes, ids, path)
+    return CustomData(images, labels, None, None, classes, ids, path, skipped=skipped)
 
 
-def _image_files(path, classes, index, extensions):
-    """(file, class index) of every image under <path>/<class>/, in torchvision's order (sorted walk).
+def _hidden(name):
+    return name.startswith(".")  # .ipynb_checkpoints, macOS's ._name.png and .DS_Store, thumbnails: never data
+
+
+def _class_folders(path):
+    """The class sub-folders, sorted (torchvision's order), without hidden ones; and how many hidden ones there were."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    except OSError as err:
+        raise DataError(f"{path}: cannot list the folder ({err.strerror})") from None
+    return [n for n in names if not _hidden(n)], sum(map(_hidden, names))
+
+
+def _image_files(path, classes, extensions):
+    """(file, class index) of every image under <path>/<class>/, in torchvision's order (sorted walk), and the hidden
+    files and folders skipped on the way.
 
     Linked folders are followed once: a folder reached again (a link loop, two links to one
     folder, a link to another class's folder) is skipped, so no image is read twice.
     """
     class_roots = {os.path.realpath(os.path.join(path, name)) for name in classes}
-    samples, seen = [], set()
-    for name in classes:
+    samples, seen, skipped = [], set(), {"files": 0, "folders": 0}
+    for index, name in enumerate(classes):
         folders, own = [], os.path.realpath(os.path.join(path, name))
         for root, dirs, files in os.walk(os.path.join(path, name), followlinks=True):
             real = os.path.realpath(root)
@@ -143,9 +198,45 @@ def _image_files(path, classes, index, extensions):
                 dirs[:] = []
                 continue
             seen.add(real)
-            folders.append((root, sorted(f for f in files if f.lower().endswith(extensions))))
-        samples += [(os.path.join(root, f), index[name]) for root, files in sorted(folders) for f in files]
-    return samples
+            skipped["folders"] += sum(map(_hidden, dirs))
+            dirs[:] = [d for d in dirs if not _hidden(d)]
+            skipped["files"] += sum(map(_hidden, files))
+            folders.append((root, sorted(f for f in files if not _hidden(f) and f.lower().endswith(extensions))))
+        samples += [(os.path.join(root, f), index) for root, files in sorted(folders) for f in files]
+    return samples, skipped
+
+
+def _read_image(file, size):
+    """One image as (size, size, 3) uint8 RGB. 16-bit images are scaled from 0..65535, floating-point ones from 0..1 (or
+    0..255 where they exceed 1): Pillow's conversion to RGB would clip the one to white and the other to black."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as img:
+            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+                img = Image.fromarray(_eight_bits(np.asarray(img), img.mode, file))
+            return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"{file}: unreadable image ({first_line(err)}); remove or replace it") from None
+
+
+def _eight_bits(values, mode, file):
+    values = values.astype(np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not np.isfinite(values).all():
+        raise DataError(f"{file}: a {mode} image with values that are not finite; convert it to an 8-bit image")
+    if mode == "F" and low >= 0 and high <= 1:
+        scale = 255.0
+    elif mode == "F" and low >= 0 and high <= 255:
+        scale = 1.0
+    elif mode != "F" and low >= 0 and high <= 65535:
+        scale = 255.0 / 65535
+    else:
+        raise DataError(f"{file}: a {mode} image with values in {low:g}..{high:g}, outside the 16-bit or 0..1 range it "
+                        "would be read by; convert it to an 8-bit image")
+    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
 
 
 def _check(d):
@@ -168,6 +259,9 @@ def _check(d):
     counts = np.bincount(y, minlength=len(d.classes))
     if (counts == 0).any():
         empty = int(np.flatnonzero(counts == 0)[0])
+        if d.classes == [str(c) for c in range(len(d.classes))]:  # classes numbered from the labels: a gap in them
+            raise DataError(f"{src}: labels must be 0..C-1 with an image for each, but no image has label {empty} (of "
+                            f"0..{len(d.classes) - 1}); renumber them, e.g. np.unique(labels, return_inverse=True)[1]")
         raise DataError(f"{src}: class {empty} ({d.classes[empty]!r}) has no training image; drop it or add images")
     if len(d.ids) != len(y):
         raise DataError(f"{src}: ids has {len(d.ids)} entries for {len(y)} training images")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data.cifar import DATASETS, load_images, local_images
-from data.custom import data_file, load_custom
+from data.custom import MIN_SIZE, data_file, load_custom
 from data.labels import load_label_file
 from data.split import stratified_subset, train_val_split
 from utils import logfmt
@@ -85,7 +85,7 @@ def cifar_classes(dataset):
 def load_source(args, with_images=True):
     """The data set without subset and split: RunData with images (unless with_images=False, CIFAR only)."""
     if args.dataset == "custom":
-        return custom_source(load_custom(data_file(args), args.image_size))
+        return custom_source(load_custom(data_file(args), args.image_size, args.keep_image_size))
     return _cifar_source(args, with_images)
 
 
@@ -95,9 +95,23 @@ def custom_source(custom):
     info = dict(num_classes=custom.num_classes, mean=mean, std=std, pad_mode="reflect", flip_first=True)
     counts = ", ".join(f"{name} {n}" for name, n in zip(custom.classes, np.bincount(custom.y_train)))
     source = custom.source if custom.source == "arrays" else portable(os.path.abspath(custom.source))
-    banner = [logfmt.ours(f"custom data {source}: {len(custom.y_train)} training images "
-                          f"{custom.image_size}x{custom.image_size} of {custom.num_classes} classes ({counts}), "
-                          + (f"{len(custom.y_test)} test images" if custom.x_test is not None else "no test set: no test accuracy"))]
+    size = f"{custom.image_size}x{custom.image_size}"
+    skipped = custom.skipped or {}
+    hidden = (f", skipped {skipped.get('files', 0)} hidden file(s) and {skipped.get('folders', 0)} hidden folder(s) (names "
+              "starting with '.')") if any(skipped.values()) else ""
+    banner = [logfmt.ours(f"custom data {source}: {len(custom.y_train)} training images {size} of {custom.num_classes} "
+                          f"classes ({counts}), "
+                          + (f"{len(custom.y_test)} test images" if custom.x_test is not None else "no test set: no test accuracy")
+                          + hidden)]
+    if custom.resized_from:
+        banner.append(logfmt.ours(f"the images are {custom.resized_from}x{custom.resized_from}: resized to {size} (bilinear), "
+                                  "where PreResNet18's three stride-2 stages still see them; --keep_image_size trains them "
+                                  "at their size"))
+    elif custom.image_size < MIN_SIZE:
+        banner.append(logfmt.ours(f"the images are trained at {size} (--keep_image_size): PreResNet18's three stride-2 stages "
+                                  f"leave {max(custom.image_size // 8, 1)}x{max(custom.image_size // 8, 1)} maps of them, "
+                                  f"which can cost much of the detection's quality; without the flag they are resized to "
+                                  f"{MIN_SIZE}x{MIN_SIZE}"))
     return RunData("custom", custom.x_train, custom.y_train, None, custom.x_test, custom.y_test, info, custom.classes,
                    custom.ids, banner=banner)
 

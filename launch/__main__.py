@@ -35,9 +35,17 @@ def grid_parser(p):
     return p
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), for the launcher and each of its commands."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = Parser(prog="python -m launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+               allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     # no abbreviations: a training flag such as --seed must not be read as --seeds
     run = grid_parser(sub.add_parser("run", help="run the grid's unfinished runs (unknown flags go to training)", allow_abbrev=False))
@@ -75,6 +83,18 @@ def split_flags(extra):
         if keep:
             evaluation.append(token)
     return list(extra), evaluation
+
+
+def check_training_flags(runs, train_flags):
+    """The flags passed on to training, checked as training checks them, before anything is created: one line, exit 2."""
+    from bkd.config import TrainConfig, check_config
+    from flags import parse, training_parser
+
+    for run in runs[:1]:  # the runs differ only in the flags that select them
+        args = parse(training_parser(), run.flags() + list(train_flags))  # (an unknown flag: one line, exit 2)
+        check_config(TrainConfig.from_namespace(args))
+        if args.resume:
+            raise UsageError("--resume: the launcher resumes every unfinished run itself; drop it")
 
 
 def runs_of(args):
@@ -135,6 +155,11 @@ def main(argv=None):
     if args.reference:
         extra.append("--reference")
     train_flags, eval_flags = split_flags(extra)
+    try:
+        check_training_flags(runs, train_flags)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     if args.slurm:
         from launch import slurm
 

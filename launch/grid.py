@@ -102,6 +102,22 @@ def _contains(path, text):
         return False
 
 
+def recorded_differences(run, train_flags):
+    """What a finished run was trained with that this launch asks otherwise: (flag, recorded, asked now) for each
+    setting that changes what a run computes (bkd.config.run_args), from its metrics.json."""
+    from bkd.config import TrainConfig, compiles, differing_args, run_args
+    from flags import data_selection, parse, training_parser
+
+    args = parse(training_parser(), run.flags() + [t for t in train_flags if t != "--overwrite"])
+    config = TrainConfig.from_namespace(args)
+    recorded = ((read_json(run.file(rd.METRICS)) or {}).get("config")) or {}
+    return differing_args(recorded, run_args(config, compiles(config), data_selection(args)))
+
+
+def describe_differences(differences):
+    return ", ".join(f"--{name} {recorded} where this launch asks {asked}" for name, recorded, asked in differences)
+
+
 def training_finished(run):
     last, n_epoch = progress(run)
     return last is not None and n_epoch is not None and last == n_epoch - 1
@@ -165,14 +181,17 @@ class Pipeline:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 return {"outcome": "running", "log": run.file("training.log")}
-            if finished(run):
-                return {"outcome": "skipped", "log": run.file("training.log")}
+            overwrite = "--overwrite" in self.train_flags
+            other = recorded_differences(run, self.train_flags) if training_finished(run) else []
+            retrain = bool(other) and overwrite  # trained with other flags, and --overwrite: trained again with these
+            if finished(run) and not retrain:
+                return {"outcome": "skipped", "log": run.file("training.log"), "other_flags": other}
             write_record(run, failed=None, started=time.time())
             for step, script, log_name, mode in STEPS:
-                if step == "training" and training_finished(run):
+                if step == "training" and training_finished(run) and not retrain:
                     continue
                 flags = run.flags() + (self.train_flags if step == "training" else self.eval_flags)
-                if step == "training" and os.path.exists(run.file(rd.STATE)):
+                if step == "training" and os.path.exists(run.file(rd.STATE)) and not overwrite:
                     flags.append("--resume")
                 code = self._step(script, flags, run.file(log_name), mode, step)
                 if code != 0 or self.stopped:

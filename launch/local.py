@@ -119,6 +119,11 @@ def describe(outcome):
         return f"FAILED in {outcome['step']} (exit {outcome['exit_code']}); see {outcome['log']}"
     if kind == "running":
         return "already running elsewhere; left alone"
+    if kind == "skipped" and outcome.get("other_flags"):
+        from launch.grid import describe_differences
+
+        return (f"already finished, trained with other flags ({describe_differences(outcome['other_flags'])}); kept as "
+                "it is: add --overwrite to train it again with this launch's flags")
     if kind == "skipped":
         return "already finished; skipped"
     if kind == "interrupted":
@@ -135,6 +140,10 @@ def report(runs, outcomes, log=print):
     failed = [(run, outcomes[run.name]) for run in runs if outcomes[run.name]["outcome"] == "failed"]
     for run, outcome in failed:
         log(f"   failed: {run.name}: {outcome['step']} exited {outcome['exit_code']}; log {outcome['log']}")
+    other = [run.name for run in runs if outcomes[run.name].get("other_flags")]
+    if other:
+        log(f"   {len(other)} finished run(s) were trained with other flags and kept as they are ({', '.join(other)}): add "
+            "--overwrite to train them again with this launch's flags")
     if failed:
         return failed[0][1]["exit_code"] or 1
     if counts.get("interrupted"):

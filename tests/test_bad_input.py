@@ -281,7 +281,7 @@ def test_resume_state_of_the_wrong_structure(finished_run, synthetic_root, tmp_p
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "not found"),
+    (None, "the split of epoch 1 lacks detection.npy; train the run again (--overwrite)"),
     (np.zeros(400, dtype=np.int64), "holds int64 values; expected a boolean mask"),
     (np.zeros(399, dtype=bool), "shape (399,), expected (400,)"),
     (b"garbage", "unreadable .npy file"),

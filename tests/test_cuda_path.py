@@ -147,10 +147,12 @@ def test_computation_decides_determinism_and_tf32_per_mode():
 
 
 def test_resume_compares_the_kernels_and_tf32_like_any_computation_flag():
-    saved = {"args": resume.run_args(TrainConfig(), resolve_computation(TrainConfig(), CUDA), {}), "data": None}
+    from bkd.config import run_args
+
+    saved = {"args": run_args(TrainConfig(), resolve_computation(TrainConfig(), CUDA).compile, {}), "data": None}
     for flag in ("cudnn_benchmark", "tf32"):
         config = TrainConfig(**{flag: True})
-        current = {"args": resume.run_args(config, resolve_computation(config, CUDA), {})}
+        current = {"args": run_args(config, resolve_computation(config, CUDA).compile, {})}
         with pytest.raises(UsageError, match=f"^--{flag} True differs from the run being resumed \\(False\\)"):
             resume.check(saved, current, "state.pth.tar", log=lambda *a: None)
 
@@ -330,7 +332,7 @@ def test_epoch_end_does_not_wait_for_the_disk_but_the_next_one_does(tmp_path, mo
     monkeypatch.setattr(outputs, "save_json", lambda obj, path: written.append((os.path.basename(path), obj["epochs_completed"])))
     run_dir = RunDir(str(tmp_path / "run")).open()
     data = SimpleNamespace(truly_noisy=None)
-    files = outputs.RunFiles(run_dir, data, TrainConfig(), {"args": {}}, {}, {}, log=lambda *a: None, background=True)
+    files = outputs.RunFiles(run_dir, data, TrainConfig(), {"args": {}, "data": {}}, {}, {}, log=lambda *a: None, background=True)
     start = time.time()
     files.epoch_end(0, {}, None, None, {"epoch": 1}, MethodState())
     assert time.time() - start < 0.3 and written == []  # handed to the writer
@@ -355,7 +357,7 @@ def test_a_failed_background_write_stops_the_run_in_its_thread_and_skips_what_fo
     monkeypatch.setattr(outputs, "save_torch", full_disk)
     monkeypatch.setattr(outputs, "save_json", lambda obj, path: written.append(path))
     run_dir = RunDir(str(tmp_path / "run")).open()
-    files = outputs.RunFiles(run_dir, SimpleNamespace(truly_noisy=None), TrainConfig(), {"args": {}}, {}, {},
+    files = outputs.RunFiles(run_dir, SimpleNamespace(truly_noisy=None), TrainConfig(), {"args": {}, "data": {}}, {}, {},
                              log=lambda *a: None, background=True)
     files.epoch_end(0, {}, None, None, {"epoch": 1}, MethodState())
     with pytest.raises(RunDirError, match="No space left on device"):

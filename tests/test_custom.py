@@ -191,5 +191,5 @@ def test_small_images_with_a_last_training_batch_of_one(tmp_path):
     results = str(tmp_path / "results")
     os.makedirs(results)
     out = run("blind_knowledge_dist_training.py", "--dataset", "custom", "--data_file", path, "--results_dir", results,
-              *TRAIN[2:], "--n_epoch", "1", "--batch_size", "33", cwd=results)
+              *TRAIN[2:], "--n_epoch", "1", "--batch_size", "33", "--keep_image_size", cwd=results)
     assert "[bkd] finished" in out.stdout

@@ -275,9 +275,10 @@ def test_launcher_refuses_bad_input_and_creates_nothing(args, message, tmp_path)
 
 def test_sequential_failure_reason_is_in_the_run_log(synthetic_root, tmp_path):
     results = str(tmp_path)
+    missing = os.path.join(results, "none.pt")  # found missing only when the training loads its labels
     proc = launch("run", "--seeds", "0", "--noise_types", "worst", "--results_dir", results, "--cpu", *data_flags(synthetic_root),
-                  "--device", "cpu", "--no_download", "--momentum", "-1")
-    assert proc.returncode == 2, proc.stdout + proc.stderr
+                  "--device", "cpu", "--no_download", "--noise_path", missing)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
     log = os.path.join(results, "cifar10_worst_seed_0", "training.log")
     assert f"see {log}" in proc.stdout
-    assert "[bkd] error: --momentum -1.0 must be 0 or positive" in open(log).read()
+    assert f"[bkd] error: --noise_path {missing}" in open(log).read()

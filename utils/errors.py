@@ -1,5 +1,6 @@
 """Errors a user can fix, each printed as one line with its exit code (see README, 'Exit codes')."""
 import os
+import signal
 import sys
 
 EXIT_USAGE = 2  # bad flag value or combination
@@ -8,6 +9,7 @@ EXIT_RUN_DIR = 4  # run directory in use, already holding a run, or unwritable
 EXIT_DIVERGED = 5  # non-finite loss
 EXIT_MEMORY = 6  # the device ran out of memory
 EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM; resumable with --resume
+EXIT_OUTPUT_CLOSED = 141  # standard output closed (`| head`): 128 + SIGPIPE, what a shell reports for a Unix tool so stopped
 
 
 class BKDError(Exception):
@@ -40,26 +42,60 @@ class Interrupted(BKDError):
     exit_code = EXIT_INTERRUPTED
 
 
+class OutputClosed(BKDError):
+    exit_code = EXIT_OUTPUT_CLOSED
+
+
+OUTPUT_CLOSED = "standard output was closed (the pipe's reader ended), so the run stopped as a Unix tool does"
+
+
+def interrupt_quietly_while_starting():
+    """Ctrl-C while a script imports its libraries (seconds for torch): one line instead of a traceback. Called first
+    thing when a script runs (never on import); run_cli hands SIGINT back to Python's own handling."""
+    def starting(signum, frame):
+        os.write(2, b"error: interrupted while starting: nothing was started and nothing was written\n")
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, starting)
+
+
 def run_cli(main, argv=None):
     """Call main(argv); turn a BKDError into `error: <message>` on stderr and its exit code.
 
     When standard output goes to a log file (run.sh, the launcher), the same line goes there too,
     as `[bkd] error: ...`, so that the log a report points to says why the step stopped.
     """
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (after interrupt_quietly_while_starting)
     try:
         main(argv)
     except BKDError as err:
         _report(f"error: {err}", err.exit_code)
     except KeyboardInterrupt:  # Ctrl-C before the script installed its own handling
         _report("error: interrupted before anything was written", EXIT_INTERRUPTED)
+    except BrokenPipeError:  # standard output closed before the script could say what its run directory holds
+        _report(f"error: {OUTPUT_CLOSED}", EXIT_OUTPUT_CLOSED)
 
 
 def _report(message, code):
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        _silence_stdout()
     print(message, file=sys.stderr, flush=True)
     if _stdout_is_separate_file():
-        print(f"[bkd] {message}", flush=True)
+        try:
+            print(f"[bkd] {message}", flush=True)
+        except BrokenPipeError:
+            _silence_stdout()
     sys.exit(code)
+
+
+def _silence_stdout():
+    """Standard output is closed: point it at /dev/null, so that Python's flush at exit prints no second error."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _stdout_is_separate_file():
