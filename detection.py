@@ -37,7 +37,7 @@ def load_detection(path, expected_len):
     try:
         flagged = np.load(path, allow_pickle=False)
     except Exception as err:
-        raise DataError(f"{path}: unreadable .npy file ({err}); truncated or not written by this project") from None
+        raise DataError(f"{path}: unreadable .npy file ({first_line(err)}); truncated or not written by this project") from None
     if flagged.dtype != np.bool_:
         raise DataError(f"{path}: holds {flagged.dtype} values; expected a boolean mask (True = label flagged noisy)")
     if flagged.shape != (expected_len,):

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.npz import read_npz
 from utils.errors import DataError, UsageError
 
 DATASETS = {
@@ -78,16 +79,7 @@ def load_images(name, data_root, download=True):
 
 
 def _load_npz(name, path):
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
-            if missing:
-                raise DataError(f"{path}: missing array(s) {', '.join(missing)}; see README, 'Data'")
-            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except DataError:
-        raise
-    except Exception as err:  # zipfile / numpy format errors
-        raise DataError(f"{path}: not a readable .npz array file ({err}); see README, 'Data'") from None
+    arrays = read_npz(path, ("x_train", "y_train", "x_test", "y_test"), doc="README, 'Data'")
     return ImageSet(name, source=path, **arrays)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.npz import read_npz
 from utils.errors import DataError, first_line
 
 DEFAULT_FILE = "custom.npz"
@@ -93,38 +94,8 @@ def _resize(images, size):
     return np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR)) for img in images])
 
 
-ZIP, NPY = b"PK\x03\x04", b"\x93NUMPY"
-
-
 def _load_npz(path):
-    with open(path, "rb") as fh:
-        head = fh.read(6)
-    if head.startswith(NPY):
-        raise DataError(f"{path}: a single .npy array, not an .npz archive of x_train and y_train; save them with "
-                        "np.savez(path, x_train=images, y_train=labels) (README, 'Your own data')")
-    if not head.startswith(ZIP):
-        raise DataError(f"{path}: not an .npz archive (a text or CSV file?); give an .npz file of x_train and y_train, or an "
-                        "image folder (README, 'Your own data')")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "x_train" not in f.files or "y_train" not in f.files:
-                raise DataError(f"{path}: needs arrays x_train and y_train (has {', '.join(f.files) or 'none'}); "
-                                "README, 'Your own data'")
-            arrays = {k: _array(f, k, path) for k in ("x_train", "y_train", "x_test", "y_test", "classes", "ids")
-                      if k in f.files}
-    except DataError:
-        raise
-    except Exception as err:  # zipfile / numpy format errors
-        raise DataError(f"{path}: not a readable .npz array file ({first_line(err)}); README, 'Your own data'") from None
-    return _from_dict(arrays, path)
-
-
-def _array(archive, key, path):
-    try:
-        return archive[key]
-    except ValueError:  # numpy refuses an object array without pickle (and we never load one with it)
-        raise DataError(f"{path}: array {key!r} holds Python objects, not numbers or text; save it as a plain array "
-                        f"(e.g. np.array(values, dtype=str) for names) (README, 'Your own data')") from None
+    return _from_dict(read_npz(path, ("x_train", "y_train"), ("x_test", "y_test", "classes", "ids")), path)
 
 
 def _from_dict(arrays, path):
