@@ -262,8 +262,8 @@ def trace_machine(trace):
 
 def same_cpu_kind(ours, recorded):
     """Float rounding can be demanded only on the recording machine's kind of CPU: oneDNN picks its kernels and their
-    blocking by the CPU model (its cache sizes), not only by the instruction set (an AMD EPYC with AVX-512 rounds the
-    first backward pass differently from the traces' Intel Xeon)."""
+    blocking by the CPU model (its cache sizes), not only by the instruction set (on an AMD EPYC with AVX-512 the
+    tiny trace's first difference is the first backward pass, the quick trace's the first forward pass)."""
     return all(ours.get(key) == value for key, value in recorded.items())
 
 

@@ -123,10 +123,6 @@ def test_tiny_golden_trace_replays(tmp_path):
     if not floats:
         mine, recorded = result["cpu"]
         print(f"this CPU {mine}, the trace's {recorded}: floats not demanded, data and schedule are")
-        first_float = next(compare(ours, theirs, floats=True), None)
-        # the forward pass of the initial weights rounds alike on every CPU seen so far: the first difference
-        # comes with the first backward pass (oneDNN's backward kernels), never before it
-        assert first_float is None or first_float[0] != "iterations[epoch 0, iter 0]", first_float
     first = next(compare(ours, theirs, floats=floats), None)
     assert first is None, "first difference at {}: {} ours {!r}, theirs {!r}".format(*first)
     assert len(ours["iterations"]) == len(theirs["iterations"]) == 80
