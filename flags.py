@@ -14,7 +14,7 @@ EVAL_PRINT_FREQ = 50  # the original's learning.py and detection.py default (unu
 # Small-scale presets. Explicit flags still win over a preset's values.
 PRESETS = {
     "default": {},
-    # CPU-sized run of the real pipeline (README, 'Quick preset'): a stratified subset, a narrower
+    # CPU-sized run of the real pipeline (docs/results.md): a stratified subset, a narrower
     # network, fewer epochs with the step decay at the same relative point.
     "quick": dict(subset=4000, width=16, n_epoch=40, lr_step=20, noisy_val_freq=5, clean_test_freq=5, print_freq=10),
 }
@@ -35,25 +35,25 @@ def base_parser(description, prog=None):
     p.add_argument("--val_ratio", type=float, default=DEFAULTS.val_ratio, help="share of training images held out as noisy validation set (0 = challenge setting)")
     p.add_argument("--noise_type", type=str, default="clean", help="label set: " + ", ".join(NOISE_TYPES))
     p.add_argument("--noise_path", type=str, default=None, help="path of CIFAR-10_human.pt / CIFAR-100_human.pt (default ./data/<file>, downloaded if missing)")
-    p.add_argument("--dataset", type=str, default="cifar10", help=" or ".join(DATASETS) + ", or custom: your own images (README, 'Your own data')")
+    p.add_argument("--dataset", type=str, default="cifar10", help=" or ".join(DATASETS) + ", or custom: your own images (docs/custom-data.md)")
     p.add_argument("--n_epoch", type=int, default=DEFAULTS.n_epoch, help="number of epochs")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of python, numpy and torch")
     p.add_argument("--print_freq", type=int, default=EVAL_PRINT_FREQ, help="print a progress line every this many iterations")
     p.add_argument("--num_workers", type=int, default=DEFAULTS.num_workers, help="DataLoader workers (--loader torchvision only)")
-    # Ours (README, 'Flags added to the original')
+    # Ours (README, 'The three scripts')
     p.add_argument("--data_root", type=str, default=default_data_root(), help=f"folder with CIFAR images (official folders or <dataset>.npz); ${DATA_ROOT_ENV} sets the default")
     p.add_argument("--device", type=str, default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--results_dir", type=str, default="results", help="parent folder of run directories")
     p.add_argument("--run_dir", type=str, default=None, help="run directory (default <results_dir>/<dataset>_<noise_type>_seed_<seed>[_<preset>])")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="settings bundle; 'quick' = CPU-sized run (README)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="settings bundle; 'quick' = CPU-sized run (README, 'The three scripts')")
     p.add_argument("--no_download", action="store_true", help="never download images or label files; fail with a message instead")
     p.add_argument("--data_file", type=str, default=None,
-                   help="--dataset custom: an .npz array file or an image folder (default <data_root>/custom.npz; README, 'Your own data')")
+                   help="--dataset custom: an .npz array file or an image folder (default <data_root>/custom.npz; docs/custom-data.md)")
     p.add_argument("--image_size", type=int, default=32, help="--dataset custom with an image folder: resize images to this size")
     p.add_argument("--keep_image_size", action="store_true",
                    help="--dataset custom: train images smaller than 32 pixels at their size (by default they are resized to 32)")
     p.add_argument("--reference", action="store_true",
-                   help="the authors' computation bit for bit (PIL loader workers, fp32 NCHW, their SGD call and batch sizes; README, 'Reference mode')")
+                   help="the authors' computation bit for bit (PIL loader workers, fp32 NCHW, their SGD call and batch sizes; docs/reference-mode.md)")
     return p
 
 
@@ -70,7 +70,7 @@ def training_parser():
     p.add_argument("--alpha2", type=float, default=DEFAULTS.alpha2, help="robust-phase alpha of group 2")
     p.add_argument("--alpha3", type=float, default=DEFAULTS.alpha3, help="robust-phase alpha of group 3")
     p.add_argument("--alpha4", type=float, default=DEFAULTS.alpha4, help="robust-phase alpha of group 4 (flagged as noisy)")
-    # Ours (README, 'Flags added to the original')
+    # Ours (README, 'The three scripts')
     p.add_argument("--width", type=int, default=DEFAULTS.width, help="channels of the first stage of PreResNet18 (64 = original)")
     p.add_argument("--lr_step", type=int, default=DEFAULTS.lr_step, help="StepLR step size in epochs (gamma 0.1)")
     p.add_argument("--subset", type=int, default=DEFAULTS.subset, help="train on a stratified, seeded subset of this many images (0 = all)")

@@ -4,10 +4,10 @@
 # By default the original's run.sh: seed 0, CIFAR-10N aggre, worst, rand1, one after another.
 #
 # Usage: bash run.sh [--quick] [--reference] [--grid challenge] [--parallel N | --slurm ...] [training flags ...]
-#   --quick                 the CPU-sized preset (README, 'Quick preset'): minutes instead of hours
-#   --reference             the authors' computation bit for bit (README, 'Reference mode'), in all three scripts
+#   --quick                 the CPU-sized preset (docs/results.md): minutes instead of hours
+#   --reference             the authors' computation bit for bit (docs/reference-mode.md), in all three scripts
 #   --grid challenge        seeds 0-4 x CIFAR-10N aggre, rand1, worst and CIFAR-100N noisy100
-#   --parallel N, --per_gpu K, --slurm, ...   where the runs go (README, 'The challenge grid'; python -m launch run --help)
+#   --parallel N, --per_gpu K, --slurm, ...   where the runs go (docs/grid.md; python -m launch run --help)
 #   other flags             passed to blind_knowledge_dist_training.py (and, where they take them, the two evaluations)
 # Environment (all optional): SEED=0 (or several: "0 1 2")  DATASET=cifar10  NOISE_TYPES="aggre worst rand1"
 #   RESULTS_DIR=results  BKD_DATA_ROOT=~/data (CIFAR images)  NOISE_PATH=<CIFAR-N .pt file>  DEVICE=auto  PYTHON=python

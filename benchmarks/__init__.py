@@ -1,4 +1,4 @@
-"""Benchmarks and evidence (README, 'Performance' and 'Results'); each module runs as a script and writes to results/."""
+"""Benchmarks and evidence (docs/performance.md and 'Results'); each module runs as a script and writes to results/."""
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

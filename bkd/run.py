@@ -77,7 +77,7 @@ def build(config, data, device, computation, listener, log):
     channels_last = use_channels_last(computation.channels_last, device, config.width)
     if channels_last != computation.channels_last:
         log(logfmt.ours(f"width {config.width} < {CPU_CHANNELS_LAST_MIN_WIDTH} on the CPU: NCHW instead of channels-last "
-                        "(oneDNN's 1x1 kernels fail on narrow channels-last convolutions; README, 'Performance')"))
+                        "(oneDNN's 1x1 kernels fail on narrow channels-last convolutions; docs/performance.md)"))
     if channels_last:
         teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
     optimizer = torch.optim.SGD(list(teacher.parameters()) + list(student.parameters()), lr=config.lr,

@@ -79,7 +79,7 @@ def load_images(name, data_root, download=True):
 
 
 def _load_npz(name, path):
-    arrays = read_npz(path, ("x_train", "y_train", "x_test", "y_test"), doc="README, 'Data'")
+    arrays = read_npz(path, ("x_train", "y_train", "x_test", "y_test"), doc="docs/data.md")
     return ImageSet(name, source=path, **arrays)
 
 
@@ -90,7 +90,7 @@ def _load_torchvision(name, data_root, download):
     present = os.path.isdir(os.path.join(data_root, cls.base_folder))
     hint = (
         f"put the official {cls.base_folder} folder in {data_root}, or a prepared array file "
-        f"{os.path.join(data_root, name + '.npz')} (README, 'Data'); --data_root or ${DATA_ROOT_ENV} sets the folder"
+        f"{os.path.join(data_root, name + '.npz')} (docs/data.md); --data_root or ${DATA_ROOT_ENV} sets the folder"
     )
     try:
         train = cls(data_root, train=True, download=download)

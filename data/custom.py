@@ -63,7 +63,7 @@ def load_custom(path, image_size=32, keep_size=False):
         data = _load_npz(path)
     else:
         raise DataError(f"--data_file {path}: no such file or folder; give an .npz array file or an image folder "
-                        "(README, 'Your own data')")
+                        "(docs/custom-data.md)")
     return _at_least_min_size(_check(data), keep_size)
 
 
@@ -103,7 +103,7 @@ def _from_dict(arrays, path):
         raise DataError(f"{path}: x_test and y_test come together; it has only {'x_test' if 'x_test' in arrays else 'y_test'}")
     y = arrays["y_train"]
     if len(arrays["x_train"]) == 0 or y.size == 0:
-        raise DataError(f"{path}: x_train is empty (no training images); README, 'Your own data'")
+        raise DataError(f"{path}: x_train is empty (no training images); docs/custom-data.md")
     classes = arrays.get("classes")
     if classes is None:
         top = int(y.max()) + 1 if np.issubdtype(y.dtype, np.integer) else 0

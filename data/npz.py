@@ -6,7 +6,7 @@ from utils.errors import DataError, first_line
 ZIP, NPY = b"PK\x03\x04", b"\x93NUMPY"
 
 
-def read_npz(path, required, optional=(), doc="README, 'Your own data'"):
+def read_npz(path, required, optional=(), doc="docs/custom-data.md"):
     """{name: array} of the `required` arrays (all) and the `optional` ones (where present) of the .npz file at `path`.
     Never unpickles: an object array, a single .npy array or a file of another kind is named in one line (exit 3)."""
     with open(path, "rb") as fh:

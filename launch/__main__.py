@@ -31,7 +31,7 @@ def grid_parser(p):
     p.add_argument("--noise_types", nargs="+", default=None, help="label sets (default: the grid's)")
     p.add_argument("--dataset", default=None, help="dataset of --noise_types (default: each label set's own)")
     p.add_argument("--results_dir", default="results", help="parent folder of the run directories")
-    p.add_argument("--quick", action="store_true", help="the CPU-sized quick preset (README, 'Quick preset')")
+    p.add_argument("--quick", action="store_true", help="the CPU-sized quick preset (docs/results.md)")
     return p
 
 
@@ -51,7 +51,7 @@ def build_parser():
     run = grid_parser(sub.add_parser("run", help="run the grid's unfinished runs (unknown flags go to training)", allow_abbrev=False))
     run.add_argument("--reference", action="store_true", help="all three scripts in reference mode")
     run.add_argument("--parallel", type=int, default=None, help="runs at once (default: one per visible GPU, else 1)")
-    run.add_argument("--per_gpu", type=int, default=1, help="runs per GPU at once (two fit an 11 GB GPU at full scale)")
+    run.add_argument("--per_gpu", type=int, default=1, help="runs per GPU at once")
     run.add_argument("--cpu", action="store_true", help="ignore GPUs: run on the CPU")
     run.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: the cores divided between runs)")
     slurm = run.add_argument_group("SLURM (through submitit)")
@@ -108,7 +108,7 @@ def check_grid_args(args):
 
     if args.dataset == "custom":
         return ("the launcher runs CIFAR-N grids; train your own data with blind_knowledge_dist_training.py --dataset custom, "
-                "then learning.py and detection.py (README, 'Your own data')")
+                "then learning.py and detection.py (docs/custom-data.md)")
     if args.dataset is not None and args.dataset not in DATASETS:
         return f"--dataset {args.dataset!r} is unknown; use one of {', '.join(DATASETS)}"
     for noise_type in args.noise_types or ():
