@@ -1,6 +1,6 @@
 """One BKD training run, in the order the paper tells it (spec sections 3-5).
 
-    fit(config, data, device, listener) -> MethodState
+    fit(config, data, device, computation, listener) -> MethodState
 
 Teacher and student are built and trained together; each epoch is a warm-up epoch until the
 student's confidence peaks (the overfitting epoch), whose statistics are then split (Otsu) into

@@ -1,7 +1,8 @@
-"""Run the project's scripts as a user types them."""
+"""Run the project's scripts as a user types them; a small real disk for the tests that fill one."""
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,3 +60,17 @@ def data_flags(data_root):
 def local_grid_flags(results, data_root):
     """The local launcher on the tiny grid: 2 runs at a time, 1 thread each."""
     return ["run", *grid_flags(results), "--cpu", "--parallel", "2", "--threads", "1", *GRID_TINY, *data_flags(data_root)]
+
+
+@contextmanager
+def tmpfs(path, size, purpose):
+    """A real tmpfs of `size` mounted at `path` for the test (root only: skipped elsewhere, saying why), unmounted after."""
+    import pytest
+
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root) {purpose}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)])  # (lazy: a file a failed test left open does not keep it)

@@ -11,7 +11,7 @@ import torch
 import blind_knowledge_dist_training as training
 import detection
 import learning
-from tests.cli import run, tiny_flags
+from tests.cli import run, tiny_flags, tmpfs
 from utils.errors import DataError, run_cli
 
 
@@ -241,11 +241,7 @@ def test_evaluation_refuses_damaged_or_running_runs(damage, code, message, finis
 def test_evaluation_in_a_read_only_run_directory(finished_run, synthetic_root, tmp_path, capsys):
     import subprocess
 
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root) to make a read-only run directory")
-    try:
+    with tmpfs(tmp_path / "ro", "8m", "to make a read-only run directory") as mount:
         run_dir = _copy_run(finished_run, mount)
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         before = digests(run_dir)
@@ -253,8 +249,6 @@ def test_evaluation_in_a_read_only_run_directory(finished_run, synthetic_root, t
             got, err = call(module, argv, capsys)
             assert got == 4 and "Read-only file system" in err and len(err.strip().splitlines()) == 1, err
         assert digests(run_dir) == before
-    finally:
-        subprocess.run(["umount", str(mount)])
 
 
 def test_true_labels_as_npz_is_one_line(finished_run, synthetic_root, tmp_path, capsys):

@@ -107,3 +107,14 @@ def test_the_api_refuses_other_data_in_its_run_directory_with_api_advice(labelle
         find_label_issues(images, other, device="cpu", run_dir=str(tmp_path / "run"), **dict(FLAGS, n_epoch=1))
     assert "the training labels" in str(err.value) and str(err.value).endswith("or give another run_dir")
     assert "--overwrite" not in str(err.value)
+
+
+def test_the_api_resumes_with_another_print_freq_as_the_command_line_does(labelled, tmp_path, one_thread):
+    """One resume rule: the API compared its whole argument dict and refused what the command line allows."""
+    from bkd import find_label_issues
+
+    images, given = labelled
+    flags = dict(FLAGS, n_epoch=1)
+    first = find_label_issues(images, given, device="cpu", run_dir=str(tmp_path / "run"), **flags)
+    again = find_label_issues(images, given, device="cpu", run_dir=str(tmp_path / "run"), **dict(flags, print_freq=7))
+    assert np.array_equal(first.ranked, again.ranked)

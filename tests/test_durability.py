@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cli import run, script, tiny_flags
+from tests.cli import run, script, tiny_flags, tmpfs
 
 TRAIN = "blind_knowledge_dist_training.py"
 
@@ -267,19 +267,13 @@ def test_disk_full_while_saving_keeps_the_earlier_file(tmp_path):
     from utils.errors import RunDirError
     from utils.files import save_numpy
 
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
-    try:
+    with tmpfs(tmp_path / "small", "64k", "to fill a disk") as mount:
         target = mount / "detection.npy"
         save_numpy(np.zeros(100, dtype=bool), str(target))
         with pytest.raises(RunDirError, match=r"cannot write .*detection.npy \(.* bytes free there\); the earlier file is kept"):
             save_numpy(np.zeros(200_000, dtype=bool), str(target))
         assert np.load(target).shape == (100,)
         assert [p.name for p in mount.iterdir()] == ["detection.npy"]  # no temporary file left
-    finally:
-        subprocess.run(["umount", str(mount)])
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])

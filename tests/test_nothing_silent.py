@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cli import data_flags, launch, run, script, tiny_flags
+from tests.cli import data_flags, launch, run, script, tiny_flags, tmpfs
 from tests.synthetic import flip_labels, make_images
 
 TRAIN = "blind_knowledge_dist_training.py"
@@ -302,18 +302,12 @@ def test_a_full_disk_while_saving_a_state_is_one_line(tmp_path):
     from utils.errors import RunDirError
     from utils.files import save_torch
 
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
-    try:
+    with tmpfs(tmp_path / "small", "256k", "to fill a disk") as mount:
         save_torch({"epoch": 1}, str(mount / "state.pth.tar"))
         with pytest.raises(RunDirError, match=r"state.pth.tar .*the earlier file is kept"):
             save_torch({"weights": torch.zeros(1_000_000)}, str(mount / "state.pth.tar"))
         assert torch.load(mount / "state.pth.tar", weights_only=True) == {"epoch": 1}
         assert os.listdir(mount) == ["state.pth.tar"]
-    finally:
-        subprocess.run(["umount", str(mount)])
 
 
 def test_the_api_checks_values_as_the_command_line_does():
