@@ -130,7 +130,7 @@ class CompiledPair:
 def compilation_failed(err):
     """Did torch.compile fail (dynamo or inductor: a graph it cannot trace, a compiler missing or failing)? An error of
     the computation itself (out of memory, a device-side assert) is not a compilation failure."""
-    if isinstance(err, torch.OutOfMemoryError):
+    if isinstance(err, torch.cuda.OutOfMemoryError):  # (torch.OutOfMemoryError from torch 2.5 on: the same class)
         return False
     kinds = []
     for module, names in (("torch._dynamo.exc", ("TorchDynamoException",)),
