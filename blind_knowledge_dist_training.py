@@ -78,7 +78,8 @@ def train(args, device, run):
         resume.check(saved, identity, path, log=log)
     flags = dict({k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()}, compile=computation.compile,
                  precision=computation.precision, deterministic=computation.deterministic, tf32=computation.tf32)
-    files = RunFiles(run, data, config, identity, flags, machine_info(device), log, background=writes_in_background(device))
+    files = RunFiles(run, data, config, identity, flags, machine_info(device, computation), log,
+                     background=writes_in_background(device))
     trace = TraceListener(TraceRecorder(args.trace, resume_epoch=saved["epoch"] if saved else 0), args, data) if args.trace else None
     log(logfmt.ours(setup_line(args, data, device, computation, run)))
     if saved is not None:

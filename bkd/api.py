@@ -31,6 +31,7 @@ from data.setup import choose_images, custom_source
 from utils.errors import UsageError
 from utils.runtime import machine_info, preserved_global_rng, resolve_device
 
+
 def selection(keep_image_size):
     """What picks an API run's data besides the training flags: the arrays (their fingerprint), kept at their size or not."""
     return {"dataset": "custom", "noise_type": None, "image_size": None, "keep_image_size": keep_image_size}
@@ -91,8 +92,8 @@ def _in_run_dir(path, config, computation, data, device, results, log, chosen):
         resume.check(saved, identity, run.file(rd.STATE), resume.API, log)
     run.open(resume=saved is not None)
     try:
-        files = RunFiles(run, data, config, identity, {"api": True, **identity["args"]}, machine_info(device), log,
-                         background=writes_in_background(device))
+        files = RunFiles(run, data, config, identity, {"api": True, **identity["args"]}, machine_info(device, computation),
+                         log, background=writes_in_background(device))
         state = fit(config, data, device, computation, Listeners(files, results), log=log, resume=saved,
                     resume_name=run.file(rd.STATE), stop=StopFlag())
     finally:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils import logfmt
 from utils.errors import DataError, RunDirError, first_line
 from utils.files import read_json_object
 
@@ -136,7 +137,6 @@ class RunDir:
         elif not (resume or overwrite or self.restartable):
             raise RunDirError(f"{self.path} already holds a run ({files}); pass --resume to continue it, "
                               "--overwrite to replace it, or another --results_dir")
-        return self
 
     def start_fresh(self):
         """Make room for a new run, once it is ready to start: leftovers go, anything else goes aside (--overwrite)."""
@@ -198,11 +198,6 @@ class RunDir:
                 shutil.rmtree(self.path)
             self._lock.close()
             self._lock = None
-
-
-def training_in_progress(run_dir):
-    """True if a training process holds the run directory's lock."""
-    return lock_held(os.path.join(run_dir, ".lock"))
 
 
 def lock_held(path):
@@ -272,15 +267,15 @@ def check_evaluable(run_dir, log=print):
     run._acquire("still training (its lock is held); wait until it finishes, then run this again")
     try:
         for notice in run.notices:
-            log(f"[bkd] {notice}")
+            log(logfmt.ours(notice))
         metrics = read_json_object(run.file(METRICS))
-        describe_unfinished(run, metrics)
+        check_finished(run, metrics)
         return metrics
     finally:
         run.close()
 
 
-def describe_unfinished(run, metrics):
+def check_finished(run, metrics):
     """One line (exit 4) if the directory holds no finished run: what it holds, and how to get the result."""
     if not run.started or not metrics:
         held = ("the start of a run that completed no epoch" if run.has(INCOMPLETE) or run.existing_artefacts()
@@ -316,7 +311,7 @@ def check_run_data(run_dir, metrics, args, fingerprint, log=print):
                             f"give the flags it was trained with, or the run directory of a {getattr(args, key)} run")
     recorded = metrics.get("data")
     if recorded is None:
-        log(f"[bkd] {run_dir}/metrics.json records no data fingerprint (an earlier version wrote it): the data is not checked")
+        log(logfmt.ours(f"{run_dir}/metrics.json records no data fingerprint (an earlier version wrote it): the data is not checked"))
         return
     from data.setup import check_same_data
 

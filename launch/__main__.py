@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+from flags import Parser  # one-line errors (exit 2), for the launcher and each of its commands
 from launch.grid import GRIDS, make_grid
 from launch.local import print_status, report, run_local
 from utils.errors import EXIT_USAGE, UsageError
@@ -33,14 +34,6 @@ def grid_parser(p):
     p.add_argument("--results_dir", default="results", help="parent folder of the run directories")
     p.add_argument("--quick", action="store_true", help="the CPU-sized quick preset (docs/results.md)")
     return p
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit code 2), for the launcher and each of its commands."""
-
-    def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
 
 
 def build_parser():

@@ -179,12 +179,13 @@ def test_machine_info_records_the_gpu(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
     monkeypatch.setattr(runtime, "_driver_version", lambda: "570.124.06")
     monkeypatch.setattr(torch.version, "cuda", "12.8")
-    with runtime.cuda_settings(CUDA):
-        info = runtime.machine_info(torch.device("cuda:0"))
+    # the run's settings, although they are set only when its training starts (and were torch's defaults here)
+    info = runtime.machine_info(torch.device("cuda:0"), resolve_computation(TrainConfig(), CUDA))
     gpu = info["gpu"]
     assert (gpu["name"], gpu["compute_capability"], gpu["memory_gib"], gpu["driver"], gpu["cuda"], gpu["cudnn"]) == \
         ("NVIDIA H200", "9.0", 139.7, "570.124.06", "12.8", 91002)
     assert gpu["determinism"]["deterministic_algorithms"] and gpu["tf32"]["cudnn_conv"] in ("ieee", False)
+    assert not torch.are_deterministic_algorithms_enabled()  # and put back
     assert info["device"] == "cuda:0" and "gpu" not in runtime.machine_info(CPU)
 
 

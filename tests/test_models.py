@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from models import PreResNet18
-from utils.checkpoint import load_model, save_model
+from utils.checkpoint import load_model, model_checkpoint
+from utils.files import save_torch
 from utils.errors import DataError
 
 
@@ -36,7 +37,7 @@ def test_no_final_bn_relu_and_preactivated_shortcut():
 def test_checkpoint_round_trip_and_errors(tmp_path):
     model = PreResNet18(10, width=8)
     path = str(tmp_path / "teacher.pth.tar")
-    save_model(model, path, epoch=7, num_classes=10, width=8)
+    save_torch(model_checkpoint(model, epoch=7, num_classes=10, width=8), path)
     loaded, ckpt = load_model(path, lambda c, w: PreResNet18(c, w))
     assert ckpt["epoch"] == 7 and set(ckpt) >= {"state_dict", "epoch"}
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

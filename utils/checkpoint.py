@@ -2,7 +2,6 @@
 import os
 
 from utils.errors import DataError, first_line
-from utils.files import save_torch
 
 
 def host_copy(obj):
@@ -24,12 +23,8 @@ def model_checkpoint(model, epoch, num_classes, width):
     return {"state_dict": host_copy(model.state_dict()), "epoch": epoch, "num_classes": num_classes, "width": width}
 
 
-def save_model(model, path, epoch, num_classes, width):
-    save_torch(model_checkpoint(model, epoch, num_classes, width), path)
-
-
 def load_model(path, build):
-    """Load a checkpoint written by save_model into `build(num_classes, width)`; clear errors on bad files."""
+    """Load a checkpoint (model_checkpoint, written with utils.files.save_torch) into `build(num_classes, width)`; clear errors on bad files."""
     import torch  # here, so that the launcher's bookkeeping imports this module without torch
 
     if not os.path.exists(path):

@@ -256,9 +256,13 @@ def gpu_info(device):
     }
 
 
-def machine_info(device=None):
+def machine_info(device=None, computation=None):
     """What a result depends on beyond the code: CPU type (float rounding differs between CPU kernels), threads, versions,
-    and on CUDA the GPU, its driver and libraries, TF32 and determinism settings."""
+    and on CUDA the GPU, its driver and libraries, TF32 and determinism settings: those a run with `computation` (its
+    `deterministic` and `tf32`) computes with, which cuda_settings sets only when the run starts."""
+    if computation is not None and device is not None:
+        with cuda_settings(device, computation.deterministic, computation.tf32):
+            return machine_info(device)
     from importlib.metadata import version  # not `import torchvision`: that takes seconds
 
     info = {
