@@ -79,7 +79,8 @@ def training_parser():
     p.add_argument("--loader", choices=("device", "torchvision"), default=DEFAULTS.loader, help="input pipeline: batched on the device, or the original's PIL workers")
     p.add_argument("--eval_batch_size", type=int, default=DEFAULTS.eval_batch_size, help="batch size of evaluation passes (0 = 1024 on CUDA, 256 on CPU)")
     p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where the device has bf16 natively (CUDA compute capability 8.0+; a CPU with AVX-512 BF16 or AMX), fp16 with gradient scaling on older GPUs; opt-in: it changed the outcome against fp32 on the quick preset")
-    p.add_argument("--tf32", action="store_true", help="CUDA: TF32 convolutions and matrix products (faster on Ampere and newer, 10-bit mantissa products) instead of strict fp32")
+    p.add_argument("--strict_fp32", action="store_true", help="CUDA: IEEE fp32 convolutions and matrix products instead of TF32 (the default on CUDA, as PyTorch's and the authors' torch: 10-bit mantissa products, several times faster on Ampere and newer)")
+    p.add_argument("--tf32", action="store_true", help=argparse.SUPPRESS)  # retired: TF32 became the default (parse says so)
     p.add_argument("--cudnn_benchmark", action="store_true", help="CUDA: cuDNN's autotuned kernels (faster, nondeterministic: runs are no longer bit-reproducible, resume no longer bit-exact) instead of deterministic ones")
     p.add_argument("--no_channels_last", action="store_true", help="keep the NCHW memory format (channels-last is faster on CUDA and CPU)")
     p.add_argument("--compile", action="store_const", const=True, default=DEFAULTS.compile,
@@ -111,6 +112,8 @@ def parse(parser, argv=None):
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
         raise UsageError(f"--image_size {args.image_size} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
     check_seed_and_split(args.seed, args.val_ratio)
+    if getattr(args, "tf32", False):
+        raise UsageError("--tf32: TF32 is the default on CUDA now; drop --tf32 (--strict_fp32 computes in IEEE fp32)")
     return args
 
 

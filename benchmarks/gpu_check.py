@@ -1,74 +1,267 @@
-"""The GPU check: the `cuda` tests, then the throughput of every mode at full scale, in one command.
+"""The GPU check: one command that returns what a first call on a lent GPU must know, written as it goes.
 
-    python benchmarks/gpu_check.py                      # on a GPU: under 8 minutes on a data-centre GPU
-    python benchmarks/gpu_check.py --device cpu --tiny  # the same, tiny, on the CPU: shows the script works
+    python3 benchmarks/gpu_check.py --out $OUT/gpu_check --budget_s 480  # on a lent GPU (docs/gpu.md)
+    python benchmarks/gpu_check.py --device cpu --tiny --out /tmp/gc      # every step, tiny, on the CPU
+    python benchmarks/gpu_check.py --prepare_data .gpu_data               # here: the real-data step's files
 
-1. The `cuda`-marked tests (tests/test_cuda.py; they skip without a GPU), and their result.
-2. Throughput on synthetic CIFAR-shaped data (50,000 training images: 45,000 training / 5,000 validation,
-   10,000 test images, 10 classes), PreResNet18 at width 64, batch 128: for each mode, in a process of its
-   own, built as a run builds it (bkd.run.build), a fixed number of training iterations after warm-up in the
-   warm-up phase and in the robust phase, one validation, test and full-set pass, and the state save (the
-   host copy the training thread makes, and the write). Modes (MODES): the reference mode (the original's
-   PIL loader, 4 workers), the default mode eager and compiled, --amp eager and compiled, cuDNN's
-   nondeterministic autotuned kernels (--cudnn_benchmark) against the deterministic default, --tf32, and, on
-   CUDA, torch.compile's CUDA graphs (mode="reduce-overhead") as a candidate.
-3. Per mode: seconds per warm-up and per robust epoch, the projected time of the 300-epoch default schedule,
-   peak GPU memory, and the ratios to the reference mode measured in this same invocation.
-4. The machine's facts (GPU, driver, CUDA, cuDNN, TF32 and determinism settings).
-Writes <out>.json and <out>.md, and prints a short table last. Needs only torch, torchvision, numpy, pytest.
+Steps, in the order a first GPU call most needs their answers:
+1. machine: GPU, driver, CUDA, cuDNN, torch, with the run's own TF32 and determinism settings;
+2. smoke: one short training run of every mode through the training script (does it run at all?), side by side on
+   CUDA (`--jobs`), so that the compiled modes' compilations (CPU work) overlap; they fill the one inductor cache
+   all steps share, at the shapes the later steps use;
+3. correctness at the default configuration (width 64, compiled, default precision) and with --amp, on synthetic
+   CIFAR-shaped data: two identical seeded runs bit-equal (weights, detection.npy, agreement.npy), and a run
+   killed with SIGKILL mid-epoch then resumed bit-equal to the uninterrupted one;
+4. throughput of every mode at full scale on synthetic data (45,000 training images, width 64, batch 128): seconds
+   per warm-up and robust epoch (iterations timed in steady state, each pass's start-up apart), the projected
+   300-epoch schedule, peak memory, achieved TFLOP/s against the card's peak for the mode's precision, and the
+   ratio to the reference mode of the same invocation;
+5. real data: the quick preset on CIFAR-10N `worst` through run.sh (all three scripts), from `--real_data`;
+6. the remaining `cuda`-marked tests (tests/test_cuda.py), without pytest-xdist's options.
 
---tiny on the CPU: a few hundred images of width 8, a few iterations, and torch.compile with dynamo's
-eager backend (the code path, not inductor's speed, which would take longer than the whole check).
+After every step, and every mode within one, <out>.json and <out>.md are rewritten (atomically): a call killed at
+its time limit still returns every finished step. <out>.log collects every child's output. Each child runs in a
+process group of its own with its own time limit, and is killed with everything it started when that runs out;
+SIGTERM or Ctrl-C stops the check the same way and writes what it has. Needs only torch, torchvision, numpy and
+pytest; nothing is downloaded.
+
+--tiny on the CPU: a few hundred images of width 8, a few iterations, and torch.compile with dynamo's eager backend
+(the code path, not inductor's speed, which would take longer than the whole check).
 """
 import argparse
+import itertools
 import json
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# name: (training flags as TrainConfig fields, torch.compile mode, devices it applies to); in the order they run.
-# "default" is the default mode (compiled at width 64); "amp" is --amp, also compiled.
+from bkd.report import COLUMNS, markdown  # noqa: E402  (numpy only: no matplotlib needed)
+from utils.files import atomic_path, save_json  # noqa: E402
+
+TRAIN = os.path.join(ROOT, "blind_knowledge_dist_training.py")
+PREPARED = os.path.join(ROOT, ".gpu_data")  # --prepare_data's default folder (git-ignored; the GPU call carries it)
+
+
+@dataclass(frozen=True)
+class Mode:
+    flags: dict  # training flags, as TrainConfig fields
+    devices: tuple = ("cpu", "cuda")
+    compile_mode: str = None  # torch.compile's mode (None: its default)
+    fill_uninitialized_memory: bool = True  # torch's filling of new memory under deterministic algorithms
+    note: str = ""
+
+
+CUDA = ("cuda",)
+# In the order the throughput step runs them: what matters most first.
 MODES = {
-    "reference": (dict(reference=True, num_workers=4), None, ("cpu", "cuda")),
-    "default-eager": (dict(compile=False), None, ("cpu", "cuda")),
-    "default": (dict(compile=True), None, ("cpu", "cuda")),
-    "amp-eager": (dict(amp=True, compile=False), None, ("cpu", "cuda")),
-    "amp": (dict(amp=True, compile=True), None, ("cpu", "cuda")),
-    "nondeterministic-eager": (dict(cudnn_benchmark=True, compile=False), None, ("cuda",)),
-    "tf32-eager": (dict(tf32=True, compile=False), None, ("cuda",)),
-    "amp-nondeterministic": (dict(amp=True, cudnn_benchmark=True, compile=True), None, ("cuda",)),
-    "nchw": (dict(compile=True, no_channels_last=True), None, ("cuda",)),
-    "cuda-graphs": (dict(compile=True), "reduce-overhead", ("cuda",)),
+    "reference": Mode(dict(reference=True, num_workers=4)),
+    "default": Mode(dict(compile=True)),
+    "amp": Mode(dict(amp=True, compile=True)),
+    "default-eager": Mode(dict(compile=False)),
+    "amp-eager": Mode(dict(amp=True, compile=False)),
+    "strict-fp32": Mode(dict(strict_fp32=True, compile=True), CUDA),
+    "nondeterministic": Mode(dict(cudnn_benchmark=True, compile=True), CUDA),
+    "no-fill": Mode(dict(compile=True), CUDA, fill_uninitialized_memory=False,
+                    note="torch.utils.deterministic.fill_uninitialized_memory off"),
+    "amp-nondeterministic": Mode(dict(amp=True, cudnn_benchmark=True, compile=True), CUDA),
+    "nchw": Mode(dict(compile=True, no_channels_last=True), CUDA),
+    "cuda-graphs": Mode(dict(compile=True), CUDA, compile_mode="reduce-overhead",
+                        note="torch.compile mode reduce-overhead, outputs copied out"),
 }
+CORRECTNESS = {"default": (), "amp": ("--amp",)}  # width 64 and compiled by default; flags added to the run's
 EVAL_BATCHES = (256, 1024, 4096)  # the default mode's test pass at other evaluation batch sizes (the default: 1024 on CUDA)
+
+# Throughput sizes, and the sizes of the short runs of the smoke and correctness steps (width and batches as at full
+# scale on the GPU, so that the smoke runs compile the very graphs the later steps use).
 FULL = dict(train=50_000, test=10_000, classes=10, width=64, batch=128, warmup_iters=10, timed_iters=40)
 TINY = dict(train=640, test=128, classes=10, width=8, batch=32, warmup_iters=2, timed_iters=4)
+RUN = dict(n_train=2560, n_test=2048, flags=["--width", "64"])
+TINY_RUN = dict(n_train=320, n_test=128, flags=["--width", "8", "--batch_size", "32", "--eval_batch_size", "64"])
+# 7 epochs: the split forced at epoch 0 is acted upon after epoch 5 (bkd.method.first_detectable_epoch), then robust
+RUN_FLAGS = ["--n_epoch", "7", "--overfitting_epoch", "0", "--lr_step", "4", "--noisy_val_freq", "2", "--clean_test_freq",
+             "3", "--print_freq", "1", "--noise_type", "worst", "--no_download", "--seed", "0"]
+KILL_EPOCH = 3  # the correctness step's kill: in this epoch, with an earlier epoch's resume state on disk
+
 SCHEDULE = dict(n_epoch=300, eval_every=10)  # the original's: validation and test every 10 epochs and the last
 TARGETS = {"default": 3.0, "amp": 6.0}  # per-epoch speed-up over the reference mode (the issue's targets)
-AMP_BUDGET_MIN = 15  # the 300-epoch schedule with --amp, projected, on an H100-class GPU
+AMP_BUDGET_MIN, DEFAULT_BUDGET_MIN = 15, 20  # the 300-epoch schedule projected on an H100-class GPU
+# Dense peak TFLOP/s by precision (NVIDIA's datasheets; the SXM parts): what "achieved" is measured against.
+PEAK_TFLOPS = {"H200": {"fp32": 67, "tf32": 495, "bf16": 990, "fp16": 990},
+               "H100": {"fp32": 67, "tf32": 495, "bf16": 990, "fp16": 990},
+               "A100": {"fp32": 19.5, "tf32": 156, "bf16": 312, "fp16": 312}}
+STEPS = ("machine", "smoke", "correctness", "throughput", "real_data", "cuda_tests")
+QUICK_RUN = "cifar10_worst_seed_0_quick"
+TINY_QUICK = ["--subset", "500", "--width", "8", "--n_epoch", "6", "--lr_step", "5", "--noisy_val_freq", "5",
+              "--clean_test_freq", "5", "--print_freq", "50"]  # the real-data step at the CPU rehearsal's size
 
 
-# --- one mode, in a process of its own ------------------------------------------------------------------------------
-class Take:
-    """The first `n` batches of a loader (a training pass of a fixed number of iterations)."""
+# --- children: each in a process group of its own, its output in a file, killed with its group at its deadline ---------
+@dataclass(eq=False)
+class Child:
+    name: str
+    cmd: list
+    log_dir: str
+    timeout: float
+    env: dict = None
+    proc: subprocess.Popen = None
+    timed_out: bool = False
+    start: float = field(default_factory=time.time)
+    end: float = None
 
-    def __init__(self, loader, n):
-        self.loader, self.n = loader, n
+    RUNNING = set()  # (class attribute) the process groups to stop when the check is stopped
+
+    def __post_init__(self):
+        self.path = os.path.join(self.log_dir, f"{self.name}.out")
+        with open(self.path, "w") as out:
+            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, preexec_fn=os.setpgrp)
+        Child.RUNNING.add(self)
+
+    def poll(self):
+        if self.proc.poll() is None and time.time() - self.start > self.timeout:
+            self.timed_out = True
+            self.kill()
+        if self.proc.poll() is not None:
+            Child.RUNNING.discard(self)
+            self.end = self.end or time.time()
+        return self.proc.poll()
+
+    def seconds(self):
+        return round((self.end or time.time()) - self.start, 1)
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the child and everything it started (pytest's runs, run.sh's)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        Child.RUNNING.discard(self)
+
+    def wait(self):
+        while self.poll() is None:
+            time.sleep(0.05)
+        return self
+
+    def output(self):
+        with open(self.path, errors="replace") as fh:
+            return fh.read()
+
+    def status(self):
+        if self.timed_out:
+            return f"timed out after {self.timeout:.0f} s (killed with its process group)"
+        if self.proc.returncode != 0:
+            lines = [line for line in self.output().splitlines() if line.strip()]
+            return f"failed (exit {self.proc.returncode}): {lines[-1][:300] if lines else ''}"
+        return "passed"
+
+
+def run_all(children, jobs):
+    """Start the (name, cmd, timeout, env) items at most `jobs` at a time; return the finished Childs in order."""
+    pending, running, done = list(children), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            running.append(pending.pop(0)())
+        for child in [c for c in running if c.poll() is not None]:
+            running.remove(child)
+            done.append(child)
+        time.sleep(0.05)
+    return done
+
+
+class Stopped(Exception):
+    """SIGTERM (a time limit's `timeout`) or SIGINT: stop the children, keep what is written."""
+
+
+def stop_children(signum, frame):
+    for child in list(Child.RUNNING):
+        child.kill()
+    raise Stopped(signum)
+
+
+# --- the modes as the training script runs them ---------------------------------------------------------------------
+def cli_flags(mode):
+    words = []
+    for key, value in MODES[mode].flags.items():
+        if key == "compile":
+            words.append("--compile" if value else "--no_compile")
+        elif value is True:
+            words.append(f"--{key}")
+        else:
+            words += [f"--{key}", str(value)]
+    return words
+
+
+def patch_for(mode, tiny_cpu):
+    """What a mode changes beyond its flags, in this process: torch.compile's mode (the CPU rehearsal: dynamo's eager
+    backend) and torch's filling of new memory."""
+    import functools
+
+    import torch
+
+    import bkd.run
+    from utils import runtime
+
+    spec = MODES[mode]
+    extra = {"backend": "eager"} if tiny_cpu else ({"mode": spec.compile_mode} if spec.compile_mode else {})
+    original = torch.compile
+
+    def compile_(net, **kwargs):
+        compiled = original(net, **{**kwargs, **extra})
+        return copied_out(compiled) if spec.compile_mode == "reduce-overhead" else compiled
+
+    torch.compile = compile_
+    if not spec.fill_uninitialized_memory:
+        bkd.run.cuda_settings = functools.partial(runtime.cuda_settings, fill_uninitialized_memory=False)
+
+
+def copied_out(fn):
+    """CUDA graphs (mode="reduce-overhead") hand out their static output memory, which the next replay overwrites:
+    forward_pair calls the teacher and then the student before it reads either output, so each is copied out."""
+    def call(x):
+        return fn(x).clone()
+
+    return call
+
+
+def child_script(mode, tiny_cpu, argv):
+    """The training script with a mode's patches (the smoke and correctness runs)."""
+    import runpy
+
+    patch_for(mode, tiny_cpu)
+    sys.argv = [TRAIN] + argv
+    runpy.run_path(TRAIN, run_name="__main__")
+
+
+def write_synthetic(root, run):
+    from tests.synthetic import write_dataset
+
+    write_dataset(root, n_train=run["n_train"], n_test=run["n_test"])
+    return ["--data_root", root, "--noise_path", os.path.join(root, "CIFAR-10_human.pt")]
+
+
+# --- throughput: one mode in a process of its own ------------------------------------------------------------------------
+class Steps:
+    """`n` batches from a running iterator of `loader`, as train_epoch takes a loader: a pass's start-up (the PIL
+    loader starts its workers) is timed apart, and the iterations in steady state."""
+
+    def __init__(self, loader, iterator, n):
+        self.iterator, self.n = iterator, n
         self.num_samples, self.batch_size = loader.num_samples, loader.batch_size
 
     def __len__(self):
-        return min(self.n, len(self.loader))
+        return self.n
 
     def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if i == self.n:
-                return
-            yield batch
+        return itertools.islice(self.iterator, self.n)
 
 
 def synthetic_data(size, seed=0):
@@ -86,8 +279,31 @@ def synthetic_data(size, seed=0):
     return choose_images(custom_source(from_arrays(images, labels, x_test=x_test, y_test=y_test)), 0, seed, 0.1)
 
 
-def measure_mode(name, device_name, size):
-    """Time one mode (MODES[name]) the way a run computes; returns its figures."""
+def training_flops(width, batch, classes):
+    """Floating-point operations of one training iteration: forward and backward of teacher and student (counted by
+    torch's FlopCounterMode on meta tensors: convolutions and products, the tensor-core work)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models import PreResNet18
+
+    with torch.device("meta"):
+        net = PreResNet18(classes, width)
+        x = torch.empty(batch, 3, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        net(x).sum().backward()
+    return 2 * counter.get_total_flops()
+
+
+def peak_tflops(gpu_name, precision):
+    for key, peaks in PEAK_TFLOPS.items():
+        if gpu_name and key in gpu_name:
+            return peaks.get(precision)
+    return None
+
+
+def measure_mode(name, device_name, size, result_path):
+    """Time one mode the way a run computes, writing its figures to `result_path` after every phase."""
     import numpy as np
     import torch
 
@@ -97,20 +313,16 @@ def measure_mode(name, device_name, size):
     from bkd.run import build, full_set_pass, resume_state, weights_snapshot
     from bkd.state import MethodState
     from data.loaders import make_loader
-    from utils.files import save_torch
     from utils.runtime import cuda_settings, resolve_device, set_global_seeds
 
-    flags, compile_mode, _ = MODES[name]
+    spec = MODES[name]
     device = resolve_device(device_name)
-    if flags.get("compile"):
-        extra = {"mode": compile_mode} if compile_mode else {}
-        if size is TINY and device.type == "cpu":
-            extra = {"backend": "eager"}  # dynamo's path without inductor's compilation (module docstring)
-        torch.compile = _compile_with(torch.compile, extra)
-    config = TrainConfig(width=size["width"], batch_size=size["batch"], **flags)
+    cuda = device.type == "cuda"
+    if spec.flags.get("compile"):
+        patch_for(name, tiny_cpu=not cuda and size is TINY)
+    config = TrainConfig(width=size["width"], batch_size=size["batch"], **spec.flags)
     computation = resolve_computation(config, device)
     data = synthetic_data(size)
-    cuda = device.type == "cuda"
 
     def sync():
         if cuda:
@@ -123,11 +335,18 @@ def measure_mode(name, device_name, size):
         sync()
         return time.perf_counter() - start, out
 
-    quiet = lambda *a, **k: None  # noqa: E731
-    result = {"mode": name, "precision": computation.precision, "compile": computation.compile,
+    precision = computation.precision if computation.amp else ("tf32" if cuda and computation.tf32 else "fp32")
+    result = {"mode": name, "status": "running", "precision": precision, "compile": computation.compile,
               "deterministic": computation.deterministic, "tf32": computation.tf32, "loader": computation.loader,
-              "eval_batch_size": computation.eval_batch_size}
-    with cuda_settings(device, computation.deterministic, computation.tf32):
+              "fill_uninitialized_memory": spec.fill_uninitialized_memory, "eval_batch_size": computation.eval_batch_size,
+              "flops_per_iteration": training_flops(size["width"], size["batch"], size["classes"])}
+
+    def phase(key, fn, per=1):
+        result[key] = timed(fn)[0] / per
+        save_json(result, result_path)
+
+    quiet = lambda *a, **k: None  # noqa: E731
+    with cuda_settings(device, computation.deterministic, computation.tf32, spec.fill_uninitialized_memory):
         set_global_seeds(0)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
@@ -136,48 +355,49 @@ def measure_mode(name, device_name, size):
                       channels_last=t.channels_last, log=quiet)
         train = t.loaders["train"]
         warm, n = size["warmup_iters"], size["timed_iters"]
-        result["first_iterations_s"], _ = timed(lambda: train_epoch(*t.nets, Take(train, warm), t.optimizer, t.precision,
-                                                                    **common))
-        result["warmup_iteration_s"] = timed(lambda: train_epoch(*t.nets, Take(train, n), t.optimizer, t.precision,
-                                                                 **common))[0] / n
+
+        def iterations(iterator, count, **extra):
+            return lambda: train_epoch(*t.nets, Steps(train, iterator, count), t.optimizer, t.precision, **common, **extra)
+
+        phase("first_batch_s", lambda: next(iter(train)))  # a pass's start: the PIL loader starts its workers
+        it = iter(train)
+        phase("first_iterations_s", iterations(it, warm))  # compilation, allocator, autotuning
+        phase("warmup_iteration_s", iterations(it, n), per=n)
         groups = np.random.RandomState(0).randint(1, 5, train.num_samples)
         alpha = group_alphas(groups, config.alphas, device)
-        train_epoch(*t.nets, Take(train, warm), t.optimizer, t.precision, sample_alpha=alpha, **common)  # its graph
-        result["robust_iteration_s"] = timed(lambda: train_epoch(*t.nets, Take(train, n), t.optimizer, t.precision,
-                                                                 sample_alpha=alpha, **common))[0] / n
-        result["first_batch_s"] = timed(lambda: next(iter(train)))[0]  # a pass's start: the PIL loader starts its workers
+        it = iter(train)
+        iterations(it, warm, sample_alpha=alpha)()  # the robust phase's first iterations
+        phase("robust_iteration_s", iterations(it, n, sample_alpha=alpha), per=n)
         result["iterations_per_epoch"] = len(train)
-        evaluate(*t.nets, Take(t.loaders["test"], 2), t.precision, t.channels_last, autograd=t.computation.eval_autograd)
+        result["train_tflops"] = result["flops_per_iteration"] / result["warmup_iteration_s"] / 1e12
+        evaluate(*t.nets, Steps(t.loaders["test"], iter(t.loaders["test"]), 2), t.precision, t.channels_last,
+                 autograd=t.computation.eval_autograd)  # the evaluation graph
         for view in ("val", "test"):
-            result[f"{view}_pass_s"] = timed(lambda: evaluate(*t.nets, t.loaders[view], t.precision, t.channels_last,
-                                                              autograd=t.computation.eval_autograd))[0]
+            phase(f"{view}_pass_s", lambda: evaluate(*t.nets, t.loaders[view], t.precision, t.channels_last,
+                                                     autograd=t.computation.eval_autograd))
         if name == "default-eager":  # eager: another batch size costs no compilation
-            result["test_pass_s_by_eval_batch"] = {}
+            sweep = result["test_pass_s_by_eval_batch"] = {}
             for batch in EVAL_BATCHES:
                 loader = make_loader("device", data.x_test, data.y_test, batch_size=batch, device=device,
                                      mean=data.info["mean"], std=data.info["std"])
-                evaluate(*t.nets, Take(loader, 1), t.precision, t.channels_last)
-                result["test_pass_s_by_eval_batch"][batch] = timed(lambda: evaluate(*t.nets, loader, t.precision,
-                                                                                    t.channels_last))[0]
+                evaluate(*t.nets, Steps(loader, iter(loader), 1), t.precision, t.channels_last)
+                sweep[batch] = timed(lambda: evaluate(*t.nets, loader, t.precision, t.channels_last))[0]
+                save_json(result, result_path)
         state = MethodState(stats={0: {}})
-        result["full_set_pass_s"] = timed(lambda: full_set_pass(t, state, 0, StopFlag(), config.seed))[0]
+        phase("full_set_pass_s", lambda: full_set_pass(t, state, 0, StopFlag(), config.seed))
         t.snapshots = {1: weights_snapshot(t), 2: weights_snapshot(t)}  # an early warm-up epoch's state: two kept
         result["state_host_copy_s"], saved = timed(lambda: resume_state(t, state, 2, device))
-        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"gpu_check_state_{os.getpid()}.pth.tar")
-        result["state_write_s"] = timed(lambda: save_torch(saved, path))[0]
+        path = os.path.join(os.path.dirname(result_path), f"state_{name}.pth.tar")
+        from utils.files import save_torch
+
+        phase("state_write_s", lambda: save_torch(saved, path))
         result["state_mib"] = os.path.getsize(path) / 2**20
         os.remove(path)
         if cuda:
             result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
-
-
-def _compile_with(compile_fn, extra):
-    def compile_(net, **kwargs):
-        return compile_fn(net, **{**kwargs, **extra})
-
-    return compile_
+    result["status"] = "measured"
+    save_json(result, result_path)
 
 
 def project(r, warmup_epochs):
@@ -202,200 +422,445 @@ def project(r, warmup_epochs):
             "projected_300_epochs_min": total / 60, "assumed_warmup_epochs": warmup_epochs}
 
 
-# --- the whole check --------------------------------------------------------------------------------------------------
-def run_tests(timeout):
-    """The cuda-marked tests, in one process (they share the one GPU)."""
-    import importlib.util
+# --- the check's steps ------------------------------------------------------------------------------------------------
+class Check:
+    """The check's state: its arguments, where it works, and the report it rewrites after every step."""
 
-    if importlib.util.find_spec("pytest") is None:
-        return {"status": "not run: pytest is not installed"}
-    start = time.time()
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-n", "0", "-p", "no:cacheprovider", "-rs",
-           os.path.join(ROOT, "tests", "test_cuda.py")]
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        return {"status": f"timed out after {timeout} s", "output": (err.stdout or b"")[-4000:].decode(errors="replace")
-                if isinstance(err.stdout, bytes) else str(err.stdout)[-4000:]}
-    output = proc.stdout + proc.stderr
-    summary = [line for line in output.splitlines() if " passed" in line or " failed" in line or " skipped" in line
-               or " error" in line]
-    return {"status": "passed" if proc.returncode == 0 else f"failed (exit {proc.returncode})",
-            "summary": summary[-1] if summary else output.strip().splitlines()[-1:], "seconds": time.time() - start,
-            "output": output[-6000:]}
+    def __init__(self, args, device):
+        self.args, self.device = args, device
+        self.kind = device.type
+        self.start = time.time()
+        self.work = tempfile.mkdtemp(prefix="bkd_gpu_check_", dir=args.work_dir)
+        self.logs = os.path.join(self.work, "logs")
+        os.makedirs(self.logs)
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # one inductor (and triton) cache for every child: what one compiles, the next loads
+        self.env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(self.work, "inductor_cache"))
+        self.env.setdefault("TRITON_CACHE_DIR", os.path.join(self.env["TORCHINDUCTOR_CACHE_DIR"], "triton"))
+        self.run_size = TINY_RUN if args.tiny else RUN
+        self.data_flags = None
+        self.report = {"command": "python benchmarks/gpu_check.py " + " ".join(args.argv), "device": str(device),
+                       "budget_s": args.budget_s, "steps": {}}
+        open(args.out + ".log", "w").close()
+
+    def left(self):
+        return self.args.budget_s - (time.time() - self.start)
+
+    def modes(self):
+        return [m for m in MODES if self.kind in MODES[m].devices and (self.args.modes is None or m in self.args.modes)]
+
+    def tiny_cpu(self):
+        return self.args.tiny and self.kind == "cpu"
+
+    def child(self, name, cmd, limit, env=None):
+        """A child to start later, with `limit` seconds or what is left of the budget when it starts, if less."""
+        return lambda: Child(name, cmd, self.logs, min(limit, self.left()), env or self.env)
+
+    def script(self, mode, run_dir, *flags):
+        cmd = [sys.executable, os.path.abspath(__file__), "--child_script", mode] + ["--eager_backend"] * self.tiny_cpu()
+        return cmd + ["--"] + cli_flags(mode) + self.run_size["flags"] + RUN_FLAGS + self.synthetic() + \
+            ["--device", self.args.device, "--run_dir", run_dir, *flags]
+
+    def synthetic(self):
+        if self.data_flags is None:
+            self.data_flags = write_synthetic(os.path.join(self.work, "synthetic"), self.run_size)
+        return self.data_flags
+
+    def keep_log(self, child):
+        with open(self.args.out + ".log", "a") as log:
+            log.write(f"==== {child.name}: {' '.join(child.cmd)}\n{child.output()}\n")
+
+    def write(self):
+        self.report["wall_s"] = time.time() - self.start
+        save_json(self.report, self.args.out + ".json")
+        with atomic_path(self.args.out + ".md") as tmp, open(tmp, "w") as fh:
+            fh.write("\n".join(summary_lines(self.report)) + "\n")
+
+    # 1.
+    def machine(self):
+        from bkd.config import TrainConfig, resolve_computation
+        from utils.runtime import machine_info
+
+        return {"status": "done", "facts": machine_info(self.device, resolve_computation(TrainConfig(), self.device))}
+
+    # 2.
+    def smoke(self):
+        children = [self.child(f"smoke_{m}", self.script(m, os.path.join(self.work, "smoke", m)), self.args.step_timeout_s)
+                    for m in self.modes()]
+        runs = {}
+        for c in run_all(children, self.args.jobs):
+            self.keep_log(c)
+            out = c.output()
+            runs[c.name[len("smoke_"):]] = {"status": c.status(), "seconds": c.seconds(),
+                                            "finished": "[bkd] finished" in out,
+                                            "compile_fell_back": "torch.compile failed" in out}
+        failed = [m for m, r in runs.items() if r["status"] != "passed"]
+        return {"status": "passed" if not failed else f"failed: {', '.join(failed)}", "runs": runs}
+
+    # 3.
+    def correctness(self):
+        results = {}
+        for config in self.args.configs:
+            extra = CORRECTNESS[config]
+            if config == "amp" and not self.amp_runs():
+                results[config] = {"status": "not run: no native bf16 on this CPU (--amp is refused here)"}
+                continue
+            results[config] = self.reproduces(config, extra)
+            self.report["steps"]["correctness"] = {"status": "running", "configs": results}
+            self.write()
+        failed = [c for c, r in results.items() if not r["status"].startswith(("passed", "not run"))]
+        return {"status": "passed" if not failed else f"failed: {', '.join(failed)}", "configs": results}
+
+    def amp_runs(self):
+        from utils.runtime import cpu_native_bf16
+
+        return self.kind == "cuda" or cpu_native_bf16()
+
+    def reproduces(self, config, extra):
+        """Two identical runs, and a third killed with SIGKILL mid-epoch then resumed: all bit-equal."""
+        base = os.path.join(self.work, "correctness", config)
+        dirs = {k: os.path.join(base, k) for k in ("a", "b", "killed")}
+        timeout = self.args.step_timeout_s
+        cmd = {k: self.script("default", d, *extra) for k, d in dirs.items()}
+        start = time.time()
+        pair = [self.child(f"correctness_{config}_{k}", cmd[k], timeout) for k in ("a", "b")]
+        running = [c() for c in pair[: self.args.jobs - 1]]  # side by side where there are jobs to spare
+        killed = self.kill_mid_epoch(self.child(f"correctness_{config}_killed", cmd["killed"], timeout), dirs["killed"])
+        running += [c() for c in pair[len(running):]]
+        for c in running:
+            c.wait()
+            self.keep_log(c)
+        if killed["status"] != "killed mid-run":
+            return dict(killed, status=f"failed: {killed['status']}")
+        resumed = self.child(f"correctness_{config}_resumed", cmd["killed"] + ["--resume"], timeout)().wait()
+        self.keep_log(resumed)
+        statuses = {c.name: c.status() for c in running + [resumed]}
+        if any(s != "passed" for s in statuses.values()):
+            return {"status": "failed: a run failed", "runs": statuses}
+        same = equal_runs(dirs["a"], dirs["b"])
+        resumed_same = equal_runs(dirs["a"], dirs["killed"])
+        ok = not same and not resumed_same
+        return {"status": "passed" if ok else "failed: results differ", "identical_runs_differ_in": same,
+                "resumed_run_differs_in": resumed_same, "killed": killed, "seconds": round(time.time() - start, 1),
+                "flags": " ".join(cli_flags("default") + list(extra) + self.run_size["flags"])}
+
+    def kill_mid_epoch(self, make, run_dir):
+        """Start a run and SIGKILL it inside epoch KILL_EPOCH, once an earlier epoch's resume state is on disk."""
+        import torch
+
+        child = make()
+        state = os.path.join(run_dir, "state.pth.tar")
+        marker = f"epoch: {KILL_EPOCH:3d}/"
+        while child.poll() is None:
+            if os.path.exists(state) and marker in child.output():
+                child.kill()
+                break
+            time.sleep(0.01)
+        self.keep_log(child)
+        out = child.output()
+        if "[bkd] finished" in out or child.proc.returncode not in (-signal.SIGKILL, 0):
+            why = "finished before the kill" if "finished" in out else child.status()
+            return {"status": why}
+        epoch = torch.load(state, map_location="cpu", weights_only=True)["epoch"]
+        return {"status": "killed mid-run", "resume_state_epoch": epoch}
+
+    # 4.
+    def throughput(self):
+        results = self.report["steps"].setdefault("throughput", {}).setdefault("modes", {})
+        for name in self.modes():
+            if self.left() < 20:
+                results[name] = {"status": "skipped: the time budget (--budget_s) is spent"}
+                continue
+            path = os.path.join(self.work, f"throughput_{name}.json")
+            cmd = [sys.executable, os.path.abspath(__file__), "--child_throughput", name, "--result", path,
+                   "--device", self.args.device] + ["--tiny"] * self.args.tiny
+            c = self.child(f"throughput_{name}", cmd, self.args.mode_timeout_s)().wait()
+            self.keep_log(c)
+            r = json.load(open(path)) if os.path.exists(path) else {"mode": name}
+            r.update(device=self.kind, process_s=c.seconds())
+            if c.status() != "passed":
+                r["status"] = f"{c.status()} (the phases measured before it are kept)"
+            elif r.get("status") == "measured":
+                r.update(project(r, self.args.warmup_epochs))
+                gpu = self.report["steps"].get("machine", {}).get("facts", {}).get("gpu") or {}
+                peak = peak_tflops(gpu.get("name"), r["precision"])
+                if peak:
+                    r.update(peak_tflops=peak, share_of_peak=r["train_tflops"] / peak)
+            results[name] = r
+            reference = results.get("reference", {})
+            for r in results.values():
+                if r.get("status") == "measured" and reference.get("status") == "measured":
+                    r["vs_reference"] = reference["mean_epoch_s"] / r["mean_epoch_s"]
+            self.write()
+        measured = [m for m, r in results.items() if r.get("status") == "measured"]
+        return {"status": f"{len(measured)} of {len(results)} modes measured", "modes": results,
+                "verdicts": verdicts(results)}
+
+    # 5.
+    def real_data(self):
+        files = real_data_files(self.args.real_data)
+        if files is None:
+            return {"status": f"skipped: {self.args.real_data} holds neither cifar10.npz and CIFAR-10_human.pt nor the "
+                              "shared data's folders (--real_data; --prepare_data makes the first)"}
+        images, labels = files
+        results = os.path.join(self.work, "quick")
+        env = dict(self.env, NOISE_TYPES="worst", SEED="0", BKD_DATA_ROOT=images, RESULTS_DIR=results, NOISE_PATH=labels,
+                   DEVICE=self.args.device, PYTHON=sys.executable)
+        cmd = ["bash", os.path.join(ROOT, "run.sh"), "--quick", "--no_download"] + TINY_QUICK * self.args.tiny
+        c = self.child("real_data", cmd, self.args.step_timeout_s, env)().wait()
+        self.keep_log(c)
+        metrics_path = os.path.join(results, QUICK_RUN, "metrics.json")
+        if not os.path.exists(metrics_path):
+            return {"status": c.status(), "output_tail": c.output()[-2000:]}
+        m = json.load(open(metrics_path))
+        row = {name: get(m) for name, get, _ in COLUMNS}
+        return {"status": c.status(), "command": " ".join(cmd), "seconds": c.seconds(), "result": row,
+                "epoch_seconds": m.get("epoch_seconds"), "data": [images, labels],
+                "compare_with": "docs/results.md (the quick preset on the CPU)"}
+
+    # 6.
+    def cuda_tests(self):
+        import importlib.util
+
+        if importlib.util.find_spec("pytest") is None:
+            return {"status": "not run: pytest is not installed"}
+        # -o addopts=: none of pytest.ini's pytest-xdist options (a version of it may be missing there)
+        cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-o", "addopts=", "-p", "no:cacheprovider", "-m", "cuda",
+               "-k", "not default_configuration", os.path.join(ROOT, "tests", "test_cuda.py")]
+        c = self.child("cuda_tests", cmd, self.left())().wait()
+        self.keep_log(c)
+        lines = [line for line in c.output().splitlines() if line.strip()]
+        return {"status": c.status(), "summary": lines[-1] if lines else "", "output_tail": c.output()[-4000:]}
 
 
-def run_mode(name, device, tiny, timeout):
-    cmd = [sys.executable, os.path.abspath(__file__), f"--child={name}", "--device", device] + ["--tiny"] * tiny
-    start = time.time()
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:  # the rest of the time budget ran out: not the mode's failure
-        return {"mode": name, "status": f"skipped: the time budget (--budget_s) ran out after {timeout:.0f} s of it"}
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        return {"mode": name, "status": f"failed: {lines[-1] if lines else f'exit {proc.returncode}'}",
-                "stderr": proc.stderr[-3000:]}
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result.setdefault("status", "measured")
-    result.update(device=device.split(":")[0], process_s=time.time() - start)
-    return result
+def real_data_files(folder):
+    """(images folder, label file) of the real-data step: a --prepare_data folder, or the shared data's layout."""
+    for images, labels in (("", "CIFAR-10_human.pt"), ("cifar10-jpeg", os.path.join("cifar-n", "CIFAR-10_human.pt"))):
+        images, labels = os.path.join(folder, images), os.path.join(folder, labels)
+        if os.path.exists(os.path.join(images, "cifar10.npz")) and os.path.exists(labels):
+            return os.path.abspath(images), os.path.abspath(labels)
+    return None
 
 
-def fmt(value, digits=2):
-    return "" if value is None else f"{value:.{digits}f}"
+def equal_runs(a, b):
+    """The files of two runs that differ (none: bit-equal): final and best weights, detection.npy, agreement.npy."""
+    import numpy as np
+    import torch
 
-
-def rows_of(results, reference):
-    rows = []
-    for r in results:
-        if r.get("status") != "measured":
-            rows.append([r["mode"], flags_of(r["mode"])] + [""] * 7 + [r["status"]])
-            continue
-        ratio = reference["mean_epoch_s"] / r["mean_epoch_s"] if reference else None
-        rows.append([r["mode"], flags_of(r["mode"]), fmt(r["warmup_epoch_s"]), fmt(r["robust_epoch_s"]), fmt(r["projected_300_epochs_min"], 1),
-                     fmt(r.get("peak_gpu_memory_gib")), fmt(ratio) + ("x" if ratio else ""), fmt(r["first_iterations_s"], 1),
-                     arithmetic(r), "measured"])
-    return rows
-
-
-def flags_of(name):
-    flags, compile_mode, _ = MODES[name]
-    words = []
-    for key, value in flags.items():
-        if key == "compile":
-            words += [] if value else ["--no_compile"]
-        elif value is True:
-            words.append(f"--{key}")
-        else:
-            words.append(f"--{key} {value}")
-    return " ".join(words + [f"(torch.compile mode {compile_mode})"] * bool(compile_mode)) or "(none)"
-
-
-def arithmetic(r):
-    words = [r["precision"]] + ["compiled"] * r["compile"]
-    if r.get("device") == "cuda":  # determinism and TF32 are CUDA settings
-        words += ["TF32"] * r["tf32"] + ["nondeterministic"] * (not r["deterministic"])
-    return ", ".join(words)
-
-
-HEADER = ["mode", "flags", "s / warm-up epoch", "s / robust epoch", "300 epochs (min)", "peak GPU GiB", "vs reference",
-          "first iterations (s)", "arithmetic", "status"]
-
-
-def markdown(rows):
-    return ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)] + ["| " + " | ".join(r) + " |" for r in rows]
+    differ = []
+    for name in ("teacher_last.pth.tar", "student_last.pth.tar", "teacher.pth.tar", "student.pth.tar"):
+        wa, wb = (torch.load(os.path.join(d, name), map_location="cpu", weights_only=True)["state_dict"] for d in (a, b))
+        if wa.keys() != wb.keys() or not all(torch.equal(wa[k], wb[k]) for k in wa):
+            differ.append(name)
+    for name in ("detection.npy", "agreement.npy"):
+        if not np.array_equal(np.load(os.path.join(a, name)), np.load(os.path.join(b, name))):
+            differ.append(name)
+    return differ
 
 
 def verdicts(results):
-    by_name = {r["mode"]: r for r in results if r.get("status") == "measured"}
-    reference = by_name.get("reference")
+    reference = results.get("reference", {})
     out = []
     for name, target in TARGETS.items():
-        if name in by_name and reference:
-            ratio = reference["mean_epoch_s"] / by_name[name]["mean_epoch_s"]
+        r = results.get(name, {})
+        if "vs_reference" in r:
+            ratio = r["vs_reference"]
             out.append(f"{name}: {ratio:.2f}x the reference mode per epoch (target {target:.0f}x): "
                        f"{'met' if ratio >= target else 'not met'}")
-    if "amp" in by_name:
-        minutes = by_name["amp"]["projected_300_epochs_min"]
-        out.append(f"amp (--amp, compiled): 300 epochs projected at {minutes:.1f} min (target under {AMP_BUDGET_MIN} min on an H100-class "
-                   f"GPU): {'met' if minutes < AMP_BUDGET_MIN else 'not met'}")
+    for name, budget in (("amp", AMP_BUDGET_MIN), ("default", DEFAULT_BUDGET_MIN)):
+        r = results.get(name, {})
+        if r.get("status") == "measured":
+            minutes = r["projected_300_epochs_min"]
+            out.append(f"{name}: 300 epochs projected at {minutes:.1f} min (target under {budget} min on an H100-class "
+                       f"GPU): {'met' if minutes < budget else 'not met'}")
     return out
+
+
+# --- the report -------------------------------------------------------------------------------------------------------
+def fmt(value, digits=2, suffix=""):
+    return "" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+HEADER = ["mode", "flags", "arithmetic", "s / warm-up epoch", "s / robust epoch", "300 epochs (min)", "vs reference",
+          "TFLOP/s (training)", "of peak", "peak GPU GiB", "first iterations (s)", "status"]
+
+
+def throughput_rows(modes):
+    rows = []
+    for name, r in modes.items():
+        row = {"mode": name, "flags": " ".join(cli_flags(name)) + (f" ({MODES[name].note})" if MODES[name].note else ""),
+               "status": r.get("status", "")}
+        if r.get("status") == "measured":
+            row.update({"arithmetic": ", ".join([r["precision"]] + ["compiled"] * r["compile"] +
+                                                ["nondeterministic"] * (not r["deterministic"])),
+                        "s / warm-up epoch": fmt(r["warmup_epoch_s"]), "s / robust epoch": fmt(r["robust_epoch_s"]),
+                        "300 epochs (min)": fmt(r["projected_300_epochs_min"], 1),
+                        "vs reference": fmt(r.get("vs_reference"), 2, "x"), "TFLOP/s (training)": fmt(r["train_tflops"], 1),
+                        "of peak": fmt(100 * r["share_of_peak"], 0, " %") if "share_of_peak" in r else "",
+                        "peak GPU GiB": fmt(r.get("peak_gpu_memory_gib")), "first iterations (s)": fmt(r["first_iterations_s"], 1)})
+        rows.append(row)
+    return rows
+
+
+def summary_lines(report):
+    steps = report["steps"]
+    facts = steps.get("machine", {}).get("facts")
+    lines = [f"# GPU check: {machine_line(facts) if facts else report['device']}", "",
+             f"`{report['command']}`, {report['wall_s']:.0f} s of a {report['budget_s']:.0f} s budget", ""]
+    for name in STEPS:
+        step = steps.get(name)
+        lines.append(f"* **{name}**: {step['status'] if step else 'not reached'}")
+    smoke = steps.get("smoke", {}).get("runs")
+    if smoke:
+        lines += ["", "## Smoke runs", ""] + markdown([dict(r, mode=m) for m, r in smoke.items()],
+                                                       ["mode", "status", "seconds", "finished", "compile_fell_back"])
+    correctness = steps.get("correctness", {}).get("configs")
+    if correctness:
+        lines += ["", "## Correctness (bit-equal)", ""] + markdown(
+            [{"configuration": c, "flags": r.get("flags", ""), "status": r["status"],
+              "identical runs differ in": ", ".join(r.get("identical_runs_differ_in", [])) or "-",
+              "killed and resumed differs in": ", ".join(r.get("resumed_run_differs_in", [])) or "-"}
+             for c, r in correctness.items()],
+            ["configuration", "flags", "status", "identical runs differ in", "killed and resumed differs in"])
+    modes = steps.get("throughput", {}).get("modes")
+    if modes:
+        lines += ["", "## Throughput", ""] + markdown(throughput_rows(modes), HEADER) + [""]
+        lines += [f"* {v}" for v in verdicts(modes)]
+        sweep = next((r["test_pass_s_by_eval_batch"] for r in modes.values() if r.get("test_pass_s_by_eval_batch")), None)
+        if sweep:
+            lines.append("* test pass (default mode eager) by evaluation batch: "
+                         + ", ".join(f"{b}: {s:.2f} s" for b, s in sweep.items()))
+    real = steps.get("real_data", {}).get("result")
+    if real:
+        lines += ["", "## Real data: the quick preset on CIFAR-10N worst (compare docs/results.md)", ""] + \
+            markdown([{k: fmt(v, 3) if isinstance(v, float) else v for k, v in real.items()}], list(real))
+    tests = steps.get("cuda_tests", {}).get("summary")
+    if tests:
+        lines += ["", f"cuda tests: {tests}"]
+    return lines
+
+
+def machine_line(m):
+    gpu = m.get("gpu")
+    where = (f"{gpu['name']} (compute capability {gpu['compute_capability']}, {gpu['memory_gib']} GiB, driver {gpu['driver']}, "
+             f"CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']})" if gpu else f"{m['cpu_model']} ({m['cpu_capability']})")
+    return f"{where}, torch {m['versions']['torch']}, {m['cpu_count']} CPUs"
+
+
+# --- the real-data step's files ---------------------------------------------------------------------------------------
+def prepare_data(shared, out, subset=4000, seed=0):
+    """cifar10.npz with only the quick preset's subset of training images (the others zero: the subset is drawn from
+    the labels alone) and the whole test set, compressed, plus the CIFAR-N label file: small enough to travel."""
+    import numpy as np
+
+    from data.split import stratified_subset
+
+    os.makedirs(out, exist_ok=True)
+    with np.load(os.path.join(shared, "cifar10-jpeg", "cifar10.npz")) as f:
+        y_train = f["y_train"]
+        chosen = stratified_subset(y_train, subset, seed)
+        x_train = np.zeros_like(f["x_train"])
+        x_train[chosen] = f["x_train"][chosen]
+        with atomic_path(os.path.join(out, "cifar10.npz")) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, x_train=x_train, y_train=y_train, x_test=f["x_test"], y_test=f["y_test"])
+    shutil.copyfile(os.path.join(shared, "cifar-n", "CIFAR-10_human.pt"), os.path.join(out, "CIFAR-10_human.pt"))
+    return sum(os.path.getsize(os.path.join(out, name)) for name in os.listdir(out))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (with --tiny)")
-    p.add_argument("--tiny", action="store_true", help="a tiny size: shows the check works (on the CPU, in under a minute)")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes: shows every step works (on the CPU, in minutes)")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "gpu_check"),
-                   help="writes <out>.json and <out>.md")
-    p.add_argument("--modes", nargs="+", default=None, help=f"modes to time (default: all for the device): {', '.join(MODES)}")
-    p.add_argument("--skip_tests", action="store_true", help="skip the cuda-marked tests")
-    p.add_argument("--budget_s", type=float, default=450, help="stop timing further modes after this many seconds in all")
+                   help="writes <out>.json, <out>.md and <out>.log")
+    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS, help="the steps to run (default: all, in order)")
+    p.add_argument("--modes", nargs="+", default=None, choices=list(MODES), help="modes of the smoke and throughput steps")
+    p.add_argument("--configs", nargs="+", default=list(CORRECTNESS), choices=list(CORRECTNESS),
+                   help="configurations of the correctness step")
+    p.add_argument("--budget_s", type=float, default=480, help="the whole check's time; later steps are skipped once spent")
+    p.add_argument("--step_timeout_s", type=float, default=240, help="a smoke, correctness or real-data child's limit")
+    p.add_argument("--mode_timeout_s", type=float, default=90, help="one throughput mode's limit")
+    p.add_argument("--jobs", type=int, default=None, help="runs side by side (default: on CUDA half the CPU cores, at "
+                   "most 8: compilation is CPU work; 1 on a CPU)")
     p.add_argument("--warmup_epochs", type=int, default=15,
                    help="warm-up epochs assumed in the 300-epoch projection (the overfitting epoch is found after them)")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--real_data", default=None, help="the real-data step's folder: cifar10.npz and CIFAR-10_human.pt "
+                   "(--prepare_data), or the shared data's folder (default: .gpu_data if present, else the shared data)")
+    p.add_argument("--work_dir", default=None, help="where the runs go (default: a new temporary folder)")
+    p.add_argument("--prepare_data", metavar="DIR", help="write the real-data step's files from the shared data into DIR")
+    p.add_argument("--child_script", help=argparse.SUPPRESS)
+    p.add_argument("--eager_backend", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child_throughput", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
+    args.argv = argv
+    if args.child_script:
+        return child_script(args.child_script, args.eager_backend, args.rest)
     size = TINY if args.tiny else FULL
-    if args.child:
-        from utils.errors import UsageError
+    if args.child_throughput:
+        return measure_mode(args.child_throughput, args.device, size, args.result)
+    if args.prepare_data:
+        from benchmarks import SHARED
 
-        try:
-            print(json.dumps(measure_mode(args.child, args.device, size)))
-        except UsageError as err:  # a mode this device cannot run (--amp on a CPU without native bf16)
-            print(json.dumps({"mode": args.child, "status": f"not measured: {err}"}))
+        mib = prepare_data(SHARED, args.prepare_data) / 2**20
+        print(f"wrote {args.prepare_data}/cifar10.npz and CIFAR-10_human.pt ({mib:.1f} MiB); carry it to the GPU call")
         return 0
     from utils.errors import BKDError
-    from utils.files import save_json
-    from utils.runtime import machine_info, resolve_device
+    from utils.runtime import resolve_device
 
-    start = time.time()
     try:
         device = resolve_device(args.device)
     except BKDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    kind = device.type
-    unknown = [m for m in args.modes or () if m not in MODES]
-    if unknown:
-        print(f"error: --modes {', '.join(unknown)}: unknown; use {', '.join(MODES)}", file=sys.stderr)
-        return 2
-    modes = [m for m in (args.modes or MODES) if kind in MODES[m][2]]
-    report = {"command": "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "size": size, "schedule": SCHEDULE, "machine": machine_info(device)}
-    print(f"== machine: {_machine_line(report['machine'])}", flush=True)
-    if not args.skip_tests:
-        print("== the cuda-marked tests (tests/test_cuda.py)", flush=True)
-        report["tests"] = run_tests(timeout=max(60, args.budget_s * 0.45))
-        print(f"   {report['tests']['status']}: {report['tests'].get('summary', '')}", flush=True)
-    results = []
-    for name in modes:
-        left = args.budget_s - (time.time() - start)
-        if left < 20:
-            results.append({"mode": name, "status": "skipped: the time budget (--budget_s) is spent"})
-            continue
-        print(f"== {name}", flush=True)
-        r = run_mode(name, args.device, args.tiny, timeout=left)
-        if r["status"] == "measured":
-            r.update(project(r, args.warmup_epochs))
-        results.append(r)
-        print(f"   {r['status']}" + (f": {r['warmup_epoch_s']:.2f} s per warm-up epoch, {r['robust_epoch_s']:.2f} s per "
-                                     f"robust epoch" if r["status"] == "measured" else ""), flush=True)
-    for name in MODES:
-        if name not in modes:
-            results.append({"mode": name, "status": "not measured: CUDA only" if kind not in MODES[name][2] else
-                            "not measured: not asked (--modes)"})
-    results.sort(key=lambda r: list(MODES).index(r["mode"]))
-    reference = next((r for r in results if r["mode"] == "reference" and r.get("status") == "measured"), None)
-    rows = rows_of(results, reference)
-    report.update(results=results, verdicts=verdicts(results), wall_s=time.time() - start)
-    lines = [f"# GPU check: {_machine_line(report['machine'])}", "", f"`{report['command']}`, {report['wall_s']:.0f} s; "
-             f"size: {size['train']} images ({int(size['train'] * 0.9)} training), {size['test']} test, width "
-             f"{size['width']}, batch {size['batch']}; {size['timed_iters']} timed iterations per phase after "
-             f"{size['warmup_iters']}; 300-epoch projection with {args.warmup_epochs} warm-up epochs.", ""]
-    if "tests" in report:
-        lines += [f"cuda tests: {report['tests']['status']} ({report['tests'].get('summary', '')})", ""]
-    lines += markdown(rows) + [""] + [f"* {v}" for v in report["verdicts"]]
-    sweep = next((r.get("test_pass_s_by_eval_batch") for r in results if r.get("test_pass_s_by_eval_batch")), None)
-    if sweep:
-        lines += [f"* test pass ({size['test']} images, default mode eager) by evaluation batch: "
-                  + ", ".join(f"{b}: {s:.2f} s" for b, s in sweep.items())]
-    save_json(report, args.out + ".json")
-    with open(args.out + ".md", "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"written to {os.path.relpath(args.out, ROOT)}.json and .md")
-    failed = [r for r in results if r.get("status", "").startswith(("failed", "timed out"))]
-    tests_failed = report.get("tests", {}).get("status", "passed").startswith(("failed", "timed out"))
-    return 1 if failed or tests_failed else 0
+    args.jobs = args.jobs or (max(1, min(8, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 1)
+    if args.real_data is None:
+        from benchmarks import SHARED
 
+        args.real_data = PREPARED if os.path.isdir(PREPARED) else SHARED
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    check = Check(args, device)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_children)
+    failed = False
+    try:
+        for name in STEPS:
+            if name not in args.steps:
+                continue
+            if check.left() < 10:
+                check.report["steps"][name] = {"status": "skipped: the time budget (--budget_s) is spent"}
+                continue
+            print(f"== {name}", flush=True)
+            check.report["steps"][name] = dict(check.report["steps"].get(name, {}), status="running")
+            check.write()
+            started = time.time()
+            try:
+                step = getattr(check, name)()
+            except Stopped:
+                raise
+            except Exception as err:  # a step's own failure: the next steps still run
+                import traceback
 
-def _machine_line(m):
-    gpu = m.get("gpu")
-    versions = m["versions"]
-    where = (f"{gpu['name']} (compute capability {gpu['compute_capability']}, {gpu['memory_gib']} GiB, driver {gpu['driver']}, "
-             f"CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']})" if gpu else f"{m['cpu_model']} ({m['cpu_capability']})")
-    return f"{where}, torch {versions['torch']}, {m['cpu_count']} CPUs"
+                step = {"status": f"failed: {type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+            step["seconds"] = round(time.time() - started, 1)
+            check.report["steps"][name] = step
+            check.write()
+            failed |= str(step["status"]).startswith(("failed", "timed out"))
+            print(f"   {step['status']}", flush=True)
+    except Stopped as stop:
+        signum = stop.args[0]
+        for name, step in check.report["steps"].items():
+            if step.get("status") == "running":
+                step["status"] = f"interrupted ({signal.Signals(signum).name}): the parts above were measured"
+        check.write()
+        return 128 + signum
+    finally:
+        shutil.rmtree(check.work, ignore_errors=True)
+    print("\n".join(summary_lines(check.report)))
+    print(f"written to {args.out}.json, .md and .log")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

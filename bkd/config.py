@@ -37,7 +37,7 @@ class TrainConfig:
     compile: bool = None  # torch.compile both networks; None: where it pays (compiles)
     no_channels_last: bool = False
     cudnn_benchmark: bool = False  # CUDA: cuDNN's autotuned, nondeterministic kernels instead of deterministic ones
-    tf32: bool = False  # CUDA: TF32 convolutions and matrix products instead of strict fp32
+    strict_fp32: bool = False  # CUDA: IEEE fp32 convolutions and matrix products instead of TF32 (PyTorch's default)
     overfitting_epoch: int = None  # force the split at this epoch instead of the confidence rule
     detach_robust_target: bool = False  # not the original: no gradient from the robust target into the student
     legacy_cifar100_val_norm: bool = False
@@ -70,7 +70,7 @@ class Computation:
     compile: bool = False
     defer_full_pass: bool = False  # the full-set pass only for the epoch the overfitting rule picks (not the original)
     deterministic: bool = True  # CUDA: deterministic cuDNN / cuBLAS kernels; False: cudnn.benchmark (utils.runtime.cuda_settings)
-    tf32: bool = False  # CUDA: TF32 in convolutions and matrix products (the authors' torch 1.10 default)
+    tf32: bool = True  # CUDA: TF32 in convolutions and matrix products (PyTorch's and the authors' torch 1.10 default)
 
     @property
     def name(self):
@@ -95,7 +95,7 @@ def compiles(config):
 
 
 POSITIVE = ("n_epoch", "batch_size", "lr", "print_freq", "clean_test_freq", "noisy_val_freq", "width", "lr_step")
-REFERENCE_CLASHES = ("amp", "compile", "detach_robust_target", "tf32")  # the reference mode decides these itself
+REFERENCE_CLASHES = ("amp", "compile", "detach_robust_target", "strict_fp32")  # the reference mode decides these itself
 SEED_LIMIT = 2**32  # numpy's seed range
 
 
@@ -162,7 +162,7 @@ def resolve_precision(device, amp):
 def resolve_computation(config, device):
     """The run's computation on `device`, from its flags: called once per run (training script, Python API)."""
     if device.type != "cuda":
-        for name in ("cudnn_benchmark", "tf32"):
+        for name in ("cudnn_benchmark", "strict_fp32"):
             if getattr(config, name):
                 raise UsageError(f"--{name} applies to CUDA devices only (this run is on {device}); drop it")
     if config.reference:
@@ -171,12 +171,12 @@ def resolve_computation(config, device):
         # validation, TF32 on CUDA as the authors' torch 1.10 (deterministic kernels unless --cudnn_benchmark)
         return Computation(loader="torchvision", eval_batch_size=config.batch_size, channels_last=False, sgd_foreach=None,
                            eval_autograd=True, end_save_overwrites_best=True, legacy_cifar100_val_norm=True,
-                           deterministic=not config.cudnn_benchmark, tf32=True)
+                           deterministic=not config.cudnn_benchmark, tf32=device.type == "cuda")
     return Computation(loader=config.loader, eval_batch_size=config.eval_batch_size or default_eval_batch(device),
                        channels_last=not config.no_channels_last, legacy_cifar100_val_norm=config.legacy_cifar100_val_norm,
                        precision=resolve_precision(device, config.amp), compile=compiles(config),
                        defer_full_pass=config.loader == "device",  # its augmentation can be re-drawn for any epoch
-                       deterministic=not config.cudnn_benchmark, tf32=config.tf32)
+                       deterministic=not config.cudnn_benchmark, tf32=device.type == "cuda" and not config.strict_fp32)
 
 
 def default_eval_batch(device):

@@ -52,7 +52,7 @@ def load(path, advice=SCRIPT):
 
 def check(saved, current, path, advice=SCRIPT, log=print):
     """Refuse, in one line, to resume `saved` as a run of another identity; say what continues without bit-equality."""
-    differ = differing_args(saved["args"], current["args"])
+    differ = differing_args(recorded_args(saved), current["args"])
     if differ:
         key, recorded, value = differ[0]
         raise UsageError(f"{advice.flag(key, value)} differs from the run being resumed ({recorded}); "
@@ -67,6 +67,15 @@ def check(saved, current, path, advice=SCRIPT, log=print):
     if threads is not None and threads != current["num_threads"]:
         log(logfmt.ours(f"resuming with {current['num_threads']} threads where the run used {threads}: it continues, but "
                         "its result is no longer bit-equal to an uninterrupted run (float sums round differently)"))
+
+
+def recorded_args(saved):
+    """The recorded flags in today's names: a CUDA run recorded before TF32 became the default there recorded `tf32`
+    (False: strict fp32), which is `strict_fp32` now; on a CPU neither changes what is computed."""
+    args = dict(saved["args"])
+    if "tf32" in args and "strict_fp32" not in args and (saved.get("device") or {}).get("type") == "cuda":
+        args["strict_fp32"] = not args["tf32"]
+    return args
 
 
 def check_device(recorded, current, path, advice=SCRIPT, log=print):

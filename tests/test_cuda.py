@@ -1,9 +1,10 @@
 """What the project promises on a CUDA GPU, checked on one (all `cuda`-marked: skipped without a GPU, saying so).
 
-benchmarks/gpu_check.py runs this module first. Tiny runs (a narrow network, a few epochs) on the GPU: fp32,
---amp and compiled runs complete and say what they computed with; two identical runs are bit-equal; a run
-killed with SIGKILL mid-epoch resumes to exactly the uninterrupted run's weights; a GPU run's checkpoints
-load in a CPU-only process; the reference mode runs; learning.py and detection.py evaluate the GPU run.
+Tiny runs (a narrow network, a few epochs) on the GPU: fp32, --amp and compiled runs complete and say what they
+computed with; two identical runs are bit-equal; a run killed with SIGKILL mid-epoch resumes to exactly the
+uninterrupted run's weights; a GPU run's checkpoints load in a CPU-only process; the reference mode runs;
+learning.py and detection.py evaluate the GPU run. The last test is the same promise at the configuration a user
+runs (width 64, compiled): benchmarks/gpu_check.py's correctness step, which the check runs before the others.
 """
 import json
 import os
@@ -43,14 +44,14 @@ def gpu_run(synthetic_root, tmp_path_factory):
     return flags, os.path.join(results, "cifar10_worst_seed_0"), out
 
 
-def test_fp32_run_is_deterministic_strict_fp32_and_records_the_gpu(gpu_run):
+def test_fp32_run_is_deterministic_in_tf32_and_records_the_gpu(gpu_run):
     _, run_dir, out = gpu_run
-    assert "device cuda (fp32, no TF32, deterministic kernels)" in out
+    assert "device cuda (fp32, TF32, deterministic kernels)" in out
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     gpu = metrics["machine"]["gpu"]
     assert gpu["name"] and gpu["compute_capability"] and gpu["cuda"] and gpu["cudnn"]
     assert gpu["determinism"]["deterministic_algorithms"] and not gpu["determinism"]["cudnn_benchmark"]
-    assert metrics["config"]["precision"] == "fp32" and metrics["config"]["deterministic"] and not metrics["config"]["tf32"]
+    assert metrics["config"]["precision"] == "fp32" and metrics["config"]["deterministic"] and metrics["config"]["tf32"]
 
 
 def test_two_identical_runs_are_bit_equal(gpu_run, synthetic_root, tmp_path):
@@ -106,7 +107,7 @@ def test_learning_and_detection_on_the_gpu_run_and_on_a_cpu_only_process(gpu_run
 
 @pytest.mark.parametrize("extra, says", [({"amp": True}, "mixed precision"), ({"compile": True}, "torch.compile"),
                                          ({"reference": True, "num_workers": 2}, "reference mode"),
-                                         ({"cudnn_benchmark": True, "tf32": True}, "cudnn.benchmark (nondeterministic)")])
+                                         ({"cudnn_benchmark": True, "strict_fp32": True}, "no TF32, cudnn.benchmark (nondeterministic)")])
 def test_other_modes_run_on_the_gpu(synthetic_root, tmp_path, extra, says):
     start = time.time()
     out = run(TRAIN, *tiny_flags(synthetic_root, str(tmp_path), **dict(GPU, n_epoch=3, **extra)), cwd=str(tmp_path),
@@ -117,3 +118,15 @@ def test_other_modes_run_on_the_gpu(synthetic_root, tmp_path, extra, says):
     if extra.get("amp"):
         assert metrics["config"]["precision"] == ("bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16")
     print(f"{extra}: {time.time() - start:.0f} s")
+
+
+@pytest.mark.parametrize("config", ["default", "amp"])
+def test_default_configuration_is_reproducible_and_resumes_exactly(config, tmp_path):
+    """The configuration a user runs (width 64, compiled, TF32; and --amp): the GPU check's correctness step, two
+    identical runs bit-equal and a run killed with SIGKILL mid-epoch resumed to the uninterrupted run's files."""
+    out = tmp_path / "gc"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--steps", "correctness",
+                           "--configs", config, "--out", str(out), "--work_dir", str(tmp_path)], capture_output=True,
+                          text=True, timeout=900, cwd=ROOT)
+    step = json.load(open(f"{out}.json"))["steps"]["correctness"]
+    assert step["status"] == "passed", (step, proc.stdout[-2000:], proc.stderr[-2000:])

@@ -91,22 +91,60 @@ def test_setup_line_and_metrics_say_which_precision(synthetic_root, tmp_path):
 
 
 # 3. and 4. determinism and TF32 ---------------------------------------------------------------------------------------
-def test_cuda_settings_are_deterministic_and_strict_fp32_by_default_and_restored_after(monkeypatch):
+def test_cuda_settings_are_deterministic_and_tf32_by_default_and_restored_after(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    before = (runtime.determinism_settings(), runtime.tf32_settings())
-    strict = "ieee" if runtime._new_tf32_api() else False
-    with runtime.cuda_settings(CUDA, deterministic=True, tf32=False):
+    before = (runtime.determinism_settings(), runtime.tf32_settings(), runtime._tf32_state())
+    with runtime.cuda_settings(CUDA):
         assert runtime.determinism_settings() == {"cudnn_deterministic": True, "cudnn_benchmark": False,
-                                                  "deterministic_algorithms": True, "cublas_workspace_config": ":4096:8"}
-        assert runtime.tf32_settings() == {"cudnn_conv": strict, "cuda_matmul": strict}
-    assert (runtime.determinism_settings(), runtime.tf32_settings()) == before
-    with runtime.cuda_settings(CUDA, deterministic=False, tf32=True):
+                                                  "deterministic_algorithms": True, "fill_uninitialized_memory": True,
+                                                  "cublas_workspace_config": ":4096:8"}
+        assert runtime.tf32_settings() == {"cudnn_conv": True, "cuda_matmul": True}
+    assert (runtime.determinism_settings(), runtime.tf32_settings(), runtime._tf32_state()) == before
+    with runtime.cuda_settings(CUDA, deterministic=False, tf32=False, fill_uninitialized_memory=False):
         settings = runtime.determinism_settings()
         assert settings["cudnn_benchmark"] and not settings["cudnn_deterministic"] and not settings["deterministic_algorithms"]
-        assert set(runtime.tf32_settings().values()) == {"tf32" if runtime._new_tf32_api() else True}
-    assert (runtime.determinism_settings(), runtime.tf32_settings()) == before
-    with runtime.cuda_settings(CPU, deterministic=True, tf32=True):  # the CPU: nothing changes
-        assert (runtime.determinism_settings(), runtime.tf32_settings()) == before
+        assert not settings["fill_uninitialized_memory"]
+        assert runtime.tf32_settings() == {"cudnn_conv": False, "cuda_matmul": False}
+    assert (runtime.determinism_settings(), runtime.tf32_settings(), runtime._tf32_state()) == before
+    with runtime.cuda_settings(CPU, deterministic=True, tf32=False):  # the CPU: nothing changes
+        assert (runtime.determinism_settings(), runtime.tf32_settings()) == before[:2]
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_reads_the_same_through_torchs_legacy_and_new_settings(tf32):
+    """Setting only the new per-operation precisions leaves torch's legacy getters raising (inductor versions that read
+    them fail to compile): the run's settings keep both readings consistent."""
+    b = torch.backends
+    with runtime.cuda_settings(CUDA, tf32=tf32):
+        assert b.cudnn.allow_tf32 is tf32 and b.cuda.matmul.allow_tf32 is tf32  # the legacy getters answer
+        if hasattr(b.cuda.matmul, "fp32_precision"):  # newer torch: the new reading agrees
+            assert b.cuda.matmul.fp32_precision == ("tf32" if tf32 else "ieee")
+            assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
+    if not hasattr(b.cuda.matmul, "fp32_precision"):
+        return
+    # what the new API alone does (the project's earlier way), shown on this torch
+    saved = runtime._tf32_state()
+    try:
+        b.cudnn.conv.fp32_precision = b.cuda.matmul.fp32_precision = "ieee"
+        with pytest.raises(RuntimeError, match="mix of the legacy and new APIs"):
+            b.cudnn.allow_tf32
+    finally:
+        runtime._restore_tf32(saved)
+
+
+def test_a_callers_own_new_api_precision_is_put_back():
+    b = torch.backends
+    if not hasattr(b.cuda.matmul, "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has no per-operation fp32_precision settings")
+    saved = runtime._tf32_state()
+    try:
+        b.cuda.matmul.fp32_precision = "tf32"  # a caller's choice through the new API
+        mine = runtime._tf32_state()
+        with runtime.cuda_settings(CUDA, tf32=False):
+            assert b.cuda.matmul.allow_tf32 is False
+        assert runtime._tf32_state()[1] == mine[1] and b.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        runtime._restore_tf32(saved)
 
 
 def test_fit_sets_the_cuda_arithmetic_before_anything_else(monkeypatch):
@@ -127,34 +165,54 @@ def test_fit_sets_the_cuda_arithmetic_before_anything_else(monkeypatch):
     computation = resolve_computation(TrainConfig(), CUDA)
     assert run_module.fit(TrainConfig(), None, CUDA, computation, listener) == "state" and finished == [True]
     assert seen["deterministic_algorithms"] and seen["cudnn_deterministic"] and not seen["cudnn_benchmark"]
-    assert seen["cublas_workspace_config"] == ":4096:8" and seen["cudnn_conv"] in ("ieee", False)
+    assert seen["cublas_workspace_config"] == ":4096:8" and seen["cudnn_conv"] is True and seen["cuda_matmul"] is True
     assert not torch.are_deterministic_algorithms_enabled()  # restored
 
 
 def test_computation_decides_determinism_and_tf32_per_mode():
     default, reference = resolve_computation(TrainConfig(), CUDA), resolve_computation(TrainConfig(reference=True), CUDA)
-    assert default.deterministic and not default.tf32  # "fp32 by default": strict fp32, deterministic kernels
-    assert reference.deterministic and reference.tf32  # the authors' torch 1.10 ran convolutions in TF32
-    fast = resolve_computation(TrainConfig(cudnn_benchmark=True, tf32=True), CUDA)
+    assert default.deterministic and default.tf32  # PyTorch's and the authors' numerics on CUDA, deterministic kernels
+    assert reference.deterministic and reference.tf32  # the authors' torch 1.10 ran convolutions and products in TF32
+    strict = resolve_computation(TrainConfig(strict_fp32=True), CUDA)
+    assert strict.deterministic and not strict.tf32
+    fast = resolve_computation(TrainConfig(cudnn_benchmark=True), CUDA)
     assert not fast.deterministic and fast.tf32
-    for flag in ("cudnn_benchmark", "tf32"):
+    assert not resolve_computation(TrainConfig(), CPU).tf32  # nothing on a CPU computes in TF32: recorded as such
+    for flag in ("cudnn_benchmark", "strict_fp32"):
         with pytest.raises(UsageError, match=f"^--{flag} applies to CUDA devices only"):
             resolve_computation(TrainConfig(**{flag: True}), CPU)
     from bkd.config import check_config
 
-    with pytest.raises(UsageError, match="drop --tf32"):
-        check_config(TrainConfig(reference=True, tf32=True))
+    with pytest.raises(UsageError, match="drop --strict_fp32"):
+        check_config(TrainConfig(reference=True, strict_fp32=True))
+
+
+def test_the_retired_tf32_flag_says_what_replaced_it():
+    from flags import parse, training_parser
+
+    with pytest.raises(UsageError, match="^--tf32: TF32 is the default on CUDA now; drop --tf32 \\(--strict_fp32"):
+        parse(training_parser(), ["--tf32"])
+    assert parse(training_parser(), ["--strict_fp32"]).strict_fp32
 
 
 def test_resume_compares_the_kernels_and_tf32_like_any_computation_flag():
     from bkd.config import run_args
 
     saved = {"args": run_args(TrainConfig(), resolve_computation(TrainConfig(), CUDA).compile, {}), "data": None}
-    for flag in ("cudnn_benchmark", "tf32"):
+    for flag in ("cudnn_benchmark", "strict_fp32"):
         config = TrainConfig(**{flag: True})
         current = {"args": run_args(config, resolve_computation(config, CUDA).compile, {})}
         with pytest.raises(UsageError, match=f"^--{flag} True differs from the run being resumed \\(False\\)"):
             resume.check(saved, current, "state.pth.tar", log=lambda *a: None)
+
+
+def test_a_cuda_run_recorded_with_strict_fp32_by_default_resumes_only_in_strict_fp32():
+    """Before TF32 became the default, a CUDA run recorded tf32=False (strict fp32): resumed now, it keeps its arithmetic."""
+    old = {k: v for k, v in TrainConfig().__dict__.items() if k != "strict_fp32"}
+    saved = {"args": dict(old, tf32=False), "device": {"type": "cuda"}}
+    assert resume.recorded_args(saved)["strict_fp32"] is True
+    assert resume.recorded_args(dict(saved, device={"type": "cpu"})).get("strict_fp32") is None  # the CPU: no TF32 either way
+    assert resume.recorded_args(dict(saved, args=dict(old, tf32=True)))["strict_fp32"] is False
 
 
 def test_global_average_pool_is_one_deterministic_operation(monkeypatch):
@@ -184,7 +242,7 @@ def test_machine_info_records_the_gpu(monkeypatch):
     gpu = info["gpu"]
     assert (gpu["name"], gpu["compute_capability"], gpu["memory_gib"], gpu["driver"], gpu["cuda"], gpu["cudnn"]) == \
         ("NVIDIA H200", "9.0", 139.7, "570.124.06", "12.8", 91002)
-    assert gpu["determinism"]["deterministic_algorithms"] and gpu["tf32"]["cudnn_conv"] in ("ieee", False)
+    assert gpu["determinism"]["deterministic_algorithms"] and gpu["tf32"] == {"cudnn_conv": True, "cuda_matmul": True}
     assert not torch.are_deterministic_algorithms_enabled()  # and put back
     assert info["device"] == "cuda:0" and "gpu" not in runtime.machine_info(CPU)
 

@@ -1,37 +1,143 @@
-"""benchmarks/gpu_check.py works before any GPU time is spent: its CPU tiny run, and its projection arithmetic."""
+"""benchmarks/gpu_check.py works before any GPU time is spent: every step rehearsed on the CPU, a stopped check keeps
+what it finished, and the pieces that decide its figures (steady-state timing, CUDA graphs' outputs, projection)."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
+import torch
 
-from benchmarks import gpu_check
+from benchmarks import SHARED, gpu_check
 from tests.cli import ROOT
-from utils.runtime import cpu_native_bf16
+
+CHECK = [sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--device", "cpu", "--tiny"]
 
 
-def test_gpu_check_runs_on_the_cpu_tiny(tmp_path):
-    out = tmp_path / "gc"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--device", "cpu", "--tiny",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def _processes_with(text):
+    """Processes whose command line holds `text` (the check's children name its work folder)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if text.encode() in fh.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_rehearsal_runs_every_step_and_a_stopped_check_keeps_its_finished_steps(tmp_path):
+    out, work = str(tmp_path / "gc"), tmp_path / "work"
+    work.mkdir()
+    common = ["--out", out, "--work_dir", str(work)]
+    # stopped (SIGTERM, as `timeout` does) once correctness has passed, in the throughput step
+    proc = subprocess.Popen(CHECK + common + ["--modes", "default", "--configs", "default"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(out + ".json"):
+            steps = json.load(open(out + ".json"))["steps"]
+            if steps.get("throughput", {}).get("status") == "running":
+                break
+        time.sleep(0.2)
+    time.sleep(2)  # a throughput child is running now
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    report = json.load(open(out + ".json"))
+    steps = report["steps"]
+    assert steps["machine"]["status"] == "done" and steps["machine"]["facts"]["cpu_kind"]["capability"]
+    assert steps["smoke"]["status"] == "passed" and set(steps["smoke"]["runs"]) == {"default"}
+    assert all(r["finished"] and not r["compile_fell_back"] for r in steps["smoke"]["runs"].values())
+    default = steps["correctness"]["configs"]["default"]
+    assert default["status"] == "passed" and default["killed"]["status"] == "killed mid-run", default
+    assert default["identical_runs_differ_in"] == [] and default["resumed_run_differs_in"] == []
+    assert steps["throughput"]["status"].startswith("interrupted (SIGTERM)")
+    assert "real_data" not in steps and "## Correctness (bit-equal)" in open(out + ".md").read()
+    assert "==== correctness_default_resumed" in open(out + ".log").read()
+    assert not _processes_with(str(work)), "the stopped check left children running"
+
+    # the remaining steps, to the end
+    proc = subprocess.run(CHECK + common + ["--modes", "reference", "default", "--steps", "throughput", "real_data",
+                                            "cuda_tests"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.load(open(f"{out}.json"))
-    status = {r["mode"]: r["status"] for r in report["results"]}
-    assert list(status) == list(gpu_check.MODES)
-    cpu_modes = {"reference", "default-eager", "default"} | ({"amp-eager", "amp"} if cpu_native_bf16() else set())
-    assert {m for m, s in status.items() if s == "measured"} == cpu_modes, status
-    assert all(s == "not measured: CUDA only" for m, s in status.items() if gpu_check.MODES[m][2] == ("cuda",))
-    assert report["tests"]["status"] == "passed" and "skipped" in report["tests"]["summary"]  # no GPU: skipped, said why
-    for r in report["results"]:
-        if r["status"] == "measured":
-            assert r["warmup_epoch_s"] > 0 and r["robust_epoch_s"] > 0 and r["projected_300_epochs_min"] > 0
-            assert r["iterations_per_epoch"] == 576 // 32 and r["state_mib"] > 0
-    assert report["machine"]["cpu_kind"]["capability"]
-    text = open(f"{out}.md").read()
-    assert "| mode | flags | s / warm-up epoch |" in text and "| reference | --reference --num_workers 4 |" in text
-    assert proc.stdout.rstrip().splitlines()[-1].startswith("written to")  # the table last, then where it went
-    assert "| default | (none) |" in proc.stdout
+    steps = json.load(open(out + ".json"))["steps"]
+    modes = steps["throughput"]["modes"]
+    assert set(modes) == {"reference", "default"} and all(r["status"] == "measured" for r in modes.values()), modes
+    for r in modes.values():
+        assert r["warmup_epoch_s"] > 0 and r["robust_epoch_s"] > 0 and r["train_tflops"] > 0
+        assert r["iterations_per_epoch"] == 576 // 32 and r["state_mib"] > 0 and r["vs_reference"] > 0
+    assert modes["reference"]["vs_reference"] == 1.0 and modes["default"]["compile"]
+    if gpu_check.real_data_files(SHARED):
+        real = steps["real_data"]
+        assert real["status"] == "passed" and 0 < real["result"]["F1"] <= 1 and real["result"]["test acc, last (%)"] > 0
+    else:
+        assert steps["real_data"]["status"].startswith("skipped")
+    assert steps["cuda_tests"]["status"] == "passed" and "skipped" in steps["cuda_tests"]["summary"]  # no GPU: said why
+    text = open(out + ".md").read()
+    assert "| reference | --reference --num_workers 4 | fp32" in text and "| default | --compile | fp32, compiled" in text
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("written to")
+
+
+def test_every_mode_is_flags_the_training_script_takes():
+    from bkd.config import TrainConfig
+    from flags import parse, training_parser
+
+    for name, mode in gpu_check.MODES.items():
+        config = TrainConfig.from_namespace(parse(training_parser(), gpu_check.cli_flags(name)))
+        assert all(getattr(config, key) == value for key, value in mode.flags.items()), name
+
+
+def test_iterations_are_timed_in_steady_state_from_one_iterator():
+    """The PIL loader starts its workers when an iterator is made: warm-up and timed iterations share one."""
+    class Loader:
+        num_samples, batch_size, iterators = 100, 10, 0
+
+        def __iter__(self):
+            Loader.iterators += 1
+            return iter(range(10))
+
+    loader = Loader()
+    it = iter(loader)
+    assert list(gpu_check.Steps(loader, it, 2)) == [0, 1] and list(gpu_check.Steps(loader, it, 3)) == [2, 3, 4]
+    assert Loader.iterators == 1 and len(gpu_check.Steps(loader, it, 3)) == 3
+
+
+def test_cuda_graph_outputs_are_copied_out_before_the_next_call():
+    """A CUDA graph hands out one static output buffer, overwritten at its next replay: forward_pair calls the teacher
+    and then the student before reading either. Simulated on the CPU by a function that reuses its output buffer."""
+    from bkd.engine import Precision, forward_pair
+
+    def graph_like():
+        static = torch.zeros(2, 3)
+
+        def replay(x):
+            static.copy_(x[:, :3] * 2)
+            return static
+
+        return replay
+
+    x, y = torch.ones(2, 4), torch.full((2, 4), 5.0)
+    cpu = Precision(torch.device("cpu"))
+    net = graph_like()
+    teacher = lambda inp: net(inp)  # noqa: E731
+    student = lambda inp: net(inp + 4)  # noqa: E731
+    zt, zs = forward_pair(teacher, student, x, cpu)
+    assert torch.equal(zt, zs)  # without copying out, the teacher's logits are the student's
+    net = gpu_check.copied_out(graph_like())
+    zt, zs = forward_pair(lambda inp: net(inp), lambda inp: net(inp + 4), x, cpu)
+    assert torch.equal(zt, torch.full((2, 3), 2.0)) and torch.equal(zs, y[:, :3] * 2)
+
+
+def test_achieved_tflops_are_measured_against_the_precisions_peak():
+    assert gpu_check.training_flops(64, 128, 10) == pytest.approx(852.2e9, rel=1e-3)  # both networks, forward + backward
+    assert gpu_check.peak_tflops("NVIDIA H200", "tf32") == 495 and gpu_check.peak_tflops("NVIDIA H200", "fp32") == 67
+    assert gpu_check.peak_tflops("NVIDIA RTX 9999", "bf16") is None
 
 
 def test_projection_counts_the_full_set_passes_and_evaluations_of_each_mode():
@@ -48,3 +154,17 @@ def test_projection_counts_the_full_set_passes_and_evaluations_of_each_mode():
     assert ref["warmup_epoch_s"] == pytest.approx(1.6 + 3.0) and new["robust_epoch_s"] == pytest.approx(2.6)
     cpu = gpu_check.project(dict(figures, loader="device", device="cpu"), warmup_epochs=15)
     assert cpu["robust_epoch_s"] == pytest.approx(3.0)  # on the CPU the write is in the training thread
+
+
+@pytest.mark.skipif(not gpu_check.real_data_files(SHARED), reason=f"needs the shared CIFAR-10 data ({SHARED})")
+def test_the_real_data_files_hold_the_quick_subset_and_the_whole_test_set(tmp_path):
+    from data.split import stratified_subset
+
+    gpu_check.prepare_data(SHARED, str(tmp_path), subset=200)
+    made = np.load(tmp_path / "cifar10.npz")
+    with np.load(os.path.join(SHARED, "cifar10-jpeg", "cifar10.npz")) as full:
+        chosen = stratified_subset(full["y_train"], 200, 0)
+        assert np.array_equal(made["x_train"][chosen], full["x_train"][chosen])
+        assert np.array_equal(made["y_train"], full["y_train"]) and np.array_equal(made["x_test"], full["x_test"])
+    assert made["x_train"].sum(axis=(1, 2, 3)).nonzero()[0].tolist() == sorted(chosen.tolist())
+    assert gpu_check.real_data_files(str(tmp_path)) == (str(tmp_path), str(tmp_path / "CIFAR-10_human.pt"))

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.utils.deterministic  # noqa: F401 (fill_uninitialized_memory, in cuda_settings)
 
 from utils.errors import UsageError
 
@@ -117,69 +118,94 @@ def cuda_native_bf16(device):
 CUBLAS_WORKSPACE = ":4096:8"  # what torch.use_deterministic_algorithms needs of cuBLAS (PyTorch's reproducibility notes)
 
 
-def _new_tf32_api():
-    return hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision") and \
-        hasattr(torch.backends.cuda.matmul, "fp32_precision")
+def _read(owner, name):
+    try:
+        return getattr(owner, name)
+    except RuntimeError:  # torch refuses to answer after its legacy and its new TF32 settings were mixed
+        return None
+
+
+def _legacy_tf32_flags():
+    return [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")]
+
+
+def _precision_settings():
+    """torch's per-operation fp32 precisions (newer torch; absent on older), parents before children."""
+    b = torch.backends
+    owners = [b, b.cuda.matmul, b.cudnn, getattr(b.cudnn, "conv", None), getattr(b.cudnn, "rnn", None)]
+    return [(owner, "fp32_precision") for owner in owners if owner is not None and hasattr(owner, "fp32_precision")]
 
 
 def tf32_settings():
-    """TF32 in cuDNN convolutions and cuBLAS matrix products, as torch reports it (newer torch: 'tf32' / 'ieee')."""
-    if _new_tf32_api():
-        return {"cudnn_conv": torch.backends.cudnn.conv.fp32_precision, "cuda_matmul": torch.backends.cuda.matmul.fp32_precision}
-    return {"cudnn_conv": torch.backends.cudnn.allow_tf32, "cuda_matmul": torch.backends.cuda.matmul.allow_tf32}
+    """TF32 in cuDNN convolutions and cuBLAS matrix products, as torch's flags read (None: torch refuses to say)."""
+    conv, matmul = (_read(owner, name) for owner, name in _legacy_tf32_flags())
+    return {"cudnn_conv": conv, "cuda_matmul": matmul}
 
 
-def _set_tf32(settings):
-    if _new_tf32_api():
-        torch.backends.cudnn.conv.fp32_precision = settings["cudnn_conv"]
-        torch.backends.cuda.matmul.fp32_precision = settings["cuda_matmul"]
-    else:
-        torch.backends.cudnn.allow_tf32 = settings["cudnn_conv"]
-        torch.backends.cuda.matmul.allow_tf32 = settings["cuda_matmul"]
+def _set_tf32(enabled):
+    # Through torch's legacy flags: setting them sets the new per-operation precisions too, so that both readings
+    # agree. Setting only the new ones (cudnn.conv / cuda.matmul fp32_precision) leaves the legacy getters raising,
+    # and inductor versions that still read them fail to compile (tests/test_cuda_path.py shows both).
+    for owner, name in _legacy_tf32_flags():
+        setattr(owner, name, enabled)
 
 
-def _tf32(enabled):
-    if _new_tf32_api():
-        mode = "tf32" if enabled else "ieee"
-        return {"cudnn_conv": mode, "cuda_matmul": mode}
-    return {"cudnn_conv": enabled, "cuda_matmul": enabled}
+def _tf32_state():
+    return ([_read(owner, name) for owner, name in _legacy_tf32_flags()],
+            [getattr(owner, name) for owner, name in _precision_settings()])
+
+
+def _restore_tf32(state):
+    legacy, precisions = state
+    for (owner, name), value in zip(_legacy_tf32_flags(), legacy):
+        if value is not None:
+            setattr(owner, name, value)
+    for (owner, name), value in zip(_precision_settings(), precisions):
+        if getattr(owner, name) != value:
+            setattr(owner, name, value)
 
 
 def determinism_settings():
     return {"cudnn_deterministic": torch.backends.cudnn.deterministic, "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "fill_uninitialized_memory": torch.utils.deterministic.fill_uninitialized_memory,
             "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
 
 
 @contextlib.contextmanager
-def cuda_settings(device, deterministic=True, tf32=False):
+def cuda_settings(device, deterministic=True, tf32=True, fill_uninitialized_memory=True):
     """A run's CUDA arithmetic, set before its first CUDA operation and restored after it.
 
     deterministic: cuDNN's deterministic algorithms, no autotuning (cudnn.benchmark off), and
     torch.use_deterministic_algorithms with the cuBLAS workspace it needs; otherwise cuDNN autotunes
-    (cudnn.benchmark), faster and nondeterministic. tf32: TF32 in cuDNN convolutions and cuBLAS matrix
-    products (otherwise strict fp32). On other devices nothing is changed: the CPU's kernels are
+    (cudnn.benchmark), faster and nondeterministic. fill_uninitialized_memory: torch's filling of new
+    memory under deterministic algorithms (its default; benchmarks/gpu_check.py measures its cost).
+    tf32: TF32 in cuDNN convolutions and cuBLAS matrix products (PyTorch's and the authors' numerics on
+    CUDA); otherwise strict IEEE fp32. On other devices nothing is changed: the CPU's kernels are
     deterministic at a fixed thread count.
     """
     if device.type != "cuda":
         yield
         return
+    fill = torch.utils.deterministic  # (fill_uninitialized_memory: torch 2.1+)
     saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
-             os.environ.get("CUBLAS_WORKSPACE_CONFIG"), tf32_settings())
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"), _tf32_state(), fill.fill_uninitialized_memory)
     try:
         if deterministic and saved[3] is None:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cudnn.benchmark = not deterministic
         torch.use_deterministic_algorithms(deterministic)
-        _set_tf32(_tf32(tf32))
+        fill.fill_uninitialized_memory = fill_uninitialized_memory
+        _set_tf32(tf32)
         yield
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[0], saved[1]
         torch.use_deterministic_algorithms(saved[2])
         if saved[3] is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        _set_tf32(saved[4])
+        _restore_tf32(saved[4])
+        fill.fill_uninitialized_memory = saved[5]
 
 
 # --- what a result comes from ----------------------------------------------------------------------------------
