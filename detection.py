@@ -67,7 +67,11 @@ def main(argv=None):
     args = parse(build_parser(), argv)
     set_global_seeds(args.seed)
     run_dir = rd.resolve_run_dir(args)
-    metrics = rd.check_evaluable(run_dir)
+    with rd.evaluating(run_dir, needs=(rd.DETECTION,)) as metrics:
+        score(args, run_dir, metrics)
+
+
+def score(args, run_dir, metrics):
     rd.check_split(run_dir, metrics)
     data = load_run_labels(args, rd.saved_subset(run_dir), val_ratio=0.0)  # needs no images: training checked the labels against them
     rd.check_run_data(run_dir, metrics, args, data.fingerprint())

@@ -47,7 +47,11 @@ def main(argv=None):
     device = resolve_device(args.device)
     print(logfmt.device_line(device))
     run_dir = rd.resolve_run_dir(args)
-    metrics = rd.check_evaluable(run_dir)
+    with rd.evaluating(run_dir, needs=(rd.TEACHER, rd.STUDENT)) as metrics:
+        evaluate_run(args, device, run_dir, metrics)
+
+
+def evaluate_run(args, device, run_dir, metrics):
     data = load_run_data(args, subset=rd.saved_subset(run_dir))
     rd.check_run_data(run_dir, metrics, args, data.fingerprint())
     for line in data.banner:

@@ -457,8 +457,9 @@ class Check:
         return lambda: Child(name, cmd, self.logs, min(limit, self.left()), env or self.env)
 
     def script(self, mode, run_dir, *flags):
-        cmd = [sys.executable, os.path.abspath(__file__), "--child_script", mode] + ["--eager_backend"] * self.tiny_cpu()
-        return cmd + ["--"] + cli_flags(mode) + self.run_size["flags"] + RUN_FLAGS + self.synthetic() + \
+        """The training script's command for a run of `mode` (None: the default configuration, no flags of ours)."""
+        cmd = [sys.executable, os.path.abspath(__file__), "--child_script", mode or "default"] + ["--eager_backend"] * self.tiny_cpu()
+        return cmd + ["--"] + (cli_flags(mode) if mode else []) + self.run_size["flags"] + RUN_FLAGS + self.synthetic() + \
             ["--device", self.args.device, "--run_dir", run_dir, *flags]
 
     def synthetic(self):
@@ -521,14 +522,13 @@ class Check:
         base = os.path.join(self.work, "correctness", config)
         dirs = {k: os.path.join(base, k) for k in ("a", "b", "killed")}
         timeout = self.args.step_timeout_s
-        cmd = {k: self.script("default", d, *extra) for k, d in dirs.items()}
+        cmd = {k: self.script(None, d, *extra) for k, d in dirs.items()}  # as a user runs it: compiled from width 16
         start = time.time()
         pair = [self.child(f"correctness_{config}_{k}", cmd[k], timeout) for k in ("a", "b")]
-        running = [c() for c in pair[: self.args.jobs - 1]]  # side by side where there are jobs to spare
+        early = [c() for c in pair[: self.args.jobs - 1]]  # beside the killed run where there are jobs to spare
         killed = self.kill_mid_epoch(self.child(f"correctness_{config}_killed", cmd["killed"], timeout), dirs["killed"])
-        running += [c() for c in pair[len(running):]]
+        running = [c.wait() for c in early] + run_all(pair[len(early):], self.args.jobs)
         for c in running:
-            c.wait()
             self.keep_log(c)
         if killed["status"] != "killed mid-run":
             return dict(killed, status=f"failed: {killed['status']}")
@@ -542,7 +542,7 @@ class Check:
         ok = not same and not resumed_same
         return {"status": "passed" if ok else "failed: results differ", "identical_runs_differ_in": same,
                 "resumed_run_differs_in": resumed_same, "killed": killed, "seconds": round(time.time() - start, 1),
-                "flags": " ".join(cli_flags("default") + list(extra) + self.run_size["flags"])}
+                "flags": " ".join(list(extra) + self.run_size["flags"])}
 
     def kill_mid_epoch(self, make, run_dir):
         """Start a run and SIGKILL it inside epoch KILL_EPOCH, once an earlier epoch's resume state is on disk."""
@@ -659,7 +659,6 @@ def equal_runs(a, b):
 
 
 def verdicts(results):
-    reference = results.get("reference", {})
     out = []
     for name, target in TARGETS.items():
         r = results.get(name, {})

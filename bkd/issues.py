@@ -24,7 +24,9 @@ def write_label_issues(path, given, given_prob, agreed, agreed_prob, groups, cla
     `positions` are the images' indices in the data (x_train, or the folder's sorted order), which the table shows."""
     order = rank_label_issues(given_prob)
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
+        # file and folder names that are not valid UTF-8 (Latin-1 names of old archives) are written as the bytes the
+        # file system holds (surrogateescape, Python's own decoding of such names): the table names every file exactly
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
             writer = csv.writer(fh)
             writer.writerow(COLUMNS)
             for rank, i in enumerate(order, 1):
@@ -36,7 +38,7 @@ def write_label_issues(path, given, given_prob, agreed, agreed_prob, groups, cla
 
 def read_label_issues(path):
     """The rows of a label_issues.csv as a list of dicts (numbers converted)."""
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         rows = list(csv.DictReader(fh))
     for row in rows:
         for key in ("rank", "position", "given_label", "agreed_label", "group", "flagged"):

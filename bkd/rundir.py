@@ -3,6 +3,7 @@ import errno
 import fcntl
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,16 +110,20 @@ class RunDir:
             raise
         return self
 
-    def _acquire(self, busy):
+    def _acquire(self, busy, shared=False):
+        """The directory's lock: exclusive for a training (which then clears what a killed one left), shared by the
+        evaluations of a finished run, which may run together but never beside its training."""
         self._lock = open(self.file(".lock"), "a+")
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as err:
             self._lock.close()
             self._lock = None
             if err.errno in (errno.EAGAIN, errno.EACCES):
                 raise RunDirError(f"{self.path} is {busy}") from None
             raise
+        if shared:
+            return
         for name in os.listdir(self.path):  # temporary files of a writer killed mid-save (we hold the lock)
             if name.startswith(".") and name.endswith(".tmp"):
                 os.remove(self.file(name))
@@ -256,49 +261,61 @@ def saved_subset(run_dir):
     return subset
 
 
-def check_evaluable(run_dir, log=print):
-    """learning.py / detection.py, before any work: the directory holds a finished run, nothing writes to it, and its
-    metrics.json can take results; returns that metrics.json. An --overwrite killed before the new run completed an
-    epoch is undone first (the run it replaced is put back, with a notice), as the next training would."""
+TRAINING = "still training (its lock is held); wait until it finishes, then run this again"
+
+
+@contextmanager
+def evaluating(run_dir, needs, log=print):
+    """learning.py / detection.py: the directory holds a finished run with the files this evaluation `needs`, and its
+    metrics.json can take results; yields that metrics.json. The run's lock is held shared meanwhile: evaluations of
+    one run go together (each merges its result into metrics.json under utils.files.update_json's lock), a training
+    of it neither runs beside them nor starts. An --overwrite killed before its new run completed an epoch is undone
+    first (the run it replaced is put back, with a notice), as the next training would."""
     if not os.path.isdir(run_dir):
         raise DataError(f"{run_dir}: no such run directory; train this run first (blind_knowledge_dist_training.py)")
     check_writable(run_dir, f"the results go into its {METRICS}: make it writable")
     run = RunDir(run_dir)
-    run._acquire("still training (its lock is held); wait until it finishes, then run this again")
+    if os.path.isdir(run.file(PREVIOUS)):  # the repair needs the directory alone
+        run._acquire(TRAINING)
+        run.close()
+    run._acquire(TRAINING, shared=True)
     try:
         for notice in run.notices:
             log(logfmt.ours(notice))
         metrics = read_json_object(run.file(METRICS))
-        check_finished(run, metrics)
-        return metrics
+        check_finished(run, metrics, needs)
+        yield metrics
     finally:
         run.close()
 
 
-def check_finished(run, metrics):
-    """One line (exit 4) if the directory holds no finished run: what it holds, and how to get the result."""
-    if not run.started or not metrics:
-        held = ("the start of a run that completed no epoch" if run.has(INCOMPLETE) or run.existing_artefacts()
-                else "no run")
+def check_finished(run, metrics, needs):
+    """One line if the directory holds no finished run with the files an evaluation `needs`: exit 4 where it holds no
+    run or an unfinished one, exit 3 naming a file that is missing. The resume state is not needed."""
+    if run.has(INCOMPLETE) or not (metrics or run.existing_artefacts()):
+        held = "the start of a run that completed no epoch" if run.has(INCOMPLETE) else "no run"
         raise RunDirError(f"{run.path} holds {held}, no result: train it (blind_knowledge_dist_training.py with this run's "
                           "flags), then run this again")
+    if not metrics:
+        raise DataError(f"{run.file(METRICS)} is missing: it records whether the run finished and what data it was "
+                        "trained on; put it back, or train the run again (--overwrite)")
     done, n_epoch = metrics.get("epochs_completed"), (metrics.get("config") or {}).get("n_epoch")
     if not done or not n_epoch or done < n_epoch:
         raise RunDirError(f"{run.path} holds an unfinished run (epochs 0..{(done or 0) - 1} of 0..{(n_epoch or 0) - 1} "
                           "completed): finish it with its training command and --resume, then run this again")
+    missing = [name for name in needs if not run.has(name)]
+    if missing:
+        raise DataError(f"{run.path}: {', '.join(missing)} missing, which this evaluation reads; put "
+                        f"{'it' if len(missing) == 1 else 'them'} back, or train the run again (--overwrite)")
 
 
 def check_split(run_dir, metrics):
-    """detection.py: the split's files, complete and recorded (metrics.json is written after them, with the epoch)."""
-    present = [name for name in SPLIT_FILES if os.path.exists(os.path.join(run_dir, name))]
+    """detection.py: a split recorded (metrics.json is written after the split's files, with its epoch)."""
     if metrics.get("split_epoch") is None:
+        present = [name for name in SPLIT_FILES if os.path.exists(os.path.join(run_dir, name))]
         raise DataError(f"{run_dir}: metrics.json records no split, so {', '.join(present) or 'its split files'} "
                         "cannot be trusted (the training stopped while writing them?); resume the training with --resume "
                         "to redo the split")
-    missing = [name for name in (DETECTION, AGREEMENT, LABEL_ISSUES) if name not in present]
-    if missing:
-        raise DataError(f"{run_dir}: the split of epoch {metrics['split_epoch']} lacks {', '.join(missing)}; train the run "
-                        "again (--overwrite)")
 
 
 def check_run_data(run_dir, metrics, args, fingerprint, log=print):

@@ -137,7 +137,7 @@ def main(argv=None):
     if args.command == "summary":
         from launch.summary import write_grid_summary
 
-        print(write_grid_summary(runs, args.out or os.path.join(args.results_dir, "summary")))
+        print("\n".join(write_grid_summary(runs, args.out or os.path.join(args.results_dir, "summary"))))
         return 0
     extra = [t for t in extra if t != "--"]
     clash = [t for t in extra if t.split("=", 1)[0] in RUN_SELECTORS]
@@ -165,7 +165,7 @@ def main(argv=None):
         statuses = slurm.wait(runs)
         from launch.summary import write_grid_summary
 
-        print(write_grid_summary(runs, os.path.join(args.results_dir, "summary")))
+        print("\n".join(write_grid_summary(runs, os.path.join(args.results_dir, "summary"))))
         failed = [s for s in statuses if s["state"] != "done"]
         for s in failed:
             print(f"   {s['run']}: {s['state']} {s['detail']}; log {s['log']}")

@@ -8,7 +8,6 @@ with a resume state and no finished logs continues with --resume; a run whose pi
 second writer.
 """
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,8 @@ from dataclasses import dataclass
 
 from data.labels import NOISE_TYPES
 from bkd import rundir as rd
-from utils.files import save_json
+from utils.errors import DataError
+from utils.files import read_json_object, save_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = (  # name, script, log file, open mode
@@ -74,10 +74,10 @@ def make_grid(grid="original", seeds=None, noise_types=None, dataset=None, resul
 
 # --- a run's state on disk ----------------------------------------------------------------------
 def read_json(path):
+    """The JSON object in `path`, or None where it is missing, damaged or no object: a status reports what it can."""
     try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+        return read_json_object(path) or None
+    except DataError:
         return None
 
 

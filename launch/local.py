@@ -11,6 +11,7 @@ import signal
 import threading
 
 from launch.grid import Pipeline, status
+from utils.errors import BKDError, EXIT_RUN_DIR, first_line
 
 
 def visible_gpus():
@@ -67,7 +68,7 @@ def run_local(runs, train_flags=(), eval_flags=(), parallel=None, per_gpu=1, cpu
             where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if env["CUDA_VISIBLE_DEVICES"] else f"CPU, {env['OMP_NUM_THREADS']} threads"
             if not interrupted.is_set():
                 log(f"== {run.name}: starting ({where}; log: {run.file('training.log')})")
-                outcome = pipeline()
+                outcome = start(pipeline)
             else:
                 outcome = {"outcome": "interrupted", "log": run.file("training.log")}
             with lock:
@@ -105,6 +106,16 @@ def run_local(runs, train_flags=(), eval_flags=(), parallel=None, per_gpu=1, cpu
     return outcomes
 
 
+def start(pipeline):
+    """A run's outcome; one that cannot even start (its path is a file, its folder read-only) has failed, saying why."""
+    try:
+        return pipeline()
+    except (OSError, BKDError) as err:
+        reason = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.filename else first_line(err)
+        return {"outcome": "failed", "step": "start", "exit_code": getattr(err, "exit_code", EXIT_RUN_DIR), "log": None,
+                "reason": reason}
+
+
 def show_results(run, log):
     """A finished run's evaluation logs, when runs go one at a time (as the original's run.sh showed them)."""
     for name in ("learning.log", "detection.log"):
@@ -115,6 +126,8 @@ def show_results(run, log):
 
 def describe(outcome):
     kind = outcome["outcome"]
+    if kind == "failed" and outcome.get("reason"):
+        return f"FAILED to start ({outcome['reason']})"
     if kind == "failed":
         return f"FAILED in {outcome['step']} (exit {outcome['exit_code']}); see {outcome['log']}"
     if kind == "running":
@@ -139,7 +152,8 @@ def report(runs, outcomes, log=print):
     log("== grid: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" of {len(runs)} runs")
     failed = [(run, outcomes[run.name]) for run in runs if outcomes[run.name]["outcome"] == "failed"]
     for run, outcome in failed:
-        log(f"   failed: {run.name}: {outcome['step']} exited {outcome['exit_code']}; log {outcome['log']}")
+        log(f"   failed: {run.name}: " + (f"could not start ({outcome['reason']})" if outcome.get("reason") else
+                                          f"{outcome['step']} exited {outcome['exit_code']}; log {outcome['log']}"))
     other = [run.name for run in runs if outcomes[run.name].get("other_flags")]
     if other:
         log(f"   {len(other)} finished run(s) were trained with other flags and kept as they are ({', '.join(other)}): add "

@@ -5,6 +5,8 @@ from collections import defaultdict
 
 from bkd.report import COLUMN_NAMES, load_run, markdown, summary_values
 from launch.grid import status
+from utils.errors import RunDirError, first_line
+from utils.files import atomic_path
 
 
 def grid_summary(runs):
@@ -34,9 +36,9 @@ def grid_summary(runs):
 
 
 def write_grid_summary(runs, prefix):
-    """Write <prefix>.md (per dataset: mean ± std per label set, then the runs) and <prefix>.csv; return the Markdown."""
+    """Write <prefix>.md (per dataset: mean ± std per label set, then the runs) and <prefix>.csv; return the Markdown
+    and a line saying where it went, or why it could not be written (the tables are printed either way)."""
     per_set, per_seed = grid_summary(runs)
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     columns = COLUMN_NAMES
     text = []
     for dataset in dict.fromkeys(r["dataset"] for r in per_set):
@@ -44,10 +46,14 @@ def write_grid_summary(runs, prefix):
         text += markdown([r for r in per_set if r["dataset"] == dataset], ["label set", "seeds"] + columns)
         text += ["", f"### {dataset}: per run", ""]
         text += markdown([r for r in per_seed if r["dataset"] == dataset], ["label set", "seed", "state"] + columns) + [""]
-    with open(prefix + ".md", "w") as fh:
-        fh.write("\n".join(text))
-    with open(prefix + ".csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["row", "dataset", "label set", "seeds", "seed", "state"] + columns)
-        writer.writeheader()
-        writer.writerows([dict(r, row="mean ± std") for r in per_set] + [dict(r, row="run") for r in per_seed])
-    return "\n".join(text)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+        with atomic_path(prefix + ".md") as tmp, open(tmp, "w") as fh:
+            fh.write("\n".join(text))
+        with atomic_path(prefix + ".csv") as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["row", "dataset", "label set", "seeds", "seed", "state"] + columns)
+            writer.writeheader()
+            writer.writerows([dict(r, row="mean ± std") for r in per_set] + [dict(r, row="run") for r in per_seed])
+    except (OSError, RunDirError) as err:
+        return "\n".join(text), f"== summary not written ({first_line(err)}); --out writes it elsewhere"
+    return "\n".join(text), f"== summary written to {prefix}.md and {prefix}.csv"

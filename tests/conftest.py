@@ -27,7 +27,7 @@ def synthetic_root(tmp_path_factory):
 # The longest modules first, so that the pytest-xdist workers (pytest.ini: one module per worker at a time)
 # start on them together instead of finishing one of them alone at the end.
 LONGEST_FIRST = ("test_launch", "test_reference", "test_end_to_end", "test_durability", "test_nothing_silent", "test_custom",
-                 "test_gpu_check", "test_cuda_path", "test_config")
+                 "test_gpu_check", "test_gpu_check_steps", "test_edges", "test_cuda_path", "test_config")
 
 
 def pytest_collection_modifyitems(items):

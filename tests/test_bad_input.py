@@ -166,7 +166,7 @@ def _learning_argv(synthetic_root, run_dir):
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("missing", "checkpoint not found"),
+    ("missing", "student.pth.tar missing, which this evaluation reads"),
     ("truncated", "unreadable checkpoint"),
     ("architecture", "weights do not fit"),
     ("no_tensors", "not a model checkpoint"),
@@ -275,7 +275,7 @@ def test_resume_state_of_the_wrong_structure(finished_run, synthetic_root, tmp_p
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "the split of epoch 1 lacks detection.npy; train the run again (--overwrite)"),
+    (None, "detection.npy missing, which this evaluation reads; put it back, or train the run again (--overwrite)"),
     (np.zeros(400, dtype=np.int64), "holds int64 values; expected a boolean mask"),
     (np.zeros(399, dtype=bool), "shape (399,), expected (400,)"),
     (b"garbage", "unreadable .npy file"),

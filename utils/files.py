@@ -39,6 +39,10 @@ def atomic_path(path):
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except UnicodeError as err:  # a name or label in the data that is no text: not the disk's fault
+        kept = "the earlier file is kept" if os.path.exists(path) else "nothing was written"
+        raise RunDirError(f"cannot write {portable(path)} ({first_line(err)}); {kept}; rename the files or classes of "
+                          "the data to valid UTF-8") from None
     except OSError as err:
         kept = "the earlier file is kept" if os.path.exists(path) else "nothing was written"
         try:
@@ -111,10 +115,21 @@ def read_json_object(path):
 
 
 def update_json(path, updates):
-    """Merge `updates` into the JSON object at `path` (created if missing), atomically."""
-    data = read_json_object(path)
-    data.update(updates)
-    save_json(data, path)
+    """Merge `updates` into the JSON object at `path` (created if missing), atomically, one writer at a time: two
+    evaluations of one run finishing together each keep their result (each merges into the other's)."""
+    import fcntl
+
+    lock = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.lock")
+    try:
+        fh = open(lock, "a+")
+    except OSError as err:
+        raise RunDirError(f"cannot write {portable(path)} ({err.strerror}); make {portable(os.path.dirname(lock))} "
+                          "writable") from None
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        data = read_json_object(path)
+        data.update(updates)
+        save_json(data, path)
 
 
 class BackgroundWriter:
