@@ -41,7 +41,12 @@ def check_args(args):
 
 
 def log(message=""):
-    print(message, flush=True)
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as err:  # a log redirected to a full or failing file system (`> /dev/full`)
+        raise RunDirError(f"cannot write standard output ({err.strerror}): its file system is full or failing") from None
 
 
 def main(argv=None):

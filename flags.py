@@ -1,8 +1,9 @@
 """Command-line flags shared by the three scripts: the original's flags with its defaults, plus ours."""
 import argparse
+import os
 import sys
 
-from bkd.config import DEFAULTS, check_seed_and_split
+from bkd.config import DEFAULTS, check_seed_and_split, custom_selection
 from data.cifar import DATA_ROOT_ENV, DATASETS, default_data_root
 from data.labels import NOISE_TYPES, check_noise_type
 from utils.errors import EXIT_USAGE, UsageError
@@ -95,9 +96,14 @@ def training_parser():
 
 
 def data_selection(args):
-    """What picks a run's data besides the training flags (bkd.config.run_args)."""
-    return {"dataset": args.dataset, "noise_type": args.noise_type, "image_size": args.image_size,
-            "keep_image_size": args.keep_image_size}
+    """What picks a run's data besides the training flags (bkd.config.run_args), as the Python API records it too:
+    custom data has no label set, and only an image folder is resized to --image_size (None: does not apply)."""
+    if args.dataset != CUSTOM:
+        return {"dataset": args.dataset, "noise_type": args.noise_type, "image_size": args.image_size,
+                "keep_image_size": args.keep_image_size}
+    from data.custom import data_file
+
+    return custom_selection(args.keep_image_size, args.image_size if os.path.isdir(data_file(args)) else None)
 
 
 def parse(parser, argv=None):
@@ -107,8 +113,11 @@ def parse(parser, argv=None):
     args = parser.parse_args(argv)
     if args.dataset not in DATASETS and args.dataset != CUSTOM:
         raise UsageError(f"--dataset {args.dataset!r} is unknown; use one of {', '.join(DATASETS)} or {CUSTOM}")
-    if args.dataset != CUSTOM:  # custom data has its given labels only: --noise_type does not apply
+    if args.dataset != CUSTOM:
         check_noise_type(args.dataset, args.noise_type)
+    elif args.noise_type != "clean":  # (the flag's default)
+        raise UsageError(f"--noise_type {args.noise_type} picks a CIFAR-N label set; --dataset custom trains on the "
+                         "data's own labels: drop it")
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
         raise UsageError(f"--image_size {args.image_size} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
     check_seed_and_split(args.seed, args.val_ratio)

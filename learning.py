@@ -59,6 +59,10 @@ def evaluate_run(args, device, run_dir, metrics):
     print(logfmt.BUILDING)
     teacher, student, ckpt = load_pair(run_dir, rd.TEACHER, rd.STUDENT, device)
     print(logfmt.BUILT)
+    width, trained = ckpt["state_dict"]["conv1.weight"].shape[0], (metrics.get("config") or {}).get("width")
+    if trained is not None and width != trained:
+        raise DataError(f"{run_dir}: {rd.TEACHER} holds a network of width {width}, and the run was trained at --width "
+                        f"{trained}: not this run's checkpoints; put its own back, or train the run again (--overwrite)")
     num_classes = data.info["num_classes"]
     if ckpt["state_dict"]["linear.weight"].shape[0] != num_classes:
         raise DataError(f"{run_dir}: checkpoints have {ckpt['state_dict']['linear.weight'].shape[0]} classes, "

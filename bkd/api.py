@@ -21,7 +21,7 @@ import numpy as np
 
 from bkd import resume
 from bkd import rundir as rd
-from bkd.config import TrainConfig, check_config, resolve_computation
+from bkd.config import TrainConfig, check_config, custom_selection, resolve_computation
 from bkd.engine import StopFlag
 from bkd.issues import rank_label_issues
 from bkd.outputs import Listeners, Results, RunFiles, writes_in_background
@@ -30,11 +30,6 @@ from data.custom import from_arrays
 from data.setup import choose_images, custom_source
 from utils.errors import UsageError
 from utils.runtime import machine_info, preserved_global_rng, resolve_device
-
-
-def selection(keep_image_size):
-    """What picks an API run's data besides the training flags: the arrays (their fingerprint), kept at their size or not."""
-    return {"dataset": "custom", "noise_type": None, "image_size": None, "keep_image_size": keep_image_size}
 
 
 @dataclass
@@ -69,7 +64,7 @@ def find_label_issues(images, labels, *, classes=None, ids=None, device="auto", 
         if run_dir is None:
             state = fit(config, data, device, computation, results, log=log, stop=StopFlag())
             return _result(data, results.event, state)
-        return _in_run_dir(run_dir, config, computation, data, device, results, log, selection(keep_image_size))
+        return _in_run_dir(run_dir, config, computation, data, device, results, log, custom_selection(keep_image_size))
 
 
 def _quiet(*args):
@@ -90,7 +85,7 @@ def _in_run_dir(path, config, computation, data, device, results, log, chosen):
     if os.path.exists(run.file(rd.STATE)):
         saved = resume.load(run.file(rd.STATE), resume.API)
         resume.check(saved, identity, run.file(rd.STATE), resume.API, log)
-    run.open(resume=saved is not None)
+    run.open(resume=saved is not None, elsewhere="give another run_dir")
     try:
         files = RunFiles(run, data, config, identity, {"api": True, **identity["args"]}, machine_info(device, computation),
                          log, background=writes_in_background(device))

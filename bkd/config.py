@@ -6,6 +6,7 @@ the same names. `check_config` is the one check of their values. `--reference` i
 Computation here and nowhere else: the original's loader, SGD call, evaluation batch size and
 autograd, its end-of-training overwrite, its CIFAR-100 validation normalisation and its TF32.
 """
+import math
 from dataclasses import dataclass, fields
 
 from utils.errors import UsageError
@@ -94,6 +95,7 @@ def compiles(config):
     return config.compile if config.compile is not None else config.width >= COMPILE_MIN_WIDTH
 
 
+FLOATS = ("lr", "momentum", "weight_decay", "val_ratio", "alpha1", "alpha2", "alpha3", "alpha4")
 POSITIVE = ("n_epoch", "batch_size", "lr", "print_freq", "clean_test_freq", "noisy_val_freq", "width", "lr_step")
 REFERENCE_CLASHES = ("amp", "compile", "detach_robust_target", "strict_fp32")  # the reference mode decides these itself
 SEED_LIMIT = 2**32  # numpy's seed range
@@ -101,6 +103,9 @@ SEED_LIMIT = 2**32  # numpy's seed range
 
 def check_config(config):
     """One line naming a bad value (the flag's name: the script's flags and the API's arguments are the same)."""
+    for name in FLOATS:
+        if not math.isfinite(getattr(config, name)):
+            raise UsageError(f"--{name} {getattr(config, name)} must be a finite number")
     for name in POSITIVE:
         if not getattr(config, name) > 0:
             raise UsageError(f"--{name} {getattr(config, name)} must be positive")
@@ -216,6 +221,17 @@ def run_args(config, compile_resolved, selection):
     return args
 
 
+def custom_selection(keep_image_size, image_size=None):
+    """What picks custom data besides the arrays (their fingerprint): the command line's and the API's alike. No label
+    set, and an image size only for an image folder (None: does not apply)."""
+    return {"dataset": "custom", "noise_type": None, "image_size": image_size, "keep_image_size": keep_image_size}
+
+
+NOT_APPLICABLE = ("noise_type", "image_size")  # None where it does not apply (custom data); earlier versions recorded
+# the flag's default there ("clean", 32), which is not compared
+
+
 def differing_args(recorded, args):
     """(name, recorded value, this value) of every setting in both that differs, in `args`' order."""
-    return [(key, recorded[key], value) for key, value in args.items() if key in recorded and recorded[key] != value]
+    return [(key, recorded[key], value) for key, value in args.items() if key in recorded and recorded[key] != value
+            and not (key in NOT_APPLICABLE and None in (recorded[key], value))]

@@ -28,7 +28,7 @@ from utils import logfmt
 from utils.checkpoint import host_copy
 from utils.errors import DataError, OutOfMemory, UsageError, first_line
 from utils.metrics import detection_scores, ranking_line, ranking_scores
-from utils.runtime import cuda_settings, rng_state, set_global_seeds, set_rng_state
+from utils.runtime import cuda_settings, rng_state, set_global_seeds, set_rng_state, usable_compile_cache
 
 
 @dataclass
@@ -132,7 +132,8 @@ def fit(config, data, device, computation, listener=None, log=print, resume=None
     """
     listener = listener or Listener()
     try:
-        with cuda_settings(device, computation.deterministic, computation.tf32):  # before the run's first CUDA operation
+        # a compile cache that can be written, and the CUDA arithmetic, before the run's first CUDA operation
+        with usable_compile_cache(log), cuda_settings(device, computation.deterministic, computation.tf32):
             return _fit(config, data, device, computation, listener, log, resume, resume_name, stop, time_start or time.time())
     except torch.cuda.OutOfMemoryError as err:
         raise OutOfMemory(f"{device} ran out of memory ({first_line(err)}); lower --batch_size ({config.batch_size}) or "

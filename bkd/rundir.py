@@ -92,18 +92,21 @@ class RunDir:
         """No completed epoch, and nothing but what an unfinished run of ours leaves behind."""
         return not self.started and (self.has(INCOMPLETE) or self.existing_artefacts() in ([], [SUBSET]))
 
-    def open(self, resume=False, overwrite=False):
-        """Lock the directory for a training (creating it; a refusal leaves nothing created: see close)."""
+    def open(self, resume=False, overwrite=False, elsewhere="use another --seed/--results_dir"):
+        """Lock the directory for a training (creating it; a refusal leaves nothing created: see close). `elsewhere`:
+        how the caller picks another directory (the command line's flags, or the API's run_dir)."""
         if resume and not os.path.isdir(self.path):
             raise RunDirError(f"nothing to resume in {self.path} (no such directory); start the run without --resume")
         self._created = not os.path.isdir(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as err:
-            raise RunDirError(f"cannot write to run directory {self.path} ({err.strerror}); pick another --results_dir") from None
+            fix = ("--run_dir names it in fewer characters" if err.errno == errno.ENAMETOOLONG and "--" in elsewhere
+                   else elsewhere)
+            raise RunDirError(f"cannot write to run directory {self.path} ({err.strerror}); {fix}") from None
         try:
-            check_writable(self.path, "pick another --results_dir")
-            self._acquire("in use by another training process; wait for it or use another --seed/--results_dir")
+            check_writable(self.path, elsewhere)
+            self._acquire(f"in use by another process (a training, or an evaluation of its run); wait for it or {elsewhere}")
             self._check_for(resume, overwrite)
         except BaseException:
             self.close()

@@ -8,7 +8,6 @@ what does not depend on float rounding: the data, the random streams and the sch
 """
 import hashlib
 import io
-import json
 import os
 import re
 import sys
@@ -18,7 +17,8 @@ import numpy as np
 import torch
 
 from utils import logfmt
-from utils.files import save_json
+from utils.errors import DataError
+from utils.files import read_json_object, save_json
 from utils.hashing import array_sha256, file_sha256
 from utils.runtime import machine_info
 
@@ -36,8 +36,10 @@ class TraceRecorder:
         self.trace = {"config": {}, "iterations": [], "epochs": [], "overfitting": None, "detection_sha256": None,
                       "detection": None, "checkpoints": [], "run": {"t_start": time.time()}}
         if resume_epoch and os.path.exists(path):  # --resume: keep what the completed epochs recorded
-            with open(path) as fh:
-                old = json.load(fh)
+            old = read_json_object(path)
+            if not all(isinstance(old.get(key), list) for key in ("iterations", "epochs", "checkpoints")):
+                raise DataError(f"--trace {path}: not a trace this project wrote; give another --trace file, or move it "
+                                "aside")
             self.trace.update(old)
             self.trace["iterations"] = [r for r in old["iterations"] if r["epoch"] < resume_epoch]
             self.trace["epochs"] = [r for r in old["epochs"] if r["epoch"] < resume_epoch]

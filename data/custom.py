@@ -69,6 +69,10 @@ def load_custom(path, image_size=32, keep_size=False):
 
 def from_arrays(images, labels, classes=None, ids=None, x_test=None, y_test=None, source="arrays", keep_size=False):
     """Your data as arrays (the Python API): checked as an .npz file's arrays would be."""
+    shapes = sorted({np.shape(image) for image in images}, key=str) if isinstance(images, (list, tuple)) else []
+    if len(shapes) > 1:
+        raise DataError(f"images: a list of images of {len(shapes)} shapes ({', '.join(map(str, shapes[:3]))}); give them "
+                        "one size (resize them), or put them in an image folder, which is resized to --image_size")
     arrays = {"x_train": np.asarray(images), "y_train": np.asarray(labels)}
     for key, value in (("classes", classes), ("ids", ids), ("x_test", x_test), ("y_test", y_test)):
         if value is not None:
@@ -180,10 +184,11 @@ def _image_files(path, classes, extensions):
 def _read_image(file, size):
     """One image as (size, size, 3) uint8 RGB. 16-bit images are scaled from 0..65535, floating-point ones from 0..1 (or
     0..255 where they exceed 1): Pillow's conversion to RGB would clip the one to white and the other to black."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
-        with Image.open(file) as img:
+        with Image.open(file) as opened:
+            img = ImageOps.exif_transpose(opened)  # upright, as photo viewers show it (docs/custom-data.md)
             if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
                 img = Image.fromarray(_eight_bits(np.asarray(img), img.mode, file))
             return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))

@@ -110,7 +110,7 @@ def test_concurrent_run_is_refused(synthetic_root, tmp_path):
     with open(run_dir / ".lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         proc = run(TRAIN, *tiny_flags(synthetic_root, str(tmp_path)), check=False)
-    assert proc.returncode == 4 and "in use by another training process" in proc.stderr
+    assert proc.returncode == 4 and "in use by another process (a training" in proc.stderr
 
 
 def test_non_finite_loss_stops_with_epoch_and_iteration(synthetic_root, tmp_path):

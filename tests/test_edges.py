@@ -9,7 +9,7 @@ import pytest
 
 import detection
 import learning
-from tests.cli import ROOT, script
+from tests.cli import ROOT, script, tiny_flags
 from tests.test_bad_input import _copy_run, _detection_argv, _learning_argv, call, finished_run  # noqa: F401 (fixture)
 
 
@@ -138,3 +138,172 @@ def test_launcher_status_and_summary_on_a_damaged_or_read_only_results_folder(sy
         run_ = launch("run", *grid_flags(results, seeds=(0,)), "--cpu", "--n_epoch", "1")
         assert run_.returncode == 4 and "Traceback" not in run_.stderr, run_.stdout + run_.stderr
         assert "FAILED to start (Read-only file system" in run_.stdout and "interrupted" not in run_.stdout
+
+
+# 5. standard output on a full disk -------------------------------------------------------------------------------------
+def test_standard_output_on_a_full_disk_is_one_line_and_says_what_the_run_holds(synthetic_root, tmp_path):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, script("blind_knowledge_dist_training.py"),
+                               *tiny_flags(synthetic_root, str(tmp_path), n_epoch=1)], cwd=str(tmp_path), stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write standard output (No space left on device)" in lines[0]
+    assert "holds no result: run the same command to start again" in lines[0]
+
+
+# 6. an unwritable compile cache ----------------------------------------------------------------------------------------
+def test_an_unwritable_compile_cache_runs_with_another_and_says_so(synthetic_root, tmp_path):
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR="/proc/no_such_folder")
+    proc = subprocess.run([sys.executable, script("blind_knowledge_dist_training.py"),
+                           *tiny_flags(synthetic_root, str(tmp_path), n_epoch=1), "--no_compile"], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "[bkd] torch's compile cache cannot be created (No such file or directory: /proc/no_such_folder); this run " \
+           "caches in" in proc.stdout
+
+
+def test_no_writable_compile_cache_at_all_is_one_line_naming_the_variable(monkeypatch):
+    import tempfile
+
+    from utils.errors import UsageError
+    from utils.runtime import usable_compile_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/proc/no_such_folder")
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(UsageError, match="set TORCHINDUCTOR_CACHE_DIR to a writable folder"):
+        with usable_compile_cache(print):
+            pass
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/proc/no_such_folder"
+
+
+# 7. one line each ------------------------------------------------------------------------------------------------------
+def test_the_api_refuses_images_of_two_sizes_in_one_line():
+    import numpy as np
+
+    from bkd import find_label_issues
+    from utils.errors import DataError
+
+    images = [np.zeros((32, 32, 3), np.uint8), np.zeros((48, 48, 3), np.uint8)] * 10
+    with pytest.raises(DataError, match=r"^images: a list of images of 2 shapes \(\(32, 32, 3\), \(48, 48, 3\)\); give"):
+        find_label_issues(images, [0, 1] * 10)
+
+
+def test_the_api_reuses_a_command_line_run_of_the_same_data_and_flags(tmp_path):
+    import numpy as np
+
+    from bkd import find_label_issues
+    from tests.synthetic import write_custom
+
+    made, _, _ = write_custom(str(tmp_path), n_train=80)
+    arrays = dict(np.load(made))
+    path = str(tmp_path / "mine.npz")  # the API takes no test set: the same data is data without one
+    np.savez(path, **{k: arrays[k] for k in ("x_train", "y_train", "classes", "ids")})
+    results = str(tmp_path / "results")
+    flags = dict(n_epoch=2, width=4, batch_size=16)
+    proc = subprocess.run([sys.executable, script("blind_knowledge_dist_training.py"), "--dataset", "custom", "--data_file",
+                           path, "--device", "cpu", "--results_dir", results,
+                           *[w for k, v in flags.items() for w in (f"--{k}", str(v))]],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = os.path.join(results, "custom_mine_seed_0")
+    result = find_label_issues(arrays["x_train"], arrays["y_train"], classes=arrays["classes"], ids=arrays["ids"],
+                               device="cpu", run_dir=run_dir, **flags)
+    assert np.array_equal(result.flagged, np.load(os.path.join(run_dir, "detection.npy")))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "inf"], "--lr inf must be a finite number"),
+    (["--momentum", "nan"], "--momentum nan must be a finite number"),
+    (["--dataset", "custom", "--noise_type", "worst"], "--noise_type worst picks a CIFAR-N label set; --dataset custom "
+                                                         "trains on the data's own labels: drop it"),
+])
+def test_flag_values_that_cannot_be_meant_are_refused(flags, message, synthetic_root, tmp_path, capsys):
+    import blind_knowledge_dist_training as training
+
+    code, err = call(training, tiny_flags(synthetic_root, str(tmp_path)) + flags, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_metrics_json_is_strict_json_where_a_value_is_undefined(tmp_path):
+    import numpy as np
+
+    from utils.files import save_json
+
+    path = str(tmp_path / "m.json")
+    save_json({"val_acc": [[0, float("nan")]], "x": np.float32("inf"), "a": np.array([1.0, np.nan])}, path)
+    strict = json.load(open(path), parse_constant=lambda name: pytest.fail(f"{name} in the file"))
+    assert strict == {"a": [1.0, None], "val_acc": [[0, None]], "x": None}
+
+
+def test_resuming_a_traced_run_whose_trace_is_truncated_is_one_line(synthetic_root, tmp_path, capsys):
+    import blind_knowledge_dist_training as training
+
+    trace = str(tmp_path / "trace.json")
+    flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=2, trace=trace)
+    code, err = call(training, flags, capsys)
+    assert code == 0, err
+    open(trace, "w").write(open(trace).read()[:50])
+    code, err = call(training, flags + ["--resume"], capsys)
+    assert code == 3 and "trace.json: not readable JSON" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_run_directory_name_too_long_points_to_run_dir(tmp_path, capsys):
+    import blind_knowledge_dist_training as training
+    from tests.synthetic import write_custom
+
+    path, _, _ = write_custom(str(tmp_path))
+    long_path = str(tmp_path / ("x" * 250 + ".npz"))
+    os.rename(path, long_path)
+    code, err = call(training, ["--dataset", "custom", "--data_file", long_path, "--n_epoch", "1", "--device", "cpu",
+                                "--results_dir", str(tmp_path / "results")], capsys)
+    assert code == 4 and "File name too long" in err and "--run_dir names it in fewer characters" in err, err
+    assert "--results_dir" not in err.split("File name too long")[1]
+
+
+def test_learning_refuses_checkpoints_of_another_width(finished_run, synthetic_root, tmp_path, capsys):
+    import torch
+
+    from models import PreResNet18
+    from utils.checkpoint import model_checkpoint
+
+    run_dir = _copy_run(finished_run, tmp_path)
+    for name in ("teacher.pth.tar", "student.pth.tar"):
+        torch.save(model_checkpoint(PreResNet18(10, 4), 1, 10, 4), os.path.join(run_dir, name))
+    before = json.load(open(os.path.join(run_dir, "metrics.json")))
+    code, err = call(learning, _learning_argv(synthetic_root, run_dir), capsys)
+    assert code == 3 and "holds a network of width 4, and the run was trained at --width 8" in err, err
+    assert json.load(open(os.path.join(run_dir, "metrics.json"))) == before
+
+
+def test_the_apis_refusal_of_a_busy_run_directory_speaks_python(tmp_path):
+    import numpy as np
+
+    from bkd import find_label_issues
+    from utils.errors import RunDirError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunDirError, match="give another run_dir$") as refused:
+            find_label_issues(np.zeros((40, 32, 32, 3), np.uint8), np.arange(40) % 4, n_epoch=1, width=4, device="cpu",
+                              run_dir=str(run_dir))
+    assert "--" not in str(refused.value)
+
+
+# 8. EXIF orientation ---------------------------------------------------------------------------------------------------
+def test_photos_are_read_upright_as_their_orientation_tag_says(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from data.custom import _read_image
+
+    pixels = np.zeros((32, 48, 3), np.uint8)
+    pixels[:, :8] = 255  # a white band on the left, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    upright = _read_image(str(tmp_path / "phone.jpg"), 32).astype(int)
+    assert upright[:4].mean() > 200 and upright[-4:].mean() < 50  # the band is now on top, as a viewer shows it

@@ -79,13 +79,13 @@ def run_cli(main, argv=None):
 def _report(message, code):
     try:
         sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
+    except (OSError, ValueError):  # closed, or on a full disk: nothing more can go there
         _silence_stdout()
     print(message, file=sys.stderr, flush=True)
     if _stdout_is_separate_file():
         try:
             print(f"[bkd] {message}", flush=True)
-        except BrokenPipeError:
+        except OSError:
             _silence_stdout()
     sys.exit(code)
 

@@ -83,10 +83,23 @@ def save_numpy(array, path):
 
 
 def save_json(obj, path, sort_keys=True, indent=2):
+    """Strict JSON, which every reader takes (jq, JavaScript): an undefined value (NaN, infinity) is written as null."""
     with atomic_path(path) as tmp:
         with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=indent, sort_keys=sort_keys, default=_json_default)
+            json.dump(_defined(obj), fh, indent=indent, sort_keys=sort_keys, default=_json_default, allow_nan=False)
             fh.write("\n")
+
+
+def _defined(value):
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _defined(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_defined(v) for v in value]
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return _defined(value.tolist())
+    return value
 
 
 def _json_default(value):
