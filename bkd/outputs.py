@@ -3,7 +3,7 @@
 * `Listener`: the events, each a no-op; subclass what you need.
 * `RunFiles`: every file of a run directory (checkpoints best and last, detection.npy, agreement.npy,
   pred_probs.npy, label_issues.csv, metrics.json and the resume state), written from host copies on a thread of
-  their own, in order, so that the training does not wait for the disk.
+  their own, in order, so that the training does not wait for the disk; and its TensorBoard curves (bkd/curves.py).
 * `Results`: keeps the split in memory (the Python API without a run directory).
 * `Listeners`: several listeners as one, called in order (files first, so a trace can read them).
 """
@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from bkd.curves import Curves
 from bkd.issues import write_label_issues
 from bkd import rundir as rd
 from utils import logfmt
@@ -117,6 +118,7 @@ class RunFiles(Listener):
         self.flags, self.machine = flags, machine  # for metrics.json
         self.log = log
         self.writer = BackgroundWriter(background)
+        self.curves = Curves(run_dir.path, data.truly_noisy, log)
 
     def start(self, start_epoch):
         if start_epoch == 0:
@@ -125,6 +127,7 @@ class RunFiles(Listener):
                 save_numpy(self.data.subset, self.run.file(rd.SUBSET))
         for notice in self.run.notices:
             self.log(logfmt.ours(notice))
+        self.curves.start(start_epoch)
 
     def _save_pair(self, teacher_name, student_name, epoch, teacher, student):
         num_classes = self.data.info["num_classes"]
@@ -139,6 +142,7 @@ class RunFiles(Listener):
 
     def split(self, event):
         self.writer.submit(self._write_split, event, self.data.ids[self.data.subset])
+        self.curves.split(event)
 
     def _write_split(self, event, ids):
         """The split's files, all or none: a failed write removes those written before it. (metrics.json, written
@@ -160,6 +164,7 @@ class RunFiles(Listener):
         self.writer.drain()  # the previous epoch's files are on disk (or their error is raised here)
         metrics = copy.deepcopy(self.metrics(state, epoch + 1))  # the training goes on changing `state`
         self.writer.submit(self._write_epoch, dict(resume_state, **self.identity), metrics)
+        self.curves.epoch(epoch, row, state)
 
     def _write_epoch(self, resume_state, metrics):
         save_torch(resume_state, self.run.file(rd.STATE))
@@ -167,7 +172,10 @@ class RunFiles(Listener):
         self.run.epoch_completed()
 
     def finish(self):
-        self.writer.drain()
+        try:
+            self.writer.drain()
+        finally:
+            self.curves.close()
 
     def metrics(self, state, epochs_done):
         truly_noisy = self.data.truly_noisy

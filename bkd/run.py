@@ -164,6 +164,7 @@ def _fit(config, data, device, computation, listener, log, resume, resume_name, 
                           detach_target=config.detach_robust_target, print_freq=config.print_freq,
                           channels_last=t.channels_last, stop=stop, log=log, on_iteration=listener.iteration)
         state.mean_top_all.append(out["mean_top_student"])
+        state.losses.append([out["loss"], out["naive"], out["comp"]])
         if state.warmup:
             after_warmup_epoch(config, data, t, state, epoch, out, row, listener, stop, log)
         validate_and_test(config, t, state, epoch, row, listener, stop, log)

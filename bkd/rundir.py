@@ -29,6 +29,7 @@ RUN_RECORDS = ("learning.log", "detection.log", "launch.json", "confidence.png",
 PREVIOUS = ".previous"  # --overwrite: the replaced run, until the new one completes an epoch
 PIPELINE_LOCK = ".launch.lock"  # held by the launcher while it runs a run's steps
 INCOMPLETE = ".incomplete"  # a run that has not completed its first epoch: its files are leftovers
+CURVES_PREFIX = "events.out.tfevents."  # TensorBoard's event files (bkd/curves.py writes them into the run directory)
 
 
 def run_dir_name(dataset, noise_type, seed, preset="default"):
@@ -76,11 +77,15 @@ class RunDir:
     def existing_artefacts(self, names=RUN_ARTEFACTS):
         return [name for name in names if self.has(name)]
 
+    def curve_files(self):
+        """The run's TensorBoard event files (bkd/curves.py)."""
+        return sorted(name for name in os.listdir(self.path) if name.startswith(CURVES_PREFIX))
+
     def replaced_files(self):
-        """What --overwrite moves aside: the run's files and the records about it, except the record of a launcher
-        that is running this very training (it holds the pipeline lock)."""
+        """What --overwrite moves aside: the run's files, its curves and the records about it, except the record of a
+        launcher that is running this very training (it holds the pipeline lock)."""
         records = RUN_RECORDS if not lock_held(self.file(PIPELINE_LOCK)) else tuple(r for r in RUN_RECORDS if r != "launch.json")
-        return self.existing_artefacts(RUN_ARTEFACTS + records)
+        return self.existing_artefacts(RUN_ARTEFACTS + records) + self.curve_files()
 
     @property
     def started(self):
@@ -150,7 +155,7 @@ class RunDir:
         """Make room for a new run, once it is ready to start: leftovers go, anything else goes aside (--overwrite)."""
         files = self.existing_artefacts()
         if self.restartable:
-            for name in files:
+            for name in files + self.curve_files():  # (a leftover's curves would mix with the new run's)
                 os.remove(self.file(name))
             if files:
                 self.notices.append(f"removed {', '.join(files)}: files of a run that completed no epoch")
@@ -176,7 +181,7 @@ class RunDir:
     def restore_previous(self):
         """Move the run kept in .previous/ back in place of a new run that completed no epoch."""
         previous = self.file(PREVIOUS)
-        for name in self.existing_artefacts() + [INCOMPLETE] * self.has(INCOMPLETE):  # (records are replaced below)
+        for name in self.existing_artefacts() + self.curve_files() + [INCOMPLETE] * self.has(INCOMPLETE):  # (records: below)
             os.remove(self.file(name))
         for name in os.listdir(previous):
             os.replace(os.path.join(previous, name), self.file(name))

@@ -27,6 +27,7 @@ class MethodState:
     val_acc: list = field(default_factory=list)  # [epoch, acc]
     test_acc: list = field(default_factory=list)  # [epoch, acc]
     epoch_seconds: list = field(default_factory=list)
+    losses: list = field(default_factory=list)  # [loss, naive, comp] epoch means of every epoch since the run (re)started
 
     @property
     def warmup(self):
