@@ -5,8 +5,8 @@ listeners that write the run's files (bkd.outputs.RunFiles) and, with --trace, i
 say where the results are. Standard output carries the original's lines (0-based epochs); ours
 start with `[bkd] `.
 """
-if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
-    from utils.errors import interrupt_quietly_while_starting
+if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (bkd/utils/errors.py)
+    from bkd.utils.errors import interrupt_quietly_while_starting
 
     interrupt_quietly_while_starting()
 
@@ -19,13 +19,13 @@ from bkd.config import TrainConfig, check_config, resolve_computation
 from bkd.outputs import Listeners, RunFiles, writes_in_background
 from bkd.run import fit
 from bkd.trace import TraceListener, TraceRecorder
-from data.custom import data_file
-from data.setup import load_run_data
+from bkd.data.custom import data_file
+from bkd.data.setup import load_run_data
 from flags import data_selection, parse, training_parser
-from utils import logfmt
-from utils.errors import OUTPUT_CLOSED, DivergedError, Interrupted, OutOfMemory, OutputClosed, RunDirError, UsageError, run_cli
-from utils.files import portable
-from utils.runtime import machine_info, resolve_device
+from bkd.utils import logfmt
+from bkd.utils.errors import OUTPUT_CLOSED, DivergedError, Interrupted, OutOfMemory, OutputClosed, RunDirError, UsageError, run_cli
+from bkd.utils.files import portable
+from bkd.utils.runtime import machine_info, resolve_device
 
 PATH_FLAGS = ("data_root", "noise_path", "results_dir", "run_dir", "trace")
 

@@ -5,8 +5,8 @@ precision, recall, F-score), then ours, prefixed `[bkd] `.
 Custom data: the number flagged and the share of each class flagged; with --true_labels (a
 .npy of correct labels, -1 where not audited) also the original's five lines over the audited labels.
 """
-if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
-    from utils.errors import interrupt_quietly_while_starting
+if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (bkd/utils/errors.py)
+    from bkd.utils.errors import interrupt_quietly_while_starting
 
     interrupt_quietly_while_starting()
 
@@ -14,14 +14,14 @@ import os
 
 import numpy as np
 
-from data.setup import load_run_labels
+from bkd.data.setup import load_run_labels
 from bkd import rundir as rd
-from utils import logfmt
+from bkd.utils import logfmt
 from flags import base_parser, parse
-from utils.errors import DataError, first_line, run_cli
-from utils.files import update_json
-from utils.metrics import detection_scores, ranking_line, ranking_scores
-from utils.runtime import set_global_seeds
+from bkd.utils.errors import DataError, first_line, run_cli
+from bkd.utils.files import update_json
+from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
+from bkd.utils.runtime import set_global_seeds
 
 
 def build_parser():

@@ -4,11 +4,11 @@ import os
 import sys
 
 from bkd.config import DEFAULTS, check_seed_and_split, custom_selection
-from data.cifar import DATA_ROOT_ENV, DATASETS, default_data_root
-from data.labels import NOISE_TYPES, check_noise_type
-from utils.errors import EXIT_USAGE, UsageError
+from bkd.data.cifar import DATA_ROOT_ENV, DATASETS, default_data_root
+from bkd.data.labels import NOISE_TYPES, check_noise_type
+from bkd.utils.errors import EXIT_USAGE, UsageError
 
-CUSTOM = "custom"  # --dataset custom: your own labelled images (data/custom.py)
+CUSTOM = "custom"  # --dataset custom: your own labelled images (bkd/data/custom.py)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # 1024 px: 3 MB per image in memory; resize larger ones
 EVAL_PRINT_FREQ = 50  # the original's learning.py and detection.py default (unused there); training's is DEFAULTS.print_freq
 
@@ -101,7 +101,7 @@ def data_selection(args):
     if args.dataset != CUSTOM:
         return {"dataset": args.dataset, "noise_type": args.noise_type, "image_size": args.image_size,
                 "keep_image_size": args.keep_image_size}
-    from data.custom import data_file
+    from bkd.data.custom import data_file
 
     return custom_selection(args.keep_image_size, args.image_size if os.path.isdir(data_file(args)) else None)
 

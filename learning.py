@@ -3,8 +3,8 @@
 Prints the original's start-up lines and its `Best test acc selected by val is <acc>` line
 (for teacher.pth.tar / student.pth.tar), then ours, prefixed `[bkd] `, for the last epoch.
 """
-if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
-    from utils.errors import interrupt_quietly_while_starting
+if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (bkd/utils/errors.py)
+    from bkd.utils.errors import interrupt_quietly_while_starting
 
     interrupt_quietly_while_starting()
 
@@ -12,16 +12,16 @@ import os
 
 from bkd.config import ORIGINAL_TEST_BATCH, resolve_evaluation
 from bkd.engine import Precision, evaluate
-from data.loaders import make_loader
-from data.setup import load_run_data
-from models import PreResNet18
+from bkd.data.loaders import make_loader
+from bkd.data.setup import load_run_data
+from bkd.models import PreResNet18
 from bkd import rundir as rd
-from utils.checkpoint import load_model
-from utils import logfmt
+from bkd.utils.checkpoint import load_model
+from bkd.utils import logfmt
 from flags import base_parser, parse
-from utils.errors import DataError, run_cli
-from utils.files import update_json
-from utils.runtime import cuda_settings, resolve_device, set_global_seeds
+from bkd.utils.errors import DataError, run_cli
+from bkd.utils.files import update_json
+from bkd.utils.runtime import cuda_settings, resolve_device, set_global_seeds
 
 
 

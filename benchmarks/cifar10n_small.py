@@ -27,14 +27,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from data.cifar import DATASETS  # noqa: E402
-from data.loaders import DeviceLoader  # noqa: E402
-from data.setup import load_run_data  # noqa: E402
-from models import PreResNet18  # noqa: E402
+from bkd.data.cifar import DATASETS  # noqa: E402
+from bkd.data.loaders import DeviceLoader  # noqa: E402
+from bkd.data.setup import load_run_data  # noqa: E402
+from bkd.models import PreResNet18  # noqa: E402
 from flags import PRESETS  # noqa: E402
-from utils.metrics import detection_scores  # noqa: E402
-from utils.files import portable  # noqa: E402
-from utils.runtime import machine_info, set_global_seeds  # noqa: E402
+from bkd.utils.metrics import detection_scores  # noqa: E402
+from bkd.utils.files import portable  # noqa: E402
+from bkd.utils.runtime import machine_info, set_global_seeds  # noqa: E402
 
 INFO = DATASETS["cifar10"]
 AUG = {"pad_mode": INFO["pad_mode"], "flip_first": INFO["flip_first"]}

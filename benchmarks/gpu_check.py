@@ -45,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bkd.report import COLUMNS, markdown  # noqa: E402  (numpy only: no matplotlib needed)
-from utils.files import atomic_path, save_json  # noqa: E402
+from bkd.utils.files import atomic_path, save_json  # noqa: E402
 
 TRAIN = os.path.join(ROOT, "blind_knowledge_dist_training.py")
 PREPARED = os.path.join(ROOT, ".gpu_data")  # --prepare_data's default folder (git-ignored; the GPU call carries it)
@@ -208,7 +208,7 @@ def patch_for(mode, tiny_cpu):
     import torch
 
     import bkd.run
-    from utils import runtime
+    from bkd.utils import runtime
 
     spec = MODES[mode]
     extra = {"backend": "eager"} if tiny_cpu else ({"mode": spec.compile_mode} if spec.compile_mode else {})
@@ -268,8 +268,8 @@ def synthetic_data(size, seed=0):
     """Random CIFAR-shaped images (the speed does not depend on content) as a run's data, 10 % validation."""
     import numpy as np
 
-    from data.custom import from_arrays
-    from data.setup import choose_images, custom_source
+    from bkd.data.custom import from_arrays
+    from bkd.data.setup import choose_images, custom_source
 
     rng = np.random.RandomState(seed)
     images = rng.randint(0, 256, (size["train"], 32, 32, 3), dtype=np.uint8)
@@ -285,7 +285,7 @@ def training_flops(width, batch, classes):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models import PreResNet18
+    from bkd.models import PreResNet18
 
     with torch.device("meta"):
         net = PreResNet18(classes, width)
@@ -312,8 +312,8 @@ def measure_mode(name, device_name, size, result_path):
     from bkd.outputs import Listener
     from bkd.run import build, full_set_pass, resume_state, weights_snapshot
     from bkd.state import MethodState
-    from data.loaders import make_loader
-    from utils.runtime import cuda_settings, resolve_device, set_global_seeds
+    from bkd.data.loaders import make_loader
+    from bkd.utils.runtime import cuda_settings, resolve_device, set_global_seeds
 
     spec = MODES[name]
     device = resolve_device(device_name)
@@ -388,7 +388,7 @@ def measure_mode(name, device_name, size, result_path):
         t.snapshots = {1: weights_snapshot(t), 2: weights_snapshot(t)}  # an early warm-up epoch's state: two kept
         result["state_host_copy_s"], saved = timed(lambda: resume_state(t, state, 2, device))
         path = os.path.join(os.path.dirname(result_path), f"state_{name}.pth.tar")
-        from utils.files import save_torch
+        from bkd.utils.files import save_torch
 
         phase("state_write_s", lambda: save_torch(saved, path))
         result["state_mib"] = os.path.getsize(path) / 2**20
@@ -480,7 +480,7 @@ class Check:
     # 1.
     def machine(self):
         from bkd.config import TrainConfig, resolve_computation
-        from utils.runtime import machine_info
+        from bkd.utils.runtime import machine_info
 
         return {"status": "done", "facts": machine_info(self.device, resolve_computation(TrainConfig(), self.device))}
 
@@ -513,7 +513,7 @@ class Check:
         return {"status": "passed" if not failed else f"failed: {', '.join(failed)}", "configs": results}
 
     def amp_runs(self):
-        from utils.runtime import cpu_native_bf16
+        from bkd.utils.runtime import cpu_native_bf16
 
         return self.kind == "cuda" or cpu_native_bf16()
 
@@ -752,7 +752,7 @@ def prepare_data(shared, out, subset=4000, seed=0):
     the labels alone) and the whole test set, compressed, plus the CIFAR-N label file: small enough to travel."""
     import numpy as np
 
-    from data.split import stratified_subset
+    from bkd.data.split import stratified_subset
 
     os.makedirs(out, exist_ok=True)
     with np.load(os.path.join(shared, "cifar10-jpeg", "cifar10.npz")) as f:
@@ -806,8 +806,8 @@ def main(argv=None):
         mib = prepare_data(SHARED, args.prepare_data) / 2**20
         print(f"wrote {args.prepare_data}/cifar10.npz and CIFAR-10_human.pt ({mib:.1f} MiB); carry it to the GPU call")
         return 0
-    from utils.errors import BKDError
-    from utils.runtime import resolve_device
+    from bkd.utils.errors import BKDError
+    from bkd.utils.runtime import resolve_device
 
     try:
         device = resolve_device(args.device)

@@ -30,10 +30,10 @@ from bkd.engine import StopFlag, evaluate, group_alphas, train_epoch  # noqa: E4
 from bkd.outputs import Listener  # noqa: E402
 from bkd.run import build, full_set_pass, resume_state  # noqa: E402
 from bkd.state import MethodState  # noqa: E402
-from data.setup import load_run_data  # noqa: E402
+from bkd.data.setup import load_run_data  # noqa: E402
 from flags import PRESETS  # noqa: E402
-from utils.files import save_json, save_torch  # noqa: E402
-from utils.runtime import machine_info, set_global_seeds  # noqa: E402
+from bkd.utils.files import save_json, save_torch  # noqa: E402
+from bkd.utils.runtime import machine_info, set_global_seeds  # noqa: E402
 
 
 

@@ -24,9 +24,9 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from data.cifar import DATASETS  # noqa: E402
-from data.loaders import make_loader  # noqa: E402
-from utils.runtime import machine_info  # noqa: E402
+from bkd.data.cifar import DATASETS  # noqa: E402
+from bkd.data.loaders import make_loader  # noqa: E402
+from bkd.utils.runtime import machine_info  # noqa: E402
 
 INFO = DATASETS["cifar10"]
 AUG = {"pad_mode": INFO["pad_mode"], "flip_first": INFO["flip_first"]}
@@ -63,7 +63,7 @@ def case_epoch(kind, n, batch_size, workers, width, fast_arithmetic):
     """One warm-up epoch. `fast_arithmetic`: channels-last, foreach SGD and eval batch 256 (the new
     engine's defaults) instead of NCHW, per-parameter SGD and eval batch = training batch."""
     from bkd.engine import Precision, evaluate, train_epoch
-    from models import PreResNet18
+    from bkd.models import PreResNet18
 
     x, y, _ = images(n)
     torch.manual_seed(0)

@@ -26,10 +26,10 @@ from bkd.engine import StopFlag
 from bkd.issues import rank_label_issues
 from bkd.outputs import Listeners, Results, RunFiles, writes_in_background
 from bkd.run import fit
-from data.custom import from_arrays
-from data.setup import choose_images, custom_source
-from utils.errors import UsageError
-from utils.runtime import machine_info, preserved_global_rng, resolve_device
+from bkd.data.custom import from_arrays
+from bkd.data.setup import choose_images, custom_source
+from bkd.utils.errors import UsageError
+from bkd.utils.runtime import machine_info, preserved_global_rng, resolve_device
 
 
 @dataclass

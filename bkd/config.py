@@ -9,7 +9,7 @@ autograd, its end-of-training overwrite, its CIFAR-100 validation normalisation 
 import math
 from dataclasses import dataclass, fields
 
-from utils.errors import UsageError
+from bkd.utils.errors import UsageError
 
 
 @dataclass
@@ -150,7 +150,7 @@ def resolve_precision(device, amp):
     with AVX-512 BF16 or AMX), fp16 with gradient scaling on older GPUs; refused elsewhere in one line."""
     if not amp:
         return "fp32"
-    from utils.runtime import cpu_native_bf16, cuda_native_bf16  # (here: the launcher imports this module without torch)
+    from bkd.utils.runtime import cpu_native_bf16, cuda_native_bf16  # (here: the launcher imports this module without torch)
 
     if device.type == "cuda":
         return "bf16" if cuda_native_bf16(device) else "fp16"

@@ -8,8 +8,8 @@ groups' sizes, the histogram of the agreement probability of the given labels, a
 detection precision, recall, F1 and AUROC. A resumed run starts its writer with `purge_step` at its first epoch:
 TensorBoard then drops whatever an interrupted process wrote from that step on, so every step appears once.
 """
-from utils import logfmt
-from utils.metrics import detection_scores
+from bkd.utils import logfmt
+from bkd.utils.metrics import detection_scores
 
 
 class Curves:
@@ -18,6 +18,7 @@ class Curves:
     def __init__(self, path, truly_noisy, log=print):
         self.path, self.truly_noisy, self.log = path, truly_noisy, log
         self.writer = None
+        self._open = None  # makes the writer at the first value: a resumed finished run writes no file
 
     def start(self, start_epoch):
         try:
@@ -25,10 +26,15 @@ class Curves:
         except ImportError:  # (torch raises it when the tensorboard package is missing)
             self.log(logfmt.ours("no TensorBoard curves: the tensorboard package is not installed (pip install tensorboard)"))
             return
-        self.writer = SummaryWriter(self.path, purge_step=start_epoch or None)
+        self._open = lambda: SummaryWriter(self.path, purge_step=start_epoch or None)
+
+    def _writing(self):
+        if self.writer is None and self._open is not None:
+            self.writer = self._open()
+        return self.writer is not None
 
     def epoch(self, epoch, row, state):
-        if self.writer is None:
+        if not self._writing():
             return
         loss, naive, comp = state.losses[-1]
         values = {"loss/total": loss, "loss/naive": naive, "loss/compensation": comp, "lr": row["lr"],
@@ -40,7 +46,7 @@ class Curves:
         self.writer.flush()  # a kill keeps every completed epoch's values
 
     def split(self, event):
-        if self.writer is None:
+        if not self._writing():
             return
         state, step = event.state, event.epoch
         add = self.writer.add_scalar

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from bkd.method import agreement, compensation_loss, label_probability, one_hot, robust_targets, teacher_loss
-from utils import logfmt
-from utils.errors import DivergedError, Interrupted, first_line
+from bkd.utils import logfmt
+from bkd.utils.errors import DivergedError, Interrupted, first_line
 
 
 class Precision:

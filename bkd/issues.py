@@ -8,7 +8,7 @@ import csv
 
 import numpy as np
 
-from utils.files import atomic_path
+from bkd.utils.files import atomic_path
 
 COLUMNS = ("rank", "position", "id", "given_label", "given_name", "given_prob", "agreed_label", "agreed_name",
            "agreed_prob", "group", "flagged")

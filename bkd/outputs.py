@@ -15,10 +15,10 @@ import numpy as np
 from bkd.curves import Curves
 from bkd.issues import write_label_issues
 from bkd import rundir as rd
-from utils import logfmt
-from utils.checkpoint import model_checkpoint
-from utils.files import BackgroundWriter, save_json, save_numpy, save_torch
-from utils.metrics import detection_scores
+from bkd.utils import logfmt
+from bkd.utils.checkpoint import model_checkpoint
+from bkd.utils.files import BackgroundWriter, save_json, save_numpy, save_torch
+from bkd.utils.metrics import detection_scores
 
 
 class Listener:

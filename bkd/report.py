@@ -171,7 +171,7 @@ def _truth(run_dir, m):
     """The true noise mask of a run's images when its label file is at hand, else None."""
     c = m["config"]
     try:
-        from data.labels import load_noisy_labels
+        from bkd.data.labels import load_noisy_labels
         from bkd.rundir import saved_subset
 
         noisy, clean = load_noisy_labels(c["dataset"], c["noise_type"], c.get("noise_path"), download=False)

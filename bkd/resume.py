@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from bkd.config import differing_args, run_args
-from data.setup import check_same_data
-from utils import logfmt
-from utils.errors import DataError, UsageError, first_line
-from utils.runtime import describe_device, device_identity
+from bkd.data.setup import check_same_data
+from bkd.utils import logfmt
+from bkd.utils.errors import DataError, UsageError, first_line
+from bkd.utils.runtime import describe_device, device_identity
 
 @dataclass(frozen=True)
 class Advice:

@@ -21,14 +21,14 @@ from bkd.engine import (CPU_CHANNELS_LAST_MIN_WIDTH, CompiledPair, Precision, St
 from bkd.method import full_pass_seed, may_still_pick
 from bkd.outputs import Listener
 from bkd.state import MethodState
-from data.cifar import DATASETS
-from data.loaders import make_loader
-from models import PreResNet18
-from utils import logfmt
-from utils.checkpoint import host_copy
-from utils.errors import DataError, OutOfMemory, UsageError, first_line
-from utils.metrics import detection_scores, ranking_line, ranking_scores
-from utils.runtime import cuda_settings, rng_state, set_global_seeds, set_rng_state, usable_compile_cache
+from bkd.data.cifar import DATASETS
+from bkd.data.loaders import make_loader
+from bkd.models import PreResNet18
+from bkd.utils import logfmt
+from bkd.utils.checkpoint import host_copy
+from bkd.utils.errors import DataError, OutOfMemory, UsageError, first_line
+from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
+from bkd.utils.runtime import cuda_settings, rng_state, set_global_seeds, set_rng_state, usable_compile_cache
 
 
 @dataclass

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils import logfmt
-from utils.errors import DataError, RunDirError, first_line
-from utils.files import read_json_object
+from bkd.utils import logfmt
+from bkd.utils.errors import DataError, RunDirError, first_line
+from bkd.utils.files import read_json_object
 
 TEACHER, STUDENT = "teacher.pth.tar", "student.pth.tar"  # best by validation (the original's names)
 TEACHER_LAST, STUDENT_LAST = "teacher_last.pth.tar", "student_last.pth.tar"  # the last epoch
@@ -338,7 +338,7 @@ def check_run_data(run_dir, metrics, args, fingerprint, log=print):
     if recorded is None:
         log(logfmt.ours(f"{run_dir}/metrics.json records no data fingerprint (an earlier version wrote it): the data is not checked"))
         return
-    from data.setup import check_same_data
+    from bkd.data.setup import check_same_data
 
     check_same_data(recorded, {k: v for k, v in fingerprint.items() if k != "split"},  # (the evaluations' own split)
                     "evaluate it with the data and flags it was trained with (--data_root, --noise_path, --data_file, "

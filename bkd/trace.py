@@ -16,11 +16,11 @@ import time
 import numpy as np
 import torch
 
-from utils import logfmt
-from utils.errors import DataError
-from utils.files import read_json_object, save_json
-from utils.hashing import array_sha256, file_sha256
-from utils.runtime import machine_info
+from bkd.utils import logfmt
+from bkd.utils.errors import DataError
+from bkd.utils.files import read_json_object, save_json
+from bkd.utils.hashing import array_sha256, file_sha256
+from bkd.utils.runtime import machine_info
 
 
 def state_sha256(module):
@@ -141,9 +141,9 @@ class TraceListener:
 
 def run_config(args, data, init_hashes):
     """The trace's `config`: the run's flags and environment, and hashes of its data and initial weights."""
-    from data.cifar import local_images
-    from data.custom import data_file
-    from utils.files import portable
+    from bkd.data.cifar import local_images
+    from bkd.data.custom import data_file
+    from bkd.utils.files import portable
 
     train_pos, val_pos = data.train_pos.astype(np.int64), data.val_pos.astype(np.int64)
     images = data_file(args) if args.dataset == "custom" else local_images(args.dataset, args.data_root)

@@ -20,7 +20,7 @@ import sys
 from flags import Parser  # one-line errors (exit 2), for the launcher and each of its commands
 from launch.grid import GRIDS, make_grid
 from launch.local import print_status, report, run_local
-from utils.errors import EXIT_USAGE, UsageError
+from bkd.utils.errors import EXIT_USAGE, UsageError
 
 
 RUN_SELECTORS = ("--dataset", "--noise_type", "--seed", "--results_dir", "--run_dir", "--preset")
@@ -96,8 +96,8 @@ def runs_of(args):
 
 def check_grid_args(args):
     """One line naming the bad value, or None."""
-    from data.cifar import DATASETS
-    from data.labels import NOISE_TYPES, check_noise_type
+    from bkd.data.cifar import DATASETS
+    from bkd.data.labels import NOISE_TYPES, check_noise_type
 
     if args.dataset == "custom":
         return ("the launcher runs CIFAR-N grids; train your own data with blind_knowledge_dist_training.py --dataset custom, "

@@ -15,10 +15,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from data.labels import NOISE_TYPES
+from bkd.data.labels import NOISE_TYPES
 from bkd import rundir as rd
-from utils.errors import DataError
-from utils.files import read_json_object, save_json
+from bkd.utils.errors import DataError
+from bkd.utils.files import read_json_object, save_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = (  # name, script, log file, open mode

@@ -11,7 +11,7 @@ import signal
 import threading
 
 from launch.grid import Pipeline, status
-from utils.errors import BKDError, EXIT_RUN_DIR, first_line
+from bkd.utils.errors import BKDError, EXIT_RUN_DIR, first_line
 
 
 def visible_gpus():

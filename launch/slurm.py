@@ -12,7 +12,7 @@ import subprocess
 import time
 
 from launch.grid import Pipeline, read_json, status, write_record
-from utils.files import save_json
+from bkd.utils.files import save_json
 
 JOBS_FILE = "launch_slurm.json"  # <results_dir>/launch_slurm.json: run name -> job id of the last submission
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING")  # SLURM states of a job not yet ended

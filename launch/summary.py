@@ -5,8 +5,8 @@ from collections import defaultdict
 
 from bkd.report import COLUMN_NAMES, load_run, markdown, summary_values
 from launch.grid import status
-from utils.errors import RunDirError, first_line
-from utils.files import atomic_path
+from bkd.utils.errors import RunDirError, first_line
+from bkd.utils.files import atomic_path
 
 
 def grid_summary(runs):

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import torch
 
-from data.labels import NOISE_TYPES
+from bkd.data.labels import NOISE_TYPES
 
 
 def make_images(n, num_classes, rng):

@@ -1,5 +1,8 @@
 """The Python API: find_label_issues on a tiny synthetic set, against the CLI on the same data."""
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -7,7 +10,7 @@ import torch
 
 from bkd import find_label_issues
 from bkd.issues import read_label_issues
-from tests.cli import run
+from tests.cli import ROOT, run
 from tests.synthetic import flip_labels, make_images
 
 FLAGS = dict(n_epoch=8, width=8, batch_size=32, lr_step=6, noisy_val_freq=2, clean_test_freq=4, eval_batch_size=256)
@@ -67,7 +70,7 @@ def test_api_with_a_run_directory_writes_the_usual_outputs_and_reuses_them(flipp
         assert os.path.exists(tmp_path / "run" / name), name
     again = find_label_issues(images, given, device="cpu", run_dir=str(tmp_path / "run"), **flags)  # finished: reused
     assert np.array_equal(first.ranked, again.ranked) and np.array_equal(first.suggested_label, again.suggested_label)
-    from utils.errors import UsageError
+    from bkd.utils.errors import UsageError
 
     with pytest.raises(UsageError, match=r"lr=0.05 differs from the run being resumed \(0.02\); call with the same "
                                          r"arguments, or give another run_dir"):
@@ -75,7 +78,7 @@ def test_api_with_a_run_directory_writes_the_usual_outputs_and_reuses_them(flipp
 
 
 def test_api_refuses_unknown_arguments_and_bad_data(flipped_set):
-    from utils.errors import DataError, UsageError
+    from bkd.utils.errors import DataError, UsageError
 
     images, given, _ = flipped_set
     with pytest.raises(UsageError, match="unknown argument.*epochs"):
@@ -85,10 +88,37 @@ def test_api_refuses_unknown_arguments_and_bad_data(flipped_set):
 
 
 def test_api_checks_values_as_the_script_does(flipped_set):
-    from utils.errors import UsageError
+    from bkd.utils.errors import UsageError
 
     images, given, _ = flipped_set
     for bad, message in ((dict(n_epoch=0), "--n_epoch 0 must be positive"), (dict(alpha4=1.5), "--alpha4 1.5 must be in"),
                          (dict(reference=True, amp=True), "drop --amp")):
         with pytest.raises(UsageError, match=message):
             find_label_issues(images, given, **bad)
+
+
+def test_the_api_imports_from_a_folder_of_the_users_own_whose_modules_have_our_generic_names(tmp_path):
+    """`pip install -e .` (requirements.txt) installs the package bkd alone: a script in another folder imports it, and
+    its own data.py, utils/, models.py and flags.py stay its own, before and after."""
+    for name in ("data.py", "models.py", "flags.py"):
+        (tmp_path / name).write_text("WHO = 'mine'\n")
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "utils" / "__init__.py").write_text("WHO = 'mine'\n")
+    (tmp_path / "find.py").write_text(textwrap.dedent("""
+        import data, flags, models, utils
+        import numpy as np
+        from bkd import find_label_issues
+
+        rng = np.random.RandomState(0)
+        images, labels = rng.randint(0, 255, (60, 32, 32, 3)).astype(np.uint8), np.arange(60) % 3
+        result = find_label_issues(images, labels, n_epoch=1, width=4, batch_size=16, device="cpu")
+        import data as d, flags as f, models as m, utils as u
+        assert {d.WHO, f.WHO, m.WHO, u.WHO} == {"mine"}, "shadowed"
+        print("ranked", len(result.ranked))
+    """))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "find.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=300)
+    if "No module named 'bkd'" in proc.stderr:
+        pytest.fail(f"bkd is not installed in {sys.prefix}: pip install -e {ROOT} (requirements.txt does it)")
+    assert proc.returncode == 0 and proc.stdout.split() == ["ranked", "60"], proc.stderr[-2000:]

@@ -12,7 +12,7 @@ import blind_knowledge_dist_training as training
 import detection
 import learning
 from tests.cli import run, tiny_flags, tmpfs
-from utils.errors import DataError, run_cli
+from bkd.utils.errors import DataError, run_cli
 
 
 def digests(folder):
@@ -43,7 +43,7 @@ def bad_label_file(tmp_path, synthetic_root, kind):
     path = str(tmp_path / f"{kind}.pt")
     labels = {}
     if kind in ("wrong_length", "mismatch"):
-        from data.labels import safe_load
+        from bkd.data.labels import safe_load
 
         labels = safe_load(good)
     if kind == "truncated":
@@ -137,7 +137,7 @@ def test_resume_without_state_and_with_changed_flags(finished_run, synthetic_roo
 
 
 def test_checksum_mismatch_after_download_is_discarded(tmp_path, monkeypatch):
-    from data import labels
+    from bkd.data import labels
 
     def fake_download(url, filename):
         open(filename, "wb").write(b"not the published file")
@@ -150,7 +150,7 @@ def test_checksum_mismatch_after_download_is_discarded(tmp_path, monkeypatch):
 
 
 def test_label_download_failure_is_one_line(tmp_path, monkeypatch):
-    from data import labels
+    from bkd.data import labels
 
     def offline(url, filename):
         raise urllib.error.URLError("no network")
@@ -254,7 +254,7 @@ def test_evaluation_in_a_read_only_run_directory(finished_run, synthetic_root, t
 def test_true_labels_as_npz_is_one_line(finished_run, synthetic_root, tmp_path, capsys):
     path = str(tmp_path / "truth.npz")
     np.savez(path, labels=np.zeros(400, dtype=np.int64))
-    from data.labels import safe_load
+    from bkd.data.labels import safe_load
 
     # --true_labels applies to custom data; a CIFAR run would use its clean labels, so check the loader directly
     with pytest.raises(DataError, match="an .npz archive"):

@@ -86,8 +86,8 @@ def test_the_api_leaves_the_callers_random_state_and_signal_handlers_and_is_dete
 
 
 def test_a_runs_images_and_labels_are_taken_once():
-    from data.custom import from_arrays
-    from data.setup import choose_images, custom_source
+    from bkd.data.custom import from_arrays
+    from bkd.data.setup import choose_images, custom_source
 
     images, labels = make_images(40, 4, np.random.RandomState(0))
     data = choose_images(custom_source(from_arrays(images, labels)), 20, 0, 0.1)
@@ -97,7 +97,7 @@ def test_a_runs_images_and_labels_are_taken_once():
 
 def test_the_api_refuses_other_data_in_its_run_directory_with_api_advice(labelled, tmp_path, one_thread):
     from bkd import find_label_issues
-    from utils.errors import DataError
+    from bkd.utils.errors import DataError
 
     images, given = labelled
     find_label_issues(images, given, device="cpu", run_dir=str(tmp_path / "run"), **dict(FLAGS, n_epoch=1))

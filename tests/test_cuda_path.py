@@ -15,8 +15,8 @@ import torch
 from bkd import resume
 from bkd.config import TrainConfig, resolve_computation, resolve_precision
 from tests.cli import ROOT, run, tiny_flags
-from utils import runtime
-from utils.errors import UsageError
+from bkd.utils import runtime
+from bkd.utils.errors import UsageError
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 TRAIN = "blind_knowledge_dist_training.py"
@@ -33,7 +33,7 @@ def _requirement_floor(name):
 
 
 def test_requirements_floor_is_what_the_code_needs():
-    code = "".join(open(os.path.join(ROOT, d, f)).read() for d in ("bkd", "utils", "data")
+    code = "".join(open(os.path.join(ROOT, d, f)).read() for d in ("bkd", "bkd/utils", "bkd/data")
                    for f in os.listdir(os.path.join(ROOT, d)) if f.endswith(".py"))
     for api, version in NEEDS.items():
         assert api in code, f"{api} is no longer called: drop it from NEEDS"
@@ -219,7 +219,7 @@ def test_global_average_pool_is_one_deterministic_operation(monkeypatch):
     """adaptive_avg_pool2d has no deterministic CUDA backward: the network never calls it, at any image size."""
     import torch.nn.functional as F
 
-    from models import PreResNet18
+    from bkd.models import PreResNet18
 
     monkeypatch.setattr(F, "adaptive_avg_pool2d", lambda *a, **k: pytest.fail("adaptive_avg_pool2d called"))
     torch.manual_seed(0)
@@ -252,10 +252,10 @@ def test_checkpoints_and_resume_states_are_host_copies_that_training_does_not_ch
     from bkd.outputs import Listener
     from bkd.run import build, resume_state
     from bkd.state import MethodState
-    from data.custom import from_arrays
-    from data.setup import choose_images, custom_source
+    from bkd.data.custom import from_arrays
+    from bkd.data.setup import choose_images, custom_source
     from tests.synthetic import make_images
-    from utils.checkpoint import model_checkpoint
+    from bkd.utils.checkpoint import model_checkpoint
 
     images, labels = make_images(64, 4, np.random.RandomState(0))
     data = choose_images(custom_source(from_arrays(images, labels)), 0, 0, 0.1)
@@ -360,8 +360,8 @@ def test_resuming_on_another_model_of_the_device_continues_with_a_notice(one_epo
 # 8. out of memory -------------------------------------------------------------------------------------------------------
 def test_out_of_memory_is_one_line_naming_the_batch_sizes(synthetic_root, tmp_path, monkeypatch, capsys):
     import blind_knowledge_dist_training as training
-    from models.preact_resnet import PreActResNet
-    from utils.errors import run_cli
+    from bkd.models.preact_resnet import PreActResNet
+    from bkd.utils.errors import run_cli
 
     def exhausted(self, x):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
@@ -406,7 +406,7 @@ def test_a_failed_background_write_stops_the_run_in_its_thread_and_skips_what_fo
     from bkd import outputs
     from bkd.rundir import RunDir
     from bkd.state import MethodState
-    from utils.errors import RunDirError
+    from bkd.utils.errors import RunDirError
 
     written = []
 

@@ -1,13 +1,12 @@
-"""Training curves in TensorBoard (bkd/curves.py), and the Python API imported from a folder of the user's own."""
+"""Training curves in TensorBoard (bkd/curves.py)."""
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from tests.cli import ROOT, run, script, tiny_flags
+from tests.cli import run, script, tiny_flags
 
 pytest.importorskip("tensorboard", reason="tensorboard is not installed (requirements.txt installs it)")
 
@@ -95,3 +94,4 @@ def test_the_api_writes_curves_only_into_a_run_directory(tmp_path, monkeypatch):
     assert not [n for _, _, files in os.walk(tmp_path) for n in files if n.startswith("events.out")]
     find_label_issues(images, labels, run_dir=str(tmp_path / "run"), **flags)
     assert _curves(str(tmp_path / "run"))[0]["loss/total"] == [0]
+

@@ -91,7 +91,7 @@ def test_image_folder_end_to_end(tmp_path):
 def test_other_image_sizes_use_global_pooling(tmp_path):
     import torch
 
-    from models import PreResNet18
+    from bkd.models import PreResNet18
 
     net = PreResNet18(5, 4)
     assert net(torch.zeros(2, 3, 48, 48)).shape == (2, 5) and net(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
@@ -158,7 +158,7 @@ def test_image_folder_link_loop_reads_each_image_once(tmp_path):
     first, second = (os.path.join(path, c) for c in sorted(CUSTOM_CLASSES)[:2])
     os.symlink(first, os.path.join(first, "self"))  # a loop: <first>/self -> <first>
     os.symlink(second, os.path.join(first, "again"))  # another class's folder, linked again
-    from data.custom import load_custom
+    from bkd.data.custom import load_custom
 
     data = load_custom(path)
     assert len(data.y_train) == 60 and len(set(data.ids)) == 60

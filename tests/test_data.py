@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from data.cifar import load_images
-from data.labels import load_noisy_labels, safe_load
-from data.loaders import DeviceLoader, TorchvisionLoader, augment_batch, torchvision_transform
-from data.split import stratified_subset, train_val_split
+from bkd.data.cifar import load_images
+from bkd.data.labels import load_noisy_labels, safe_load
+from bkd.data.loaders import DeviceLoader, TorchvisionLoader, augment_batch, torchvision_transform
+from bkd.data.split import stratified_subset, train_val_split
 from tests.conftest import SHARED_DATA
-from utils.errors import DataError, UsageError
+from bkd.utils.errors import DataError, UsageError
 
 CIFAR10 = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
 
@@ -191,7 +191,7 @@ def test_loaders_agree_without_augmentation_and_are_seeded():
 
 
 def test_device_loader_merges_a_last_batch_of_one():
-    from data.loaders import DeviceLoader
+    from bkd.data.loaders import DeviceLoader
 
     x = np.zeros((33, 8, 8, 3), dtype=np.uint8)
     common = dict(batch_size=16, device="cpu", mean=(0, 0, 0), std=(1, 1, 1), shuffle=True)

@@ -123,7 +123,7 @@ def test_non_finite_loss_stops_with_epoch_and_iteration(synthetic_root, tmp_path
 WRITER = r"""
 import sys, torch
 sys.path.insert(0, sys.argv[1])
-from utils.files import save_torch
+from bkd.utils.files import save_torch
 i = 0
 while True:
     save_torch({"value": i, "payload": torch.full((2_000_000,), float(i))}, sys.argv[2])
@@ -223,7 +223,8 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_completes_an_epoch(synthe
     # a completed first epoch: the old run and its evaluation logs are gone
     proc = run(TRAIN, *quick_flags(synthetic_root, str(tmp_path), overwrite=True, lr=0.01), cwd=str(tmp_path))
     assert not (run_dir / ".previous").exists() and not (run_dir / "learning.log").exists()
-    assert set(run_dir_digests(run_dir)) <= set(before)
+    new_curves = {n for n in run_dir_digests(run_dir) if n.startswith("events.out.tfevents.")}  # the new run's own
+    assert set(run_dir_digests(run_dir)) - new_curves <= set(before) and not new_curves & set(before)
 
 
 def test_resume_refuses_other_data_or_flags(synthetic_root, tmp_path):
@@ -238,7 +239,7 @@ def test_resume_refuses_other_data_or_flags(synthetic_root, tmp_path):
     write_dataset(other, seed=1)  # same names, other images and labels
     bigger = str(tmp_path / "bigger")
     write_dataset(bigger, n_train=500)
-    from data.labels import safe_load
+    from bkd.data.labels import safe_load
 
     relabelled = safe_load(os.path.join(synthetic_root, "CIFAR-10_human.pt"))
     relabelled["worse_label"] = (relabelled["worse_label"] + 1) % 10  # same images, other noisy labels
@@ -264,8 +265,8 @@ def test_resume_refuses_other_data_or_flags(synthetic_root, tmp_path):
 
 
 def test_disk_full_while_saving_keeps_the_earlier_file(tmp_path):
-    from utils.errors import RunDirError
-    from utils.files import save_numpy
+    from bkd.utils.errors import RunDirError
+    from bkd.utils.files import save_numpy
 
     with tmpfs(tmp_path / "small", "64k", "to fill a disk") as mount:
         target = mount / "detection.npy"
@@ -280,7 +281,7 @@ def test_disk_full_while_saving_keeps_the_earlier_file(tmp_path):
 def test_outputs_honour_the_umask(tmp_path, umask, mode):
     from tests.cli import ROOT
 
-    code = (f"import os, sys; os.umask({umask}); sys.path.insert(0, sys.argv[1]); from utils.files import save_json; "
+    code = (f"import os, sys; os.umask({umask}); sys.path.insert(0, sys.argv[1]); from bkd.utils.files import save_json; "
             "save_json({'a': 1}, sys.argv[2])")
     subprocess.run([sys.executable, "-c", code, ROOT, str(tmp_path / "m.json")], check=True)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == mode

@@ -42,7 +42,7 @@ def test_an_evaluation_runs_beside_another_and_leaves_its_half_written_file(fini
 
 def test_metrics_updates_from_processes_at_once_lose_nothing(tmp_path):
     path = str(tmp_path / "metrics.json")
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from utils.files import update_json\n"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from bkd.utils.files import update_json\n"
             "for i in range(40): update_json(sys.argv[2], {f'{sys.argv[3]}_{i}': i})")
     procs = [subprocess.Popen([sys.executable, "-c", code, ROOT, path, name]) for name in ("a", "b", "c")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
@@ -94,8 +94,8 @@ def test_image_folder_names_that_are_not_utf8_train_to_the_end_and_are_written_e
 
 
 def test_a_name_that_cannot_be_written_is_one_line_and_keeps_the_earlier_file(tmp_path):
-    from utils.errors import RunDirError
-    from utils.files import atomic_path
+    from bkd.utils.errors import RunDirError
+    from bkd.utils.files import atomic_path
 
     path = tmp_path / "table.csv"
     path.write_text("earlier")
@@ -166,8 +166,8 @@ def test_an_unwritable_compile_cache_runs_with_another_and_says_so(synthetic_roo
 def test_no_writable_compile_cache_at_all_is_one_line_naming_the_variable(monkeypatch):
     import tempfile
 
-    from utils.errors import UsageError
-    from utils.runtime import usable_compile_cache
+    from bkd.utils.errors import UsageError
+    from bkd.utils.runtime import usable_compile_cache
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/proc/no_such_folder")
     monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
@@ -182,7 +182,7 @@ def test_the_api_refuses_images_of_two_sizes_in_one_line():
     import numpy as np
 
     from bkd import find_label_issues
-    from utils.errors import DataError
+    from bkd.utils.errors import DataError
 
     images = [np.zeros((32, 32, 3), np.uint8), np.zeros((48, 48, 3), np.uint8)] * 10
     with pytest.raises(DataError, match=r"^images: a list of images of 2 shapes \(\(32, 32, 3\), \(48, 48, 3\)\); give"):
@@ -229,7 +229,7 @@ def test_flag_values_that_cannot_be_meant_are_refused(flags, message, synthetic_
 def test_metrics_json_is_strict_json_where_a_value_is_undefined(tmp_path):
     import numpy as np
 
-    from utils.files import save_json
+    from bkd.utils.files import save_json
 
     path = str(tmp_path / "m.json")
     save_json({"val_acc": [[0, float("nan")]], "x": np.float32("inf"), "a": np.array([1.0, np.nan])}, path)
@@ -265,8 +265,8 @@ def test_a_run_directory_name_too_long_points_to_run_dir(tmp_path, capsys):
 def test_learning_refuses_checkpoints_of_another_width(finished_run, synthetic_root, tmp_path, capsys):
     import torch
 
-    from models import PreResNet18
-    from utils.checkpoint import model_checkpoint
+    from bkd.models import PreResNet18
+    from bkd.utils.checkpoint import model_checkpoint
 
     run_dir = _copy_run(finished_run, tmp_path)
     for name in ("teacher.pth.tar", "student.pth.tar"):
@@ -281,7 +281,7 @@ def test_the_apis_refusal_of_a_busy_run_directory_speaks_python(tmp_path):
     import numpy as np
 
     from bkd import find_label_issues
-    from utils.errors import RunDirError
+    from bkd.utils.errors import RunDirError
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -298,7 +298,7 @@ def test_photos_are_read_upright_as_their_orientation_tag_says(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from data.custom import _read_image
+    from bkd.data.custom import _read_image
 
     pixels = np.zeros((32, 48, 3), np.uint8)
     pixels[:, :8] = 255  # a white band on the left, as stored

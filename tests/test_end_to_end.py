@@ -112,7 +112,7 @@ def test_detection_reports_scores(trained, synthetic_root):
     out = run("detection.py", *eval_flags(flags), cwd=results).stdout
     run_dir = os.path.join(results, "cifar10_worst_seed_0")
     flagged = np.load(os.path.join(run_dir, "detection.npy"))
-    from data.labels import load_noisy_labels
+    from bkd.data.labels import load_noisy_labels
 
     noisy, clean = load_noisy_labels("cifar10", "worst", os.path.join(synthetic_root, "CIFAR-10_human.pt"))
     truth = noisy != clean
@@ -125,7 +125,7 @@ def test_detection_reports_scores(trained, synthetic_root):
                           f"The f-score is {f1}"]
     assert lines[-7:-5] == ["Train with 400 noisy instances.", "Validate with 0 noisy instances."]
     # ours: the ranking behind label_issues.csv, scored, with the floor of flagging every label
-    from utils.metrics import ranking_scores
+    from bkd.utils.metrics import ranking_scores
 
     expected = ranking_scores(np.load(os.path.join(run_dir, "agreement.npy")), truth)
     saved = json.load(open(os.path.join(run_dir, "metrics.json")))["detection"]
@@ -166,7 +166,7 @@ def test_report_summary_and_plots(trained, synthetic_root, tmp_path):
     text = report.write_summary(rows, str(tmp_path / "summary"))
     assert "| cifar10 | worst | default | 1 |" in text and os.path.exists(tmp_path / "summary.csv")
     pytest.importorskip("matplotlib")
-    from data.labels import load_noisy_labels
+    from bkd.data.labels import load_noisy_labels
 
     noisy, clean = load_noisy_labels("cifar10", "worst", os.path.join(synthetic_root, "CIFAR-10_human.pt"))
     paths = report.plot_run(run_dir, truly_noisy=noisy != clean)  # the true-noise mask, not the detection
@@ -284,7 +284,7 @@ def test_the_run_summary_and_the_grid_summary_have_the_same_columns(tmp_path):
 
 def test_amp_on_the_cpu_needs_native_bf16(synthetic_root, tmp_path):
     """--amp: bf16 autocast on a CPU with native bf16 (the run completes and says so), else a one-line refusal."""
-    from utils.runtime import cpu_native_bf16
+    from bkd.utils.runtime import cpu_native_bf16
 
     proc = run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, str(tmp_path), n_epoch=2, amp=True), cwd=str(tmp_path),
                check=False)

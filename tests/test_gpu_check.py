@@ -137,7 +137,7 @@ def test_projection_counts_the_full_set_passes_and_evaluations_of_each_mode():
 
 @pytest.mark.skipif(not gpu_check.real_data_files(SHARED), reason=f"needs the shared CIFAR-10 data ({SHARED})")
 def test_the_real_data_files_hold_the_quick_subset_and_the_whole_test_set(tmp_path):
-    from data.split import stratified_subset
+    from bkd.data.split import stratified_subset
 
     gpu_check.prepare_data(SHARED, str(tmp_path), subset=200)
     made = np.load(tmp_path / "cifar10.npz")

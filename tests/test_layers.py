@@ -4,8 +4,27 @@ import os
 
 from tests.cli import ROOT
 
-LAYERS = {"utils": 0, "models": 0, "data": 1, "bkd": 2, "flags": 3, "launch": 4,
+# (module prefix: layer); a module's layer is its longest prefix's. bkd's own modules are the method's layer, above the
+# packages inside bkd that they build on.
+LAYERS = {"bkd.utils": 0, "bkd.models": 0, "bkd.data": 1, "bkd": 2, "flags": 3, "launch": 4,
           "blind_knowledge_dist_training": 5, "learning": 5, "detection": 5}
+
+
+def _layer(module):
+    """(prefix, layer) of a project module, or None for anything else."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in LAYERS:
+            return ".".join(parts[:n]), LAYERS[".".join(parts[:n])]
+    return None
+
+
+def _files(name):
+    """The files of a layer: a script, or a package's modules (without the packages inside it, their own layers)."""
+    path = os.path.join(ROOT, *name.split("."))
+    if os.path.isfile(path + ".py"):
+        return [path + ".py"]
+    return [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".py")]
 
 
 def _imports(path):
@@ -20,14 +39,18 @@ def _imports(path):
 def test_no_module_imports_upward():
     upward = []
     for name, layer in LAYERS.items():
-        files = [os.path.join(ROOT, f"{name}.py")] if os.path.isfile(os.path.join(ROOT, f"{name}.py")) else \
-            [os.path.join(ROOT, name, f) for f in sorted(os.listdir(os.path.join(ROOT, name))) if f.endswith(".py")]
-        for path in files:
+        for path in _files(name):
             for module in _imports(path):
-                top = module.split(".")[0]
-                if top in LAYERS and top != name and (LAYERS[top] > layer or LAYERS[top] == layer == 0):
+                found = _layer(module)
+                if found and found[0] != name and (found[1] > layer or found[1] == layer == 0):
                     upward.append(f"{os.path.relpath(path, ROOT)} imports {module}")
     assert upward == []
+
+
+def test_every_package_has_a_layer():
+    packages = {".".join(os.path.relpath(root, ROOT).split(os.sep)) for root, dirs, files in os.walk(os.path.join(ROOT, "bkd"))
+                if "__init__.py" in files}
+    assert packages <= set(LAYERS)
 
 
 def test_the_check_sees_an_upward_import(tmp_path):

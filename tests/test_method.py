@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from bkd.method import (agreement, assign_groups, compensation_loss, find_overfitting_epoch, first_detectable_epoch, one_hot,
                         otsu_split, predict, robust_targets, teacher_loss)
-from utils.metrics import detection_scores
+from bkd.utils.metrics import detection_scores
 
 
 def test_compensation_loss_value_skips_labelled_class():
@@ -171,8 +171,8 @@ def test_teacher_loss_with_one_hot_target_is_cross_entropy():
 def test_detached_robust_target_option_stops_student_gradient():
     """--detach_robust_target (not the original): the target no longer trains the student."""
     from bkd.engine import Precision, train_epoch
-    from data.loaders import DeviceLoader
-    from models import PreResNet18
+    from bkd.data.loaders import DeviceLoader
+    from bkd.models import PreResNet18
 
     images = np.random.RandomState(0).randint(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(8) % 10
@@ -194,7 +194,7 @@ def test_stop_flag_turns_signals_into_a_resumable_error():
     import signal
 
     from bkd.engine import StopFlag
-    from utils.errors import Interrupted
+    from bkd.utils.errors import Interrupted
 
     flag = StopFlag()
     flag.check("anywhere")  # no signal yet: nothing happens
@@ -206,7 +206,7 @@ def test_stop_flag_turns_signals_into_a_resumable_error():
 
 
 def test_ranking_scores_against_hand_computed_values():
-    from utils.metrics import ranking_scores
+    from bkd.utils.metrics import ranking_scores
 
     truly_noisy = np.zeros(2000, bool)
     truly_noisy[:400] = True  # noise rate 0.2

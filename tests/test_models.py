@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from models import PreResNet18
-from utils.checkpoint import load_model, model_checkpoint
-from utils.files import save_torch
-from utils.errors import DataError
+from bkd.models import PreResNet18
+from bkd.utils.checkpoint import load_model, model_checkpoint
+from bkd.utils.files import save_torch
+from bkd.utils.errors import DataError
 
 
 def n_params(model):

@@ -54,7 +54,7 @@ def test_detection_refuses_another_label_set_than_the_runs(aggre_run, synthetic_
 
 def test_evaluations_refuse_other_labels_of_the_same_images(aggre_run, synthetic_root, tmp_path):
     _, run_dir = aggre_run
-    from data.labels import safe_load
+    from bkd.data.labels import safe_load
 
     labels = safe_load(os.path.join(synthetic_root, "CIFAR-10_human.pt"))
     other = dict(labels, aggre_label=np.roll(labels["aggre_label"], 1))
@@ -107,8 +107,8 @@ def _folder(tmp_path):
 def test_sixteen_bit_and_float_images_are_read_by_their_range(tmp_path):
     from PIL import Image
 
-    from data.custom import load_custom
-    from utils.errors import DataError
+    from bkd.data.custom import load_custom
+    from bkd.utils.errors import DataError
 
     root = _folder(tmp_path)
     Image.fromarray(np.full((32, 32), 32896, dtype=np.uint16)).save(root / "cat" / "wide.png")  # 16-bit: 32896 = 128 * 257
@@ -126,8 +126,8 @@ def test_sixteen_bit_and_float_images_are_read_by_their_range(tmp_path):
 def test_hidden_files_and_folders_are_skipped_and_counted(tmp_path):
     from PIL import Image
 
-    from data.custom import load_custom
-    from data.setup import custom_source
+    from bkd.data.custom import load_custom
+    from bkd.data.setup import custom_source
 
     root = _folder(tmp_path)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "cat" / ".thumb.png")
@@ -144,8 +144,8 @@ def test_hidden_files_and_folders_are_skipped_and_counted(tmp_path):
 
 # 4. images too small for the network ---------------------------------------------------------------------------------
 def test_small_images_are_resized_to_32_unless_kept(tmp_path):
-    from data.custom import from_arrays, load_custom
-    from data.setup import custom_source
+    from bkd.data.custom import from_arrays, load_custom
+    from bkd.data.setup import custom_source
 
     x, y = make_images(40, 2, np.random.RandomState(0))
     small = np.stack([img[::4, ::4] for img in x])  # 8x8
@@ -164,7 +164,7 @@ def test_small_images_are_resized_to_32_unless_kept(tmp_path):
 def test_a_failed_split_leaves_none_of_its_files(tmp_path, monkeypatch):
     from bkd import find_label_issues
     from bkd import outputs
-    from utils.errors import RunDirError
+    from bkd.utils.errors import RunDirError
 
     def full_disk(path, *args):
         raise RunDirError(f"cannot write {path} (No space left on device); nothing was written")
@@ -281,8 +281,8 @@ def test_launcher_refuses_bad_flags_in_one_line_creating_nothing(tmp_path):
 
 # tracebacks where one line is promised ---------------------------------------------------------------------------------
 def test_a_failed_torch_save_is_one_line_keeping_the_earlier_file(tmp_path, monkeypatch):
-    from utils.errors import RunDirError
-    from utils.files import save_torch
+    from bkd.utils.errors import RunDirError
+    from bkd.utils.files import save_torch
 
     path = str(tmp_path / "state.pth.tar")
     save_torch({"epoch": 1}, path)
@@ -299,8 +299,8 @@ def test_a_failed_torch_save_is_one_line_keeping_the_earlier_file(tmp_path, monk
 
 
 def test_a_full_disk_while_saving_a_state_is_one_line(tmp_path):
-    from utils.errors import RunDirError
-    from utils.files import save_torch
+    from bkd.utils.errors import RunDirError
+    from bkd.utils.files import save_torch
 
     with tmpfs(tmp_path / "small", "256k", "to fill a disk") as mount:
         save_torch({"epoch": 1}, str(mount / "state.pth.tar"))
@@ -312,7 +312,7 @@ def test_a_full_disk_while_saving_a_state_is_one_line(tmp_path):
 
 def test_the_api_checks_values_as_the_command_line_does():
     from bkd import find_label_issues
-    from utils.errors import UsageError
+    from bkd.utils.errors import UsageError
 
     x, y = make_images(20, 2, np.random.RandomState(0))
     for flags, message in ((dict(seed=-1), r"^--seed -1 must be in 0..2\*\*32-1"), (dict(val_ratio=1.0), r"^--val_ratio 1.0"),
@@ -351,8 +351,8 @@ def test_a_batch_size_of_one_is_refused_in_one_line(synthetic_root, tmp_path):
 
 # messages that were false or unsafe ---------------------------------------------------------------------------------
 def test_npz_problems_are_named_without_unsafe_advice(tmp_path):
-    from data.custom import load_custom
-    from utils.errors import DataError
+    from bkd.data.custom import load_custom
+    from bkd.utils.errors import DataError
 
     x, y = make_images(20, 2, np.random.RandomState(0))
     objects = str(tmp_path / "objects.npz")
@@ -378,8 +378,8 @@ def test_overfitting_epoch_advice_names_epochs_that_exist(synthetic_root, tmp_pa
 
 
 def test_labels_with_a_gap_are_asked_to_be_renumbered():
-    from data.custom import from_arrays
-    from utils.errors import DataError
+    from bkd.data.custom import from_arrays
+    from bkd.utils.errors import DataError
 
     x, _ = make_images(30, 3, np.random.RandomState(0))
     with pytest.raises(DataError, match=r"labels must be 0..C-1 with an image for each, but no image has label 2 \(of 0..3\); "

@@ -67,8 +67,8 @@ class _LossRecorder:
 def test_engine_iteration_is_the_originals_computation_bit_for_bit(robust):
     """train_epoch (reference settings: PIL loader, fp32 NCHW, plain SGD) == the spec's transcription, exactly."""
     from bkd.engine import Precision, group_alphas, train_epoch
-    from data.loaders import TorchvisionLoader
-    from models import PreResNet18
+    from bkd.data.loaders import TorchvisionLoader
+    from bkd.models import PreResNet18
 
     rng = np.random.RandomState(0)
     images = rng.randint(0, 256, (70, 32, 32, 3), dtype=np.uint8)

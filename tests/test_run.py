@@ -10,8 +10,8 @@ from bkd.engine import StopFlag, train_epoch
 from bkd.outputs import Listener
 from bkd.run import build, full_set_pass, weights_snapshot
 from bkd.state import MethodState
-from data.custom import from_arrays
-from data.setup import choose_images, custom_source
+from bkd.data.custom import from_arrays
+from bkd.data.setup import choose_images, custom_source
 from tests.cli import run, tiny_flags
 from tests.synthetic import make_images
 
@@ -52,6 +52,6 @@ def test_default_mode_runs_the_full_set_pass_once(synthetic_root, tmp_path):
     assert [r["epoch"] for r in recorded["epochs"] if "full_agreement_sha256" in r] == []  # no pass in any warm-up epoch
     assert recorded["overfitting"]["epoch"] == 3 and recorded["overfitting"]["found_at_epoch"] == 5
     agreement = np.load(os.path.join(tmp_path, "cifar10_worst_seed_0", "agreement.npy"))
-    from utils.hashing import array_sha256
+    from bkd.utils.hashing import array_sha256
 
     assert recorded["overfitting"]["full_set"]["p_sha256"] == array_sha256(agreement.astype(np.float32))

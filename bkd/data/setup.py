@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.cifar import DATASETS, load_images, local_images
-from data.custom import MIN_SIZE, data_file, load_custom
-from data.labels import load_label_file
-from data.split import stratified_subset, train_val_split
-from utils import logfmt
-from utils.errors import DataError
-from utils.files import portable
-from utils.hashing import array_sha256
+from bkd.data.cifar import DATASETS, load_images, local_images
+from bkd.data.custom import MIN_SIZE, data_file, load_custom
+from bkd.data.labels import load_label_file
+from bkd.data.split import stratified_subset, train_val_split
+from bkd.utils import logfmt
+from bkd.utils.errors import DataError
+from bkd.utils.files import portable
+from bkd.utils.hashing import array_sha256
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

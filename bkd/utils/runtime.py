@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.utils.deterministic  # noqa: F401 (fill_uninitialized_memory, in cuda_settings)
 
-from utils.errors import UsageError
+from bkd.utils.errors import UsageError
 
 # The oldest torch with every API this project calls: torch.amp.GradScaler(device) is 2.3's (requirements.txt
 # says the same; tests/test_cuda_path.py checks both against the code).
@@ -254,7 +254,7 @@ def usable_compile_cache(log):
     except OSError as err:
         raise UsageError(f"torch's compile cache cannot be created ({reason}) and no temporary folder can be "
                          f"({err.strerror}); set {COMPILE_CACHE_ENV} to a writable folder") from None
-    from utils import logfmt
+    from bkd.utils import logfmt
 
     log(logfmt.ours(f"torch's compile cache cannot be created ({reason}); this run caches in "
                     f"{os.environ[COMPILE_CACHE_ENV]} ({COMPILE_CACHE_ENV} sets another)"))

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.cifar import DATASETS
-from utils.errors import DataError, UsageError
-from utils.hashing import file_sha256
+from bkd.data.cifar import DATASETS
+from bkd.utils.errors import DataError, UsageError
+from bkd.utils.hashing import file_sha256
 
 # --noise_type -> (dataset, key in the CIFAR-N file)
 NOISE_TYPES = {

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from utils.errors import DataError, RunDirError, first_line
+from bkd.utils.errors import DataError, RunDirError, first_line
 
 
 def _umask():
@@ -56,7 +56,7 @@ def atomic_path(path):
             os.remove(tmp)
 
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bkd/utils/ -> the root
 
 
 def portable(path):

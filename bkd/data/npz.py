@@ -1,7 +1,7 @@
 """Reading a prepared array file (.npz) safely: plain arrays only, and one line saying what else the file is."""
 import numpy as np
 
-from utils.errors import DataError, first_line
+from bkd.utils.errors import DataError, first_line
 
 ZIP, NPY = b"PK\x03\x04", b"\x93NUMPY"
 

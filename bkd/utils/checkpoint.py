@@ -1,7 +1,7 @@
 """Model checkpoints in the original's format ({'state_dict', 'epoch'}, plus the architecture), as CPU tensors."""
 import os
 
-from utils.errors import DataError, first_line
+from bkd.utils.errors import DataError, first_line
 
 
 def host_copy(obj):

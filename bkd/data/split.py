@@ -1,7 +1,7 @@
 """Which training images a run uses: the optional stratified subset, and the noisy validation split."""
 import numpy as np
 
-from utils.errors import UsageError
+from bkd.utils.errors import UsageError
 
 
 def stratified_subset(labels, size, seed):

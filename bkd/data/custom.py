@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.npz import read_npz
-from utils.errors import DataError, first_line
+from bkd.data.npz import read_npz
+from bkd.utils.errors import DataError, first_line
 
 DEFAULT_FILE = "custom.npz"
 MIN_SIZE = 32  # smaller images are resized to this size by default: at 8x8 the last stage of PreResNet18 sees 1x1 maps

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.npz import read_npz
-from utils.errors import DataError, UsageError
+from bkd.data.npz import read_npz
+from bkd.utils.errors import DataError, UsageError
 
 DATASETS = {
     # name: classes, normalisation mean / std, padding of the random crop, flip before crop
