@@ -147,3 +147,20 @@ def test_the_real_data_files_hold_the_quick_subset_and_the_whole_test_set(tmp_pa
         assert np.array_equal(made["y_train"], full["y_train"]) and np.array_equal(made["x_test"], full["x_test"])
     assert made["x_train"].sum(axis=(1, 2, 3)).nonzero()[0].tolist() == sorted(chosen.tolist())
     assert gpu_check.real_data_files(str(tmp_path)) == (str(tmp_path), str(tmp_path / "CIFAR-10_human.pt"))
+
+
+
+def test_a_child_past_its_limit_is_killed_with_everything_it_started(tmp_path):
+    """A timed-out step (pytest, run.sh) must not leave its training running on the GPU: its whole process group goes."""
+    seconds = str(300 + os.getpid() % 1000)  # an argument no other process has
+    child = gpu_check.Child("slow", ["bash", "-c", f"sleep {seconds} & sleep {seconds}; true"], str(tmp_path), timeout=2)
+    deadline = time.time() + 10
+    sleepers = []
+    while len(sleepers) < 2 and time.time() < deadline:
+        sleepers = _processes_with(f"sleep\0{seconds}\0")
+        time.sleep(0.05)
+    assert len(sleepers) == 2
+    child.wait()
+    assert child.timed_out and child.status().startswith("timed out after 2 s")
+    time.sleep(0.2)
+    assert _processes_with(f"sleep\0{seconds}\0") == [], "a grandchild outlived the limit"
