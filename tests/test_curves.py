@@ -25,15 +25,24 @@ def _curves(run_dir):
     return {tag: [e.step for e in acc.Scalars(tag)] for tag in tags["scalars"]}, tags["histograms"], acc
 
 
-def test_a_run_writes_its_curves_with_every_epoch_once(synthetic_root, tmp_path):
-    results = str(tmp_path)
-    run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, results, n_epoch=7, overfitting_epoch=1),
-        cwd=results)
-    run_dir = os.path.join(results, "cifar10_worst_seed_0")
+def test_a_killed_and_resumed_run_has_every_curve_and_each_step_once(synthetic_root, tmp_path):
+    """SIGKILL in epoch 4, after epoch 3's values were written, then --resume: TensorBoard's reader sees every epoch
+    once (the resumed writer purges from its first epoch), and the split's values at the split epoch."""
+    flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=7, overfitting_epoch=1, print_freq=1)
+    proc = subprocess.Popen([sys.executable, script("blind_knowledge_dist_training.py"), *flags], cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = os.path.join(tmp_path, "cifar10_worst_seed_0")
+    for line in proc.stdout:
+        if line.startswith("epoch:   4/"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run("blind_knowledge_dist_training.py", *flags, "--resume", cwd=str(tmp_path))
+    assert len([n for n in os.listdir(run_dir) if n.startswith("events.out.tfevents.")]) == 2
     scalars, histograms, acc = _curves(run_dir)
     assert EPOCH_TAGS | SPLIT_TAGS | {"accuracy/validation", "accuracy/test", "split/overfitting_epoch"} <= set(scalars)
     for tag in EPOCH_TAGS:
-        assert scalars[tag] == list(range(7)), tag
+        assert scalars[tag] == list(range(7)), (tag, scalars[tag])
     assert scalars["accuracy/validation"] == [0, 2, 4, 6] and scalars["accuracy/test"] == [0, 4, 6]
     split = 1  # the statistics of the overfitting epoch (forced to 1; acted upon after epoch 5)
     assert all(scalars[tag] == [split] for tag in SPLIT_TAGS)
@@ -42,24 +51,7 @@ def test_a_run_writes_its_curves_with_every_epoch_once(synthetic_root, tmp_path)
     assert acc.Scalars("lr")[0].value == pytest.approx(0.02) and acc.Scalars("lr")[6].value == pytest.approx(0.002)
 
 
-def test_a_killed_and_resumed_run_has_each_step_once(synthetic_root, tmp_path):
-    flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=6, print_freq=1)
-    proc = subprocess.Popen([sys.executable, script("blind_knowledge_dist_training.py"), *flags], cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_dir = os.path.join(tmp_path, "cifar10_worst_seed_0")
-    for line in proc.stdout:  # killed in epoch 4, after epoch 3's curves were written
-        if line.startswith("epoch:   4/"):
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    run("blind_knowledge_dist_training.py", *flags, "--resume", cwd=str(tmp_path))
-    scalars, _, _ = _curves(run_dir)
-    for tag in EPOCH_TAGS:
-        assert scalars[tag] == list(range(6)), (tag, scalars[tag])
-    assert len([n for n in os.listdir(run_dir) if n.startswith("events.out.tfevents.")]) == 2
-
-
-def test_overwrite_replaces_the_curves_and_a_refused_one_keeps_them(synthetic_root, tmp_path):
+def test_overwrite_replaces_the_curves(synthetic_root, tmp_path):
     flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=1)
     run("blind_knowledge_dist_training.py", *flags, cwd=str(tmp_path))
     run_dir = os.path.join(tmp_path, "cifar10_worst_seed_0")
