@@ -172,6 +172,15 @@ def test_no_writable_compile_cache_at_all_is_one_line_naming_the_variable(monkey
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/proc/no_such_folder"
 
 
+def test_an_os_error_of_the_run_itself_passes_through_the_compile_cache_check():
+    """A closed pipe inside a run (BrokenPipeError is an OSError) stays itself: the check catches only its own error."""
+    from bkd.utils.runtime import usable_compile_cache
+
+    with pytest.raises(BrokenPipeError):
+        with usable_compile_cache(print):
+            raise BrokenPipeError(32, "Broken pipe")
+
+
 # 7. one line each ------------------------------------------------------------------------------------------------------
 def test_the_api_refuses_images_of_two_sizes_in_one_line():
     import numpy as np

@@ -242,10 +242,12 @@ def usable_compile_cache(log):
     one, saying so; where there is none, one line naming the variable. The variable is put back after the run."""
     try:
         _compile_cache_dir()
-        yield
-        return
+        reason = None
     except OSError as err:
         reason = f"{err.strerror or err}: {err.filename}" if getattr(err, "filename", None) else str(err)
+    if reason is None:
+        yield  # (outside the try: an OSError of the run itself is not the cache's)
+        return
     import tempfile
 
     saved = os.environ.get(COMPILE_CACHE_ENV)
