@@ -45,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bkd.report import COLUMNS, markdown  # noqa: E402  (numpy only: no matplotlib needed)
-from bkd.utils.files import atomic_path, save_json  # noqa: E402
+from bkd.utils.files import atomic_path, save_json, save_torch  # noqa: E402
 
 TRAIN = os.path.join(ROOT, "blind_knowledge_dist_training.py")
 PREPARED = os.path.join(ROOT, ".gpu_data")  # --prepare_data's default folder (git-ignored; the GPU call carries it)
@@ -388,8 +388,6 @@ def measure_mode(name, device_name, size, result_path):
         t.snapshots = {1: weights_snapshot(t), 2: weights_snapshot(t)}  # an early warm-up epoch's state: two kept
         result["state_host_copy_s"], saved = timed(lambda: resume_state(t, state, 2, device))
         path = os.path.join(os.path.dirname(result_path), f"state_{name}.pth.tar")
-        from bkd.utils.files import save_torch
-
         phase("state_write_s", lambda: save_torch(saved, path))
         result["state_mib"] = os.path.getsize(path) / 2**20
         os.remove(path)

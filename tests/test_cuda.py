@@ -13,10 +13,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
+from benchmarks.gpu_check import equal_runs
 from tests.cli import ROOT, run, script, tiny_flags
 
 pytestmark = pytest.mark.cuda
@@ -24,16 +24,8 @@ TRAIN = "blind_knowledge_dist_training.py"
 GPU = dict(device="cuda", n_epoch=6, lr_step=4, noisy_val_freq=1, clean_test_freq=2, print_freq=1)
 
 
-def _weights(run_dir, name="teacher_last.pth.tar"):
-    return torch.load(os.path.join(run_dir, name), map_location="cpu", weights_only=True)["state_dict"]
-
-
 def _equal_runs(a, b):
-    for name in ("teacher_last.pth.tar", "student_last.pth.tar", "teacher.pth.tar"):
-        wa, wb = _weights(a, name), _weights(b, name)
-        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
-    assert np.array_equal(np.load(os.path.join(a, "detection.npy")), np.load(os.path.join(b, "detection.npy")))
-    assert np.array_equal(np.load(os.path.join(a, "agreement.npy")), np.load(os.path.join(b, "agreement.npy")))
+    assert equal_runs(a, b) == []  # final and best weights of both networks, detection.npy, agreement.npy
 
 
 @pytest.fixture(scope="module")
