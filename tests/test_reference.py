@@ -116,7 +116,7 @@ def test_tiny_golden_trace_replays(tmp_path):
     and the schedule still must be equal in every iteration (the trace's overfitting epoch is given with
     --overfitting_epoch, because the rounding moves the confidence peak)."""
     from benchmarks.reference_check import replay, table
-    from bkd.trace import compare, compare_logs
+    from benchmarks.traces import compare, compare_logs
 
     result = replay(os.path.join(GOLDEN, "tiny.json"), str(tmp_path))
     ours, theirs, floats = result["ours"], result["theirs"], result["floats"]
@@ -136,7 +136,7 @@ def test_tiny_golden_trace_replays(tmp_path):
 
 
 def test_compare_reports_the_first_difference_with_its_place():
-    from bkd.trace import compare, compare_logs
+    from benchmarks.traces import compare, compare_logs
 
     row = {"epoch": 0, "iter": 0, "batch": 2, "index_sha256": "a", "img_sha256": "b", "labels_sha256": "c",
            "target_sha256": "d", "loss": 1.0, "naive_loss": 0.5, "compensation_loss": 0.5}
