@@ -1,48 +1,103 @@
 """What a training run is asked to do (TrainConfig), and how its arithmetic runs (Computation, resolved once).
 
-TrainConfig's fields are the training script's flags by name, with the original's defaults;
-the script's parser (flags.py) takes its defaults from here, and the Python API (bkd.api) takes
-the same names. `check_config` is the one check of their values. `--reference` is turned into a
-Computation here and nowhere else: the original's loader, SGD call, evaluation batch size and
+TrainConfig is the one source of the training values: each field carries its default (the original's), the help
+text of its flag and the check of its value. The scripts' flags are made from it (flags.py), the Python API takes
+its names (bkd.api), and `check_config` checks them; a new hyper-parameter is one field here. `--reference` is
+turned into a Computation here and nowhere else: the original's loader, SGD call, evaluation batch size and
 autograd, its end-of-training overwrite, its CIFAR-100 validation normalisation and its TF32.
 """
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from bkd.utils.errors import UsageError
+
+SEED_LIMIT = 2**32  # numpy's seed range
+
+
+# The checks of single values: each returns what is wrong with `value` of flag `name`, or None.
+def positive(name, value):
+    return None if value > 0 else f"--{name} {value} must be positive"
+
+
+def non_negative(name, value):
+    return None if value >= 0 else f"--{name} {value} must be 0 or positive"
+
+
+def share(name, value):
+    return None if 0 <= value <= 1 else f"--{name} {value} must be in [0, 1]"
+
+
+def batch(name, value):
+    return positive(name, value) or (None if value >= 2 else f"--{name} {value}: BatchNorm cannot train on batches of one "
+                                                              "image; give 2 or more")
+
+
+def validation_share(name, value):
+    return None if 0 <= value < 1 else f"--{name} {value} must be in [0, 1); 0 = no validation set (challenge setting)"
+
+
+def seed_range(name, value):
+    return None if 0 <= value < SEED_LIMIT else f"--{name} {value} must be in 0..2**32-1 (numpy's seed range)"
+
+
+def one_of(*choices):
+    def check(name, value):
+        return None if value in choices else f"--{name} {value!r} is unknown; use {' or '.join(choices)}"
+    check.choices = choices
+    return check
+
+
+def option(default, help, check=None):
+    """A TrainConfig field: its default, its flag's help text, and the check of its value (None: any value of its
+    type; a float must always be finite)."""
+    return field(default=default, metadata={"help": help, "check": check})
 
 
 @dataclass
 class TrainConfig:
-    n_epoch: int = 300
-    lr: float = 0.02
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_step: int = 150  # StepLR step in epochs, gamma 0.1
-    width: int = 64  # channels of PreResNet18's first stage
-    seed: int = 0
-    val_ratio: float = 0.1  # share of the training images held out as the noisy validation set (0: the challenge's)
-    subset: int = 0  # train on a stratified, seeded subset of this many images (0: all)
-    noisy_val_freq: int = 10
-    clean_test_freq: int = 10
-    print_freq: int = 100
-    alpha1: float = 0.30
-    alpha2: float = 0.45
-    alpha3: float = 0.55
-    alpha4: float = 0.70
-    num_workers: int = 4  # PIL loader only
-    loader: str = "device"  # "device" or "torchvision" (the original's PIL workers)
-    eval_batch_size: int = 0  # 0: 1024 on CUDA, 256 on the CPU
-    amp: bool = False
-    compile: bool = None  # torch.compile both networks; None: where it pays (compiles)
-    no_channels_last: bool = False
-    cudnn_benchmark: bool = False  # CUDA: cuDNN's autotuned, nondeterministic kernels instead of deterministic ones
-    strict_fp32: bool = False  # CUDA: IEEE fp32 convolutions and matrix products instead of TF32 (PyTorch's default)
-    overfitting_epoch: int = None  # force the split at this epoch instead of the confidence rule
-    detach_robust_target: bool = False  # not the original: no gradient from the robust target into the student
-    legacy_cifar100_val_norm: bool = False
-    reference: bool = False  # the original's computation bit for bit
+    """The training values, with the original's defaults; their flags are the training script's (flags.py)."""
+
+    n_epoch: int = option(300, "number of epochs", positive)
+    lr: float = option(0.02, "learning rate", positive)
+    batch_size: int = option(128, "training batch size", batch)
+    momentum: float = option(0.9, "SGD momentum", non_negative)
+    weight_decay: float = option(5e-4, "SGD weight decay", non_negative)
+    lr_step: int = option(150, "StepLR step size in epochs (gamma 0.1)", positive)
+    width: int = option(64, "channels of the first stage of PreResNet18 (64 = original)", positive)
+    seed: int = option(0, "seed of python, numpy and torch", seed_range)
+    val_ratio: float = option(0.1, "share of training images held out as noisy validation set (0 = challenge setting)",
+                              validation_share)
+    subset: int = option(0, "train on a stratified, seeded subset of this many images (0 = all)", non_negative)
+    noisy_val_freq: int = option(10, "validate (and keep the best checkpoint) at epochs e %% freq == 0 (and the last)",
+                                 positive)
+    clean_test_freq: int = option(10, "report clean test accuracy at epochs e %% freq == 0 (and the last)", positive)
+    print_freq: int = option(100, "print a progress line every this many iterations", positive)
+    alpha1: float = option(0.30, "robust-phase alpha of group 1 (most trusted)", share)
+    alpha2: float = option(0.45, "robust-phase alpha of group 2", share)
+    alpha3: float = option(0.55, "robust-phase alpha of group 3", share)
+    alpha4: float = option(0.70, "robust-phase alpha of group 4 (flagged as noisy)", share)
+    num_workers: int = option(4, "DataLoader workers (--loader torchvision only)", non_negative)
+    loader: str = option("device", "input pipeline: batched on the device, or the original's PIL workers",
+                         one_of("device", "torchvision"))
+    eval_batch_size: int = option(0, "batch size of evaluation passes (0 = 1024 on CUDA, 256 on CPU)", non_negative)
+    amp: bool = option(False, "mixed precision: bf16 autocast where the device has bf16 natively (CUDA compute "
+                              "capability 8.0+; a CPU with AVX-512 BF16 or AMX), fp16 with gradient scaling on older GPUs; "
+                              "opt-in: it changed the outcome against fp32 on the quick preset")
+    compile: bool = option(None, "torch.compile both networks (default: from --width 16, where it pays; eager if it "
+                                 "fails); --no_compile: run the networks eager")
+    no_channels_last: bool = option(False, "keep the NCHW memory format (channels-last is faster on CUDA and CPU)")
+    cudnn_benchmark: bool = option(False, "CUDA: cuDNN's autotuned kernels (faster, nondeterministic: runs are no longer "
+                                          "bit-reproducible, resume no longer bit-exact) instead of deterministic ones")
+    strict_fp32: bool = option(False, "CUDA: IEEE fp32 convolutions and matrix products instead of TF32 (the default on "
+                                      "CUDA, as PyTorch's and the authors' torch: 10-bit mantissa products, several times "
+                                      "faster on Ampere and newer)")
+    overfitting_epoch: int = option(None, "skip the confidence rule and split at this (0-based) epoch, acted upon when "
+                                          "the rule could first have found it")
+    detach_robust_target: bool = option(False, "not the original: no gradient from the robust target into the student")
+    legacy_cifar100_val_norm: bool = option(False, "normalise the CIFAR-100 validation set with CIFAR-10 statistics, "
+                                                   "as the original")
+    reference: bool = option(False, "the authors' computation bit for bit (PIL loader workers, fp32 NCHW, their SGD call "
+                                    "and batch sizes; docs/reference-mode.md)")
 
     @classmethod
     def from_namespace(cls, namespace):
@@ -95,44 +150,30 @@ def compiles(config):
     return config.compile if config.compile is not None else config.width >= COMPILE_MIN_WIDTH
 
 
-FLOATS = ("lr", "momentum", "weight_decay", "val_ratio", "alpha1", "alpha2", "alpha3", "alpha4")
-POSITIVE = ("n_epoch", "batch_size", "lr", "print_freq", "clean_test_freq", "noisy_val_freq", "width", "lr_step")
 REFERENCE_CLASHES = ("amp", "compile", "detach_robust_target", "strict_fp32")  # the reference mode decides these itself
-SEED_LIMIT = 2**32  # numpy's seed range
+
+
+def check_values(values):
+    """One line naming the first bad value of `values` (TrainConfig names: the flags' and the API's alike)."""
+    for f in fields(TrainConfig):
+        if f.name not in values or values[f.name] is None:
+            continue
+        value = values[f.name]
+        if f.type is float and not math.isfinite(value):
+            raise UsageError(f"--{f.name} {value} must be a finite number")
+        problem = f.metadata["check"] and f.metadata["check"](f.name, value)
+        if problem:
+            raise UsageError(problem)
 
 
 def check_config(config):
-    """One line naming a bad value (the flag's name: the script's flags and the API's arguments are the same)."""
-    for name in FLOATS:
-        if not math.isfinite(getattr(config, name)):
-            raise UsageError(f"--{name} {getattr(config, name)} must be a finite number")
-    for name in POSITIVE:
-        if not getattr(config, name) > 0:
-            raise UsageError(f"--{name} {getattr(config, name)} must be positive")
-    if config.batch_size < 2:
-        raise UsageError(f"--batch_size {config.batch_size}: BatchNorm cannot train on batches of one image; give 2 or more")
-    for name in ("momentum", "weight_decay", "eval_batch_size", "num_workers", "subset"):
-        if not getattr(config, name) >= 0:
-            raise UsageError(f"--{name} {getattr(config, name)} must be 0 or positive")
-    for name in ("alpha1", "alpha2", "alpha3", "alpha4"):
-        if not 0 <= getattr(config, name) <= 1:
-            raise UsageError(f"--{name} {getattr(config, name)} must be in [0, 1]")
-    check_seed_and_split(config.seed, config.val_ratio)
-    if config.loader not in ("device", "torchvision"):
-        raise UsageError(f"--loader {config.loader!r} is unknown; use device or torchvision")
+    """check_values of every field, then what depends on several of them."""
+    check_values(vars(config))
     clash = [f"--{name}" for name in REFERENCE_CLASHES if getattr(config, name)]
     if config.reference and clash:
         raise UsageError(f"--reference runs the original's computation; drop {', '.join(clash)}")
     if config.overfitting_epoch is not None:
         check_overfitting_epoch(config.overfitting_epoch, config.n_epoch)
-
-
-def check_seed_and_split(seed, val_ratio):
-    """The values every script takes (learning.py and detection.py draw the same split)."""
-    if not 0 <= seed < SEED_LIMIT:
-        raise UsageError(f"--seed {seed} must be in 0..2**32-1 (numpy's seed range)")
-    if not 0 <= val_ratio < 1:
-        raise UsageError(f"--val_ratio {val_ratio} must be in [0, 1); 0 = no validation set (challenge setting)")
 
 
 def check_overfitting_epoch(epoch, n_epoch):

@@ -68,7 +68,7 @@ def split_flags(extra):
     """Extra flags -> (training flags, the subset learning.py and detection.py accept)."""
     from flags import base_parser
 
-    accepted = {s for action in base_parser("")._actions for s in action.option_strings}
+    accepted = base_parser("").option_names
     evaluation, keep = [], False
     for token in extra:
         if token.startswith("--"):

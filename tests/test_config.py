@@ -19,19 +19,43 @@ def test_the_training_parser_takes_every_default_from_train_config():
     import blind_knowledge_dist_training as training
     import detection
     import learning
+    from flags import EVAL_PRINT_FREQ, PRESETS, parse
 
     parser = training.build_parser()
-    defaults = {action.dest: action.default for action in parser._actions}
+    args = vars(parse(parser, []))
     for f in fields(TrainConfig):
-        assert f.name in defaults, f"--{f.name} is a training value without a flag"
-        assert defaults[f.name] == getattr(DEFAULTS, f.name), f.name
-    from flags import EVAL_PRINT_FREQ
-
+        assert f"--{f.name}" in parser.option_names, f"--{f.name} is a training value without a flag"
+        assert args[f.name] == getattr(DEFAULTS, f.name), f.name
+        assert f.metadata["help"], f"--{f.name} has no help text"
+    quick = vars(parse(parser, ["--preset", "quick", "--width", "8"]))  # a preset's values, an explicit flag first
+    assert quick["width"] == 8 and quick["n_epoch"] == PRESETS["quick"]["n_epoch"] and quick["lr"] == DEFAULTS.lr
     for module in (learning, detection):  # the original's flags, with the original's defaults (print_freq 50 there)
-        shared = {action.dest: action.default for action in module.build_parser()._actions}
+        shared = vars(parse(module.build_parser(), []))
         for name in ("lr", "val_ratio", "n_epoch", "seed", "num_workers"):
             assert shared[name] == getattr(DEFAULTS, name), (module.__name__, name)
         assert shared["print_freq"] == EVAL_PRINT_FREQ == 50
+        assert "width" not in shared  # a training flag: not the evaluations'
+
+
+def test_a_new_hyper_parameter_is_one_field_with_its_flag_help_and_check(monkeypatch):
+    """A field added to TrainConfig is a training flag with its help text, checked by its check, and the API's."""
+    import dataclasses
+
+    import flags
+    from bkd import config
+    from bkd.utils.errors import UsageError
+
+    extended = dataclasses.make_dataclass("TrainConfig", [("gamma", float, config.option(0.5, "new factor", config.share))],
+                                          bases=(TrainConfig,))
+    monkeypatch.setattr(flags, "TrainConfig", extended)
+    monkeypatch.setattr(config, "TrainConfig", extended)
+    parser = flags.training_parser()
+    assert flags.parse(parser, []).gamma == 0.5 and flags.parse(parser, ["--gamma", "0.25"]).gamma == 0.25
+    assert "new factor (default: 0.5)" in " ".join(parser.format_help().split())
+    with pytest.raises(UsageError, match=r"^--gamma 2.0 must be in \[0, 1\]$"):
+        flags.parse(parser, ["--gamma", "2"])
+    with pytest.raises(UsageError, match=r"^--gamma 2 must be in \[0, 1\]$"):
+        config.check_config(extended(gamma=2))
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,9 @@ def stratified_subset(labels, size, seed):
 
 
 def train_val_split(num_images, val_ratio, seed):
-    """Noisy validation split (spec section 2): a permutation drawn right after seeding numpy with `seed`;
-    the first int(val_ratio * N) positions are validation, the rest training."""
-    if not 0 <= val_ratio < 1:
-        raise UsageError(f"--val_ratio {val_ratio} must be in [0, 1); 0 = no validation set (challenge setting)")
+    """Noisy validation split, as the original draws it: a permutation right after seeding numpy with `seed`; the
+    first int(val_ratio * N) positions (`val_ratio` in [0, 1), checked with the flags: bkd.config) are validation,
+    the rest training."""
     perm = np.random.RandomState(seed).permutation(num_images)
     num_val = int(val_ratio * num_images)
     return perm[num_val:], perm[:num_val]
