@@ -2,15 +2,15 @@
 
     from bkd import find_label_issues   # the Python API (api.py)
 
-method.py  the method's pieces as pure functions
-engine.py  one training epoch and the evaluation passes
+method.py  the method's pieces as pure functions (docs/method.md)
+config.py  TrainConfig (the training values, their flags' help and checks) and Computation (what --reference changes)
 state.py   what the method remembers across epochs, and the split
+engine.py  the machinery under the loop: precision, the networks as called (compiled or not), evaluation, stop flag
+run.py     fit() and Run: one training run, read as the method
+outputs.py what a run writes, and when (its run directory's files)
+trace.py   --trace: a run's trace in the golden traces' schema (comparison: benchmarks/traces.py)
 issues.py  the ranked label issues (label_issues.csv)
-trace.py   golden-trace recording and comparison (reference mode)
 report.py  per-run plots and the summary over run directories
-config.py  TrainConfig (the training flags) and Computation (what --reference changes)
-run.py     fit(): one training run, read as the method
-outputs.py the listeners of a run: its files, results in memory
 api.py     find_label_issues()
 """
 

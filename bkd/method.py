@@ -1,4 +1,4 @@
-"""The pieces of Blind Knowledge Distillation (spec sections 4 and 7), as small pure functions.
+"""The pieces of Blind Knowledge Distillation (arXiv 2211.11355; docs/method.md), as small pure functions.
 
 Each function is one idea of the paper; the training engine only wires them. The
 arithmetic is the authors' operation by operation (same ops, same order, float32),

@@ -9,7 +9,7 @@
 # Everything lives under $BKD_SLURM_DIR (default /tmp/bkd-slurm). $BKD_SLURM_CPUS (default 8) CPUs are
 # advertised, more than the machine has, so that several single-CPU array tasks run at once.
 # No accounting database: $BKD_SLURM_DIR/bin/sacct stands in for the one query submitit makes.
-# Settings and their reasons: ../shared/docs/slurm-local.md as measured on these machines.
+# Settings and their reasons: the comments beside them below, and docs/grid.md.
 set -euo pipefail
 
 DIR=${BKD_SLURM_DIR:-/tmp/bkd-slurm}

@@ -67,7 +67,7 @@ def test_training_writes_every_output(trained):
     assert "models saved - end of training" in stdout
 
 
-# A parser's view of the original's standard output (spec section 7 and the golden logs).
+# A parser's view of the original's standard output (the golden logs, docs/reference-mode.md).
 ORIGINAL_LINES = [r"Current device is \S+", r"cpu|cuda(:\d+)?", r"Files already downloaded and verified", r"Loaded \w+ from .+\.",
                   r"The overall noise rate is [\d.e-]+", r"noisy labels loaded from .+", r"The noisy data ratio in each class is \[[\d. ]+\]?",
                   r" [\d. ]+\]?", r"over all noise rate is  [\d.e-]+", r"Train with \d+ noisy instances\.",

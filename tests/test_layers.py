@@ -57,3 +57,41 @@ def test_the_check_sees_an_upward_import(tmp_path):
     path = tmp_path / "m.py"
     path.write_text("def f():\n    from launch.grid import status\n")
     assert list(_imports(str(path))) == ["launch.grid"]
+
+
+LOOP = ("bkd/run.py", "bkd/engine.py")  # the training loop and the machinery under it
+MAX_PARAMETERS = 5
+
+
+def _parameters(path):
+    """(function name, its parameters without self/cls) of every function in `path`."""
+    for node in ast.walk(ast.parse(open(os.path.join(ROOT, path)).read())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs if a.arg not in ("self", "cls")]
+            yield node.name, names
+
+
+def test_the_loops_functions_take_few_parameters():
+    """The run's context is one object (bkd.run.Run), whose steps take the epoch: no loop function threads more."""
+    wide = [f"{path}: {name}({', '.join(names)})" for path in LOOP for name, names in _parameters(path)
+            if len(names) > MAX_PARAMETERS]
+    assert not wide, wide
+
+
+def test_no_comment_cites_a_document_outside_the_repository():
+    """References resolve in the repository: the paper (arXiv 2211.11355) or a page in docs/, never an outside spec."""
+    import re
+
+    outside = re.compile(r"\bspec(\s+section|\s+\d|'s\b|\.md)|bkd-sp" + "ec|shared/" + "docs", re.IGNORECASE)  # (split: not
+    # matching this line)
+    hits = []
+    for folder, _, files in os.walk(ROOT):
+        if any(part.startswith(".") for part in os.path.relpath(folder, ROOT).split(os.sep)):
+            continue
+        for name in files:
+            if name.endswith((".py", ".md", ".sh")):
+                path = os.path.join(folder, name)
+                hits += [f"{os.path.relpath(path, ROOT)}:{i}" for i, line in enumerate(open(path, errors="replace"), 1)
+                         if outside.search(line)]
+    assert not hits, hits

@@ -3,7 +3,7 @@
 errors.py      one-line errors and exit codes
 files.py       atomic writes, JSON, portable paths
 hashing.py     sha256 of files and arrays
-checkpoint.py  model checkpoints, the run directory and its lock
+checkpoint.py  model checkpoints, host copies of nested tensors (the run directory's lock: bkd/rundir.py)
 metrics.py     detection and ranking scores
 runtime.py     seeding, devices, machine info
 logfmt.py      the original's log lines
