@@ -1,7 +1,7 @@
-"""Train teacher and student with Blind Knowledge Distillation (spec sections 2-5 and 7).
+"""Train teacher and student with Blind Knowledge Distillation (arXiv 2211.11355; docs/method.md).
 
 Parse the flags, load the data, open the run directory, hand them to bkd.run.fit with the
-listeners that write the run's files (bkd.outputs.RunFiles) and, with --trace, its trace, and
+outputs that write the run's files (bkd.outputs.RunFiles) and, with --trace, its trace, and
 say where the results are. Standard output carries the original's lines (0-based epochs); ours
 start with `[bkd] `.
 """
@@ -16,9 +16,9 @@ import time
 from bkd import resume
 from bkd import rundir as rd
 from bkd.config import TrainConfig, check_config, resolve_computation
-from bkd.outputs import Listeners, RunFiles, writes_in_background
-from bkd.run import fit
-from bkd.trace import TraceListener, TraceRecorder
+from bkd.outputs import RunFiles, writes_in_background
+from bkd.run import Job, Saved, fit
+from bkd.trace import Trace
 from bkd.data.custom import data_file
 from bkd.data.setup import load_run_data
 from flags import data_selection, parse, training_parser
@@ -68,7 +68,7 @@ def main(argv=None):
 
 def train(args, device, run):
     """Data, files and trace around one bkd.run.fit."""
-    time_start = time.time()  # (bkd.run.fit seeds python, numpy and torch before the first random draw)
+    started = time.time()  # (bkd.run.fit seeds python, numpy and torch before the first random draw)
     log(logfmt.device_line(device))
     log(str(device))
     config = TrainConfig.from_namespace(args)
@@ -83,14 +83,14 @@ def train(args, device, run):
         resume.check(saved, identity, path, log=log)
     flags = dict({k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()}, compile=computation.compile,
                  precision=computation.precision, deterministic=computation.deterministic, tf32=computation.tf32)
-    files = RunFiles(run, data, config, identity, flags, machine_info(device, computation), log,
-                     background=writes_in_background(device))
-    trace = TraceListener(TraceRecorder(args.trace, resume_epoch=saved["epoch"] if saved else 0), args, data) if args.trace else None
+    outputs = [RunFiles(run, data, identity, flags, machine_info(device, computation), log,
+                        background=writes_in_background(device))]
+    if args.trace:
+        outputs.append(Trace(args.trace, args, data))
     log(logfmt.ours(setup_line(args, data, device, computation, run)))
     if saved is not None:
         log(logfmt.ours(f"resumed {portable(run.path)} after epoch {saved['epoch'] - 1} of 0..{args.n_epoch - 1}"))
-    state = fit(config, data, device, computation, Listeners(files, trace), log=log, resume=saved, resume_name=path,
-                time_start=time_start)
+    state = fit(Job(config, data, device, computation, log, started), outputs, resume=saved and Saved(path, saved))
     log(logfmt.ours(f"finished: best noisy validation accuracy {state.best_val:.2f} % at epoch {state.best_epoch}; "
                     f"outputs in {portable(run.path)}"))
 

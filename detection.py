@@ -1,4 +1,4 @@
-"""Detection task: score a run's detection.npy (spec section 5), or summarise it for data without clean labels.
+"""Detection task: score a run's detection.npy (docs/method.md, 'The split'), or summarise it for data without clean labels.
 
 CIFAR-N: the original's start-up lines and its five lines (number flagged, number truly noisy,
 precision, recall, F-score), then ours, prefixed `[bkd] `.
@@ -14,7 +14,6 @@ import os
 
 import numpy as np
 
-from bkd.data.setup import load_run_labels
 from bkd import rundir as rd
 from bkd.utils import logfmt
 from flags import base_parser, parse
@@ -73,10 +72,7 @@ def main(argv=None):
 
 def score(args, run_dir, metrics):
     rd.check_split(run_dir, metrics)
-    data = load_run_labels(args, rd.saved_subset(run_dir), val_ratio=0.0)  # needs no images: training checked the labels against them
-    rd.check_run_data(run_dir, metrics, args, data.fingerprint())
-    for line in data.banner:
-        print(line)
+    data = rd.evaluated_data(args, run_dir, metrics, images=False)
     flagged = load_detection(os.path.join(run_dir, rd.DETECTION), len(data.labels))
     label_prob = load_agreement(os.path.join(run_dir, rd.AGREEMENT), len(data.labels))
     truly_noisy, scope = data.truly_noisy, "labels"

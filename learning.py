@@ -1,4 +1,4 @@
-"""Learning task: clean test accuracy of a trained run's teacher-student agreement (spec section 5).
+"""Learning task: clean test accuracy of a trained run's teacher-student agreement (docs/method.md, 'One epoch').
 
 Prints the original's start-up lines and its `Best test acc selected by val is <acc>` line
 (for teacher.pth.tar / student.pth.tar), then ours, prefixed `[bkd] `, for the last epoch.
@@ -11,9 +11,8 @@ if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a t
 import os
 
 from bkd.config import ORIGINAL_TEST_BATCH, resolve_evaluation
-from bkd.engine import Precision, evaluate
+from bkd.engine import Nets, Precision, evaluate
 from bkd.data.loaders import make_loader
-from bkd.data.setup import load_run_data
 from bkd.models import PreResNet18
 from bkd import rundir as rd
 from bkd.utils.checkpoint import load_model
@@ -32,13 +31,14 @@ def build_parser():
 
 
 def load_pair(run_dir, teacher_name, student_name, device):
+    """The pair of checkpoints as Nets (fp32, NCHW) on `device`, and the teacher's checkpoint."""
     build = lambda num_classes, width: PreResNet18(num_classes, width)  # noqa: E731
     teacher, t_ckpt = load_model(os.path.join(run_dir, teacher_name), build)
     student, s_ckpt = load_model(os.path.join(run_dir, student_name), build)
     if t_ckpt.get("epoch") != s_ckpt.get("epoch"):
         raise DataError(f"{run_dir}: {teacher_name} (epoch {t_ckpt.get('epoch')}) and {student_name} "
                         f"(epoch {s_ckpt.get('epoch')}) are from different epochs")
-    return teacher.to(device), student.to(device), t_ckpt
+    return Nets(teacher.to(device), student.to(device), Precision(device)), t_ckpt
 
 
 def main(argv=None):
@@ -52,12 +52,9 @@ def main(argv=None):
 
 
 def evaluate_run(args, device, run_dir, metrics):
-    data = load_run_data(args, subset=rd.saved_subset(run_dir))
-    rd.check_run_data(run_dir, metrics, args, data.fingerprint())
-    for line in data.banner:
-        print(line)
+    data = rd.evaluated_data(args, run_dir, metrics)
     print(logfmt.BUILDING)
-    teacher, student, ckpt = load_pair(run_dir, rd.TEACHER, rd.STUDENT, device)
+    nets, ckpt = load_pair(run_dir, rd.TEACHER, rd.STUDENT, device)
     print(logfmt.BUILT)
     width, trained = ckpt["state_dict"]["conv1.weight"].shape[0], (metrics.get("config") or {}).get("width")
     if trained is not None and width != trained:
@@ -74,22 +71,22 @@ def evaluate_run(args, device, run_dir, metrics):
     computation = resolve_evaluation(args.reference, args.eval_batch_size)
     test_loader = make_loader(computation.loader, data.x_test, data.y_test, batch_size=computation.eval_batch_size, device=device,
                               mean=data.info["mean"], std=data.info["std"], num_workers=args.num_workers)
-    precision = Precision(device)
     with cuda_settings(device, computation.deterministic, computation.tf32):
-        evaluate_pairs(run_dir, ckpt, teacher, student, test_loader, precision, computation, device)
+        evaluate_pairs(run_dir, (nets, ckpt), test_loader, computation.eval_autograd)
 
 
-def evaluate_pairs(run_dir, ckpt, teacher, student, test_loader, precision, computation, device):
+def evaluate_pairs(run_dir, best, test_loader, autograd):
     """The best-by-validation pair (the original's line), then the last epoch's (ours), into metrics.json."""
-    best_acc = evaluate(teacher, student, test_loader, precision, autograd=computation.eval_autograd, description="test").accuracy
+    nets, ckpt = best
+    best_acc = evaluate(nets, test_loader, autograd=autograd, description="test").accuracy
     print(logfmt.learning(best_acc))
     print(logfmt.ours(f"{rd.TEACHER} / {rd.STUDENT} are from epoch {ckpt.get('epoch')}"), flush=True)
     results = {"best_epoch": ckpt.get("epoch"), "best_test_acc": best_acc}
     if os.path.exists(os.path.join(run_dir, rd.TEACHER_LAST)):
-        teacher, student, last = load_pair(run_dir, rd.TEACHER_LAST, rd.STUDENT_LAST, device)
+        nets, last = load_pair(run_dir, rd.TEACHER_LAST, rd.STUDENT_LAST, nets.device)
         last_acc = best_acc  # the same weights when the best epoch is the last (always with --reference)
         if last.get("epoch") != ckpt.get("epoch"):
-            last_acc = evaluate(teacher, student, test_loader, precision, autograd=computation.eval_autograd, description="test").accuracy
+            last_acc = evaluate(nets, test_loader, autograd=autograd, description="test").accuracy
         print(logfmt.ours(f"last epoch ({last.get('epoch')}) test acc is {last_acc}"))
         results.update(last_epoch=last.get("epoch"), last_test_acc=last_acc)
     update_json(os.path.join(run_dir, rd.METRICS), {"learning": results})

@@ -29,6 +29,7 @@ pytest; nothing is downloaded.
 (the code path, not inductor's speed, which would take longer than the whole check).
 """
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -225,7 +226,7 @@ def patch_for(mode, tiny_cpu):
 
 def copied_out(fn):
     """CUDA graphs (mode="reduce-overhead") hand out their static output memory, which the next replay overwrites:
-    forward_pair calls the teacher and then the student before it reads either output, so each is copied out."""
+    bkd.engine.Nets calls the teacher and then the student before it reads either output, so each is copied out."""
     def call(x):
         return fn(x).clone()
 
@@ -308,11 +309,10 @@ def measure_mode(name, device_name, size, result_path):
     import torch
 
     from bkd.config import TrainConfig, resolve_computation
-    from bkd.engine import StopFlag, evaluate, group_alphas, train_epoch
-    from bkd.outputs import Listener
-    from bkd.run import build, full_set_pass, resume_state, weights_snapshot
-    from bkd.state import MethodState
+    from bkd.engine import evaluate, group_alphas
+    from bkd.run import Job, Run
     from bkd.data.loaders import make_loader
+    from bkd.utils.logfmt import quiet
     from bkd.utils.runtime import cuda_settings, resolve_device, set_global_seeds
 
     spec = MODES[name]
@@ -345,19 +345,21 @@ def measure_mode(name, device_name, size, result_path):
         result[key] = timed(fn)[0] / per
         save_json(result, result_path)
 
-    quiet = lambda *a, **k: None  # noqa: E731
     with cuda_settings(device, computation.deterministic, computation.tf32, spec.fill_uninitialized_memory):
         set_global_seeds(0)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        result["build_s"], t = timed(lambda: build(config, data, device, computation, Listener(), quiet))
-        common = dict(epoch=0, n_epoch=SCHEDULE["n_epoch"], num_classes=size["classes"], print_freq=10 ** 9,
-                      channels_last=t.channels_last, log=quiet)
+        job = Job(dataclasses.replace(config, n_epoch=SCHEDULE["n_epoch"], print_freq=10 ** 9), data, device, computation,
+                  quiet)
+        result["build_s"], t = timed(lambda: Run(job))
         train = t.loaders["train"]
         warm, n = size["warmup_iters"], size["timed_iters"]
 
-        def iterations(iterator, count, **extra):
-            return lambda: train_epoch(*t.nets, Steps(train, iterator, count), t.optimizer, t.precision, **common, **extra)
+        def iterations(iterator, count, sample_alpha=None):
+            def steps():
+                t.loaders["train"], t.sample_alpha = Steps(train, iterator, count), sample_alpha
+                t.train_epoch()
+            return steps
 
         phase("first_batch_s", lambda: next(iter(train)))  # a pass's start: the PIL loader starts its workers
         it = iter(train)
@@ -370,23 +372,24 @@ def measure_mode(name, device_name, size, result_path):
         phase("robust_iteration_s", iterations(it, n, sample_alpha=alpha), per=n)
         result["iterations_per_epoch"] = len(train)
         result["train_tflops"] = result["flops_per_iteration"] / result["warmup_iteration_s"] / 1e12
-        evaluate(*t.nets, Steps(t.loaders["test"], iter(t.loaders["test"]), 2), t.precision, t.channels_last,
+        t.loaders["train"] = train
+        evaluate(t.nets, Steps(t.loaders["test"], iter(t.loaders["test"]), 2),
                  autograd=t.computation.eval_autograd)  # the evaluation graph
         for view in ("val", "test"):
-            phase(f"{view}_pass_s", lambda: evaluate(*t.nets, t.loaders[view], t.precision, t.channels_last,
-                                                     autograd=t.computation.eval_autograd))
+            phase(f"{view}_pass_s", lambda: evaluate(t.nets, t.loaders[view], autograd=t.computation.eval_autograd))
         if name == "default-eager":  # eager: another batch size costs no compilation
             sweep = result["test_pass_s_by_eval_batch"] = {}
             for batch in EVAL_BATCHES:
                 loader = make_loader("device", data.x_test, data.y_test, batch_size=batch, device=device,
                                      mean=data.info["mean"], std=data.info["std"])
-                evaluate(*t.nets, Steps(loader, iter(loader), 1), t.precision, t.channels_last)
-                sweep[batch] = timed(lambda: evaluate(*t.nets, loader, t.precision, t.channels_last))[0]
+                evaluate(t.nets, Steps(loader, iter(loader), 1))
+                sweep[batch] = timed(lambda: evaluate(t.nets, loader))[0]
                 save_json(result, result_path)
-        state = MethodState(stats={0: {}})
-        phase("full_set_pass_s", lambda: full_set_pass(t, state, 0, StopFlag(), config.seed))
-        t.snapshots = {1: weights_snapshot(t), 2: weights_snapshot(t)}  # an early warm-up epoch's state: two kept
-        result["state_host_copy_s"], saved = timed(lambda: resume_state(t, state, 2, device))
+        t.state.stats[0] = {}
+        phase("full_set_pass_s", lambda: t.full_set_pass(0))
+        t.snapshots = {1: t.weights(), 2: t.weights()}  # an early warm-up epoch's state: two kept
+        t.epoch = 2
+        result["state_host_copy_s"], saved = timed(t.resume_state)
         path = os.path.join(os.path.dirname(result_path), f"state_{name}.pth.tar")
         phase("state_write_s", lambda: save_torch(saved, path))
         result["state_mib"] = os.path.getsize(path) / 2**20

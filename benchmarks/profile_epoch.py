@@ -3,7 +3,7 @@
     python benchmarks/profile_epoch.py [--out benchmarks/results/profile_epoch.json]
 
 The quick preset's data and network (CIFAR-10N worst, seed 0, 4,000 images, width 16), built as a
-run builds them (bkd.run.build), in the reference mode and in the default mode, eager and compiled:
+run builds them (bkd.run.Run), in the reference mode and in the default mode, eager and compiled:
 the first training and full-set passes (where the compiled mode compiles its training and evaluation
 graphs, here from an empty compilation cache), then the training pass of a warm-up epoch and of a robust
 epoch, the full-set pass, the validation and test passes, and the bookkeeping of an epoch's end (resume
@@ -26,10 +26,9 @@ from benchmarks import SHARED  # noqa: E402
 import torch  # noqa: E402
 
 from bkd.config import TrainConfig, resolve_computation  # noqa: E402
-from bkd.engine import StopFlag, evaluate, group_alphas, train_epoch  # noqa: E402
-from bkd.outputs import Listener  # noqa: E402
-from bkd.run import build, full_set_pass, resume_state  # noqa: E402
-from bkd.state import MethodState  # noqa: E402
+from bkd.engine import evaluate, group_alphas  # noqa: E402
+from bkd.run import Job, Run  # noqa: E402
+from bkd.utils.logfmt import quiet  # noqa: E402
 from bkd.data.setup import load_run_data  # noqa: E402
 from flags import PRESETS  # noqa: E402
 from bkd.utils.files import save_json, save_torch  # noqa: E402
@@ -51,29 +50,22 @@ def profile(data, mode):
     config = TrainConfig(**quick, num_workers=2, **mode)
     set_global_seeds(0)
     device = torch.device("cpu")
-    t = build(config, data, device, resolve_computation(config, device), Listener(), log=lambda *a: None)
-    state, stop, quiet = MethodState(), StopFlag(), (lambda *a: None)
-    common = dict(epoch=0, n_epoch=config.n_epoch, num_classes=10, print_freq=10 ** 6, channels_last=t.channels_last, log=quiet)
-    out = {}
-    state.stats[0] = {}
-    seconds = {"first training + full-set pass (with compilation)": timed(lambda: (
-        train_epoch(*t.nets, t.loaders["train"], t.optimizer, t.precision, **common),
-        full_set_pass(t, state, 0, stop, config.seed)))}
-    seconds["training pass, warm-up"] = timed(lambda: out.update(train_epoch(*t.nets, t.loaders["train"], t.optimizer,
-                                                                              t.precision, **common)))
-    state.stats[0] = {}
-    seconds["full-set pass"] = timed(lambda: full_set_pass(t, state, 0, stop, config.seed))
+    t = Run(Job(config, data, device, resolve_computation(config, device), quiet))
+    t.config.print_freq = 10 ** 6
+    t.state.stats[0] = {}
+    seconds = {"first training + full-set pass (with compilation)": timed(lambda: (t.train_epoch(), t.full_set_pass(0)))}
+    seconds["training pass, warm-up"] = timed(lambda: setattr(t, "last", t.train_epoch()))
+    t.state.stats[0] = {}
+    seconds["full-set pass"] = timed(lambda: t.full_set_pass(0))
     for view in ("val", "test"):
-        seconds[f"{view} pass"] = timed(lambda: evaluate(*t.nets, t.loaders[view], t.precision, t.channels_last,
-                                                         autograd=t.computation.eval_autograd))
+        seconds[f"{view} pass"] = timed(lambda: evaluate(t.nets, t.loaders[view], autograd=t.computation.eval_autograd))
     groups = np.random.RandomState(0).randint(1, 5, len(data.train_pos))
-    alpha = group_alphas(groups, config.alphas, "cpu")
-    seconds["training pass, robust"] = timed(lambda: train_epoch(*t.nets, t.loaders["train"], t.optimizer, t.precision,
-                                                                 sample_alpha=alpha, **common))
+    t.sample_alpha = group_alphas(groups, config.alphas, "cpu")
+    seconds["training pass, robust"] = timed(t.train_epoch)
     with tempfile.TemporaryDirectory() as tmp:
         seconds["epoch end: resume state + metrics.json"] = timed(lambda: (
-            save_torch(resume_state(t, state, 0, device), os.path.join(tmp, "state.pth.tar")),
-            save_json({"mean_top_student": [out["mean_top_student"]]}, os.path.join(tmp, "metrics.json"))))
+            save_torch(t.resume_state(), os.path.join(tmp, "state.pth.tar")),
+            save_json({"mean_top_student": [t.last.mean_top_student]}, os.path.join(tmp, "metrics.json"))))
     seconds["data fingerprint (once per run)"] = timed(data.fingerprint)
     return seconds
 

@@ -62,26 +62,26 @@ def case_pipeline(kind, n, batch_size, workers, repeats=3):
 def case_epoch(kind, n, batch_size, workers, width, fast_arithmetic):
     """One warm-up epoch. `fast_arithmetic`: channels-last, foreach SGD and eval batch 256 (the new
     engine's defaults) instead of NCHW, per-parameter SGD and eval batch = training batch."""
-    from bkd.engine import Precision, evaluate, train_epoch
-    from bkd.models import PreResNet18
+    from bkd.config import Computation, TrainConfig
+    from bkd.data.custom import from_arrays
+    from bkd.data.setup import choose_images, custom_source
+    from bkd.engine import evaluate
+    from bkd.run import Job, Run
+    from bkd.utils.logfmt import quiet
 
     x, y, _ = images(n)
+    data = choose_images(custom_source(from_arrays(x, y)), 0, 0, 0)
+    config = TrainConfig(width=width, batch_size=batch_size, num_workers=workers, n_epoch=2, print_freq=10**9)
+    computation = Computation(loader=kind, eval_batch_size=256 if fast_arithmetic else batch_size,
+                              channels_last=fast_arithmetic, sgd_foreach=True if fast_arithmetic else None)
     torch.manual_seed(0)
-    teacher, student = PreResNet18(10, width), PreResNet18(10, width)
-    if fast_arithmetic:
-        teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
-    optimizer = torch.optim.SGD(list(teacher.parameters()) + list(student.parameters()), lr=0.02, momentum=0.9,
-                                weight_decay=5e-4, foreach=fast_arithmetic)
-    precision = Precision(torch.device("cpu"))
-    train = loader(kind, x, y, batch_size, True, AUG, workers)
-    full = loader(kind, x, y, 256 if fast_arithmetic else batch_size, False, AUG, workers)
-    quiet = lambda *a: None  # noqa: E731
+    run = Run(Job(config, data, torch.device("cpu"), computation, quiet))
     times = []
     for epoch in range(2):  # the first epoch warms up the allocator; report the second
         start = time.perf_counter()
-        train_epoch(teacher, student, train, optimizer, precision, epoch=epoch, n_epoch=2, num_classes=10, print_freq=10**9, log=quiet,
-                    channels_last=fast_arithmetic)
-        evaluate(teacher, student, full, precision, channels_last=fast_arithmetic)
+        run.epoch = epoch
+        run.train_epoch()
+        evaluate(run.nets, run.loaders["full"])
         times.append(time.perf_counter() - start)
     return {"seconds_per_epoch": times[-1], "first_epoch_seconds": times[0]}
 

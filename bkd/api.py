@@ -23,9 +23,10 @@ from bkd import resume
 from bkd import rundir as rd
 from bkd.config import TrainConfig, check_config, custom_selection, resolve_computation
 from bkd.engine import StopFlag
+from bkd.utils.logfmt import quiet
 from bkd.issues import rank_label_issues
-from bkd.outputs import Listeners, Results, RunFiles, writes_in_background
-from bkd.run import fit
+from bkd.outputs import RunFiles, writes_in_background
+from bkd.run import Job, Saved, fit
 from bkd.data.custom import from_arrays
 from bkd.data.setup import choose_images, custom_source
 from bkd.utils.errors import UsageError
@@ -58,41 +59,36 @@ def find_label_issues(images, labels, *, classes=None, ids=None, device="auto", 
     computation = resolve_computation(config, device)
     data = choose_images(custom_source(from_arrays(images, labels, classes, ids, keep_size=keep_image_size)), config.subset,
                          config.seed, config.val_ratio)
-    log = print if verbose else _quiet
-    results = Results()
+    job = Job(config, data, device, computation, print if verbose else quiet)
     with preserved_global_rng():  # the run seeds the global generators; the caller's come back as they were
         if run_dir is None:
-            state = fit(config, data, device, computation, results, log=log, stop=StopFlag())
-            return _result(data, results.event, state)
-        return _in_run_dir(run_dir, config, computation, data, device, results, log, custom_selection(keep_image_size))
+            return _result(data, fit(job, stop=StopFlag()))
+        return _in_run_dir(run_dir, job, custom_selection(keep_image_size))
 
 
-def _quiet(*args):
-    pass
+def _result(data, state, split=None):
+    split = split or state.split_result()
+    p = np.asarray(split.label_prob)
+    return LabelIssues(np.asarray(data.subset), np.asarray(data.subset)[rank_label_issues(p)], p, np.asarray(split.agreed),
+                       np.asarray(split.detected), np.asarray(split.probs), np.asarray(split.groups), state.overfit_epoch)
 
 
-def _result(data, event, state):
-    p = np.asarray(event.label_prob)
-    return LabelIssues(np.asarray(data.subset), np.asarray(data.subset)[rank_label_issues(p)], p, np.asarray(event.agreed),
-                       np.asarray(event.detected), np.asarray(event.probs), np.asarray(state.full_groups), state.overfit_epoch)
-
-
-def _in_run_dir(path, config, computation, data, device, results, log, chosen):
+def _in_run_dir(path, job, chosen):
     """With a run directory: resume it (the same data and arguments), write its files, read the result back."""
     run = rd.RunDir(path)
-    identity = resume.identity(config, computation, data, device, chosen)
+    identity = resume.identity(job.config, job.computation, job.data, job.device, chosen)
     saved = None
     if os.path.exists(run.file(rd.STATE)):
         saved = resume.load(run.file(rd.STATE), resume.API)
-        resume.check(saved, identity, run.file(rd.STATE), resume.API, log)
+        resume.check(saved, identity, run.file(rd.STATE), resume.API, job.log)
     run.open(resume=saved is not None, elsewhere="give another run_dir")
     try:
-        files = RunFiles(run, data, config, identity, {"api": True, **identity["args"]}, machine_info(device, computation),
-                         log, background=writes_in_background(device))
-        state = fit(config, data, device, computation, Listeners(files, results), log=log, resume=saved,
-                    resume_name=run.file(rd.STATE), stop=StopFlag())
+        files = RunFiles(run, job.data, identity, {"api": True, **identity["args"]},
+                         machine_info(job.device, job.computation), job.log, background=writes_in_background(job.device))
+        state = fit(job, [files], resume=saved and Saved(run.file(rd.STATE), saved), stop=StopFlag())
     finally:
         run.close()
-    if results.event is None:  # a finished run read back: the split's files hold the result
-        results.event = rd.read_split(run, len(data.subset))
-    return _result(data, results.event, state)
+    split = state.split_result()
+    if split.probs is None:  # a resume state of an earlier version: the split's files hold the result
+        split = rd.read_split(run, split)
+    return _result(job.data, state, split)

@@ -33,22 +33,23 @@ class Curves:
             self.writer = self._open()
         return self.writer is not None
 
-    def epoch(self, epoch, row, state):
+    def epoch(self, epoch, lr, state):
         if not self._writing():
             return
         loss, naive, comp = state.losses[-1]
-        values = {"loss/total": loss, "loss/naive": naive, "loss/compensation": comp, "lr": row["lr"],
-                  "student_mean_top_probability": state.mean_top_all[-1], "accuracy/validation": row.get("val_acc"),
-                  "accuracy/test": row.get("test_acc"), "epoch_seconds": state.epoch_seconds[-1]}
+        values = {"loss/total": loss, "loss/naive": naive, "loss/compensation": comp, "lr": lr,
+                  "student_mean_top_probability": state.mean_top_all[-1],
+                  "accuracy/validation": state.accuracy_at(epoch, "val"), "accuracy/test": state.accuracy_at(epoch, "test"),
+                  "epoch_seconds": state.epoch_seconds[-1]}
         for tag, value in values.items():
             if value is not None:
                 self.writer.add_scalar(tag, value, epoch)
         self.writer.flush()  # a kill keeps every completed epoch's values
 
-    def split(self, event):
+    def split(self, state, split):
         if not self._writing():
             return
-        state, step = event.state, event.epoch
+        step = split.epoch
         add = self.writer.add_scalar
         if state.overfit_epoch is not None:
             add("split/overfitting_epoch", state.overfit_epoch, step)
@@ -56,9 +57,9 @@ class Curves:
             add(f"split/otsu_{tag}", state.full_split[key], step)
         for group in range(1, 5):
             add(f"split/group_{group}_size", int((state.groups == group).sum()), step)
-        self.writer.add_histogram("split/agreement_of_given_labels", event.label_prob, step)
+        self.writer.add_histogram("split/agreement_of_given_labels", split.label_prob, step)
         if self.truly_noisy is not None and self.truly_noisy.any():
-            scores = detection_scores(event.detected, self.truly_noisy)
+            scores = detection_scores(split.detected, self.truly_noisy)
             for key in ("precision", "recall", "f1"):
                 add(f"detection/{key}", scores[key], step)
             if (state.ranking or {}).get("auroc") is not None:

@@ -1,21 +1,22 @@
-"""One epoch of BKD training and the evaluation passes, wiring the pieces of bkd.method.
+"""The machinery under the loop: the arithmetic of the forward passes (Precision), the networks as the run calls them
+(Nets, compiled or not), the evaluation pass, and the stop flag that turns SIGINT/SIGTERM into a clean stop.
 
-The order of operations inside an iteration is the original's (spec section 7), so the
-same code serves the default mode and the reference mode; the modes differ only in the
-loader, the optimiser call, the memory format and the precision handed in here.
-Statistics stay on the training device; values are read back to the host only when a
-progress line is printed, a trace is recorded, or the epoch ends.
+Statistics stay on the training device; values are read back to the host only when a line is printed, a trace is
+recorded, or a pass ends.
 """
 import contextlib
+import functools
 import signal
 import sys
 from dataclasses import dataclass
 
 import torch
 
-from bkd.method import agreement, compensation_loss, label_probability, one_hot, robust_targets, teacher_loss
+from torch._functorch import config as functorch_config
+
+from bkd.method import agreement, label_probability
 from bkd.utils import logfmt
-from bkd.utils.errors import DivergedError, Interrupted, first_line
+from bkd.utils.errors import Interrupted, first_line
 
 
 class Precision:
@@ -76,7 +77,7 @@ def use_channels_last(requested, device, width):
 
 
 class CompiledPair:
-    """torch.compile for teacher and student, with eager as the fallback.
+    """torch.compile for teacher and student, with eager as the fallback; `nets` are the two forward functions.
 
     One graph per mode and the batch size that mode mostly sees: training batches in train mode and evaluation
     batches in eval mode. Any other batch size (an epoch's last batch) runs eager, so an odd size costs no
@@ -86,14 +87,15 @@ class CompiledPair:
     """
 
     def __init__(self, teacher, student, batch_sizes, log):
-        self.nets = (teacher, student)
+        self.modules = (teacher, student)
         self.batch_sizes = batch_sizes  # {True: training batch size, False: evaluation batch size}
         self.log = log
         self.announced = set()
         try:
-            self.compiled = tuple(torch.compile(net, dynamic=False) for net in self.nets)
+            self.compiled = tuple(torch.compile(net, dynamic=False) for net in self.modules)
         except Exception as err:  # torch.compile unsupported here (platform, Python version)
             self._fall_back(err)
+        self.nets = tuple(functools.partial(self, which) for which in (0, 1))
 
     def _fall_back(self, err):
         self.compiled = None
@@ -101,7 +103,7 @@ class CompiledPair:
                              "the attempt)"))
 
     def __call__(self, which, x):
-        net = self.nets[which]
+        net = self.modules[which]
         if self.compiled is None or len(x) != self.batch_sizes[net.training]:
             return net(x)
         mode = "training" if net.training else "evaluation"
@@ -110,7 +112,10 @@ class CompiledPair:
             self.log(logfmt.ours(f"torch.compile: compiling the networks for {mode} at batch {len(x)} (once per "
                                  "process: a minute or two the first time, seconds from the cache; --no_compile skips it)"))
         try:
-            with _backward_compiled_with_forward():
+            # A graph's backward is compiled at its first backward pass by default, outside this try, where a failure
+            # would end the run instead of falling back. functorch's (private) force_non_lazy_backward_lowering
+            # compiles it here, with the forward (tests/test_compile.py shows the difference).
+            with functorch_config.patch(**NON_LAZY_BACKWARD):
                 return self.compiled[which](x)
         except Exception as err:
             if not compilation_failed(err):  # out of memory, a device-side assert, ...: not the compiler's, not retried
@@ -118,53 +123,16 @@ class CompiledPair:
             self._fall_back(err)
             return net(x)
 
-    @property
-    def teacher(self):
-        return _Forward(self, 0)
 
-    @property
-    def student(self):
-        return _Forward(self, 1)
+# (older torch versions compile the backward with the forward anyway, and have no such setting)
+NON_LAZY_BACKWARD = ({"force_non_lazy_backward_lowering": True}
+                     if hasattr(functorch_config, "force_non_lazy_backward_lowering") else {})
 
 
 def compilation_failed(err):
-    """Did torch.compile fail (dynamo or inductor: a graph it cannot trace, a compiler missing or failing)? An error of
-    the computation itself (out of memory, a device-side assert) is not a compilation failure."""
-    if isinstance(err, torch.cuda.OutOfMemoryError):  # (torch.OutOfMemoryError from torch 2.5 on: the same class)
-        return False
-    kinds = []
-    for module, names in (("torch._dynamo.exc", ("TorchDynamoException",)),
-                          ("torch._inductor.exc", ("CppCompileError", "InvalidCxxCompiler", "OperatorIssue",
-                                                   "CppWrapperCodegenError", "SubgraphLoweringException")),
-                          ("triton.compiler.errors", ("CompilationError",))):
-        found = sys.modules.get(module)
-        kinds += [getattr(found, name) for name in names if isinstance(getattr(found, name, None), type)]
-    return isinstance(err, tuple(kinds))
-
-
-def _backward_compiled_with_forward():
-    """Compile the backward graph with the forward graph (torch compiles it at the first backward by default), so
-    that a failure to compile it surfaces here, where the run can still go on eager."""
-    try:
-        from torch._functorch import config
-    except ImportError:
-        return contextlib.nullcontext()
-    if not hasattr(config, "force_non_lazy_backward_lowering"):
-        return contextlib.nullcontext()
-    return config.patch(force_non_lazy_backward_lowering=True)
-
-
-class _Forward:
-    """One network of a CompiledPair: called like the network, and the network for everything else."""
-
-    def __init__(self, pair, which):
-        self.pair, self.which = pair, which
-
-    def __call__(self, x):
-        return self.pair(self.which, x)
-
-    def __getattr__(self, name):  # train(), eval(), parameters(), ...
-        return getattr(self.pair.nets[self.which], name)
+    """Did torch.compile fail (an error of dynamo, inductor or triton: a graph it cannot trace, a compiler missing or
+    failing)? An error of the computation itself (out of memory, a device-side assert) is not a compilation failure."""
+    return type(err).__module__.startswith(("torch._dynamo", "torch._inductor", "triton"))
 
 
 def progress(iterable, description, total=None):
@@ -176,84 +144,30 @@ def progress(iterable, description, total=None):
     return tqdm(iterable, desc=description, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
-def forward_pair(teacher, student, x, precision, channels_last=False):
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with precision.autocast():
-        zt, zs = teacher(x), student(x)
-    return zt.float(), zs.float()
+class Nets:
+    """Teacher and student as a run calls them: the two modules, the functions that run their forward passes (the
+    modules, or CompiledPair.nets), the arithmetic (Precision) and whether inputs go channels-last."""
 
+    def __init__(self, teacher, student, precision, channels_last=False, forward=None):
+        self.teacher, self.student, self.precision, self.channels_last = teacher, student, precision, channels_last
+        self.forward = forward or (teacher, student)
 
-LABEL_PROB_KEYS = ("teacher", "student", "agreement")  # pT[y], pS[y], pA[y]
+    def __call__(self, x):
+        """(teacher logits, student logits) of a batch, in float32. Both forward passes run before either output is
+        read (a CUDA graph's outputs are copied out by its caller: benchmarks/gpu_check.py)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.precision.autocast():
+            zt, zs = self.forward[0](x), self.forward[1](x)
+        return zt.float(), zs.float()
 
+    def train(self, mode=True):
+        self.teacher.train(mode)
+        self.student.train(mode)
 
-def _ignore(*args):
-    pass
-
-
-def train_epoch(teacher, student, loader, optimizer, precision, *, epoch, n_epoch, num_classes, sample_alpha=None,
-                detach_target=False, print_freq=100, channels_last=False, stop=None, log=print, on_iteration=_ignore):
-    """One epoch. Warm-up when `sample_alpha` is None, else the robust phase with per-sample alphas.
-
-    `detach_target` (not the original) stops the robust target's gradient into the student.
-    `on_iteration(epoch, i, idx, x, y, target, loss, naive, comp)` hears every iteration (a trace records it).
-    Returns dict(mean_top_student (a float32 value, as the original accumulates it), label_prob: the teacher's,
-    student's and agreed probability of each sample's label (dict of (N,) tensors), loss, naive, comp (epoch means)).
-    """
-    teacher.train()
-    student.train()
-    device = next(teacher.parameters()).device
-    n = loader.num_samples
-    warmup = sample_alpha is None
-    probs = torch.zeros(3, n, device=device)  # pT[y], pS[y], pA[y] by sample index
-    sum_max_student = 0  # running float32 sum of max_c pS, as the original
-    sums = torch.zeros(3, device=device)  # loss, naive, comp, weighted by batch size (our epoch summary)
-    first_bad = torch.tensor(-1, device=device)
-    last_iter = n // loader.batch_size  # the original prints len(train set) // batch size as the last iteration
-    bar = progress(loader, f"epoch {epoch}", total=len(loader))
-    printed = i = 0
-    for i, (x, y, idx) in enumerate(bar):
-        if stop is not None:
-            stop.check(f"epoch {epoch}, iteration {i}")
-        zt, zs = forward_pair(teacher, student, x, precision, channels_last)
-        onehot = one_hot(y, num_classes)
-        comp = compensation_loss(zt, zs, onehot)
-        ps, pt = zs.softmax(dim=1), zt.softmax(dim=1)
-        with torch.no_grad():
-            probs[:, idx] = torch.stack([label_probability(p, y) for p in (pt, ps, agreement(pt, ps))])
-            sum_max_student = sum_max_student + ps.max(dim=1)[0].sum()
-        target = onehot if warmup else robust_targets(onehot, ps.detach() if detach_target else ps, sample_alpha[idx])
-        naive = teacher_loss(zt, target)
-        loss = naive + comp
-        precision.step(loss, optimizer)
-        with torch.no_grad():
-            sums += torch.stack([loss, naive, comp]) * len(y)
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
-        on_iteration(epoch, i, idx, x, y, target, loss, naive, comp)
-        if i % print_freq == 0:
-            _check_finite(first_bad, epoch)
-            printed = i
-            log(logfmt.iteration(epoch, n_epoch, i, last_iter, loss.item(), naive.item(), comp.item()))
-            if bar is not loader:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    _check_finite(first_bad, epoch)
-    if printed != i:
-        log(logfmt.iteration(epoch, n_epoch, i, last_iter, loss.item(), naive.item(), comp.item()))
-    log("")
-    totals = (sums / n).tolist()
-    return {
-        "mean_top_student": (sum_max_student / n).item(),
-        "label_prob": dict(zip(LABEL_PROB_KEYS, probs)),
-        "loss": totals[0],
-        "naive": totals[1],
-        "comp": totals[2],
-    }
-
-
-def _check_finite(first_bad, epoch):
-    bad = int(first_bad)
-    if bad >= 0:
-        raise DivergedError(f"non-finite loss at epoch {epoch}, iteration {bad} (lower --lr); stopped before saving the epoch")
+    @property
+    def device(self):
+        return next(self.teacher.parameters()).device
 
 
 @dataclass
@@ -267,12 +181,10 @@ class Pass:
     probs: torch.Tensor = None  # (N, C) agreement probabilities, with keep_probs=True
 
 
-def evaluate(teacher, student, loader, precision, channels_last=False, autograd=False, description="evaluation",
-             keep_probs=False):
-    """Eval-mode pass over `loader`. `autograd=True` keeps autograd on, as the original's evaluation does."""
-    teacher.eval()
-    student.eval()
-    device = next(teacher.parameters()).device
+def evaluate(nets, loader, autograd=False, description="evaluation", keep_probs=False):
+    """Eval-mode pass of `nets` over `loader`. `autograd=True` keeps autograd on, as the original's evaluation does."""
+    nets.train(False)
+    device = nets.device
     correct = torch.zeros((), dtype=torch.long, device=device)
     label_prob, agreed_prob = torch.zeros(2, loader.num_samples, device=device)
     agreed = torch.zeros(loader.num_samples, dtype=torch.long, device=device)
@@ -280,7 +192,7 @@ def evaluate(teacher, student, loader, precision, channels_last=False, autograd=
     total = 0
     with torch.set_grad_enabled(autograd):
         for x, y, idx in progress(loader, description, total=len(loader)):
-            zt, zs = forward_pair(teacher, student, x, precision, channels_last)
+            zt, zs = nets(x)
             pa = agreement(zt.softmax(dim=1), zs.softmax(dim=1)).detach()
             top_prob, top = pa.max(dim=1)
             correct += (pa.argmax(dim=1) == y).sum()

@@ -1,11 +1,9 @@
-"""Who hears what a training run does. The run (bkd/run.py) announces events; listeners decide what they mean.
+"""What a run writes, and when. The loop (bkd/run.py) tells its outputs what happened; each decides what it means.
 
-* `Listener`: the events, each a no-op; subclass what you need.
-* `RunFiles`: every file of a run directory (checkpoints best and last, detection.npy, agreement.npy,
-  pred_probs.npy, label_issues.csv, metrics.json and the resume state), written from host copies on a thread of
-  their own, in order, so that the training does not wait for the disk; and its TensorBoard curves (bkd/curves.py).
-* `Results`: keeps the split in memory (the Python API without a run directory).
-* `Listeners`: several listeners as one, called in order (files first, so a trace can read them).
+* `Output`: the events, each a no-op here; an output defines those it needs. Every event gets the Run (bkd.run.Run),
+  whose `epoch`, networks, `state` (MethodState) and `last` training pass it may read, never change.
+* `RunFiles`: every file of a run directory, as the table in its docstring says, and its TensorBoard curves
+  (bkd/curves.py). A trace (bkd/trace.py, --trace) is another output.
 """
 import copy
 import os
@@ -21,77 +19,25 @@ from bkd.utils.files import BackgroundWriter, save_json, save_numpy, save_torch
 from bkd.utils.metrics import detection_scores
 
 
-class Listener:
-    def built(self, teacher, student):
-        """Both networks exist, initialised, before anything else draws a random number."""
-
-    def start(self, start_epoch):
+class Output:
+    def start(self, run, start_epoch):
         """Data, networks and loaders are ready; training starts at `start_epoch` (> 0: resumed)."""
 
-    def epoch_start(self, epoch):
-        pass
+    def iteration(self, run, step):
+        """A training iteration ended (a bkd.run.Step)."""
 
-    def iteration(self, epoch, i, idx, x, y, target, loss, naive, comp):
-        pass
-
-    def checkpoint(self, kind, epoch, teacher, student, best):
+    def checkpoint(self, run, kind, best):
         """kind: 'best_val' (a new best validation accuracy) or 'end_of_training' (after the last epoch); `best`: these
         weights are (now) the best-by-validation checkpoint (the reference mode's end save is too, as the original's)."""
 
-    def split(self, event):
-        """The Otsu split of `event.epoch` (a SplitEvent): training groups fixed, detection decided."""
+    def split(self, run):
+        """The Otsu split of `run.state.split_epoch` is made: training groups fixed, detection decided."""
 
-    def epoch_end(self, epoch, row, teacher, student, resume_state, state):
-        """Epoch `epoch` is complete: `resume_state` (host memory) continues the run from here, `state` is the method's
-        MethodState."""
+    def epoch_end(self, run):
+        """Epoch `run.epoch` is complete; `run.resume_state()` continues the run from here."""
 
     def finish(self):
         """The run stops, finished or not: whatever is pending is completed (or its error raised)."""
-
-
-class Listeners(Listener):
-    """Several listeners as one, called in the order given."""
-
-    def __init__(self, *listeners):
-        self.listeners = [listener for listener in listeners if listener is not None]
-
-    def _each(self, event, *args, **kwargs):
-        for listener in self.listeners:
-            getattr(listener, event)(*args, **kwargs)
-
-    def built(self, *args):
-        self._each("built", *args)
-
-    def start(self, *args):
-        self._each("start", *args)
-
-    def epoch_start(self, *args):
-        self._each("epoch_start", *args)
-
-    def iteration(self, *args):
-        self._each("iteration", *args)
-
-    def checkpoint(self, *args, **kwargs):
-        self._each("checkpoint", *args, **kwargs)
-
-    def split(self, *args):
-        self._each("split", *args)
-
-    def epoch_end(self, *args):
-        self._each("epoch_end", *args)
-
-    def finish(self):
-        self._each("finish")
-
-
-class Results(Listener):
-    """The split's results in memory."""
-
-    def __init__(self):
-        self.event = None
-
-    def split(self, event):
-        self.event = event
 
 
 def writes_in_background(device):
@@ -101,26 +47,34 @@ def writes_in_background(device):
     return device.type == "cuda"
 
 
-class RunFiles(Listener):
-    """Every file a training run writes into its run directory.
+class RunFiles(Output):
+    """Every file a training run writes into its run directory (docs/layout.md):
+
+    | file | written |
+    | --- | --- |
+    | train_subset.npy | at the start of a fresh run with --subset |
+    | teacher.pth.tar, student.pth.tar | at a new best validation accuracy (and at the end where none was above 0) |
+    | teacher_last.pth.tar, student_last.pth.tar | after the last epoch |
+    | detection.npy, agreement.npy, pred_probs.npy, label_issues.csv | at the split, all or none |
+    | state.pth.tar (the resume state), metrics.json | at the end of every epoch, after the files above |
+    | events.out.tfevents.* (TensorBoard) | every epoch and at the split |
 
     The training thread copies what is to be written into host memory; a BackgroundWriter writes the files, in
-    the order of the events (on their own thread where `background`, see writes_in_background). An epoch's resume
-    state and metrics.json are written after its checkpoints and split files; the next epoch's end waits until
-    they are on disk, so at most one epoch is pending: a kill at any moment leaves the complete files of the last
-    or the one but last epoch (resume continues from there, as from any kill); an interrupt or an error waits
-    for them (`finish`).
+    the order of the events (on their own thread where `background`, see writes_in_background). The next epoch's
+    end waits until the previous epoch's files are on disk, so at most one epoch is pending: a kill at any moment
+    leaves the complete files of the last or the one but last epoch (resume continues from there, as from any kill);
+    an interrupt or an error waits for them (`finish`).
     """
 
-    def __init__(self, run_dir, data, config, identity, flags, machine, log=print, background=False):
-        self.run, self.data, self.config = run_dir, data, config
+    def __init__(self, run_dir, data, identity, flags, machine, log=print, background=False):
+        self.run, self.data = run_dir, data
         self.identity = identity  # what a resumed run must match (bkd.resume.identity)
         self.flags, self.machine = flags, machine  # for metrics.json
         self.log = log
         self.writer = BackgroundWriter(background)
         self.curves = Curves(run_dir.path, data.truly_noisy, log)
 
-    def start(self, start_epoch):
+    def start(self, run, start_epoch):
         if start_epoch == 0:
             self.run.start_fresh()  # leftovers go, an --overwritten run goes aside: only now that everything is ready
             if len(self.data.subset) != len(self.data.given):
@@ -129,42 +83,40 @@ class RunFiles(Listener):
             self.log(logfmt.ours(notice))
         self.curves.start(start_epoch)
 
-    def _save_pair(self, teacher_name, student_name, epoch, teacher, student):
-        num_classes = self.data.info["num_classes"]
-        for name, net in ((teacher_name, teacher), (student_name, student)):
-            self.writer.submit(save_torch, model_checkpoint(net, epoch, num_classes, self.config.width), self.run.file(name))
+    def checkpoint(self, run, kind, best):
+        names = ([(rd.TEACHER, rd.STUDENT)] if best else []) + ([(rd.TEACHER_LAST, rd.STUDENT_LAST)]
+                                                                 if kind == "end_of_training" else [])
+        for pair in names:
+            for name, net in zip(pair, (run.teacher, run.student)):
+                checkpoint = model_checkpoint(net, run.epoch, self.data.info["num_classes"], run.config.width)
+                self.writer.submit(save_torch, checkpoint, self.run.file(name))
 
-    def checkpoint(self, kind, epoch, teacher, student, best):
-        if best:
-            self._save_pair(rd.TEACHER, rd.STUDENT, epoch, teacher, student)
-        if kind == "end_of_training":
-            self._save_pair(rd.TEACHER_LAST, rd.STUDENT_LAST, epoch, teacher, student)
+    def split(self, run):
+        result = run.state.split_result()
+        self.writer.submit(self._write_split, result, self.data.ids[self.data.subset])
+        self.curves.split(run.state, result)
 
-    def split(self, event):
-        self.writer.submit(self._write_split, event, self.data.ids[self.data.subset])
-        self.curves.split(event)
-
-    def _write_split(self, event, ids):
+    def _write_split(self, split, ids):
         """The split's files, all or none: a failed write removes those written before it. (metrics.json, written
         with the epoch's resume state after them, records the split: the evaluations trust the files only then.)"""
         try:
-            save_numpy(event.detected, self.run.file(rd.DETECTION))
-            save_numpy(event.label_prob, self.run.file(rd.AGREEMENT))
-            if event.probs is not None:  # (a run resumed from a state of an earlier version has none)
-                save_numpy(event.probs, self.run.file(rd.PRED_PROBS))
-            write_label_issues(self.run.file(rd.LABEL_ISSUES), self.data.labels, event.label_prob, event.agreed,
-                               event.agreed_prob, event.state.full_groups, self.data.classes, ids, self.data.subset)
+            save_numpy(split.detected, self.run.file(rd.DETECTION))
+            save_numpy(split.label_prob, self.run.file(rd.AGREEMENT))
+            if split.probs is not None:  # (a run resumed from a state of an earlier version has none)
+                save_numpy(split.probs, self.run.file(rd.PRED_PROBS))
+            write_label_issues(self.run.file(rd.LABEL_ISSUES), self.data.labels, split.label_prob, split.agreed,
+                               split.agreed_prob, split.groups, self.data.classes, ids, self.data.subset)
         except BaseException:
             for name in rd.SPLIT_FILES:
                 if self.run.has(name):
                     os.remove(self.run.file(name))
             raise
 
-    def epoch_end(self, epoch, row, teacher, student, resume_state, state):
+    def epoch_end(self, run):
         self.writer.drain()  # the previous epoch's files are on disk (or their error is raised here)
-        metrics = copy.deepcopy(self.metrics(state, epoch + 1))  # the training goes on changing `state`
-        self.writer.submit(self._write_epoch, dict(resume_state, **self.identity), metrics)
-        self.curves.epoch(epoch, row, state)
+        metrics = copy.deepcopy(self.metrics(run.state, run.epoch + 1))  # the training goes on changing the state
+        self.writer.submit(self._write_epoch, dict(run.resume_state(), **self.identity), metrics)
+        self.curves.epoch(run.epoch, run.last.lr, run.state)
 
     def _write_epoch(self, resume_state, metrics):
         save_torch(resume_state, self.run.file(rd.STATE))

@@ -4,7 +4,7 @@ import fcntl
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
+import dataclasses
 
 import numpy as np
 
@@ -228,21 +228,10 @@ def lock_held(path):
     return False
 
 
-@dataclass
-class SplitFiles:
-    """A run's split as its files hold it (what bkd.run.SplitEvent carried), for a finished run read back."""
-
-    label_prob: np.ndarray  # agreement.npy
-    detected: np.ndarray  # detection.npy
-    probs: np.ndarray  # pred_probs.npy
-
-    @property
-    def agreed(self):
-        return self.probs.argmax(axis=1)
-
-
-def read_split(run, num_images):
-    """The split files of a finished run (bkd.api reads a run directory back)."""
+def read_split(run, split):
+    """`split` (a bkd.state.Split) with what the split files of a finished run hold (bkd.api reads a run directory
+    back whose resume state an earlier version wrote)."""
+    num_images = len(split.detected)
     arrays = []
     for name in (AGREEMENT, DETECTION, PRED_PROBS):
         try:
@@ -251,7 +240,9 @@ def read_split(run, num_images):
             raise DataError(f"{run.file(name)}: unreadable ({first_line(err)}); give another run_dir") from None
         if len(arrays[-1]) != num_images:
             raise DataError(f"{run.file(name)}: {len(arrays[-1])} entries for {num_images} images; give another run_dir")
-    return SplitFiles(*arrays)
+    label_prob, detected, probs = arrays
+    return dataclasses.replace(split, label_prob=label_prob, detected=detected, probs=probs, agreed=probs.argmax(axis=1),
+                               agreed_prob=probs.max(axis=1))
 
 
 def saved_subset(run_dir):
@@ -324,6 +315,18 @@ def check_split(run_dir, metrics):
         raise DataError(f"{run_dir}: metrics.json records no split, so {', '.join(present) or 'its split files'} "
                         "cannot be trusted (the training stopped while writing them?); resume the training with --resume "
                         "to redo the split")
+
+
+def evaluated_data(args, run_dir, metrics, images=True):
+    """learning.py's and detection.py's data: the run's (its subset), checked to be the data it was trained on, with the
+    original's start-up lines printed. Without `images`, labels only: training checked them against the images."""
+    from bkd.data.setup import load_run_data
+
+    data = load_run_data(args, subset=saved_subset(run_dir), val_ratio=None if images else 0.0, with_images=images)
+    check_run_data(run_dir, metrics, args, data.fingerprint())
+    for line in data.banner:
+        print(line)
+    return data
 
 
 def check_run_data(run_dir, metrics, args, fingerprint, log=print):

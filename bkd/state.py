@@ -4,7 +4,22 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from bkd.utils.checkpoint import convert
 from bkd.method import assign_groups, find_overfitting_epoch, first_detectable_epoch, may_still_pick, otsu_split
+
+
+@dataclass
+class Split:
+    """What the split decided, per image of the run (the full set): detection.npy, agreement.npy, pred_probs.npy and
+    label_issues.csv hold it."""
+
+    epoch: int  # whose statistics were split
+    detected: np.ndarray  # bool: group 4 of the full-set split, the label flagged as noisy
+    label_prob: np.ndarray  # pA[y], the agreed probability of the given label (the ranking key)
+    agreed: np.ndarray  # the label teacher and student agree on
+    agreed_prob: np.ndarray  # its agreed probability
+    probs: np.ndarray  # (N, C) agreement probabilities (None in a resume state of an earlier version)
+    groups: np.ndarray  # trust group 1..4
 
 
 @dataclass
@@ -57,7 +72,7 @@ class MethodState:
         self.stats[epoch].update(full=full_stat, full_agreed=agreed, full_agreed_prob=agreed_prob, full_probs=probs)
 
     def split_at(self, epoch):
-        """Split the statistics of `epoch` (spec 4.6); fixes the training groups, returns the detection mask."""
+        """Otsu split of the statistics of `epoch`; fixes the training groups, returns the detection mask."""
         stats = self.stats[epoch]
         self.split_epoch = epoch
         self.split = otsu_split(stats["train"])
@@ -67,20 +82,24 @@ class MethodState:
         self.detected = self.full_groups == 4
         return self.detected
 
+    def accuracy_at(self, epoch, which):
+        """The validation ("val") or test ("test") accuracy measured at `epoch`, or None."""
+        measured = self.val_acc if which == "val" else self.test_acc
+        return measured[-1][1] if measured and measured[-1][0] == epoch else None
+
+    def split_result(self):
+        """The split's result (None before the split)."""
+        if self.split_epoch is None:
+            return None
+        full = self.stats[self.split_epoch]
+        return Split(self.split_epoch, self.detected, full["full"], full.get("full_agreed"), full.get("full_agreed_prob"),
+                     full.get("full_probs"), self.full_groups)
+
     def state_dict(self):
         """Plain containers and tensors only, so it loads with torch.load(weights_only=True)."""
-        return _convert(asdict(self), np.ndarray, torch.from_numpy)
+        return convert(asdict(self), np.ndarray, torch.from_numpy)
 
     @classmethod
     def from_state_dict(cls, state):
-        return cls(**_convert(state, torch.Tensor, lambda t: t.numpy()))
+        return cls(**convert(state, torch.Tensor, lambda t: t.numpy()))
 
-
-def _convert(obj, kind, fn):
-    if isinstance(obj, kind):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: _convert(v, kind, fn) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_convert(v, kind, fn) for v in obj)
-    return obj

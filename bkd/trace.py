@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from bkd.outputs import Output
 from bkd.utils.errors import DataError
 from bkd.utils.files import read_json_object, save_json
 from bkd.utils.hashing import array_sha256, file_sha256
@@ -24,115 +25,86 @@ def state_sha256(module):
     return array_sha256(*module.state_dict().values())
 
 
-class TraceRecorder:
-    """Collects a run's trace; `save()` writes it atomically (after every epoch, so a killed run keeps one)."""
+class Trace(Output):
+    """Records a run's trace from its events (after the files: bkd.outputs); written atomically after every epoch, so a
+    killed run keeps one, and a resumed run keeps what its completed epochs recorded."""
 
-    def __init__(self, path, resume_epoch=0):
-        self.path = path
+    def __init__(self, path, args, data):
+        self.path, self.args, self.data = path, args, data
         self.trace = {"config": {}, "iterations": [], "epochs": [], "overfitting": None, "detection_sha256": None,
                       "detection": None, "checkpoints": [], "run": {"t_start": time.time()}}
-        if resume_epoch and os.path.exists(path):  # --resume: keep what the completed epochs recorded
-            old = read_json_object(path)
+        self.split_heard_at = None  # the epoch during which the split was made
+        self.epoch_began = time.time()
+
+    def start(self, run, start_epoch):
+        if start_epoch == 0:
+            init = (state_sha256(run.teacher), state_sha256(run.student))  # nothing has trained them yet
+            self.trace["config"].update(run_config(self.args, self.data, init))
+            self.trace["config"].setdefault("machine", machine_info())
+        elif os.path.exists(self.path):  # --resume: keep what the completed epochs recorded
+            old = read_json_object(self.path)
             if not all(isinstance(old.get(key), list) for key in ("iterations", "epochs", "checkpoints")):
-                raise DataError(f"--trace {path}: not a trace this project wrote; give another --trace file, or move it "
-                                "aside")
+                raise DataError(f"--trace {self.path}: not a trace this project wrote; give another --trace file, or move "
+                                "it aside")
             self.trace.update(old)
-            self.trace["iterations"] = [r for r in old["iterations"] if r["epoch"] < resume_epoch]
-            self.trace["epochs"] = [r for r in old["epochs"] if r["epoch"] < resume_epoch]
-            self.trace["checkpoints"] = [r for r in old["checkpoints"] if r["epoch"] < resume_epoch]
-        self._epoch_start = time.time()
+            for key in ("iterations", "epochs", "checkpoints"):
+                self.trace[key] = [r for r in old[key] if r["epoch"] < start_epoch]
+        self.epoch_began = time.time()
 
-    def config(self, **fields):
-        self.trace["config"].update(fields)
-        self.trace["config"].setdefault("machine", machine_info())
-
-    def start_epoch(self):
-        self._epoch_start = time.time()
-
-    def iteration(self, epoch, i, idx, x, y, target, loss, naive, comp):
+    def iteration(self, run, step):
         self.trace["iterations"].append({
-            "epoch": epoch, "iter": i, "batch": len(y),
-            "index_sha256": array_sha256(idx), "img_sha256": array_sha256(x), "labels_sha256": array_sha256(y),
-            "target_sha256": array_sha256(target),
-            "loss": loss.item(), "naive_loss": naive.item(), "compensation_loss": comp.item(),
+            "epoch": step.epoch, "iter": step.i, "batch": len(step.y),
+            "index_sha256": array_sha256(step.idx), "img_sha256": array_sha256(step.x),
+            "labels_sha256": array_sha256(step.y), "target_sha256": array_sha256(step.target),
+            "loss": step.loss.item(), "naive_loss": step.naive.item(), "compensation_loss": step.comp.item(),
         })
 
-    def epoch(self, row, teacher, student):
-        row = dict(row, wall_s=time.time() - self._epoch_start, teacher_sha256=state_sha256(teacher),
-                   student_sha256=state_sha256(student))
-        self.trace["epochs"].append(row)
+    def checkpoint(self, run, kind, best):
+        self.trace["checkpoints"].append({"kind": kind, "epoch": run.epoch, "teacher_sha256": state_sha256(run.teacher),
+                                          "student_sha256": state_sha256(run.student)})
 
-    def split(self, overfit_epoch, found_at, train_stat, train_split, train_groups, full_stat, full_split, full_groups,
-              fallback_epoch=None):
+    def split(self, run):
+        state, epoch = run.state, run.state.split_epoch
+        self.split_heard_at = run.epoch
+        found_at = run.epoch if state.overfit_epoch is not None else None
+        stats = state.stats[epoch]
         self.trace["overfitting"] = {
-            "epoch": overfit_epoch, "found_at_epoch": found_at,
-            "train_split": _split_record(train_stat, train_split, train_groups),
-            "full_set": _split_record(full_stat, full_split, full_groups),
+            "epoch": state.overfit_epoch, "found_at_epoch": found_at,
+            "train_split": _split_record(stats["train"], state.split, state.groups),
+            "full_set": _split_record(stats["full"], state.full_split, state.full_groups),
         }
-        if fallback_epoch is not None:  # no peak: the last epoch was split (not in the original)
-            self.trace["overfitting"]["fallback_split_epoch"] = fallback_epoch
-
-    def checkpoint(self, kind, epoch, teacher, student):
-        self.trace["checkpoints"].append({"kind": kind, "epoch": epoch, "teacher_sha256": state_sha256(teacher),
-                                          "student_sha256": state_sha256(student)})
-
-    def detection(self, flagged):
+        if found_at is None:  # no peak: the last epoch was split (not in the original)
+            self.trace["overfitting"]["fallback_split_epoch"] = epoch
         buffer = io.BytesIO()
-        np.save(buffer, flagged)  # the bytes np.save writes to detection.npy
+        np.save(buffer, state.detected)  # the bytes np.save writes to detection.npy
         digest = hashlib.sha256(buffer.getvalue()).hexdigest()
         self.trace["detection_sha256"] = digest
-        self.trace["detection"] = {"file_sha256": digest, "array_sha256": array_sha256(flagged),
-                                   "sum": int(flagged.sum()), "len": len(flagged), "dtype": str(flagged.dtype)}
+        self.trace["detection"] = {"file_sha256": digest, "array_sha256": array_sha256(state.detected),
+                                   "sum": int(state.detected.sum()), "len": len(state.detected),
+                                   "dtype": str(state.detected.dtype)}
 
-    def save(self):
+    def epoch_end(self, run):
+        state, epoch, last = run.state, run.epoch, run.last
+        warmup = state.split_epoch is None or self.split_heard_at == epoch
+        row = {"epoch": epoch, "lr": last.lr, "mean_max_student_prob": last.mean_top_student if warmup else None}
+        if self.split_heard_at == epoch and state.overfit_epoch is not None:
+            row["overfitting_epoch_found"] = state.overfit_epoch
+        for key, which in (("val_acc", "val"), ("test_acc", "test")):
+            if state.accuracy_at(epoch, which) is not None:
+                row[key] = state.accuracy_at(epoch, which)
+        if warmup:  # pT[y], pS[y], pA[y] of the training pass
+            row.update(train_agreement_sha256=array_sha256(last.label_prob["agreement"]),
+                       train_teacher_prob_sha256=array_sha256(last.label_prob["teacher"]),
+                       train_student_prob_sha256=array_sha256(last.label_prob["student"]))
+        full = state.stats.get(epoch, {}).get("full")
+        if warmup and full is not None:  # a full-set pass of this epoch ran in this epoch
+            row["full_agreement_sha256"] = array_sha256(full)
+        row.update(wall_s=time.time() - self.epoch_began, teacher_sha256=state_sha256(run.teacher),
+                   student_sha256=state_sha256(run.student))
+        self.trace["epochs"].append(row)
         self.trace["run"]["wall_total_s"] = time.time() - self.trace["run"]["t_start"]
         save_json(self.trace, self.path, sort_keys=False, indent=None)
-
-
-class TraceListener:
-    """Records a run's events into a TraceRecorder (bkd.outputs.Listener's events; listens after the files)."""
-
-    def __init__(self, recorder, args, data):
-        self.recorder, self.args, self.data = recorder, args, data
-        self.init_hashes = None
-
-    def built(self, teacher, student):
-        self.init_hashes = (state_sha256(teacher), state_sha256(student))
-
-    def start(self, start_epoch):
-        if start_epoch == 0:
-            self.recorder.config(**run_config(self.args, self.data, self.init_hashes))
-
-    def epoch_start(self, epoch):
-        self.recorder.start_epoch()
-
-    def iteration(self, *args):
-        self.recorder.iteration(*args)
-
-    def checkpoint(self, kind, epoch, teacher, student, best):
-        self.recorder.checkpoint(kind, epoch, teacher, student)
-
-    def split(self, event):
-        stats, state = event.state.stats[event.epoch], event.state
-        self.recorder.split(state.overfit_epoch, event.found_at, stats["train"], state.split, state.groups, stats["full"],
-                            state.full_split, state.full_groups, fallback_epoch=event.epoch if event.fallback else None)
-        self.recorder.detection(event.detected)
-
-    def epoch_end(self, epoch, row, teacher, student, resume_state, state):
-        row = dict(row)
-        label_prob = row.pop("train_label_prob", None)
-        if label_prob is not None:  # pT[y], pS[y], pA[y] of the training pass
-            row.update(train_agreement_sha256=array_sha256(label_prob["agreement"]),
-                       train_teacher_prob_sha256=array_sha256(label_prob["teacher"]),
-                       train_student_prob_sha256=array_sha256(label_prob["student"]))
-        full = row.pop("full_agreement", None)
-        if full is not None:
-            row["full_agreement_sha256"] = array_sha256(full)
-        self.recorder.epoch(row, teacher, student)
-        self.recorder.save()
-
-    def finish(self):
-        pass
+        self.epoch_began = time.time()
 
 
 def run_config(args, data, init_hashes):

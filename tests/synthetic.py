@@ -76,3 +76,18 @@ def write_custom(root, n_train=300, n_test=100, flip_rate=0.2, folder=False, siz
     # ImageFolder's order: classes sorted by name, files sorted within a class
     order = sorted(range(n_train), key=lambda i: (CUSTOM_CLASSES[given[i]], f"img_{i:04d}.png"))
     return path, clean[order], (given != clean)[order]
+
+
+def tiny_run(config, n=120, num_classes=4):
+    """A bkd.run.Run on the CPU over `n` synthetic images, without outputs, built as bkd.run.fit builds it."""
+    from bkd.config import resolve_computation
+    from bkd.data.custom import from_arrays
+    from bkd.data.setup import choose_images, custom_source
+    from bkd.run import Job, Run
+    from bkd.utils.logfmt import quiet
+
+    images, labels = make_images(n, num_classes, np.random.RandomState(0))
+    data = choose_images(custom_source(from_arrays(images, labels)), 0, 0, config.val_ratio)
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    return Run(Job(config, data, device, resolve_computation(config, device), quiet))

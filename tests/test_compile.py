@@ -51,7 +51,7 @@ def test_a_failing_compiler_falls_back_to_eager_once_with_one_line(monkeypatch):
     pair = CompiledPair(teacher, student, {True: 4, False: 8}, lines.append)
     x = torch.randn(8, 3, 8, 8)
     with torch.no_grad():
-        assert torch.equal(pair.teacher(x), teacher(x)) and torch.equal(pair.student(x), student(x))
+        assert torch.equal(pair.nets[0](x), teacher(x)) and torch.equal(pair.nets[1](x), student(x))
     assert calls == [8]  # tried once, then eager for both networks
     failed = [line for line in lines if "failed" in line]
     assert failed == ["[bkd] torch.compile failed (No working C++ compiler found); the networks "
@@ -75,7 +75,7 @@ def test_errors_of_the_computation_are_not_compilation_failures(monkeypatch, err
     lines = []
     pair = CompiledPair(teacher, student, {True: 4, False: 8}, lines.append)
     with torch.no_grad(), pytest.raises(type(error)):
-        pair.teacher(torch.randn(8, 3, 8, 8))
+        pair.nets[0](torch.randn(8, 3, 8, 8))
     assert calls == [8] and not [line for line in lines if "failed" in line] and pair.compiled is not None
 
 
@@ -90,9 +90,8 @@ def test_torch_compile_unavailable_means_eager(monkeypatch):
     pair = CompiledPair(teacher, student, {True: 4, False: 8}, lines.append)
     with torch.no_grad():
         x = torch.randn(8, 3, 8, 8)
-        assert torch.equal(pair.student(x), student(x))
+        assert torch.equal(pair.nets[1](x), student(x))
     assert len(lines) == 1 and "not supported on this Python" in lines[0]
-    assert pair.teacher.training is False and next(pair.teacher.parameters()) is next(teacher.parameters())
 
 
 def test_compiled_networks_match_eager_and_odd_batches_run_eager():
@@ -104,7 +103,7 @@ def test_compiled_networks_match_eager_and_odd_batches_run_eager():
     pair = CompiledPair(teacher, student, {True: 4, False: 8}, lines.append)
     x = torch.randn(11, 3, 8, 8)
     with torch.no_grad():
-        for net, eager in ((pair.teacher, teacher), (pair.student, student)):  # one graph serves both networks
+        for net, eager in zip(pair.nets, (teacher, student)):  # one graph serves both networks
             torch.testing.assert_close(net(x[:8]), eager(x[:8]), rtol=1e-4, atol=1e-5)
             assert torch.equal(net(x[8:]), eager(x[8:]))  # a last batch of 3: eager, not a second compilation
     assert lines == ["[bkd] torch.compile: compiling the networks for evaluation at batch 8 (once per process: a minute "
@@ -132,3 +131,35 @@ def test_training_script_with_compile_trains_as_eager_does(synthetic_root, tmp_p
         assert metrics["config"]["compile"] is (name == "compiled")
     agreement = {name: np.load(tmp_path / name / "cifar10_worst_seed_0" / "agreement.npy") for name in out}
     assert agreement["compiled"].shape == agreement["eager"].shape and np.isfinite(agreement["compiled"]).all()
+
+
+def test_the_backward_compiles_with_the_forward_where_a_failure_can_still_fall_back(monkeypatch):
+    """torch compiles a graph's backward at its first backward pass, outside CompiledPair's fallback: functorch's
+    force_non_lazy_backward_lowering (bkd/engine.py) brings it into the forward call. A backend whose backward
+    compiler fails shows both: with the setting, one line and eager; without it, the failure ends the backward."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    from bkd import engine
+
+    def backward_fails(gm, example_inputs):
+        raise _NoCompiler()
+
+    real_compile = torch.compile
+    backend = aot_autograd(fw_compiler=lambda gm, example_inputs: gm, bw_compiler=backward_fails)
+    monkeypatch.setattr(torch, "compile", lambda net, **kwargs: real_compile(net, backend=backend, dynamic=False))
+    x = torch.randn(8, 3, 8, 8)
+    for non_lazy in (engine.NON_LAZY_BACKWARD, {}):
+        torch._dynamo.reset()
+        monkeypatch.setattr(engine, "NON_LAZY_BACKWARD", non_lazy)
+        teacher, student = (net.train() for net in _pair_of_nets())
+        lines = []
+        pair = CompiledPair(teacher, student, {True: 8, False: 8}, lines.append)
+        out = pair.nets[0](x)
+        if non_lazy:
+            out.sum().backward()  # eager: the fallback happened in the forward call
+            assert pair.compiled is None and any("torch.compile failed" in line for line in lines)
+        else:
+            with pytest.raises(Exception, match="No working C"):
+                out.sum().backward()
+            assert pair.compiled is not None
+    torch._dynamo.reset()

@@ -150,20 +150,24 @@ def test_a_callers_own_new_api_precision_is_put_back():
 def test_fit_sets_the_cuda_arithmetic_before_anything_else(monkeypatch):
     """bkd.run.fit enters the settings before it builds anything (the first CUDA operation of a run)."""
     from bkd import run as run_module
-    from bkd.outputs import Listener
+    from bkd.outputs import Output
 
     seen = {}
 
-    def fake_fit(*args):
-        seen.update(runtime.determinism_settings(), **runtime.tf32_settings())
-        return "state"
+    class FakeRun:  # what fit builds first: the settings are in place by then
+        def __init__(self, job, outputs):
+            seen.update(runtime.determinism_settings(), **runtime.tf32_settings())
 
-    monkeypatch.setattr(run_module, "_fit", fake_fit)
+        def train(self, resume, stop):
+            return "state"
+
+    monkeypatch.setattr(run_module, "Run", FakeRun)
+    monkeypatch.setattr(run_module, "set_global_seeds", lambda seed: None)  # (it would touch the absent CUDA)
     finished = []
-    listener = Listener()
-    listener.finish = lambda: finished.append(True)
+    output = Output()
+    output.finish = lambda: finished.append(True)
     computation = resolve_computation(TrainConfig(), CUDA)
-    assert run_module.fit(TrainConfig(), None, CUDA, computation, listener) == "state" and finished == [True]
+    assert run_module.fit(run_module.Job(TrainConfig(), None, CUDA, computation), [output]) == "state" and finished == [True]
     assert seen["deterministic_algorithms"] and seen["cudnn_deterministic"] and not seen["cudnn_benchmark"]
     assert seen["cublas_workspace_config"] == ":4096:8" and seen["cudnn_conv"] is True and seen["cuda_matmul"] is True
     assert not torch.are_deterministic_algorithms_enabled()  # restored
@@ -249,19 +253,11 @@ def test_machine_info_records_the_gpu(monkeypatch):
 
 # 6. checkpoints in host memory -----------------------------------------------------------------------------------------
 def test_checkpoints_and_resume_states_are_host_copies_that_training_does_not_change():
-    from bkd.outputs import Listener
-    from bkd.run import build, resume_state
-    from bkd.state import MethodState
-    from bkd.data.custom import from_arrays
-    from bkd.data.setup import choose_images, custom_source
-    from tests.synthetic import make_images
+    from tests.synthetic import tiny_run
     from bkd.utils.checkpoint import model_checkpoint
 
-    images, labels = make_images(64, 4, np.random.RandomState(0))
-    data = choose_images(custom_source(from_arrays(images, labels)), 0, 0, 0.1)
-    config = TrainConfig(width=2, batch_size=16, eval_batch_size=32)
-    t = build(config, data, CPU, resolve_computation(config, CPU), Listener(), log=lambda *a: None)
-    state = resume_state(t, MethodState(), 0, CPU)
+    t = tiny_run(TrainConfig(width=2, batch_size=16, eval_batch_size=32), n=64)
+    state = t.resume_state()
     checkpoint = model_checkpoint(t.teacher, 0, 4, 2)
     before = {k: v.clone() for k, v in state["teacher"].items()}
     with torch.no_grad():
@@ -376,10 +372,17 @@ def test_out_of_memory_is_one_line_naming_the_batch_sizes(synthetic_root, tmp_pa
 
 
 # 9. the state save off the training thread ---------------------------------------------------------------------------
+def _ended(epoch):
+    """What RunFiles reads of a run whose epoch `epoch` just ended."""
+    from bkd.state import MethodState
+
+    return SimpleNamespace(epoch=epoch, state=MethodState(), last=SimpleNamespace(lr=0.02),
+                           resume_state=lambda: {"epoch": epoch + 1})
+
+
 def test_epoch_end_does_not_wait_for_the_disk_but_the_next_one_does(tmp_path, monkeypatch):
     from bkd import outputs
     from bkd.rundir import RunDir
-    from bkd.state import MethodState
 
     written = []
 
@@ -391,11 +394,11 @@ def test_epoch_end_does_not_wait_for_the_disk_but_the_next_one_does(tmp_path, mo
     monkeypatch.setattr(outputs, "save_json", lambda obj, path: written.append((os.path.basename(path), obj["epochs_completed"])))
     run_dir = RunDir(str(tmp_path / "run")).open()
     data = SimpleNamespace(truly_noisy=None)
-    files = outputs.RunFiles(run_dir, data, TrainConfig(), {"args": {}, "data": {}}, {}, {}, log=lambda *a: None, background=True)
+    files = outputs.RunFiles(run_dir, data, {"args": {}, "data": {}}, {}, {}, log=lambda *a: None, background=True)
     start = time.time()
-    files.epoch_end(0, {}, None, None, {"epoch": 1}, MethodState())
+    files.epoch_end(_ended(0))
     assert time.time() - start < 0.3 and written == []  # handed to the writer
-    files.epoch_end(1, {}, None, None, {"epoch": 2}, MethodState())  # waits for epoch 0's files
+    files.epoch_end(_ended(1))  # waits for epoch 0's files
     assert written[:2] == [("state.pth.tar", 1), ("metrics.json", 1)]
     files.finish()
     assert written == [("state.pth.tar", 1), ("metrics.json", 1), ("state.pth.tar", 2), ("metrics.json", 2)]
@@ -405,7 +408,6 @@ def test_epoch_end_does_not_wait_for_the_disk_but_the_next_one_does(tmp_path, mo
 def test_a_failed_background_write_stops_the_run_in_its_thread_and_skips_what_follows(tmp_path, monkeypatch):
     from bkd import outputs
     from bkd.rundir import RunDir
-    from bkd.state import MethodState
     from bkd.utils.errors import RunDirError
 
     written = []
@@ -416,9 +418,9 @@ def test_a_failed_background_write_stops_the_run_in_its_thread_and_skips_what_fo
     monkeypatch.setattr(outputs, "save_torch", full_disk)
     monkeypatch.setattr(outputs, "save_json", lambda obj, path: written.append(path))
     run_dir = RunDir(str(tmp_path / "run")).open()
-    files = outputs.RunFiles(run_dir, SimpleNamespace(truly_noisy=None), TrainConfig(), {"args": {}, "data": {}}, {}, {},
+    files = outputs.RunFiles(run_dir, SimpleNamespace(truly_noisy=None), {"args": {}, "data": {}}, {}, {},
                              log=lambda *a: None, background=True)
-    files.epoch_end(0, {}, None, None, {"epoch": 1}, MethodState())
+    files.epoch_end(_ended(0))
     with pytest.raises(RunDirError, match="No space left on device"):
         files.finish()
     assert written == []  # no metrics.json for a state that was not written

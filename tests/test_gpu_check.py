@@ -88,9 +88,9 @@ def test_iterations_are_timed_in_steady_state_from_one_iterator():
 
 
 def test_cuda_graph_outputs_are_copied_out_before_the_next_call():
-    """A CUDA graph hands out one static output buffer, overwritten at its next replay: forward_pair calls the teacher
-    and then the student before reading either. Simulated on the CPU by a function that reuses its output buffer."""
-    from bkd.engine import Precision, forward_pair
+    """A CUDA graph hands out one static output buffer, overwritten at its next replay: Nets calls the teacher and then
+    the student before reading either. Simulated on the CPU by a function that reuses its output buffer."""
+    from bkd.engine import Nets, Precision
 
     def graph_like():
         static = torch.zeros(2, 3)
@@ -106,10 +106,10 @@ def test_cuda_graph_outputs_are_copied_out_before_the_next_call():
     net = graph_like()
     teacher = lambda inp: net(inp)  # noqa: E731
     student = lambda inp: net(inp + 4)  # noqa: E731
-    zt, zs = forward_pair(teacher, student, x, cpu)
+    zt, zs = Nets(None, None, cpu, forward=(teacher, student))(x)
     assert torch.equal(zt, zs)  # without copying out, the teacher's logits are the student's
     net = gpu_check.copied_out(graph_like())
-    zt, zs = forward_pair(lambda inp: net(inp), lambda inp: net(inp + 4), x, cpu)
+    zt, zs = Nets(None, None, cpu, forward=(lambda inp: net(inp), lambda inp: net(inp + 4)))(x)
     assert torch.equal(zt, torch.full((2, 3), 2.0)) and torch.equal(zs, y[:, :3] * 2)
 
 

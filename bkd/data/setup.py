@@ -150,11 +150,6 @@ def choose_images(data, subset_size, seed, val_ratio, subset=None):
     return data
 
 
-def load_run_labels(args, subset, val_ratio):
-    """For learning.py / detection.py: the run's data without loading CIFAR images (`subset`: the run's, or None)."""
-    return load_run_data(args, subset=subset, val_ratio=val_ratio, with_images=False)
-
-
 def _check_subset(subset, num_images):
     if subset.min() < 0 or subset.max() >= num_images or len(np.unique(subset)) != len(subset):
         raise DataError(f"the run's saved subset: indices outside 0..{num_images - 1} or repeated: it does not belong to this data "

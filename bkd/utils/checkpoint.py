@@ -4,18 +4,23 @@ import os
 from bkd.utils.errors import DataError, first_line
 
 
+def convert(obj, kind, fn):
+    """`obj` (nested dicts, lists and tuples) with every value of type `kind` replaced by fn(value)."""
+    if isinstance(obj, kind):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: convert(v, kind, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(convert(v, kind, fn) for v in obj)
+    return obj
+
+
 def host_copy(obj):
     """A copy of `obj` (tensors in dicts, lists and tuples) whose tensors are in host memory: a checkpoint made on a GPU
     loads on a CPU-only machine, even with a plain torch.load, and the copy stays as it is while training goes on."""
     import torch
 
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: host_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(host_copy(v) for v in obj)
-    return obj
+    return convert(obj, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
 
 
 def model_checkpoint(model, epoch, num_classes, width):

@@ -1,4 +1,4 @@
-"""The original's standard-output lines, verbatim (spec section 7), and the prefix of ours.
+"""The original's standard-output lines, verbatim (the golden logs, docs/reference-mode.md), and the prefix of ours.
 
 `training.log`, `learning.log` and `detection.log` keep the authors' line formats so that
 parsers of their logs keep working; every line this project adds starts with `[bkd] `.
@@ -94,3 +94,7 @@ def learning(acc):
 def detection(flagged, truly_noisy, precision, recall, fscore):
     return [f"{flagged}", f"{truly_noisy}", f"precision is {precision}", f"recall is {recall}", f"The f-score is {fscore}"]
 
+
+
+def quiet(*lines):
+    """A log that writes nothing (the Python API without verbose=True, benchmarks, tests)."""

@@ -172,6 +172,15 @@ def determinism_settings():
             "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
 
 
+def cuda_arithmetic(deterministic=True, tf32=True, fill_uninitialized_memory=True):
+    """The CUDA settings of a run, as cuda_settings applies them and metrics.json records them (gpu_info's keys)."""
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG") or (CUBLAS_WORKSPACE if deterministic else None)
+    return {"tf32": {"cudnn_conv": tf32, "cuda_matmul": tf32},
+            "determinism": {"cudnn_deterministic": deterministic, "cudnn_benchmark": not deterministic,
+                            "deterministic_algorithms": deterministic,
+                            "fill_uninitialized_memory": fill_uninitialized_memory, "cublas_workspace_config": workspace}}
+
+
 @contextlib.contextmanager
 def cuda_settings(device, deterministic=True, tf32=True, fill_uninitialized_memory=True):
     """A run's CUDA arithmetic, set before its first CUDA operation and restored after it.
@@ -190,13 +199,14 @@ def cuda_settings(device, deterministic=True, tf32=True, fill_uninitialized_memo
     fill = torch.utils.deterministic  # (fill_uninitialized_memory: torch 2.1+)
     saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
              os.environ.get("CUBLAS_WORKSPACE_CONFIG"), _tf32_state(), fill.fill_uninitialized_memory)
+    wanted = cuda_arithmetic(deterministic, tf32, fill_uninitialized_memory)
     try:
-        if deterministic and saved[3] is None:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
-        torch.backends.cudnn.deterministic = deterministic
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.use_deterministic_algorithms(deterministic)
-        fill.fill_uninitialized_memory = fill_uninitialized_memory
+        if wanted["determinism"]["cublas_workspace_config"] is not None:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = wanted["determinism"]["cublas_workspace_config"]
+        torch.backends.cudnn.deterministic = wanted["determinism"]["cudnn_deterministic"]
+        torch.backends.cudnn.benchmark = wanted["determinism"]["cudnn_benchmark"]
+        torch.use_deterministic_algorithms(wanted["determinism"]["deterministic_algorithms"])
+        fill.fill_uninitialized_memory = wanted["determinism"]["fill_uninitialized_memory"]
         _set_tf32(tf32)
         yield
     finally:
@@ -345,11 +355,8 @@ def gpu_info(device):
 
 def machine_info(device=None, computation=None):
     """What a result depends on beyond the code: CPU type (float rounding differs between CPU kernels), threads, versions,
-    and on CUDA the GPU, its driver and libraries, TF32 and determinism settings: those a run with `computation` (its
-    `deterministic` and `tf32`) computes with, which cuda_settings sets only when the run starts."""
-    if computation is not None and device is not None:
-        with cuda_settings(device, computation.deterministic, computation.tf32):
-            return machine_info(device)
+    and on CUDA the GPU, its driver and libraries, TF32 and determinism settings: as torch reads them now, or those a
+    run with `computation` (its `deterministic` and `tf32`) computes with, which cuda_settings sets when it starts."""
     from importlib.metadata import version  # not `import torchvision`: that takes seconds
 
     info = {
@@ -369,4 +376,6 @@ def machine_info(device=None, computation=None):
         info["device"] = str(device)
         if device.type == "cuda":
             info["gpu"] = gpu_info(device)
+            if computation is not None:
+                info["gpu"].update(cuda_arithmetic(computation.deterministic, computation.tf32))
     return info
