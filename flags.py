@@ -47,9 +47,10 @@ def add_config_flags(parser, names, defaults=None):
         f = config_fields[name]
         default = (defaults or {}).get(name, f.default)
         parser.config_defaults[name] = default
-        in_presets = [f"--preset {preset}: {values[name]}" for preset, values in PRESETS.items() if name in values]
-        shown = "" if default in (None, False) else f"default: {default}"
-        help = f"{f.metadata['help']} ({'; '.join(filter(None, [shown] + in_presets))})" if shown or in_presets else f.metadata["help"]
+        help = f.metadata["help"] + "".join(f" (preset {preset}: {values[name]})" for preset, values in PRESETS.items()
+                                            if name in values)
+        if default is not None and default is not False:
+            help += f" (default: {default})"
         if name == "compile":  # on, off, or (not given) where it pays
             parser.add_argument("--compile", action="store_const", const=True, default=argparse.SUPPRESS, help=help)
             parser.add_argument("--no_compile", dest="compile", action="store_const", const=False,

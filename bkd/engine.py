@@ -132,7 +132,7 @@ NON_LAZY_BACKWARD = ({"force_non_lazy_backward_lowering": True}
 def compilation_failed(err):
     """Did torch.compile fail (an error of dynamo, inductor or triton: a graph it cannot trace, a compiler missing or
     failing)? An error of the computation itself (out of memory, a device-side assert) is not a compilation failure."""
-    return type(err).__module__.startswith(("torch._dynamo", "torch._inductor", "triton"))
+    return any(kind.__module__.startswith(("torch._dynamo", "torch._inductor", "triton")) for kind in type(err).__mro__)
 
 
 def progress(iterable, description, total=None):
