@@ -155,3 +155,22 @@ def test_compare_reports_the_first_difference_with_its_place():
     assert compare_logs(log.replace("3s", "9s") + "[bkd] ours\n", log) is None
     assert compare_logs(log.replace("epoch 0", "epoch 1"), log) == (3, "epoch 1", "epoch 0")
     assert compare_logs(log.replace("epoch 0", "epoch 1"), log, floats=False) is None  # numbers masked
+
+
+def test_same_numbers_compares_every_value_but_wall_clock_times():
+    """benchmarks/same_numbers.py (a change of the code against an earlier commit): every value of two traces with ==,
+    except wall-clock times and the names of files; a flag only one side records is listed, not failed."""
+    from benchmarks.same_numbers import compare_runs
+
+    trace = {"config": {"argv": ["--trace", "a.json"], "seed": 0, "args_as_parsed": {"lr": 0.02}},
+             "iterations": [{"epoch": 0, "loss": 1.0}], "epochs": [{"epoch": 0, "wall_s": 3.0, "lr": 0.02}],
+             "run": {"t_start": 1.0}}
+    run = (trace, "epoch: 0\ttime elapsed: 0h 0m 3s\n", {"detection.npy": b"x"})
+    other = json.loads(json.dumps(trace))
+    other["epochs"][0]["wall_s"], other["run"]["t_start"], other["config"]["argv"] = 9.0, 2.0, ["--trace", "b.json"]
+    other["config"]["args_as_parsed"]["strict_fp32"] = False  # a flag added since
+    assert compare_runs(run, (other, "epoch: 0\ttime elapsed: 0h 0m 9s\n", {"detection.npy": b"x"})) == \
+        ([], [("config.args_as_parsed.strict_fp32", "(absent)", False)])
+    other["iterations"][0]["loss"] = 1.0000001
+    diffs, _ = compare_runs(run, (other, run[1], {"detection.npy": b"y"}))
+    assert diffs == [("iterations[0].loss", 1.0, 1.0000001), ("detection.npy", "bytes", "other bytes")]
