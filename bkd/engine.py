@@ -11,7 +11,6 @@ import sys
 from dataclasses import dataclass
 
 import torch
-
 from torch._functorch import config as functorch_config
 
 from bkd.method import agreement, label_probability
@@ -124,7 +123,7 @@ class CompiledPair:
             return net(x)
 
 
-# (older torch versions compile the backward with the forward anyway, and have no such setting)
+# (a torch without the setting compiles the backward lazily: a failure there is not caught)
 NON_LAZY_BACKWARD = ({"force_non_lazy_backward_lowering": True}
                      if hasattr(functorch_config, "force_non_lazy_backward_lowering") else {})
 
