@@ -51,10 +51,10 @@ def add_config_flags(parser, names, defaults=None):
                                             if name in values)
         if default is not None and default is not False:
             help += f" (default: {default})"
-        if name == "compile":  # on, off, or (not given) where it pays
-            parser.add_argument("--compile", action="store_const", const=True, default=argparse.SUPPRESS, help=help)
-            parser.add_argument("--no_compile", dest="compile", action="store_const", const=False,
-                                default=argparse.SUPPRESS, help="run the networks eager")
+        if f.type is bool and f.default is None:  # on (--name), off (--no_name), or not given: the run decides
+            parser.add_argument(f"--{name}", action="store_const", const=True, default=argparse.SUPPRESS, help=help)
+            parser.add_argument(f"--no_{name}", dest=name, action="store_const", const=False, default=argparse.SUPPRESS,
+                                help=f"the opposite of --{name}")
         elif f.type is bool:
             parser.add_argument(f"--{name}", action="store_true", default=argparse.SUPPRESS, help=help)
         else:

@@ -47,11 +47,10 @@ MODES = {"reference": {"reference": True}, "default, eager": {"compile": False},
 
 def profile(data, mode):
     quick = {k: v for k, v in PRESETS["quick"].items() if k != "subset"}
-    config = TrainConfig(**quick, num_workers=2, **mode)
+    config = TrainConfig(**dict(quick, print_freq=10 ** 6), num_workers=2, **mode)  # (no progress lines)
     set_global_seeds(0)
     device = torch.device("cpu")
     t = Run(Job(config, data, device, resolve_computation(config, device), quiet))
-    t.config.print_freq = 10 ** 6
     t.state.stats[0] = {}
     seconds = {"first training + full-set pass (with compilation)": timed(lambda: (t.train_epoch(), t.full_set_pass(0)))}
     seconds["training pass, warm-up"] = timed(lambda: setattr(t, "last", t.train_epoch()))

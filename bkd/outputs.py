@@ -84,9 +84,10 @@ class RunFiles(Output):
         self.curves.start(start_epoch)
 
     def checkpoint(self, run, kind, best):
-        names = ([(rd.TEACHER, rd.STUDENT)] if best else []) + ([(rd.TEACHER_LAST, rd.STUDENT_LAST)]
-                                                                 if kind == "end_of_training" else [])
-        for pair in names:
+        pairs = [(rd.TEACHER, rd.STUDENT)] if best else []
+        if kind == "end_of_training":
+            pairs.append((rd.TEACHER_LAST, rd.STUDENT_LAST))
+        for pair in pairs:
             for name, net in zip(pair, (run.teacher, run.student)):
                 checkpoint = model_checkpoint(net, run.epoch, self.data.info["num_classes"], run.config.width)
                 self.writer.submit(save_torch, checkpoint, self.run.file(name))

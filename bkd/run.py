@@ -71,6 +71,7 @@ class Step(NamedTuple):
 class EpochResult:
     """What one training pass measured."""
 
+    warmup: bool  # a warm-up pass (one-hot targets), else a robust one
     lr: float  # the learning rate it trained at
     mean_top_student: float  # mean over the training split of max_c pS (a float32 sum, as the original)
     label_prob: dict  # "teacher", "student", "agreement": pT[y], pS[y], pA[y] of each training sample, (N,) tensors
@@ -145,19 +146,19 @@ class Run:
         if not state.warmup:
             self.sample_alpha = group_alphas(state.groups, c.alphas, self.job.device)
         for epoch in range(start, c.n_epoch):
-            self.epoch, began, warmup = epoch, time.time(), state.warmup
+            self.epoch, began = epoch, time.time()
             log(logfmt.epoch_start(epoch))
             self.last = self.train_epoch()  # warm-up: one-hot targets; robust: each group's soft targets
             state.mean_top_all.append(self.last.mean_top_student)
             state.losses.append(self.last.losses)
-            if warmup:
+            if self.last.warmup:
                 self.after_warmup_epoch()  # the overfitting rule; at the student's confidence peak, the Otsu split
             self.validate_and_test()  # noisy validation (a new best is a checkpoint), clean test
-            if epoch == c.n_epoch - 1:
+            if self.at_last_epoch:
                 self.end_of_training()
             state.epoch_seconds.append(time.time() - began)
             loss, naive, comp = self.last.losses
-            log(logfmt.ours(f"epoch {epoch} ({'warm-up' if warmup else 'robust'}): loss {loss:.4f}, naive loss "
+            log(logfmt.ours(f"epoch {epoch} ({'warm-up' if self.last.warmup else 'robust'}): loss {loss:.4f}, naive loss "
                             f"{naive:.4f}, compensation loss {comp:.4f}, student mean top probability "
                             f"{self.last.mean_top_student:.4f}, {state.epoch_seconds[-1]:.1f} s"))
             log(logfmt.elapsed(epoch, time.time() - self.job.started))
@@ -165,6 +166,10 @@ class Run:
             self.scheduler.step()
             self.tell("epoch_end")
         return state
+
+    @property
+    def at_last_epoch(self):
+        return self.epoch == self.config.n_epoch - 1
 
     def tell(self, event, *args):
         """Every output hears `event` (bkd.outputs.Output), in the order given (the run's files first)."""
@@ -215,8 +220,8 @@ class Run:
         if printed != i:
             self.log(logfmt.iteration(epoch, c.n_epoch, i, last_iter, loss.item(), naive.item(), comp.item()))
         self.log("")
-        return EpochResult(lr, (sum_max_student / n).item(), dict(zip(("teacher", "student", "agreement"), probs)),
-                           (sums / n).tolist())
+        return EpochResult(self.sample_alpha is None, lr, (sum_max_student / n).item(),
+                           dict(zip(("teacher", "student", "agreement"), probs)), (sums / n).tolist())
 
     def after_warmup_epoch(self):
         """The overfitting rule on the student's confidence so far; at its peak, the split; else the full-set pass.
@@ -226,8 +231,7 @@ class Run:
         pick are kept, and the pass runs once, for the epoch it picks (or the last, as the fallback),
         with that epoch's augmentation draws: the same statistic, at a fraction of the work.
         """
-        state, epoch, deferred = self.state, self.epoch, self.computation.defer_full_pass
-        last = epoch == self.config.n_epoch - 1
+        state, epoch, deferred, last = self.state, self.epoch, self.computation.defer_full_pass, self.at_last_epoch
         found = state.record_warmup_epoch(epoch, self.last.mean_top_student, self.last.label_prob["agreement"].cpu().numpy(),
                                           forced=self.config.overfitting_epoch)
         if found is not None:  # the student's confidence peaked at `found`: split its statistics
@@ -291,8 +295,7 @@ class Run:
 
     def validate_and_test(self):
         """Noisy validation (a new best is a checkpoint) and clean test accuracy, at e % freq == 0 and the last epoch."""
-        c, state, epoch, log = self.config, self.state, self.epoch, self.log
-        last = epoch == c.n_epoch - 1
+        c, state, epoch, log, last = self.config, self.state, self.epoch, self.log, self.at_last_epoch
         autograd = self.computation.eval_autograd
         if epoch % c.noisy_val_freq == 0 or last:
             self.stop.check(f"epoch {epoch}, validation")

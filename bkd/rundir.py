@@ -1,10 +1,10 @@
 """The run directory (results/<run>/): its files, its name, its lock, and what counts as an earlier run in it."""
+import dataclasses
 import errno
 import fcntl
 import os
 import shutil
 from contextlib import contextmanager
-import dataclasses
 
 import numpy as np
 

@@ -33,7 +33,6 @@ class Trace(Output):
         self.path, self.args, self.data = path, args, data
         self.trace = {"config": {}, "iterations": [], "epochs": [], "overfitting": None, "detection_sha256": None,
                       "detection": None, "checkpoints": [], "run": {"t_start": time.time()}}
-        self.split_heard_at = None  # the epoch during which the split was made
         self.epoch_began = time.time()
 
     def start(self, run, start_epoch):
@@ -65,7 +64,6 @@ class Trace(Output):
 
     def split(self, run):
         state, epoch = run.state, run.state.split_epoch
-        self.split_heard_at = run.epoch
         found_at = run.epoch if state.overfit_epoch is not None else None
         stats = state.stats[epoch]
         self.trace["overfitting"] = {
@@ -85,9 +83,9 @@ class Trace(Output):
 
     def epoch_end(self, run):
         state, epoch, last = run.state, run.epoch, run.last
-        warmup = state.split_epoch is None or self.split_heard_at == epoch
+        warmup = last.warmup
         row = {"epoch": epoch, "lr": last.lr, "mean_max_student_prob": last.mean_top_student if warmup else None}
-        if self.split_heard_at == epoch and state.overfit_epoch is not None:
+        if warmup and state.overfit_epoch is not None:  # found in this epoch: the last of the warm-up
             row["overfitting_epoch_found"] = state.overfit_epoch
         for key, which in (("val_acc", "val"), ("test_acc", "test")):
             if state.accuracy_at(epoch, which) is not None:
