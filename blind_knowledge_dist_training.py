@@ -16,7 +16,7 @@ import time
 from bkd import resume
 from bkd import rundir as rd
 from bkd.config import TrainConfig, check_config, resolve_computation
-from bkd.outputs import RunFiles, writes_in_background
+from bkd.outputs import RunFiles
 from bkd.run import Job, Saved, fit
 from bkd.trace import Trace
 from bkd.data.custom import data_file
@@ -25,7 +25,7 @@ from flags import data_selection, parse, training_parser
 from bkd.utils import logfmt
 from bkd.utils.errors import OUTPUT_CLOSED, DivergedError, Interrupted, OutOfMemory, OutputClosed, RunDirError, UsageError, run_cli
 from bkd.utils.files import portable
-from bkd.utils.runtime import machine_info, resolve_device
+from bkd.utils.runtime import resolve_device
 
 PATH_FLAGS = ("data_root", "noise_path", "results_dir", "run_dir", "trace")
 
@@ -78,24 +78,25 @@ def train(args, device, run):
     data = load_run_data(args)
     for line in data.banner:
         log(line)
-    identity = resume.identity(config, computation, data, device, data_selection(args))
+    job = Job(config, data, device, computation, log, started)
+    identity = resume.identity(job, data_selection(args))
     if saved is not None:
         resume.check(saved, identity, path, log=log)
     flags = dict({k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()}, compile=computation.compile,
                  precision=computation.precision, deterministic=computation.deterministic, tf32=computation.tf32)
-    outputs = [RunFiles(run, data, identity, flags, machine_info(device, computation), log,
-                        background=writes_in_background(device))]
+    outputs = [RunFiles(run, job, identity, flags)]
     if args.trace:
         outputs.append(Trace(args.trace, args, data))
-    log(logfmt.ours(setup_line(args, data, device, computation, run)))
+    log(logfmt.ours(setup_line(args, job, run)))
     if saved is not None:
         log(logfmt.ours(f"resumed {portable(run.path)} after epoch {saved['epoch'] - 1} of 0..{args.n_epoch - 1}"))
-    state = fit(Job(config, data, device, computation, log, started), outputs, resume=saved and Saved(path, saved))
+    state = fit(job, outputs, resume=saved and Saved(path, saved))
     log(logfmt.ours(f"finished: best noisy validation accuracy {state.best_val:.2f} % at epoch {state.best_epoch}; "
                     f"outputs in {portable(run.path)}"))
 
 
-def setup_line(args, data, device, computation, run):
+def setup_line(args, job, run):
+    data, device, computation = job.data, job.device, job.computation
     arithmetic = [computation.precision if computation.precision == "fp32" else f"{computation.precision} mixed precision"]
     if device.type == "cuda":
         arithmetic += ["TF32" if computation.tf32 else "no TF32",

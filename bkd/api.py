@@ -25,12 +25,12 @@ from bkd.config import TrainConfig, check_config, custom_selection, resolve_comp
 from bkd.engine import StopFlag
 from bkd.utils.logfmt import quiet
 from bkd.issues import rank_label_issues
-from bkd.outputs import RunFiles, writes_in_background
+from bkd.outputs import RunFiles
 from bkd.run import Job, Saved, fit
 from bkd.data.custom import from_arrays
 from bkd.data.setup import choose_images, custom_source
 from bkd.utils.errors import UsageError
-from bkd.utils.runtime import machine_info, preserved_global_rng, resolve_device
+from bkd.utils.runtime import preserved_global_rng, resolve_device
 
 
 @dataclass
@@ -76,15 +76,14 @@ def _result(data, state, split=None):
 def _in_run_dir(path, job, chosen):
     """With a run directory: resume it (the same data and arguments), write its files, read the result back."""
     run = rd.RunDir(path)
-    identity = resume.identity(job.config, job.computation, job.data, job.device, chosen)
+    identity = resume.identity(job, chosen)
     saved = None
     if os.path.exists(run.file(rd.STATE)):
         saved = resume.load(run.file(rd.STATE), resume.API)
         resume.check(saved, identity, run.file(rd.STATE), resume.API, job.log)
     run.open(resume=saved is not None, elsewhere="give another run_dir")
     try:
-        files = RunFiles(run, job.data, identity, {"api": True, **identity["args"]},
-                         machine_info(job.device, job.computation), job.log, background=writes_in_background(job.device))
+        files = RunFiles(run, job, identity, {"api": True, **identity["args"]})
         state = fit(job, [files], resume=saved and Saved(run.file(rd.STATE), saved), stop=StopFlag())
     finally:
         run.close()

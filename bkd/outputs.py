@@ -17,6 +17,7 @@ from bkd.utils import logfmt
 from bkd.utils.checkpoint import model_checkpoint
 from bkd.utils.files import BackgroundWriter, save_json, save_numpy, save_torch
 from bkd.utils.metrics import detection_scores
+from bkd.utils.runtime import machine_info
 
 
 class Output:
@@ -60,19 +61,18 @@ class RunFiles(Output):
     | events.out.tfevents.* (TensorBoard) | every epoch and at the split |
 
     The training thread copies what is to be written into host memory; a BackgroundWriter writes the files, in
-    the order of the events (on their own thread where `background`, see writes_in_background). The next epoch's
+    the order of the events (on their own thread where `background`: by default writes_in_background). The next epoch's
     end waits until the previous epoch's files are on disk, so at most one epoch is pending: a kill at any moment
     leaves the complete files of the last or the one but last epoch (resume continues from there, as from any kill);
     an interrupt or an error waits for them (`finish`).
     """
 
-    def __init__(self, run_dir, data, identity, flags, machine, log=print, background=False):
-        self.run, self.data = run_dir, data
+    def __init__(self, run_dir, job, identity, flags, background=None):
+        self.run, self.data, self.log = run_dir, job.data, job.log
         self.identity = identity  # what a resumed run must match (bkd.resume.identity)
-        self.flags, self.machine = flags, machine  # for metrics.json
-        self.log = log
-        self.writer = BackgroundWriter(background)
-        self.curves = Curves(run_dir.path, data.truly_noisy, log)
+        self.flags, self.machine = flags, machine_info(job.device, job.computation)  # for metrics.json
+        self.writer = BackgroundWriter(writes_in_background(job.device) if background is None else background)
+        self.curves = Curves(run_dir.path, job.data.truly_noisy, job.log)
 
     def start(self, run, start_epoch):
         if start_epoch == 0:

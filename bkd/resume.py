@@ -33,10 +33,11 @@ SCRIPT = Advice("resume with the same flags", "start a new run with --overwrite"
 API = Advice("call with the same arguments", "give another run_dir", api=True)
 
 
-def identity(config, computation, data, device, selection):
-    """What a resume state records about its run, and what a resumed run must match."""
-    return {"args": run_args(config, computation.compile, selection), "data": data.fingerprint(),
-            "num_threads": torch.get_num_threads(), "device": device_identity(device)}
+def identity(job, selection):
+    """What a resume state records about the run of `job` (a bkd.run.Job) and `selection` (what picked its data), and
+    what a resumed run must match."""
+    return {"args": run_args(job.config, job.computation.compile, selection), "data": job.data.fingerprint(),
+            "num_threads": torch.get_num_threads(), "device": device_identity(job.device)}
 
 
 def load(path, advice=SCRIPT):

@@ -372,6 +372,11 @@ def test_out_of_memory_is_one_line_naming_the_batch_sizes(synthetic_root, tmp_pa
 
 
 # 9. the state save off the training thread ---------------------------------------------------------------------------
+def _job(data):
+    """What RunFiles reads of a run's job (bkd.run.Job)."""
+    return SimpleNamespace(data=data, log=lambda *a: None, device=CPU, computation=None)
+
+
 def _ended(epoch):
     """What RunFiles reads of a run whose epoch `epoch` just ended."""
     from bkd.state import MethodState
@@ -394,7 +399,7 @@ def test_epoch_end_does_not_wait_for_the_disk_but_the_next_one_does(tmp_path, mo
     monkeypatch.setattr(outputs, "save_json", lambda obj, path: written.append((os.path.basename(path), obj["epochs_completed"])))
     run_dir = RunDir(str(tmp_path / "run")).open()
     data = SimpleNamespace(truly_noisy=None)
-    files = outputs.RunFiles(run_dir, data, {"args": {}, "data": {}}, {}, {}, log=lambda *a: None, background=True)
+    files = outputs.RunFiles(run_dir, _job(data), {"args": {}, "data": {}}, {}, background=True)
     start = time.time()
     files.epoch_end(_ended(0))
     assert time.time() - start < 0.3 and written == []  # handed to the writer
@@ -418,8 +423,8 @@ def test_a_failed_background_write_stops_the_run_in_its_thread_and_skips_what_fo
     monkeypatch.setattr(outputs, "save_torch", full_disk)
     monkeypatch.setattr(outputs, "save_json", lambda obj, path: written.append(path))
     run_dir = RunDir(str(tmp_path / "run")).open()
-    files = outputs.RunFiles(run_dir, SimpleNamespace(truly_noisy=None), {"args": {}, "data": {}}, {}, {},
-                             log=lambda *a: None, background=True)
+    files = outputs.RunFiles(run_dir, _job(SimpleNamespace(truly_noisy=None)), {"args": {}, "data": {}}, {},
+                             background=True)
     files.epoch_end(_ended(0))
     with pytest.raises(RunDirError, match="No space left on device"):
         files.finish()
@@ -429,7 +434,7 @@ def test_a_failed_background_write_stops_the_run_in_its_thread_and_skips_what_fo
 
 def test_a_run_writing_in_the_background_gives_the_files_of_one_writing_at_once(tmp_path, monkeypatch):
     """The GPU's way of writing (a thread of its own), run here on the CPU: the same files, byte for byte."""
-    from bkd import api
+    from bkd import api, outputs
     from tests.synthetic import flip_labels, make_images
 
     rng = np.random.RandomState(0)
@@ -439,7 +444,7 @@ def test_a_run_writing_in_the_background_gives_the_files_of_one_writing_at_once(
                  device="cpu")
     results = {}
     for background in (False, True):
-        monkeypatch.setattr(api, "writes_in_background", lambda device, b=background: b)
+        monkeypatch.setattr(outputs, "writes_in_background", lambda device, b=background: b)
         results[background] = api.find_label_issues(images, given, run_dir=str(tmp_path / str(background)), **flags)
     assert np.array_equal(results[True].ranked, results[False].ranked)
     for name in ("detection.npy", "agreement.npy", "pred_probs.npy", "label_issues.csv"):
