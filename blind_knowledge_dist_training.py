@@ -16,6 +16,7 @@ import time
 from bkd import resume
 from bkd import rundir as rd
 from bkd.config import TrainConfig, check_config, resolve_computation
+from bkd.engine import StopFlag
 from bkd.outputs import RunFiles
 from bkd.run import Job, Saved, fit
 from bkd.trace import Trace
@@ -90,7 +91,7 @@ def train(args, device, run):
     log(logfmt.ours(setup_line(args, job, run)))
     if saved is not None:
         log(logfmt.ours(f"resumed {portable(run.path)} after epoch {saved['epoch'] - 1} of 0..{args.n_epoch - 1}"))
-    state = fit(job, outputs, resume=saved and Saved(path, saved))
+    state = fit(job, outputs, resume=saved and Saved(path, saved), stop=StopFlag(run.describe).install())
     log(logfmt.ours(f"finished: best noisy validation accuracy {state.best_val:.2f} % at epoch {state.best_epoch}; "
                     f"outputs in {portable(run.path)}"))
 

@@ -143,11 +143,29 @@ class Computation:
 COMPILE_MIN_WIDTH = 16
 
 
-def compiles(config):
-    """--compile / --no_compile as asked; by default, for networks from COMPILE_MIN_WIDTH channels; never with --reference."""
+AVX2_COMPILE_MIN_WIDTH = 8  # the block of oneDNN's AVX2 1x1 kernels (bkd/engine.py, CPU_CHANNELS_LAST_MIN_WIDTH)
+
+
+def compile_refusal(config, device):
+    """Why the networks run eager although the flags compile them, or None. On an x86 CPU without AVX-512, a network
+    narrower than 8 channels: inductor computes its convolutions channels-last on a CPU, and oneDNN's AVX2 kernels of
+    the first shortcut convolution then hang, crash or compute wrong values (docs/performance.md)."""
+    from bkd.utils.runtime import cpu_kernels_avx2_at_most  # (here: the launcher imports this module without torch)
+
+    if device is None or device.type != "cpu" or config.width >= AVX2_COMPILE_MIN_WIDTH or not cpu_kernels_avx2_at_most():
+        return None
+    return (f"--compile: a network of width {config.width} runs eager on this CPU without AVX-512: compiled, its shortcut "
+            f"convolutions would run on oneDNN's AVX2 kernels, which fail below {AVX2_COMPILE_MIN_WIDTH} channels "
+            "(docs/performance.md)")
+
+
+def compiles(config, device=None):
+    """--compile / --no_compile as asked; by default, for networks from COMPILE_MIN_WIDTH channels; never with --reference,
+    nor where compile_refusal says why not on `device` (None: the flags alone, as the launcher compares them)."""
     if config.reference:
         return False
-    return config.compile if config.compile is not None else config.width >= COMPILE_MIN_WIDTH
+    asked = config.compile if config.compile is not None else config.width >= COMPILE_MIN_WIDTH
+    return asked and compile_refusal(config, device) is None
 
 
 REFERENCE_CLASHES = ("amp", "compile", "detach_robust_target", "strict_fp32")  # the reference mode decides these itself
@@ -220,7 +238,7 @@ def resolve_computation(config, device):
                            deterministic=not config.cudnn_benchmark, tf32=device.type == "cuda")
     return Computation(loader=config.loader, eval_batch_size=config.eval_batch_size or default_eval_batch(device),
                        channels_last=not config.no_channels_last, legacy_cifar100_val_norm=config.legacy_cifar100_val_norm,
-                       precision=resolve_precision(device, config.amp), compile=compiles(config),
+                       precision=resolve_precision(device, config.amp), compile=compiles(config, device),
                        defer_full_pass=config.loader == "device",  # its augmentation can be re-drawn for any epoch
                        deterministic=not config.cudnn_benchmark, tf32=device.type == "cuda" and not config.strict_fp32)
 

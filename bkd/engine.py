@@ -6,6 +6,7 @@ recorded, or a pass ends.
 """
 import contextlib
 import functools
+import select
 import signal
 import sys
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from torch._functorch import config as functorch_config
 
 from bkd.method import agreement, label_probability
 from bkd.utils import logfmt
-from bkd.utils.errors import Interrupted, first_line
+from bkd.utils.errors import EXIT_INTERRUPTED, Interrupted, first_line, report_and_exit
 
 
 class Precision:
@@ -42,14 +43,28 @@ class Precision:
 
 
 class StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the training loop checks between iterations."""
+    """Turns SIGINT/SIGTERM into a flag the training loop checks between iterations and before each pass.
 
-    def __init__(self):
+    Python runs a signal handler only between bytecodes: a process inside a long native call (a hung kernel, a
+    compilation, a minutes-long evaluation pass) would not stop, and a second signal would not either. So the signal
+    also wakes a watchdog thread (through `signal.set_wakeup_fd`, written by the C-level handler at once): if the
+    process is still running `grace_s` seconds after the first signal, or `SECOND_S` after the second, the watchdog
+    ends it (exit 130) with one line saying so and, from `describe()`, what the run directory holds. Every file is
+    written atomically, so nothing on disk is half-written by that; the epoch in progress is lost, as with any stop.
+    """
+
+    GRACE_S = 30.0  # an iteration, a pass's start or a pending write takes less; a hung kernel or a compilation longer
+    SECOND_S = 3.0
+
+    def __init__(self, describe=None, grace_s=GRACE_S):
         self.signal = None
+        self.describe, self.grace_s = describe, grace_s
+        self._signals, self._signum, self._deadline = 0, None, None
 
     def install(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handler)
+        self._start_watchdog()
         return self
 
     def _handler(self, signum, frame):
@@ -62,11 +77,57 @@ class StopFlag:
             name = signal.Signals(self.signal).name
             raise Interrupted(f"{name} received during {where}")  # the caller says what the run directory holds
 
+    def _start_watchdog(self):
+        import os
+        import threading
 
-# oneDNN's 1x1 backward-weights kernel for channels-last inputs on x86 CPUs writes past its workspace when the
-# convolution has fewer input channels than its vector block (8 on AVX2, 16 on AVX-512): it hangs, crashes or
-# returns wrong gradients (uxlfoundation/oneDNN#6035, seen here on AVX2). PreResNet18's narrowest 1x1
-# convolution (the first projection shortcut) has `width` input channels.
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        try:
+            signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread: Python delivers no signals here anyway
+            os.close(read)
+            os.close(write)
+            return
+        threading.Thread(target=self._watch, args=(read,), name="bkd-stop-watchdog", daemon=True).start()
+
+    def _watch(self, read):
+        import os
+        import time
+
+        while True:
+            ready = select.select([read], [], [], None if self._deadline is None else max(0.0, self._deadline - time.time()))
+            if ready[0]:
+                for byte in os.read(read, 64):
+                    if byte in (signal.SIGINT, signal.SIGTERM):
+                        self._signals += 1
+                        self._signum = byte
+                        wait = self.grace_s if self._signals == 1 else self.SECOND_S
+                        self._deadline = min(self._deadline or float("inf"), time.time() + wait)
+            elif self._deadline is not None and time.time() >= self._deadline:
+                self._stop_now()
+
+    def _stop_now(self):
+        import os
+
+        name = signal.Signals(self._signum).name
+        after = f"{self.grace_s:.0f} s after {name}" if self._signals == 1 else f"after a second {name}"
+        message = (f"error: still running {after} (inside a long native call: a kernel, a compilation or a pass), so "
+                   "it was stopped at once")
+        try:
+            if self.describe is not None:
+                message += f"; {self.describe()}"
+        except Exception as err:  # noqa: BLE001 - the line must still be printed
+            message += f"; (what the run directory holds could not be read: {first_line(err)})"
+        report_and_exit(message, EXIT_INTERRUPTED)
+
+
+# oneDNN's AVX2 kernels of a 1x1 stride-2 convolution on channels-last inputs write past their workspace when the
+# convolution has fewer input channels than the kernels' block of 8: they hang, crash or return wrong values
+# (uxlfoundation/oneDNN#6035; benchmarks/onednn_1x1.py reproduces it, docs/performance.md). Stride 1, NCHW and 8 or more
+# input channels are not affected, nor were AVX-512's kernels where tried. PreResNet18's narrowest such convolution (the
+# first projection shortcut) has `width` input channels: below 16 a CPU keeps NCHW (a compiled network cannot: inductor
+# computes convolutions channels-last on a CPU whatever the format, so bkd.config.compile_refusal keeps it eager).
 CPU_CHANNELS_LAST_MIN_WIDTH = 16
 
 

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from bkd.config import Computation, TrainConfig
+from bkd.config import Computation, TrainConfig, compile_refusal
 from bkd.data.cifar import DATASETS
 from bkd.data.loaders import make_loader
 from bkd.data.setup import RunData
@@ -117,6 +117,9 @@ class Run:
         if channels_last != self.computation.channels_last:
             log(logfmt.ours(f"width {c.width} < {CPU_CHANNELS_LAST_MIN_WIDTH} on the CPU: NCHW instead of channels-last "
                             "(oneDNN's 1x1 kernels fail on narrow channels-last convolutions; docs/performance.md)"))
+        refusal = compile_refusal(c, device) if c.compile else None
+        if refusal:
+            log(logfmt.ours(refusal))
         if channels_last:
             self.teacher, self.student = (m.to(memory_format=torch.channels_last) for m in (self.teacher, self.student))
         self.optimizer = torch.optim.SGD(list(self.teacher.parameters()) + list(self.student.parameters()), lr=c.lr,

@@ -11,9 +11,9 @@ def script(name):
     return os.path.join(ROOT, name)
 
 
-def run(name, *flags, cwd=None, check=True, timeout=300):
+def run(name, *flags, cwd=None, check=True, timeout=300, env=None):
     proc = subprocess.run([sys.executable, script(name), *map(str, flags)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc

@@ -16,7 +16,7 @@ CPU = torch.device("cpu")
 
 def _pair_of_nets():
     torch.manual_seed(0)
-    teacher, student = PreResNet18(3, width=2), PreResNet18(3, width=2)
+    teacher, student = PreResNet18(3, width=8), PreResNet18(3, width=8)  # (narrower: eager on AVX2 CPUs, compile_refusal)
     x = torch.randn(8, 3, 8, 8)
     with torch.no_grad():  # running statistics of their own, so that eval mode is not the identity
         teacher(x), student(x)
@@ -26,7 +26,7 @@ def _pair_of_nets():
 def test_compile_by_default_from_the_quick_presets_width_and_never_in_reference_mode():
     assert resolve_computation(TrainConfig(width=COMPILE_MIN_WIDTH), CPU).compile
     assert not resolve_computation(TrainConfig(width=COMPILE_MIN_WIDTH - 1), CPU).compile  # the tests' networks
-    assert resolve_computation(TrainConfig(width=4, compile=True), CPU).compile
+    assert resolve_computation(TrainConfig(width=8, compile=True), CPU).compile
     assert not resolve_computation(TrainConfig(width=64, compile=False), CPU).compile
     assert not resolve_computation(TrainConfig(width=64, reference=True), CPU).compile
 
@@ -113,7 +113,7 @@ def test_compiled_networks_match_eager_and_odd_batches_run_eager():
 
 
 def test_training_script_with_compile_trains_as_eager_does(synthetic_root, tmp_path):
-    common = dict(n_epoch=2, width=4, noisy_val_freq=1, clean_test_freq=1, print_freq=1)
+    common = dict(n_epoch=2, width=8, noisy_val_freq=1, clean_test_freq=1, print_freq=1)
     out = {}
     for name, flag in (("compiled", {"compile": True}), ("eager", {})):
         proc = run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, str(tmp_path / name), **common, **flag),
@@ -125,7 +125,10 @@ def test_training_script_with_compile_trains_as_eager_does(synthetic_root, tmp_p
     assert "compiling the networks for evaluation at batch 256" in out["compiled"]  # the full set: 256 + 144 eager
     losses = {name: [line for line in text.splitlines() if line.startswith("epoch:   0/  1\titer:")]
               for name, text in out.items()}
-    assert losses["compiled"][:3] == losses["eager"][:3]  # equal to the printed digits until rounding compounds
+    assert losses["compiled"][0] == losses["eager"][0]  # the same weights and batch: equal to the printed digits
+    values = {name: [float(v.split()[-1]) for line in lines[:3] for v in line.split("\t")[2:]]
+              for name, lines in losses.items()}  # then rounding compounds: to a unit of the last digit by iteration 2
+    assert np.allclose(values["compiled"], values["eager"], atol=1.5e-5, rtol=0)  # (on an AVX2 CPU too)
     for name in out:  # the run records what it computed with
         metrics = json.load(open(tmp_path / name / "cifar10_worst_seed_0" / "metrics.json"))
         assert metrics["config"]["compile"] is (name == "compiled")
@@ -163,3 +166,49 @@ def test_the_backward_compiles_with_the_forward_where_a_failure_can_still_fall_b
                 out.sum().backward()
             assert pair.compiled is not None
     torch._dynamo.reset()
+
+
+def _avx2_can_be_forced():
+    """An x86 CPU with AVX2, where ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2 give an AVX2-only CPU's kernels."""
+    import platform
+
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return platform.machine() in ("x86_64", "AMD64") and "avx2" in flags
+
+
+@pytest.mark.skipif(not _avx2_can_be_forced(), reason="needs an x86 CPU with AVX2, whose kernels can be limited to "
+                    "AVX2's (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)")
+def test_a_narrow_network_asked_to_compile_on_an_avx2_cpu_runs_eager_and_says_so(synthetic_root, tmp_path):
+    """On an AVX2-only CPU oneDNN's 1x1 stride-2 kernels on channels-last inputs hang, crash or compute wrong values below
+    8 input channels (benchmarks/onednn_1x1.py), and a compiled graph computes convolutions channels-last: --compile at
+    width 4 died in its first iteration there (exit -6, -11, or a hang). Forced to AVX2's kernels on any such CPU."""
+    import os
+
+    # (a compile cache of its own: inductor's cache key does not tell kernels built for a forced ISA from the CPU's own)
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "c"))
+    common = dict(n_epoch=1, width=4, noisy_val_freq=1, clean_test_freq=1, print_freq=1)
+    out = {}
+    for name, flag in (("compiled", {"compile": True}), ("eager", {})):
+        out[name] = run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, str(tmp_path / name), **common,
+                                                                       **flag), cwd=str(tmp_path), timeout=300, env=env).stdout
+    assert ("[bkd] --compile: a network of width 4 runs eager on this CPU without AVX-512: compiled, its shortcut "
+            "convolutions would run on oneDNN's AVX2 kernels, which fail below 8 channels (docs/performance.md)") in out["compiled"]
+    assert "compiling the networks" not in out["compiled"]
+    losses = {name: [line for line in text.splitlines() if "\titer:" in line] for name, text in out.items()}
+    assert losses["compiled"] == losses["eager"] and losses["eager"]  # eager both times: the same numbers
+
+
+def test_compile_refusal_names_the_narrow_network_on_a_cpu_without_avx512(monkeypatch):
+    from bkd import config as bkd_config
+    from bkd.utils import runtime
+
+    for capability, refused in (("AVX2", True), ("DEFAULT", True), ("AVX512", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        narrow = TrainConfig(width=4, compile=True)
+        assert (bkd_config.compile_refusal(narrow, CPU) is not None) is (refused and runtime.cpu_kernels_avx2_at_most())
+        assert resolve_computation(narrow, CPU).compile is not bkd_config.compile_refusal(narrow, CPU)
+        assert bkd_config.compile_refusal(TrainConfig(width=8, compile=True), CPU) is None
+        assert bkd_config.compile_refusal(narrow, None) is None  # the flags alone (the launcher's comparison)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cli import run, script, tiny_flags, tmpfs
+from tests.cli import ROOT, run, script, tiny_flags, tmpfs
 
 TRAIN = "blind_knowledge_dist_training.py"
 
@@ -285,3 +285,37 @@ def test_outputs_honour_the_umask(tmp_path, umask, mode):
             "save_json({'a': 1}, sys.argv[2])")
     subprocess.run([sys.executable, "-c", code, ROOT, str(tmp_path / "m.json")], check=True)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == mode
+
+
+# A call that never returns to Python: a read with SA_RESTART (signal.siginterrupt False), as a hung kernel is, so that
+# Python's own handler never runs. Only the watchdog thread, woken by the signal itself, can end it.
+STUCK_IN_NATIVE_CODE = """
+import ctypes, os, signal, sys
+from bkd.engine import StopFlag
+StopFlag(lambda: "the run directory keeps epochs 0..2: run the same command with --resume", grace_s=float(sys.argv[1])).install()
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.siginterrupt(sig, False)
+read, write = os.pipe()
+print("stuck", flush=True)
+ctypes.CDLL(None).read(read, ctypes.create_string_buffer(1), 1)
+"""
+
+
+@pytest.mark.parametrize("signals, grace_s, says", [((signal.SIGTERM,), 1, "1 s after SIGTERM"),
+                                                    ((signal.SIGINT, signal.SIGINT), 600, "after a second SIGINT")])
+def test_a_process_stuck_in_native_code_still_stops_when_asked_with_one_line(tmp_path, signals, grace_s, says):
+    import time
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_IN_NATIVE_CODE, str(grace_s)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "stuck"
+    started = time.time()
+    for sig in signals:
+        proc.send_signal(sig)
+        time.sleep(0.3)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.time() - started < 20
+    assert err.strip().splitlines() == [f"error: still running {says} (inside a long native call: a kernel, a compilation or a pass), "
+                                        "so it was stopped at once; the run directory keeps epochs 0..2: run the same "
+                                        "command with --resume"]

@@ -90,6 +90,19 @@ def _report(message, code):
     sys.exit(code)
 
 
+def report_and_exit(message, code):
+    """From any thread: `message` on standard error (and standard output where that is a log file of its own), then end
+    the process at once with `code`, as _report's line would say it; no cleanup runs (a process stuck in native code)."""
+    lines = [(sys.stderr, message)] + [(sys.stdout, f"[bkd] {message}")] * _stdout_is_separate_file()
+    for stream, line in lines:
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def _silence_stdout():
     """Standard output is closed: point it at /dev/null, so that Python's flush at exit prints no second error."""
     try:

@@ -110,6 +110,12 @@ def cpu_native_bf16():
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def cpu_kernels_avx2_at_most():
+    """An x86 CPU whose kernels are AVX2's at most (torch's capability: a CPU without AVX-512, or ATEN_CPU_CAPABILITY)."""
+    return (platform.machine().lower() in ("x86_64", "amd64", "x86", "i686")
+            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT"))
+
+
 def cuda_native_bf16(device):
     """bf16 in hardware: compute capability 8.0 (Ampere) or newer. Older GPUs emulate it, far slower than fp32."""
     return torch.cuda.get_device_capability(device) >= (8, 0)
