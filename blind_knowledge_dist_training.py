@@ -5,7 +5,7 @@ outputs that write the run's files (bkd.outputs.RunFiles) and, with --trace, its
 say where the results are. Standard output carries the original's lines (0-based epochs); ours
 start with `[bkd] `.
 """
-if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (bkd/utils/errors.py)
+if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
     from bkd.utils.errors import interrupt_quietly_while_starting
 
     interrupt_quietly_while_starting()
@@ -21,7 +21,7 @@ from bkd.outputs import RunFiles
 from bkd.run import Job, Saved, fit
 from bkd.trace import Trace
 from bkd.data.custom import data_file
-from bkd.data.setup import load_run_data
+from bkd.data.datasets import load_run_data
 from flags import data_selection, parse, training_parser
 from bkd.utils import logfmt
 from bkd.utils.errors import OUTPUT_CLOSED, DivergedError, Interrupted, OutOfMemory, OutputClosed, RunDirError, UsageError, run_cli

@@ -5,7 +5,7 @@ precision, recall, F-score), then ours, prefixed `[bkd] `.
 Custom data: the number flagged and the share of each class flagged; with --true_labels (a
 .npy of correct labels, -1 where not audited) also the original's five lines over the audited labels.
 """
-if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (bkd/utils/errors.py)
+if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
     from bkd.utils.errors import interrupt_quietly_while_starting
 
     interrupt_quietly_while_starting()

@@ -9,7 +9,7 @@ from bkd.data.cifar import DATA_ROOT_ENV, DATASETS, default_data_root
 from bkd.data.labels import NOISE_TYPES, check_noise_type
 from bkd.utils.errors import EXIT_USAGE, UsageError
 
-CUSTOM = "custom"  # --dataset custom: your own labelled images (bkd/data/custom.py)
+CUSTOM = "custom"  # --dataset custom: your own labelled images (data/custom.py)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # 1024 px: 3 MB per image in memory; resize larger ones
 EVAL_PRINT_FREQ = 50  # the original's learning.py and detection.py default (unused there); training's is DEFAULTS.print_freq
 

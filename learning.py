@@ -3,7 +3,7 @@
 Prints the original's start-up lines and its `Best test acc selected by val is <acc>` line
 (for teacher.pth.tar / student.pth.tar), then ours, prefixed `[bkd] `, for the last epoch.
 """
-if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (bkd/utils/errors.py)
+if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
     from bkd.utils.errors import interrupt_quietly_while_starting
 
     interrupt_quietly_while_starting()

@@ -29,7 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bkd.data.cifar import DATASETS  # noqa: E402
 from bkd.data.loaders import DeviceLoader  # noqa: E402
-from bkd.data.setup import load_run_data  # noqa: E402
+from bkd.data.datasets import load_run_data  # noqa: E402
 from bkd.models import PreResNet18  # noqa: E402
 from flags import PRESETS  # noqa: E402
 from bkd.utils.metrics import detection_scores  # noqa: E402

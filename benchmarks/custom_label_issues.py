@@ -30,7 +30,7 @@ from benchmarks import SHARED  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bkd.issues import read_label_issues  # noqa: E402
-from bkd.data.setup import CIFAR10_CLASSES, load_run_data  # noqa: E402
+from bkd.data.datasets import CIFAR10_CLASSES, load_run_data  # noqa: E402
 from flags import PRESETS  # noqa: E402
 from bkd.utils.files import portable, save_json  # noqa: E402
 from bkd.utils.metrics import PRECISION_AT, detection_scores, ranking_scores  # noqa: E402

@@ -270,7 +270,7 @@ def synthetic_data(size, seed=0):
     import numpy as np
 
     from bkd.data.custom import from_arrays
-    from bkd.data.setup import choose_images, custom_source
+    from bkd.data.datasets import choose_images, custom_source
 
     rng = np.random.RandomState(seed)
     images = rng.randint(0, 256, (size["train"], 32, 32, 3), dtype=np.uint8)

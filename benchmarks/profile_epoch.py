@@ -29,7 +29,7 @@ from bkd.config import TrainConfig, resolve_computation  # noqa: E402
 from bkd.engine import evaluate, group_alphas  # noqa: E402
 from bkd.run import Job, Run  # noqa: E402
 from bkd.utils.logfmt import quiet  # noqa: E402
-from bkd.data.setup import load_run_data  # noqa: E402
+from bkd.data.datasets import load_run_data  # noqa: E402
 from flags import PRESETS  # noqa: E402
 from bkd.utils.files import save_json, save_torch  # noqa: E402
 from bkd.utils.runtime import machine_info, set_global_seeds  # noqa: E402

@@ -64,7 +64,7 @@ def case_epoch(kind, n, batch_size, workers, width, fast_arithmetic):
     engine's defaults) instead of NCHW, per-parameter SGD and eval batch = training batch."""
     from bkd.config import Computation, TrainConfig
     from bkd.data.custom import from_arrays
-    from bkd.data.setup import choose_images, custom_source
+    from bkd.data.datasets import choose_images, custom_source
     from bkd.engine import evaluate
     from bkd.run import Job, Run
     from bkd.utils.logfmt import quiet

@@ -28,7 +28,7 @@ from bkd.issues import rank_label_issues
 from bkd.outputs import RunFiles
 from bkd.run import Job, Saved, fit
 from bkd.data.custom import from_arrays
-from bkd.data.setup import choose_images, custom_source
+from bkd.data.datasets import choose_images, custom_source
 from bkd.utils.errors import UsageError
 from bkd.utils.runtime import preserved_global_rng, resolve_device
 

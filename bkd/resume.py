@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from bkd.config import differing_args, run_args
-from bkd.data.setup import check_same_data
+from bkd.data.datasets import check_same_data
 from bkd.utils import logfmt
 from bkd.utils.errors import DataError, UsageError, first_line
 from bkd.utils.runtime import describe_device, device_identity

@@ -19,7 +19,7 @@ import torch
 from bkd.config import Computation, TrainConfig, compile_refusal
 from bkd.data.cifar import DATASETS
 from bkd.data.loaders import make_loader
-from bkd.data.setup import RunData
+from bkd.data.datasets import RunData
 from bkd.engine import (CPU_CHANNELS_LAST_MIN_WIDTH, CompiledPair, Nets, Precision, StopFlag, evaluate, group_alphas,
                         progress, use_channels_last)
 from bkd.method import (agreement, compensation_loss, full_pass_seed, label_probability, may_still_pick, one_hot,

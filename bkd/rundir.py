@@ -320,7 +320,7 @@ def check_split(run_dir, metrics):
 def evaluated_data(args, run_dir, metrics, images=True):
     """learning.py's and detection.py's data: the run's (its subset), checked to be the data it was trained on, with the
     original's start-up lines printed. Without `images`, labels only: training checked them against the images."""
-    from bkd.data.setup import load_run_data
+    from bkd.data.datasets import load_run_data
 
     data = load_run_data(args, subset=saved_subset(run_dir), val_ratio=None if images else 0.0, with_images=images)
     check_run_data(run_dir, metrics, args, data.fingerprint())
@@ -341,7 +341,7 @@ def check_run_data(run_dir, metrics, args, fingerprint, log=print):
     if recorded is None:
         log(logfmt.ours(f"{run_dir}/metrics.json records no data fingerprint (an earlier version wrote it): the data is not checked"))
         return
-    from bkd.data.setup import check_same_data
+    from bkd.data.datasets import check_same_data
 
     check_same_data(recorded, {k: v for k, v in fingerprint.items() if k != "split"},  # (the evaluations' own split)
                     "evaluate it with the data and flags it was trained with (--data_root, --noise_path, --data_file, "

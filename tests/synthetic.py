@@ -82,7 +82,7 @@ def tiny_run(config, n=120, num_classes=4):
     """A bkd.run.Run on the CPU over `n` synthetic images, without outputs, built as bkd.run.fit builds it."""
     from bkd.config import resolve_computation
     from bkd.data.custom import from_arrays
-    from bkd.data.setup import choose_images, custom_source
+    from bkd.data.datasets import choose_images, custom_source
     from bkd.run import Job, Run
     from bkd.utils.logfmt import quiet
 

@@ -8,7 +8,7 @@ from torch._inductor.exc import InvalidCxxCompiler
 
 from bkd.config import COMPILE_MIN_WIDTH, TrainConfig, resolve_computation
 from bkd.engine import CompiledPair
-from bkd.models.preact_resnet import PreResNet18
+from bkd.models.resnet import PreResNet18
 from tests.cli import run, tiny_flags
 
 CPU = torch.device("cpu")

@@ -111,7 +111,7 @@ def test_the_api_leaves_the_callers_random_state_and_signal_handlers_and_is_dete
 
 def test_a_runs_images_and_labels_are_taken_once():
     from bkd.data.custom import from_arrays
-    from bkd.data.setup import choose_images, custom_source
+    from bkd.data.datasets import choose_images, custom_source
 
     images, labels = make_images(40, 4, np.random.RandomState(0))
     data = choose_images(custom_source(from_arrays(images, labels)), 20, 0, 0.1)

@@ -33,7 +33,7 @@ def _requirement_floor(name):
 
 
 def test_requirements_floor_is_what_the_code_needs():
-    code = "".join(open(os.path.join(ROOT, d, f)).read() for d in ("bkd", "bkd/utils", "bkd/data")
+    code = "".join(open(os.path.join(ROOT, d, f)).read() for d in ("bkd", "utils", "data")
                    for f in os.listdir(os.path.join(ROOT, d)) if f.endswith(".py"))
     for api, version in NEEDS.items():
         assert api in code, f"{api} is no longer called: drop it from NEEDS"
@@ -356,7 +356,7 @@ def test_resuming_on_another_model_of_the_device_continues_with_a_notice(one_epo
 # 8. out of memory -------------------------------------------------------------------------------------------------------
 def test_out_of_memory_is_one_line_naming_the_batch_sizes(synthetic_root, tmp_path, monkeypatch, capsys):
     import blind_knowledge_dist_training as training
-    from bkd.models.preact_resnet import PreActResNet
+    from bkd.models.resnet import PreActResNet
     from bkd.utils.errors import run_cli
 
     def exhausted(self, x):

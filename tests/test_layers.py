@@ -19,9 +19,12 @@ def _layer(module):
     return None
 
 
+FOLDERS = {"bkd.utils": "utils", "bkd.models": "models", "bkd.data": "data"}  # packages of bkd at the top (pyproject.toml)
+
+
 def _files(name):
     """The files of a layer: a script, or a package's modules (without the packages inside it, their own layers)."""
-    path = os.path.join(ROOT, *name.split("."))
+    path = os.path.join(ROOT, FOLDERS.get(name) or os.path.join(*name.split(".")))
     if os.path.isfile(path + ".py"):
         return [path + ".py"]
     return [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".py")]
@@ -48,9 +51,10 @@ def test_no_module_imports_upward():
 
 
 def test_every_package_has_a_layer():
-    packages = {".".join(os.path.relpath(root, ROOT).split(os.sep)) for root, dirs, files in os.walk(os.path.join(ROOT, "bkd"))
-                if "__init__.py" in files}
-    assert packages <= set(LAYERS)
+    packages = {".".join(os.path.relpath(root, ROOT).split(os.sep)) for top in ("bkd", *FOLDERS.values())
+                for root, dirs, files in os.walk(os.path.join(ROOT, top)) if "__init__.py" in files}
+    named = {next((k for k, v in FOLDERS.items() if v == p), p) for p in packages}
+    assert named <= set(LAYERS)
 
 
 def test_the_check_sees_an_upward_import(tmp_path):

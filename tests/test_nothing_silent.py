@@ -127,7 +127,7 @@ def test_hidden_files_and_folders_are_skipped_and_counted(tmp_path):
     from PIL import Image
 
     from bkd.data.custom import load_custom
-    from bkd.data.setup import custom_source
+    from bkd.data.datasets import custom_source
 
     root = _folder(tmp_path)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "cat" / ".thumb.png")
@@ -145,7 +145,7 @@ def test_hidden_files_and_folders_are_skipped_and_counted(tmp_path):
 # 4. images too small for the network ---------------------------------------------------------------------------------
 def test_small_images_are_resized_to_32_unless_kept(tmp_path):
     from bkd.data.custom import from_arrays, load_custom
-    from bkd.data.setup import custom_source
+    from bkd.data.datasets import custom_source
 
     x, y = make_images(40, 2, np.random.RandomState(0))
     small = np.stack([img[::4, ::4] for img in x])  # 8x8

@@ -8,3 +8,8 @@ metrics.py     detection and ranking scores
 runtime.py     seeding, devices, machine info
 logfmt.py      the original's log lines
 """
+
+if __name__ != "bkd.utils":  # one module, one name: utils.x and bkd.utils.x would be two modules (and two sets of errors)
+    raise ImportError(f"import bkd.utils, not {__name__}: the repository's utils/ folder is the package bkd.utils "
+                      "(docs/layout.md)")
+
