@@ -26,7 +26,7 @@ from flags import data_selection, parse, training_parser
 from bkd.utils import logfmt
 from bkd.utils.errors import OUTPUT_CLOSED, DivergedError, Interrupted, OutOfMemory, OutputClosed, RunDirError, UsageError, run_cli
 from bkd.utils.files import portable
-from bkd.utils.runtime import resolve_device
+from bkd.utils.devices import resolve_device
 
 PATH_FLAGS = ("data_root", "noise_path", "results_dir", "run_dir", "trace")
 

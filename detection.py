@@ -20,7 +20,7 @@ from flags import base_parser, parse
 from bkd.utils.errors import DataError, first_line, run_cli
 from bkd.utils.files import update_json
 from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
-from bkd.utils.runtime import set_global_seeds
+from bkd.utils.seeds import set_global_seeds
 
 
 def build_parser():

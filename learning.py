@@ -20,7 +20,9 @@ from bkd.utils import logfmt
 from flags import base_parser, parse
 from bkd.utils.errors import DataError, run_cli
 from bkd.utils.files import update_json
-from bkd.utils.runtime import cuda_settings, resolve_device, set_global_seeds
+from bkd.utils.cuda import cuda_settings
+from bkd.utils.devices import resolve_device
+from bkd.utils.seeds import set_global_seeds
 
 
 

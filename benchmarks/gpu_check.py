@@ -209,7 +209,7 @@ def patch_for(mode, tiny_cpu):
     import torch
 
     import bkd.run
-    from bkd.utils import runtime
+    from bkd.utils import cuda
 
     spec = MODES[mode]
     extra = {"backend": "eager"} if tiny_cpu else ({"mode": spec.compile_mode} if spec.compile_mode else {})
@@ -221,7 +221,7 @@ def patch_for(mode, tiny_cpu):
 
     torch.compile = compile_
     if not spec.fill_uninitialized_memory:
-        bkd.run.cuda_settings = functools.partial(runtime.cuda_settings, fill_uninitialized_memory=False)
+        bkd.run.cuda_settings = functools.partial(cuda.cuda_settings, fill_uninitialized_memory=False)
 
 
 def copied_out(fn):
@@ -313,7 +313,9 @@ def measure_mode(name, device_name, size, result_path):
     from bkd.run import Job, Run
     from bkd.data.loaders import make_loader
     from bkd.utils.logfmt import quiet
-    from bkd.utils.runtime import cuda_settings, resolve_device, set_global_seeds
+    from bkd.utils.cuda import cuda_settings
+    from bkd.utils.devices import resolve_device
+    from bkd.utils.seeds import set_global_seeds
 
     spec = MODES[name]
     device = resolve_device(device_name)
@@ -481,7 +483,7 @@ class Check:
     # 1.
     def machine(self):
         from bkd.config import TrainConfig, resolve_computation
-        from bkd.utils.runtime import machine_info
+        from bkd.utils.machine import machine_info
 
         return {"status": "done", "facts": machine_info(self.device, resolve_computation(TrainConfig(), self.device))}
 
@@ -514,7 +516,7 @@ class Check:
         return {"status": "passed" if not failed else f"failed: {', '.join(failed)}", "configs": results}
 
     def amp_runs(self):
-        from bkd.utils.runtime import cpu_native_bf16
+        from bkd.utils.devices import cpu_native_bf16
 
         return self.kind == "cuda" or cpu_native_bf16()
 
@@ -808,7 +810,7 @@ def main(argv=None):
         print(f"wrote {args.prepare_data}/cifar10.npz and CIFAR-10_human.pt ({mib:.1f} MiB); carry it to the GPU call")
         return 0
     from bkd.utils.errors import BKDError
-    from bkd.utils.runtime import resolve_device
+    from bkd.utils.devices import resolve_device
 
     try:
         device = resolve_device(args.device)

@@ -97,7 +97,8 @@ def main(argv=None):
     p.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=list(RUNS), help="which tiny runs")
     p.add_argument("--shared", default=SHARED, help="the shared data folder (cifar10-jpeg/, cifar-n/)")
     args = p.parse_args(argv)
-    from bkd.utils.runtime import cpu_kind, cpu_model, cpu_native_bf16
+    from bkd.utils.machine import cpu_kind, cpu_model
+    from bkd.utils.devices import cpu_native_bf16
 
     runs = [r for r in args.runs if r != "amp" or cpu_native_bf16()]
     print(f"{args.before} against this tree on {cpu_model()} ({cpu_kind()}): runs {', '.join(runs)}"

@@ -72,7 +72,7 @@ GOLDEN_CPU_KIND = {"vendor": "GenuineIntel", "family": 6, "model": 207, "capabil
 
 
 def trace_machine(trace):
-    """(CPU kind, thread count) a trace was recorded with (utils.runtime.cpu_kind: vendor, family, model, capability)."""
+    """(CPU kind, thread count) a trace was recorded with (utils.machine.cpu_kind: vendor, family, model, capability)."""
     config = trace["config"]
     machine = config.get("machine")
     if machine is None:

@@ -30,7 +30,8 @@ from bkd.run import Job, Saved, fit
 from bkd.data.custom import from_arrays
 from bkd.data.datasets import choose_images, custom_source
 from bkd.utils.errors import UsageError
-from bkd.utils.runtime import preserved_global_rng, resolve_device
+from bkd.utils.seeds import preserved_global_rng
+from bkd.utils.devices import resolve_device
 
 
 @dataclass

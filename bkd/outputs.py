@@ -17,7 +17,7 @@ from bkd.utils import logfmt
 from bkd.utils.checkpoint import model_checkpoint
 from bkd.utils.files import BackgroundWriter, save_json, save_numpy, save_torch
 from bkd.utils.metrics import detection_scores
-from bkd.utils.runtime import machine_info
+from bkd.utils.machine import machine_info
 
 
 class Output:

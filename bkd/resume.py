@@ -15,7 +15,7 @@ from bkd.config import differing_args, run_args
 from bkd.data.datasets import check_same_data
 from bkd.utils import logfmt
 from bkd.utils.errors import DataError, UsageError, first_line
-from bkd.utils.runtime import describe_device, device_identity
+from bkd.utils.machine import describe_device, device_identity
 
 @dataclass(frozen=True)
 class Advice:

@@ -17,7 +17,7 @@ from bkd.outputs import Output
 from bkd.utils.errors import DataError
 from bkd.utils.files import read_json_object, save_json
 from bkd.utils.hashing import array_sha256, file_sha256
-from bkd.utils.runtime import machine_info
+from bkd.utils.machine import machine_info
 
 
 def state_sha256(module):

@@ -203,12 +203,12 @@ def test_a_narrow_network_asked_to_compile_on_an_avx2_cpu_runs_eager_and_says_so
 
 def test_compile_refusal_names_the_narrow_network_on_a_cpu_without_avx512(monkeypatch):
     from bkd import config as bkd_config
-    from bkd.utils import runtime
+    from bkd.utils import devices
 
     for capability, refused in (("AVX2", True), ("DEFAULT", True), ("AVX512", False)):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
         narrow = TrainConfig(width=4, compile=True)
-        assert (bkd_config.compile_refusal(narrow, CPU) is not None) is (refused and runtime.cpu_kernels_avx2_at_most())
+        assert (bkd_config.compile_refusal(narrow, CPU) is not None) is (refused and devices.cpu_kernels_avx2_at_most())
         assert resolve_computation(narrow, CPU).compile is not bkd_config.compile_refusal(narrow, CPU)
         assert bkd_config.compile_refusal(TrainConfig(width=8, compile=True), CPU) is None
         assert bkd_config.compile_refusal(narrow, None) is None  # the flags alone (the launcher's comparison)

@@ -15,7 +15,7 @@ import torch
 from bkd import resume
 from bkd.config import TrainConfig, resolve_computation, resolve_precision
 from tests.cli import ROOT, run, tiny_flags
-from bkd.utils import runtime
+from bkd.utils import cuda, devices, machine
 from bkd.utils.errors import UsageError
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -37,17 +37,17 @@ def test_requirements_floor_is_what_the_code_needs():
                    for f in os.listdir(os.path.join(ROOT, d)) if f.endswith(".py"))
     for api, version in NEEDS.items():
         assert api in code, f"{api} is no longer called: drop it from NEEDS"
-        assert runtime.MIN_TORCH >= version, api
-    assert _requirement_floor("torch") == runtime.MIN_TORCH
-    assert _requirement_floor("torchvision") == (0, runtime.MIN_TORCH[1] + 15)  # torchvision 0.18 goes with torch 2.3
+        assert devices.MIN_TORCH >= version, api
+    assert _requirement_floor("torch") == devices.MIN_TORCH
+    assert _requirement_floor("torchvision") == (0, devices.MIN_TORCH[1] + 15)  # torchvision 0.18 goes with torch 2.3
 
 
 def test_an_older_torch_is_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.1.2+cu121")
     with pytest.raises(UsageError, match=r"^torch 2.1.2\+cu121 is older than this project needs \(2.3\); pip install -r "
                                          r"requirements.txt$"):
-        runtime.resolve_device("cpu")
-    assert runtime.torch_version("2.11.0+cu128") == (2, 11) and runtime.torch_version("2.3.0a0") == (2, 3)
+        devices.resolve_device("cpu")
+    assert devices.torch_version("2.11.0+cu128") == (2, 11) and devices.torch_version("2.3.0a0") == (2, 3)
 
 
 # 2. mixed precision by the device's native support -------------------------------------------------------------------
@@ -72,8 +72,8 @@ def test_fp16_scales_its_gradients_and_bf16_does_not(monkeypatch):
 
 
 def test_amp_is_refused_where_the_device_has_no_mixed_precision(monkeypatch):
-    monkeypatch.setattr(runtime.torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
-    monkeypatch.setattr(runtime.torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(devices.torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(devices.torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     with pytest.raises(UsageError, match="has no native bf16"):
         resolve_precision(CPU, amp=True)
     assert resolve_precision(CPU, amp=False) == "fp32"  # without --amp nothing is asked of the CPU
@@ -82,7 +82,7 @@ def test_amp_is_refused_where_the_device_has_no_mixed_precision(monkeypatch):
 
 
 def test_setup_line_and_metrics_say_which_precision(synthetic_root, tmp_path):
-    if not runtime.cpu_native_bf16():
+    if not devices.cpu_native_bf16():
         pytest.skip("this CPU has no native bf16: --amp is refused here (tested above)")
     proc = run(TRAIN, *tiny_flags(synthetic_root, str(tmp_path), n_epoch=1, amp=True), cwd=str(tmp_path))
     assert "device cpu (bf16 mixed precision), loader device" in proc.stdout
@@ -93,21 +93,21 @@ def test_setup_line_and_metrics_say_which_precision(synthetic_root, tmp_path):
 # 3. and 4. determinism and TF32 ---------------------------------------------------------------------------------------
 def test_cuda_settings_are_deterministic_and_tf32_by_default_and_restored_after(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    before = (runtime.determinism_settings(), runtime.tf32_settings(), runtime._tf32_state())
-    with runtime.cuda_settings(CUDA):
-        assert runtime.determinism_settings() == {"cudnn_deterministic": True, "cudnn_benchmark": False,
+    before = (cuda.determinism_settings(), cuda.tf32_settings(), cuda._tf32_state())
+    with cuda.cuda_settings(CUDA):
+        assert cuda.determinism_settings() == {"cudnn_deterministic": True, "cudnn_benchmark": False,
                                                   "deterministic_algorithms": True, "fill_uninitialized_memory": True,
                                                   "cublas_workspace_config": ":4096:8"}
-        assert runtime.tf32_settings() == {"cudnn_conv": True, "cuda_matmul": True}
-    assert (runtime.determinism_settings(), runtime.tf32_settings(), runtime._tf32_state()) == before
-    with runtime.cuda_settings(CUDA, deterministic=False, tf32=False, fill_uninitialized_memory=False):
-        settings = runtime.determinism_settings()
+        assert cuda.tf32_settings() == {"cudnn_conv": True, "cuda_matmul": True}
+    assert (cuda.determinism_settings(), cuda.tf32_settings(), cuda._tf32_state()) == before
+    with cuda.cuda_settings(CUDA, deterministic=False, tf32=False, fill_uninitialized_memory=False):
+        settings = cuda.determinism_settings()
         assert settings["cudnn_benchmark"] and not settings["cudnn_deterministic"] and not settings["deterministic_algorithms"]
         assert not settings["fill_uninitialized_memory"]
-        assert runtime.tf32_settings() == {"cudnn_conv": False, "cuda_matmul": False}
-    assert (runtime.determinism_settings(), runtime.tf32_settings(), runtime._tf32_state()) == before
-    with runtime.cuda_settings(CPU, deterministic=True, tf32=False):  # the CPU: nothing changes
-        assert (runtime.determinism_settings(), runtime.tf32_settings()) == before[:2]
+        assert cuda.tf32_settings() == {"cudnn_conv": False, "cuda_matmul": False}
+    assert (cuda.determinism_settings(), cuda.tf32_settings(), cuda._tf32_state()) == before
+    with cuda.cuda_settings(CPU, deterministic=True, tf32=False):  # the CPU: nothing changes
+        assert (cuda.determinism_settings(), cuda.tf32_settings()) == before[:2]
 
 
 @pytest.mark.parametrize("tf32", [True, False])
@@ -115,7 +115,7 @@ def test_tf32_reads_the_same_through_torchs_legacy_and_new_settings(tf32):
     """Setting only the new per-operation precisions leaves torch's legacy getters raising (inductor versions that read
     them fail to compile): the run's settings keep both readings consistent."""
     b = torch.backends
-    with runtime.cuda_settings(CUDA, tf32=tf32):
+    with cuda.cuda_settings(CUDA, tf32=tf32):
         assert b.cudnn.allow_tf32 is tf32 and b.cuda.matmul.allow_tf32 is tf32  # the legacy getters answer
         if hasattr(b.cuda.matmul, "fp32_precision"):  # newer torch: the new reading agrees
             assert b.cuda.matmul.fp32_precision == ("tf32" if tf32 else "ieee")
@@ -123,28 +123,28 @@ def test_tf32_reads_the_same_through_torchs_legacy_and_new_settings(tf32):
     if not hasattr(b.cuda.matmul, "fp32_precision"):
         return
     # what the new API alone does (the project's earlier way), shown on this torch
-    saved = runtime._tf32_state()
+    saved = cuda._tf32_state()
     try:
         b.cudnn.conv.fp32_precision = b.cuda.matmul.fp32_precision = "ieee"
         with pytest.raises(RuntimeError, match="mix of the legacy and new APIs"):
             b.cudnn.allow_tf32
     finally:
-        runtime._restore_tf32(saved)
+        cuda._restore_tf32(saved)
 
 
 def test_a_callers_own_new_api_precision_is_put_back():
     b = torch.backends
     if not hasattr(b.cuda.matmul, "fp32_precision"):
         pytest.skip(f"torch {torch.__version__} has no per-operation fp32_precision settings")
-    saved = runtime._tf32_state()
+    saved = cuda._tf32_state()
     try:
         b.cuda.matmul.fp32_precision = "tf32"  # a caller's choice through the new API
-        mine = runtime._tf32_state()
-        with runtime.cuda_settings(CUDA, tf32=False):
+        mine = cuda._tf32_state()
+        with cuda.cuda_settings(CUDA, tf32=False):
             assert b.cuda.matmul.allow_tf32 is False
-        assert runtime._tf32_state()[1] == mine[1] and b.cuda.matmul.fp32_precision == "tf32"
+        assert cuda._tf32_state()[1] == mine[1] and b.cuda.matmul.fp32_precision == "tf32"
     finally:
-        runtime._restore_tf32(saved)
+        cuda._restore_tf32(saved)
 
 
 def test_fit_sets_the_cuda_arithmetic_before_anything_else(monkeypatch):
@@ -156,7 +156,7 @@ def test_fit_sets_the_cuda_arithmetic_before_anything_else(monkeypatch):
 
     class FakeRun:  # what fit builds first: the settings are in place by then
         def __init__(self, job, outputs):
-            seen.update(runtime.determinism_settings(), **runtime.tf32_settings())
+            seen.update(cuda.determinism_settings(), **cuda.tf32_settings())
 
         def train(self, resume, stop):
             return "state"
@@ -239,16 +239,16 @@ def test_machine_info_records_the_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
-    monkeypatch.setattr(runtime, "_driver_version", lambda: "570.124.06")
+    monkeypatch.setattr(machine, "_driver_version", lambda: "570.124.06")
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     # the run's settings, although they are set only when its training starts (and were torch's defaults here)
-    info = runtime.machine_info(torch.device("cuda:0"), resolve_computation(TrainConfig(), CUDA))
+    info = machine.machine_info(torch.device("cuda:0"), resolve_computation(TrainConfig(), CUDA))
     gpu = info["gpu"]
     assert (gpu["name"], gpu["compute_capability"], gpu["memory_gib"], gpu["driver"], gpu["cuda"], gpu["cudnn"]) == \
         ("NVIDIA H200", "9.0", 139.7, "570.124.06", "12.8", 91002)
     assert gpu["determinism"]["deterministic_algorithms"] and gpu["tf32"] == {"cudnn_conv": True, "cuda_matmul": True}
     assert not torch.are_deterministic_algorithms_enabled()  # and put back
-    assert info["device"] == "cuda:0" and "gpu" not in runtime.machine_info(CPU)
+    assert info["device"] == "cuda:0" and "gpu" not in machine.machine_info(CPU)
 
 
 # 6. checkpoints in host memory -----------------------------------------------------------------------------------------
@@ -346,7 +346,7 @@ def test_resuming_a_cuda_run_on_the_cpu_is_refused_naming_both_devices(one_epoch
 def test_resuming_on_another_model_of_the_device_continues_with_a_notice(one_epoch_of_two, tmp_path):
     flags, run_dir = one_epoch_of_two
     recorded = torch.load(run_dir / "state.pth.tar", weights_only=True)["device"]
-    assert recorded == runtime.device_identity(CPU)
+    assert recorded == machine.device_identity(CPU)
     copy = _with_device(run_dir, tmp_path, dict(recorded, name="Another CPU"))
     out = run(TRAIN, *flags, "--run_dir", copy, "--resume").stdout
     assert "[bkd] resuming on cpu (" in out and "where the run trained on cpu (Another CPU): it continues, but its result " \

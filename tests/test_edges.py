@@ -162,7 +162,7 @@ def test_no_writable_compile_cache_at_all_is_one_line_naming_the_variable(monkey
     import tempfile
 
     from bkd.utils.errors import UsageError
-    from bkd.utils.runtime import usable_compile_cache
+    from bkd.utils.compile_cache import usable_compile_cache
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/proc/no_such_folder")
     monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
@@ -174,7 +174,7 @@ def test_no_writable_compile_cache_at_all_is_one_line_naming_the_variable(monkey
 
 def test_an_os_error_of_the_run_itself_passes_through_the_compile_cache_check():
     """A closed pipe inside a run (BrokenPipeError is an OSError) stays itself: the check catches only its own error."""
-    from bkd.utils.runtime import usable_compile_cache
+    from bkd.utils.compile_cache import usable_compile_cache
 
     with pytest.raises(BrokenPipeError):
         with usable_compile_cache(print):

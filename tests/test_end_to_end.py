@@ -284,7 +284,7 @@ def test_the_run_summary_and_the_grid_summary_have_the_same_columns(tmp_path):
 
 def test_amp_on_the_cpu_needs_native_bf16(synthetic_root, tmp_path):
     """--amp: bf16 autocast on a CPU with native bf16 (the run completes and says so), else a one-line refusal."""
-    from bkd.utils.runtime import cpu_native_bf16
+    from bkd.utils.devices import cpu_native_bf16
 
     proc = run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, str(tmp_path), n_epoch=2, amp=True), cwd=str(tmp_path),
                check=False)

@@ -5,7 +5,11 @@ files.py       atomic writes, JSON, portable paths
 hashing.py     sha256 of files and arrays
 checkpoint.py  model checkpoints, host copies of nested tensors (the run directory's lock: bkd/rundir.py)
 metrics.py     detection and ranking scores
-runtime.py     seeding, devices, machine info
+devices.py     torch's version, the device and what it does natively
+seeds.py       seeds and random-generator states (resume)
+cuda.py        the CUDA arithmetic: TF32 and determinism
+compile_cache.py  a compile cache torch can write
+machine.py     what a result comes from: CPU kind, versions, GPU
 logfmt.py      the original's log lines
 """
 
