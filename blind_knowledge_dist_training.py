@@ -1,9 +1,9 @@
 """Train teacher and student with Blind Knowledge Distillation (arXiv 2211.11355; docs/method.md).
 
-Parse the flags, load the data, open the run directory, hand them to bkd.run.fit with the
-outputs that write the run's files (bkd.outputs.RunFiles) and, with --trace, its trace, and
-say where the results are. Standard output carries the original's lines (0-based epochs); ours
-start with `[bkd] `.
+Parse the flags into the training values and the data selection, open the run directory, load the data, hand the
+run to bkd.run.fit with the outputs that write its files (bkd.outputs.RunFiles) and, with --trace, its trace, and
+say where the results are. Standard output carries the original's lines (0-based epochs); ours start with `[bkd] `.
+docs/layout.md follows this file to the first training iteration.
 """
 if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
     from bkd.utils.errors import interrupt_quietly_while_starting
@@ -14,31 +14,23 @@ import os
 import time
 
 from bkd import resume
-from bkd import rundir as rd
-from bkd.config import TrainConfig, check_config, resolve_computation
-from bkd.engine import StopFlag
+from bkd.config import check_config, resolve_computation
+from bkd.data.datasets import input_dataset
 from bkd.outputs import RunFiles
-from bkd.run import Job, Saved, fit
+from bkd.run import Job, Saved, StopFlag, fit
+from bkd.rundir import STATE, RunDir
 from bkd.trace import Trace
-from bkd.data.custom import data_file
-from bkd.data.datasets import load_run_data
-from flags import data_selection, parse, training_parser
 from bkd.utils import logfmt
+from bkd.utils.devices import resolve_device
 from bkd.utils.errors import OUTPUT_CLOSED, DivergedError, Interrupted, OutOfMemory, OutputClosed, RunDirError, UsageError, run_cli
 from bkd.utils.files import portable
-from bkd.utils.devices import resolve_device
+from flags import data_selection, parse, run_dir_path, training_config, training_parser
 
 PATH_FLAGS = ("data_root", "noise_path", "results_dir", "run_dir", "trace")
 
 
 def build_parser():
     return training_parser()
-
-
-def check_args(args):
-    check_config(TrainConfig.from_namespace(args))  # the training values (shared with the Python API)
-    if args.resume and args.overwrite:
-        raise UsageError("--resume and --overwrite contradict each other; pick one")
 
 
 def log(message=""):
@@ -52,11 +44,14 @@ def log(message=""):
 
 def main(argv=None):
     args = parse(build_parser(), argv)
-    check_args(args)
+    config = training_config(args)
+    check_config(config)  # the training values (shared with the Python API)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pick one")
     device = resolve_device(args.device)
-    run = rd.RunDir(rd.resolve_run_dir(args)).open(resume=args.resume, overwrite=args.overwrite)
+    run = RunDir(run_dir_path(args)).open(resume=args.resume, overwrite=args.overwrite)
     try:
-        train(args, device, run)
+        train(args, config, device, run)
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, and say what the directory holds
         raise Interrupted(f"interrupted; {run.describe()}") from None
     except (Interrupted, DivergedError, RunDirError, OutOfMemory) as err:
@@ -67,31 +62,29 @@ def main(argv=None):
         run.close()
 
 
-def train(args, device, run):
-    """Data, files and trace around one bkd.run.fit."""
+def train(args, config, device, run):
+    """Data, resume state, files and trace around one bkd.run.fit."""
     started = time.time()  # (bkd.run.fit seeds python, numpy and torch before the first random draw)
+    stop = StopFlag(run.describe).install()  # SIGINT/SIGTERM from here on: a clean stop, saying what the directory holds
     log(logfmt.device_line(device))
     log(str(device))
-    config = TrainConfig.from_namespace(args)
-    computation = resolve_computation(config, device)  # the one resolution of the run's computation
-    path = run.file(rd.STATE)
-    saved = resume.load(path) if args.resume and run.started else None
-    data = load_run_data(args)
+    selection = data_selection(args)
+    data = input_dataset(selection, config)
     for line in data.banner:
         log(line)
-    job = Job(config, data, device, computation, log, started)
-    identity = resume.identity(job, data_selection(args))
+    job = Job(config, data, device, resolve_computation(config, device), log, started)
+    identity = resume.identity(job, selection)
+    saved = resume.load(run.file(STATE)) if args.resume and run.started else None
     if saved is not None:
-        resume.check(saved, identity, path, log=log)
-    flags = dict({k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()}, compile=computation.compile,
-                 precision=computation.precision, deterministic=computation.deterministic, tf32=computation.tf32)
-    outputs = [RunFiles(run, job, identity, flags)]
-    if args.trace:
-        outputs.append(Trace(args.trace, args, data))
+        resume.check(saved, identity, run.file(STATE), log=log)
+    flags = dict({k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()},
+                 compile=job.computation.compile, precision=job.computation.precision,
+                 deterministic=job.computation.deterministic, tf32=job.computation.tf32)
+    outputs = [RunFiles(run, job, identity, flags)] + ([Trace(args.trace, vars(args), selection, data)] if args.trace else [])
     log(logfmt.ours(setup_line(args, job, run)))
     if saved is not None:
-        log(logfmt.ours(f"resumed {portable(run.path)} after epoch {saved['epoch'] - 1} of 0..{args.n_epoch - 1}"))
-    state = fit(job, outputs, resume=saved and Saved(path, saved), stop=StopFlag(run.describe).install())
+        log(logfmt.ours(f"resumed {portable(run.path)} after epoch {saved['epoch'] - 1} of 0..{config.n_epoch - 1}"))
+    state = fit(job, outputs, resume=saved and Saved(run.file(STATE), saved), stop=stop)
     log(logfmt.ours(f"finished: best noisy validation accuracy {state.best_val:.2f} % at epoch {state.best_epoch}; "
                     f"outputs in {portable(run.path)}"))
 
@@ -104,10 +97,10 @@ def setup_line(args, job, run):
                        "deterministic kernels" if computation.deterministic else "cudnn.benchmark (nondeterministic)"]
     if computation.compile:
         arithmetic.append("torch.compile")
-    labels = (f"{args.dataset} {args.noise_type}" if args.dataset != "custom" else
-              f"custom data {portable(os.path.abspath(data_file(args)))} (its given labels)")
-    return (f"{labels}, seed {args.seed}: {len(data.train_pos)} training / {len(data.val_pos)} "
-            f"validation / {len(data.labels)} detection images, PreResNet18 width {args.width}, device {device} "
+    labels = (f"{args.dataset} {args.noise_type}" if not data_selection(args).custom else
+              f"custom data {portable(os.path.abspath(data_selection(args).custom_file))} (its given labels)")
+    return (f"{labels}, seed {job.config.seed}: {len(data.train_pos)} training / {len(data.val_pos)} "
+            f"validation / {len(data.labels)} detection images, PreResNet18 width {job.config.width}, device {device} "
             f"({', '.join(arithmetic)}), {computation.name}, run directory {portable(run.path)}")
 
 

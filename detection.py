@@ -15,12 +15,13 @@ import os
 import numpy as np
 
 from bkd import rundir as rd
+from bkd.evaluations import check_split, evaluated_data, evaluating
 from bkd.utils import logfmt
-from flags import base_parser, parse
-from bkd.utils.errors import DataError, first_line, run_cli
+from bkd.utils.errors import DataError, first_line, run_cli, stop_on_signals
 from bkd.utils.files import update_json
 from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
 from bkd.utils.seeds import set_global_seeds
+from flags import base_parser, data_selection, parse, run_dir_path, training_config
 
 
 def build_parser():
@@ -64,15 +65,18 @@ def load_true_labels(path, given, num_classes):
 
 def main(argv=None):
     args = parse(build_parser(), argv)
-    set_global_seeds(args.seed)
-    run_dir = rd.resolve_run_dir(args)
-    with rd.evaluating(run_dir, needs=(rd.DETECTION,)) as metrics:
+    config = training_config(args)
+    set_global_seeds(config.seed)
+    run_dir = run_dir_path(args)
+    stop_on_signals(f"detection.py stopped before writing its result ({os.path.join(run_dir, rd.METRICS)} is as it was); "
+                    "run it again")
+    with evaluating(run_dir, needs=(rd.DETECTION,)) as metrics:
         score(args, run_dir, metrics)
 
 
 def score(args, run_dir, metrics):
-    rd.check_split(run_dir, metrics)
-    data = rd.evaluated_data(args, run_dir, metrics, images=False)
+    check_split(run_dir, metrics)
+    data = evaluated_data(data_selection(args), training_config(args), run_dir, metrics, images=False)
     flagged = load_detection(os.path.join(run_dir, rd.DETECTION), len(data.labels))
     label_prob = load_agreement(os.path.join(run_dir, rd.AGREEMENT), len(data.labels))
     truly_noisy, scope = data.truly_noisy, "labels"

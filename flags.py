@@ -4,12 +4,12 @@ import os
 import sys
 from dataclasses import fields
 
-from bkd.config import DEFAULTS, TrainConfig, check_values, custom_selection
+from bkd.config import DEFAULTS, TrainConfig, check_values
 from bkd.data.cifar import DATA_ROOT_ENV, DATASETS, default_data_root
+from bkd.data.datasets import CUSTOM, DataSelection
 from bkd.data.labels import NOISE_TYPES, check_noise_type
+from bkd.rundir import run_dir_name
 from bkd.utils.errors import EXIT_USAGE, UsageError
-
-CUSTOM = "custom"  # --dataset custom: your own labelled images (data/custom.py)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # 1024 px: 3 MB per image in memory; resize larger ones
 EVAL_PRINT_FREQ = 50  # the original's learning.py and detection.py default (unused there); training's is DEFAULTS.print_freq
 
@@ -95,19 +95,30 @@ def training_parser():
     p.add_argument("--resume", action="store_true", help="continue the run in the run directory from its last completed epoch")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run directory")
     p.add_argument("--trace", type=str, default=None, help="write the run's trace (golden-trace schema) to this JSON file")
-    p.add_argument("--tf32", action="store_true", help=argparse.SUPPRESS)  # retired: TF32 became the default (parse says so)
     return p
 
 
-def data_selection(args):
-    """What picks a run's data besides the training flags (bkd.config.run_args), as the Python API records it too:
-    custom data has no label set, and only an image folder is resized to --image_size (None: does not apply)."""
-    if args.dataset != CUSTOM:
-        return {"dataset": args.dataset, "noise_type": args.noise_type, "image_size": args.image_size,
-                "keep_image_size": args.keep_image_size}
-    from bkd.data.custom import data_file
+def training_config(args):
+    """The TrainConfig of parsed flags (the evaluations parse some of its fields: the others keep their defaults)."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
 
-    return custom_selection(args.keep_image_size, args.image_size if os.path.isdir(data_file(args)) else None)
+
+def data_selection(args):
+    """The DataSelection of parsed flags: the one value that picks a run's data (bkd.data.datasets)."""
+    return DataSelection(dataset=args.dataset, noise_type=args.noise_type, data_root=args.data_root,
+                         noise_path=args.noise_path, download=not args.no_download, data_file=args.data_file,
+                         image_size=args.image_size, keep_image_size=args.keep_image_size)
+
+
+def run_dir_path(args):
+    """--run_dir, or <results_dir>/<dataset>_<noise_type>_seed_<seed>[_<preset>] (custom data: named after its file or
+    folder, e.g. results/custom_pets_seed_0)."""
+    if args.run_dir:
+        return args.run_dir
+    labels = args.noise_type
+    if args.dataset == CUSTOM:
+        labels = os.path.splitext(os.path.basename(os.path.normpath(args.data_file or "custom.npz")))[0]
+    return os.path.join(args.results_dir, run_dir_name(args.dataset, labels, args.seed, args.preset))
 
 
 def parse(parser, argv=None):
@@ -128,6 +139,4 @@ def parse(parser, argv=None):
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
         raise UsageError(f"--image_size {args.image_size} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
     check_values({name: getattr(args, name) for name in parser.config_defaults})
-    if getattr(args, "tf32", False):
-        raise UsageError("--tf32: TF32 is the default on CUDA now; drop --tf32 (--strict_fp32 computes in IEEE fp32)")
     return args

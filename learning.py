@@ -10,20 +10,20 @@ if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a t
 
 import os
 
-from bkd.config import ORIGINAL_TEST_BATCH, resolve_evaluation
-from bkd.engine import Nets, Precision, evaluate
-from bkd.data.loaders import make_loader
-from bkd.models import PreResNet18
 from bkd import rundir as rd
-from bkd.utils.checkpoint import load_model
+from bkd.config import ORIGINAL_TEST_BATCH, resolve_evaluation
+from bkd.data.loaders import LoaderSpec, make_loader
+from bkd.engine import Nets, Precision, evaluate
+from bkd.evaluations import evaluated_data, evaluating
+from bkd.models import PreResNet18
 from bkd.utils import logfmt
-from flags import base_parser, parse
-from bkd.utils.errors import DataError, run_cli
-from bkd.utils.files import update_json
+from bkd.utils.checkpoint import load_model
 from bkd.utils.cuda import cuda_settings
 from bkd.utils.devices import resolve_device
+from bkd.utils.errors import DataError, run_cli, stop_on_signals
+from bkd.utils.files import update_json
 from bkd.utils.seeds import set_global_seeds
-
+from flags import base_parser, data_selection, parse, run_dir_path, training_config
 
 
 def build_parser():
@@ -45,16 +45,20 @@ def load_pair(run_dir, teacher_name, student_name, device):
 
 def main(argv=None):
     args = parse(build_parser(), argv)
-    set_global_seeds(args.seed)
+    config = training_config(args)
+    set_global_seeds(config.seed)
     device = resolve_device(args.device)
     print(logfmt.device_line(device))
-    run_dir = rd.resolve_run_dir(args)
-    with rd.evaluating(run_dir, needs=(rd.TEACHER, rd.STUDENT)) as metrics:
+    run_dir = run_dir_path(args)
+    stop_on_signals(f"learning.py stopped before writing its result ({os.path.join(run_dir, rd.METRICS)} is as it was); "
+                    "run it again")
+    with evaluating(run_dir, needs=(rd.TEACHER, rd.STUDENT)) as metrics:
         evaluate_run(args, device, run_dir, metrics)
 
 
 def evaluate_run(args, device, run_dir, metrics):
-    data = rd.evaluated_data(args, run_dir, metrics)
+    selection = data_selection(args)
+    data = evaluated_data(selection, training_config(args), run_dir, metrics)
     print(logfmt.BUILDING)
     nets, ckpt = load_pair(run_dir, rd.TEACHER, rd.STUDENT, device)
     print(logfmt.BUILT)
@@ -71,8 +75,9 @@ def evaluate_run(args, device, run_dir, metrics):
         update_json(os.path.join(run_dir, rd.METRICS), {"learning": {"best_epoch": ckpt.get("epoch"), "best_test_acc": None}})
         return
     computation = resolve_evaluation(args.reference, args.eval_batch_size)
-    test_loader = make_loader(computation.loader, data.x_test, data.y_test, batch_size=computation.eval_batch_size, device=device,
-                              mean=data.info["mean"], std=data.info["std"], num_workers=args.num_workers)
+    spec = LoaderSpec(computation.eval_batch_size, device, data.info["mean"], data.info["std"], num_workers=args.num_workers,
+                      kind=computation.loader)
+    test_loader = make_loader(data.x_test, data.y_test, spec)
     with cuda_settings(device, computation.deterministic, computation.tf32):
         evaluate_pairs(run_dir, (nets, ckpt), test_loader, computation.eval_autograd)
 

@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -28,8 +27,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bkd.data.cifar import DATASETS  # noqa: E402
-from bkd.data.loaders import DeviceLoader  # noqa: E402
-from bkd.data.datasets import load_run_data  # noqa: E402
+from bkd.data.loaders import DeviceLoader, LoaderSpec  # noqa: E402
+from bkd.config import TrainConfig  # noqa: E402
+from bkd.data.datasets import DataSelection, input_dataset  # noqa: E402
 from bkd.models import PreResNet18  # noqa: E402
 from flags import PRESETS  # noqa: E402
 from bkd.utils.metrics import detection_scores  # noqa: E402
@@ -43,8 +43,8 @@ QUICK = dict(PRESETS["quick"], lr=0.02, momentum=0.9, weight_decay=5e-4, batch_s
 
 
 def loader(x, y, shuffle=False, augment=None, seed=0, batch_size=256):
-    return DeviceLoader(x, y, batch_size=batch_size, device="cpu", mean=INFO["mean"], std=INFO["std"], shuffle=shuffle,
-                        augment=augment, seed=seed)
+    return DeviceLoader(x, y, LoaderSpec(batch_size, "cpu", INFO["mean"], INFO["std"], augment=augment, shuffle=shuffle,
+                                         seed=seed))
 
 
 @torch.inference_mode()
@@ -107,9 +107,8 @@ def run_bkd(label_set, args, runs_dir):
 
 
 def run_label_set(label_set, args, runs_dir, log=print):
-    ns = SimpleNamespace(dataset="cifar10", noise_type=label_set, noise_path=args.noise_path, data_root=args.data_root,
-                         no_download=True, subset=QUICK["subset"], seed=args.seed, val_ratio=QUICK["val_ratio"])
-    data = load_run_data(ns)
+    selection = DataSelection(noise_type=label_set, noise_path=args.noise_path, data_root=args.data_root, download=False)
+    data = input_dataset(selection, TrainConfig(subset=QUICK["subset"], seed=args.seed, val_ratio=QUICK["val_ratio"]))
     x, noisy, clean = data.images, data.labels, data.clean[data.subset]
     truth = noisy != clean
     result = {"label_set": label_set, "images": len(noisy), "noise_rate": float(truth.mean())}

@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -30,7 +29,8 @@ from benchmarks import SHARED  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bkd.issues import read_label_issues  # noqa: E402
-from bkd.data.datasets import CIFAR10_CLASSES, load_run_data  # noqa: E402
+from bkd.config import TrainConfig  # noqa: E402
+from bkd.data.datasets import CIFAR10_CLASSES, DataSelection, input_dataset  # noqa: E402
 from flags import PRESETS  # noqa: E402
 from bkd.utils.files import portable, save_json  # noqa: E402
 from bkd.utils.metrics import PRECISION_AT, detection_scores, ranking_scores  # noqa: E402
@@ -50,9 +50,8 @@ def main():
     args = p.parse_args()
     start = time.time()
     quick = PRESETS["quick"]
-    ns = SimpleNamespace(dataset="cifar10", noise_type="worst", noise_path=args.noise_path, data_root=args.data_root,
-                         no_download=True, subset=quick["subset"], seed=args.seed, val_ratio=0.1)
-    data = load_run_data(ns)
+    selection = DataSelection(noise_type="worst", noise_path=args.noise_path, data_root=args.data_root, download=False)
+    data = input_dataset(selection, TrainConfig(subset=quick["subset"], seed=args.seed, val_ratio=0.1))
     given, clean = data.labels, data.clean[data.subset]
     truth = given != clean
     os.makedirs(args.workdir, exist_ok=True)

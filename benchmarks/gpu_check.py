@@ -251,7 +251,7 @@ def write_synthetic(root, run):
 
 # --- throughput: one mode in a process of its own ------------------------------------------------------------------------
 class Steps:
-    """`n` batches from a running iterator of `loader`, as train_epoch takes a loader: a pass's start-up (the PIL
+    """`n` batches from a running iterator of `loader`, as train takes a loader: a pass's start-up (the PIL
     loader starts its workers) is timed apart, and the iterations in steady state."""
 
     def __init__(self, loader, iterator, n):
@@ -269,15 +269,17 @@ def synthetic_data(size, seed=0):
     """Random CIFAR-shaped images (the speed does not depend on content) as a run's data, 10 % validation."""
     import numpy as np
 
+    from bkd.config import TrainConfig
     from bkd.data.custom import from_arrays
-    from bkd.data.datasets import choose_images, custom_source
+    from bkd.data.datasets import CUSTOM, DataSelection, input_dataset
 
     rng = np.random.RandomState(seed)
     images = rng.randint(0, 256, (size["train"], 32, 32, 3), dtype=np.uint8)
     labels = np.arange(size["train"]) % size["classes"]
     x_test = rng.randint(0, 256, (size["test"], 32, 32, 3), dtype=np.uint8)
     y_test = np.arange(size["test"]) % size["classes"]
-    return choose_images(custom_source(from_arrays(images, labels, x_test=x_test, y_test=y_test)), 0, seed, 0.1)
+    arrays = from_arrays(images, labels, test=(x_test, y_test))
+    return input_dataset(DataSelection(dataset=CUSTOM, arrays=arrays), TrainConfig(seed=seed, val_ratio=0.1))
 
 
 def training_flops(width, batch, classes):
@@ -309,9 +311,10 @@ def measure_mode(name, device_name, size, result_path):
     import torch
 
     from bkd.config import TrainConfig, resolve_computation
-    from bkd.engine import evaluate, group_alphas
+    from bkd.engine import evaluate
+    from bkd.method import group_alphas
     from bkd.run import Job, Run
-    from bkd.data.loaders import make_loader
+    from bkd.data.loaders import LoaderSpec, make_loader
     from bkd.utils.logfmt import quiet
     from bkd.utils.cuda import cuda_settings
     from bkd.utils.devices import resolve_device
@@ -360,7 +363,7 @@ def measure_mode(name, device_name, size, result_path):
         def iterations(iterator, count, sample_alpha=None):
             def steps():
                 t.loaders["train"], t.sample_alpha = Steps(train, iterator, count), sample_alpha
-                t.train_epoch()
+                t.train()
             return steps
 
         phase("first_batch_s", lambda: next(iter(train)))  # a pass's start: the PIL loader starts its workers
@@ -382,13 +385,12 @@ def measure_mode(name, device_name, size, result_path):
         if name == "default-eager":  # eager: another batch size costs no compilation
             sweep = result["test_pass_s_by_eval_batch"] = {}
             for batch in EVAL_BATCHES:
-                loader = make_loader("device", data.x_test, data.y_test, batch_size=batch, device=device,
-                                     mean=data.info["mean"], std=data.info["std"])
+                loader = make_loader(data.x_test, data.y_test, LoaderSpec(batch, device, data.info["mean"], data.info["std"]))
                 evaluate(t.nets, Steps(loader, iter(loader), 1))
                 sweep[batch] = timed(lambda: evaluate(t.nets, loader))[0]
                 save_json(result, result_path)
         t.state.stats[0] = {}
-        phase("full_set_pass_s", lambda: t.full_set_pass(0))
+        phase("full_set_pass_s", lambda: t.calc_noise_probability(0))
         t.snapshots = {1: t.weights(), 2: t.weights()}  # an early warm-up epoch's state: two kept
         t.epoch = 2
         result["state_host_copy_s"], saved = timed(t.resume_state)

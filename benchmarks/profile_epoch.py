@@ -14,7 +14,6 @@ import os
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -26,10 +25,11 @@ from benchmarks import SHARED  # noqa: E402
 import torch  # noqa: E402
 
 from bkd.config import TrainConfig, resolve_computation  # noqa: E402
-from bkd.engine import evaluate, group_alphas  # noqa: E402
+from bkd.engine import evaluate  # noqa: E402
+from bkd.method import group_alphas  # noqa: E402
 from bkd.run import Job, Run  # noqa: E402
 from bkd.utils.logfmt import quiet  # noqa: E402
-from bkd.data.datasets import load_run_data  # noqa: E402
+from bkd.data.datasets import DataSelection, input_dataset  # noqa: E402
 from flags import PRESETS  # noqa: E402
 from bkd.utils.files import save_json, save_torch  # noqa: E402
 from bkd.utils.machine import machine_info# noqa: E402
@@ -53,15 +53,15 @@ def profile(data, mode):
     device = torch.device("cpu")
     t = Run(Job(config, data, device, resolve_computation(config, device), quiet))
     t.state.stats[0] = {}
-    seconds = {"first training + full-set pass (with compilation)": timed(lambda: (t.train_epoch(), t.full_set_pass(0)))}
-    seconds["training pass, warm-up"] = timed(lambda: setattr(t, "last", t.train_epoch()))
+    seconds = {"first training + full-set pass (with compilation)": timed(lambda: (t.train(), t.calc_noise_probability(0)))}
+    seconds["training pass, warm-up"] = timed(lambda: setattr(t, "last", t.train()))
     t.state.stats[0] = {}
-    seconds["full-set pass"] = timed(lambda: t.full_set_pass(0))
+    seconds["full-set pass"] = timed(lambda: t.calc_noise_probability(0))
     for view in ("val", "test"):
         seconds[f"{view} pass"] = timed(lambda: evaluate(t.nets, t.loaders[view], autograd=t.computation.eval_autograd))
     groups = np.random.RandomState(0).randint(1, 5, len(data.train_pos))
     t.sample_alpha = group_alphas(groups, config.alphas, "cpu")
-    seconds["training pass, robust"] = timed(t.train_epoch)
+    seconds["training pass, robust"] = timed(t.train)
     with tempfile.TemporaryDirectory() as tmp:
         seconds["epoch end: resume state + metrics.json"] = timed(lambda: (
             save_torch(t.resume_state(), os.path.join(tmp, "state.pth.tar")),
@@ -76,10 +76,9 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "profile_epoch.json"))
     args = p.parse_args(argv)
     shared = os.path.abspath(args.shared)
-    ns = SimpleNamespace(dataset="cifar10", noise_type="worst", seed=0, val_ratio=0.1, subset=PRESETS["quick"]["subset"],
-                         data_root=os.path.join(shared, "cifar10-jpeg"), noise_path=os.path.join(shared, "cifar-n", "CIFAR-10_human.pt"),
-                         no_download=True)
-    data = load_run_data(ns)
+    selection = DataSelection(noise_type="worst", data_root=os.path.join(shared, "cifar10-jpeg"),
+                              noise_path=os.path.join(shared, "cifar-n", "CIFAR-10_human.pt"), download=False)
+    data = input_dataset(selection, TrainConfig(seed=0, val_ratio=0.1, subset=PRESETS["quick"]["subset"]))
     with tempfile.TemporaryDirectory(prefix="bkd-profile-inductor-") as cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # the compiled mode compiles from nothing (read when it compiles)
         results = {name: profile(data, mode) for name, mode in MODES.items()}

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bkd.data.cifar import DATASETS  # noqa: E402
-from bkd.data.loaders import make_loader  # noqa: E402
+from bkd.data.loaders import LoaderSpec, make_loader  # noqa: E402
 from bkd.utils.machine import machine_info# noqa: E402
 
 INFO = DATASETS["cifar10"]
@@ -42,8 +42,8 @@ def images(n):
 
 
 def loader(kind, x, y, batch_size, shuffle, augment, workers):
-    return make_loader(kind, x, y, batch_size=batch_size, device="cpu", mean=INFO["mean"], std=INFO["std"],
-                       shuffle=shuffle, augment=augment, seed=0, num_workers=workers)
+    return make_loader(x, y, LoaderSpec(batch_size, "cpu", INFO["mean"], INFO["std"], augment=augment, shuffle=shuffle,
+                                        num_workers=workers, kind=kind))
 
 
 def case_pipeline(kind, n, batch_size, workers, repeats=3):
@@ -64,13 +64,13 @@ def case_epoch(kind, n, batch_size, workers, width, fast_arithmetic):
     engine's defaults) instead of NCHW, per-parameter SGD and eval batch = training batch."""
     from bkd.config import Computation, TrainConfig
     from bkd.data.custom import from_arrays
-    from bkd.data.datasets import choose_images, custom_source
+    from bkd.data.datasets import CUSTOM, DataSelection, input_dataset
     from bkd.engine import evaluate
     from bkd.run import Job, Run
     from bkd.utils.logfmt import quiet
 
     x, y, _ = images(n)
-    data = choose_images(custom_source(from_arrays(x, y)), 0, 0, 0)
+    data = input_dataset(DataSelection(dataset=CUSTOM, arrays=from_arrays(x, y)), TrainConfig(val_ratio=0.0))
     config = TrainConfig(width=width, batch_size=batch_size, num_workers=workers, n_epoch=2, print_freq=10**9)
     computation = Computation(loader=kind, eval_batch_size=256 if fast_arithmetic else batch_size,
                               channels_last=fast_arithmetic, sgd_foreach=True if fast_arithmetic else None)
@@ -80,7 +80,7 @@ def case_epoch(kind, n, batch_size, workers, width, fast_arithmetic):
     for epoch in range(2):  # the first epoch warms up the allocator; report the second
         start = time.perf_counter()
         run.epoch = epoch
-        run.train_epoch()
+        run.train()
         evaluate(run.nets, run.loaders["full"])
         times.append(time.perf_counter() - start)
     return {"seconds_per_epoch": times[-1], "first_epoch_seconds": times[0]}

@@ -8,47 +8,87 @@
     result.flagged          # Otsu group 4: BKD's decision that the label is wrong
     result.pred_probs       # (n, C) agreement probabilities at the split (for cleanlab.filter / cleanlab.rank)
 
-The same training as `blind_knowledge_dist_training.py --dataset custom` with the same flags:
-the keyword arguments are its flags by name (bkd.config.TrainConfig), with the same defaults,
-checks, device choice, seed and determinism. Nothing is written unless `run_dir` is given; then
-the run directory holds the usual outputs and a second call resumes or reuses it. The caller's
-global random generators (random, numpy, torch) and signal handlers are left as they were.
+The same training as `blind_knowledge_dist_training.py --dataset custom` with the same flags, loaded by the same
+function (bkd.data.datasets.input_dataset, from a DataSelection made of the arrays): the keyword arguments are its
+flags by name (bkd.config.TrainConfig), with the same defaults, checks, device choice, seed and determinism. Nothing
+is written unless `run_dir` is given; then the run directory holds the usual outputs and a second call resumes or
+reuses it. The caller's global random generators (random, numpy, torch) and signal handlers are left as they were.
 """
 import os
 from dataclasses import dataclass, fields
+from typing import Optional, Sequence
 
 import numpy as np
 
 from bkd import resume
 from bkd import rundir as rd
-from bkd.config import TrainConfig, check_config, custom_selection, resolve_computation
-from bkd.engine import StopFlag
-from bkd.utils.logfmt import quiet
+from bkd.config import TrainConfig, check_config, resolve_computation
+from bkd.data.custom import from_arrays
+from bkd.data.datasets import CUSTOM, DataSelection, input_dataset
 from bkd.issues import rank_label_issues
 from bkd.outputs import RunFiles
-from bkd.run import Job, Saved, fit
-from bkd.data.custom import from_arrays
-from bkd.data.datasets import choose_images, custom_source
-from bkd.utils.errors import UsageError
-from bkd.utils.seeds import preserved_global_rng
+from bkd.run import Job, Saved, StopFlag, fit
 from bkd.utils.devices import resolve_device
+from bkd.utils.errors import DataError, UsageError
+from bkd.utils.logfmt import quiet
+from bkd.utils.seeds import preserved_global_rng
 
 
 @dataclass
 class LabelIssues:
-    positions: np.ndarray  # indices into the caller's images of the images BKD used (all, in order, without subset)
-    ranked: np.ndarray  # indices into the caller's images, most suspect first (ascending label_quality, ties by position)
-    label_quality: np.ndarray  # agreed probability of each given label; this and the arrays below follow `positions`
-    suggested_label: np.ndarray  # argmax of the agreement
-    flagged: np.ndarray  # bool, Otsu group 4 (detection.npy)
-    pred_probs: np.ndarray  # (n, C) agreement probabilities
-    group: np.ndarray  # Otsu trust group 1 (most trusted) .. 4 (flagged)
-    overfit_epoch: int  # None when the run found no peak and split its last epoch
+    """What find_label_issues found: every array but `ranked` has one entry per image of `positions`, in that order.
+
+    Attributes:
+        positions: (n,) int, indices into the caller's images of the images BKD used (all of them, in order, unless
+            `subset` was given).
+        ranked: (n,) int, indices into the caller's images, most suspect label first (ascending `label_quality`, ties
+            in the images' order): the order of label_issues.csv.
+        label_quality: (n,) float32, the probability teacher and student agree on the given label (pA[y]).
+        suggested_label: (n,) int, the label teacher and student agree on (argmax of the agreement).
+        flagged: (n,) bool, Otsu group 4 of the agreement: BKD's decision that the given label is wrong (detection.npy).
+        pred_probs: (n, C) float32, the agreement probabilities, for cleanlab's filter and rank functions.
+        group: (n,) int, the Otsu trust group, 1 (most trusted) to 4 (flagged).
+        overfit_epoch: the epoch whose statistics were split (0-based), or None where the run found no peak of the
+            student's confidence and split its last epoch.
+    """
+
+    positions: np.ndarray
+    ranked: np.ndarray
+    label_quality: np.ndarray
+    suggested_label: np.ndarray
+    flagged: np.ndarray
+    pred_probs: np.ndarray
+    group: np.ndarray
+    overfit_epoch: Optional[int]
 
 
-def find_label_issues(images, labels, *, classes=None, ids=None, device="auto", run_dir=None, keep_image_size=False,
-                      verbose=False, **flags):
-    """Train BKD on (images, labels) and rank every label from most to least suspect; see the module docstring."""
+def find_label_issues(images: np.ndarray, labels: np.ndarray, *, classes: Optional[Sequence[str]] = None,
+                      ids: Optional[Sequence[str]] = None, device: str = "auto", run_dir: Optional[str] = None,
+                      keep_image_size: bool = False, verbose: bool = False, **flags) -> LabelIssues:
+    """Train BKD on (images, labels) and rank every label from most to least suspect.
+
+    Args:
+        images: (N, H, W, 3) uint8 RGB images of one size (a list of such arrays too). Images smaller than 32 pixels
+            are resized to 32 unless `keep_image_size`.
+        labels: (N,) int, the given label of each image, 0..C-1.
+        classes: C class names (default: "0".."C-1"); label_issues.csv shows them.
+        ids: N identifiers of the images, e.g. file names (default: their positions); label_issues.csv shows them.
+        device: "auto" (default: CUDA when present, else the CPU), "cpu", "cuda" or "cuda:N".
+        run_dir: a run directory to write the usual outputs into (default None: nothing is written). A second call
+            with the same data and arguments resumes an unfinished run there, or reads a finished one back.
+        keep_image_size: train images smaller than 32 pixels at their size (default False).
+        verbose: print the training's log lines (default False).
+        **flags: the training flags by name, with the training script's defaults (bkd.config.TrainConfig): e.g.
+            n_epoch (300), width (64), lr_step (150), batch_size (128), seed (0), val_ratio (0.1), subset (0: all).
+
+    Returns:
+        A LabelIssues.
+
+    Raises:
+        bkd.utils.errors.UsageError: an unknown argument or a bad value (one line naming it and the fix).
+        bkd.utils.errors.DataError: images or labels that cannot be trained on, or a run_dir of other data.
+        bkd.utils.errors.RunDirError: a run_dir in use, or not writable.
+    """
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(flags) - known)
     if unknown:
@@ -57,27 +97,30 @@ def find_label_issues(images, labels, *, classes=None, ids=None, device="auto", 
     config = TrainConfig(**flags)
     check_config(config)
     device = resolve_device(device)
-    computation = resolve_computation(config, device)
-    data = choose_images(custom_source(from_arrays(images, labels, classes, ids, keep_size=keep_image_size)), config.subset,
-                         config.seed, config.val_ratio)
-    job = Job(config, data, device, computation, print if verbose else quiet)
+    selection = DataSelection(dataset=CUSTOM, keep_image_size=keep_image_size,
+                              arrays=from_arrays(images, labels, classes, ids, keep_size=keep_image_size))
+    data = input_dataset(selection, config)
+    job = Job(config, data, device, resolve_computation(config, device), print if verbose else quiet)
     with preserved_global_rng():  # the run seeds the global generators; the caller's come back as they were
         if run_dir is None:
             return _result(data, fit(job, stop=StopFlag()))
-        return _in_run_dir(run_dir, job, custom_selection(keep_image_size))
+        return _in_run_dir(run_dir, job, selection)
 
 
-def _result(data, state, split=None):
-    split = split or state.split_result()
+def _result(data, state):
+    split = state.split_result()
+    if split.probs is None:  # a finished run of an earlier version, whose resume state kept no agreement probabilities
+        raise DataError("the run directory holds a run of an earlier version of this project, which kept no agreement "
+                        "probabilities; give another run_dir (or train this one again)")
     p = np.asarray(split.label_prob)
     return LabelIssues(np.asarray(data.subset), np.asarray(data.subset)[rank_label_issues(p)], p, np.asarray(split.agreed),
                        np.asarray(split.detected), np.asarray(split.probs), np.asarray(split.groups), state.overfit_epoch)
 
 
-def _in_run_dir(path, job, chosen):
+def _in_run_dir(path, job, selection):
     """With a run directory: resume it (the same data and arguments), write its files, read the result back."""
     run = rd.RunDir(path)
-    identity = resume.identity(job, chosen)
+    identity = resume.identity(job, selection)
     saved = None
     if os.path.exists(run.file(rd.STATE)):
         saved = resume.load(run.file(rd.STATE), resume.API)
@@ -88,7 +131,4 @@ def _in_run_dir(path, job, chosen):
         state = fit(job, [files], resume=saved and Saved(run.file(rd.STATE), saved), stop=StopFlag())
     finally:
         run.close()
-    split = state.split_result()
-    if split.probs is None:  # a resume state of an earlier version: the split's files hold the result
-        split = rd.read_split(run, split)
-    return _result(job.data, state, split)
+    return _result(job.data, state)

@@ -99,10 +99,6 @@ class TrainConfig:
     reference: bool = option(False, "the authors' computation bit for bit (PIL loader workers, fp32 NCHW, their SGD call "
                                     "and batch sizes; docs/reference-mode.md)")
 
-    @classmethod
-    def from_namespace(cls, namespace):
-        return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls) if hasattr(namespace, f.name)})
-
     @property
     def alphas(self):
         return (self.alpha1, self.alpha2, self.alpha3, self.alpha4)
@@ -256,41 +252,3 @@ def resolve_evaluation(reference, eval_batch_size):
         return Computation(loader="torchvision", eval_batch_size=ORIGINAL_TEST_BATCH, channels_last=False, sgd_foreach=None,
                            eval_autograd=True, end_save_overwrites_best=True, tf32=True)
     return Computation(eval_batch_size=eval_batch_size, channels_last=False)
-
-
-def uses_pil_workers(config):
-    """The PIL loader (the reference mode's too), whose random streams depend on the number of its workers."""
-    return config.reference or config.loader == "torchvision"
-
-
-NOT_COMPARED = ("print_freq",)  # changes what is printed, not what is computed
-PIL_ONLY = ("num_workers",)  # the PIL workers' random streams depend on their number; the device loader has none
-
-
-def run_args(config, compile_resolved, selection):
-    """The settings that make a run what it is, as a resumed run (bkd.resume) and a relaunched grid (launch.grid)
-    compare them: every training flag that changes the computation (torch.compile as resolved), plus `selection`,
-    what picks the data (flags.data_selection)."""
-    args = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in NOT_COMPARED}
-    if not uses_pil_workers(config):
-        for name in PIL_ONLY:
-            args.pop(name)
-    args["compile"] = compile_resolved
-    args.update(selection)
-    return args
-
-
-def custom_selection(keep_image_size, image_size=None):
-    """What picks custom data besides the arrays (their fingerprint): the command line's and the API's alike. No label
-    set, and an image size only for an image folder (None: does not apply)."""
-    return {"dataset": "custom", "noise_type": None, "image_size": image_size, "keep_image_size": keep_image_size}
-
-
-NOT_APPLICABLE = ("noise_type", "image_size")  # None where it does not apply (custom data); earlier versions recorded
-# the flag's default there ("clean", 32), which is not compared
-
-
-def differing_args(recorded, args):
-    """(name, recorded value, this value) of every setting in both that differs, in `args`' order."""
-    return [(key, recorded[key], value) for key, value in args.items() if key in recorded and recorded[key] != value
-            and not (key in NOT_APPLICABLE and None in (recorded[key], value))]

@@ -1,13 +1,11 @@
 """The machinery under the loop: the arithmetic of the forward passes (Precision), the networks as the run calls them
-(Nets, compiled or not), the evaluation pass, and the stop flag that turns SIGINT/SIGTERM into a clean stop.
+(Nets, compiled or not: CompiledPair), and the evaluation pass (the original's `evaluate`).
 
 Statistics stay on the training device; values are read back to the host only when a line is printed, a trace is
 recorded, or a pass ends.
 """
 import contextlib
 import functools
-import select
-import signal
 import sys
 from dataclasses import dataclass
 
@@ -16,7 +14,7 @@ from torch._functorch import config as functorch_config
 
 from bkd.method import agreement, label_probability
 from bkd.utils import logfmt
-from bkd.utils.errors import EXIT_INTERRUPTED, Interrupted, first_line, report_and_exit
+from bkd.utils.errors import first_line
 
 
 class Precision:
@@ -40,86 +38,6 @@ class Precision:
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
         self.scaler.update()
-
-
-class StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the training loop checks between iterations and before each pass.
-
-    Python runs a signal handler only between bytecodes: a process inside a long native call (a hung kernel, a
-    compilation, a minutes-long evaluation pass) would not stop, and a second signal would not either. So the signal
-    also wakes a watchdog thread (through `signal.set_wakeup_fd`, written by the C-level handler at once): if the
-    process is still running `grace_s` seconds after the first signal, or `SECOND_S` after the second, the watchdog
-    ends it (exit 130) with one line saying so and, from `describe()`, what the run directory holds. Every file is
-    written atomically, so nothing on disk is half-written by that; the epoch in progress is lost, as with any stop.
-    """
-
-    GRACE_S = 30.0  # an iteration, a pass's start or a pending write takes less; a hung kernel or a compilation longer
-    SECOND_S = 3.0
-
-    def __init__(self, describe=None, grace_s=GRACE_S):
-        self.signal = None
-        self.describe, self.grace_s = describe, grace_s
-        self._signals, self._signum, self._deadline = 0, None, None
-
-    def install(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handler)
-        self._start_watchdog()
-        return self
-
-    def _handler(self, signum, frame):
-        if self.signal is not None:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def check(self, where):
-        if self.signal is not None:
-            name = signal.Signals(self.signal).name
-            raise Interrupted(f"{name} received during {where}")  # the caller says what the run directory holds
-
-    def _start_watchdog(self):
-        import os
-        import threading
-
-        read, write = os.pipe()
-        os.set_blocking(write, False)
-        try:
-            signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        except ValueError:  # not the main thread: Python delivers no signals here anyway
-            os.close(read)
-            os.close(write)
-            return
-        threading.Thread(target=self._watch, args=(read,), name="bkd-stop-watchdog", daemon=True).start()
-
-    def _watch(self, read):
-        import os
-        import time
-
-        while True:
-            ready = select.select([read], [], [], None if self._deadline is None else max(0.0, self._deadline - time.time()))
-            if ready[0]:
-                for byte in os.read(read, 64):
-                    if byte in (signal.SIGINT, signal.SIGTERM):
-                        self._signals += 1
-                        self._signum = byte
-                        wait = self.grace_s if self._signals == 1 else self.SECOND_S
-                        self._deadline = min(self._deadline or float("inf"), time.time() + wait)
-            elif self._deadline is not None and time.time() >= self._deadline:
-                self._stop_now()
-
-    def _stop_now(self):
-        import os
-
-        name = signal.Signals(self._signum).name
-        after = f"{self.grace_s:.0f} s after {name}" if self._signals == 1 else f"after a second {name}"
-        message = (f"error: still running {after} (inside a long native call: a kernel, a compilation or a pass), so "
-                   "it was stopped at once")
-        try:
-            if self.describe is not None:
-                message += f"; {self.describe()}"
-        except Exception as err:  # noqa: BLE001 - the line must still be printed
-            message += f"; (what the run directory holds could not be read: {first_line(err)})"
-        report_and_exit(message, EXIT_INTERRUPTED)
 
 
 # oneDNN's AVX2 kernels of a 1x1 stride-2 convolution on channels-last inputs write past their workspace when the
@@ -263,9 +181,3 @@ def evaluate(nets, loader, autograd=False, description="evaluation", keep_probs=
                 probs[idx] = pa
             total += len(y)
     return Pass(100 * float(correct) / float(max(total, 1)), label_prob, agreed, agreed_prob, probs)
-
-
-def group_alphas(groups, alphas, device):
-    """Per-sample alpha (float32) from group ids 1..4 and (alpha1, alpha2, alpha3, alpha4)."""
-    table = torch.tensor((1.0,) + tuple(alphas), device=device)
-    return table[torch.as_tensor(groups, device=device)]

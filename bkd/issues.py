@@ -19,9 +19,12 @@ def rank_label_issues(given_prob):
     return np.argsort(np.asarray(given_prob), kind="stable")
 
 
-def write_label_issues(path, given, given_prob, agreed, agreed_prob, groups, classes, ids, positions):
-    """Write the ranked table; every argument but `path` and `classes` has one entry per image of the run (run order);
-    `positions` are the images' indices in the data (x_train, or the folder's sorted order), which the table shows."""
+def write_label_issues(path, split, data):
+    """Write the ranked table of `split` (a bkd.state.Split: one entry per image of the run) over `data` (its
+    bkd.data.datasets.RunData: the given labels, class names, ids, and the images' positions in the source, which the
+    table shows: x_train's indices, or the folder's sorted order)."""
+    given, given_prob, classes, positions = data.labels, split.label_prob, data.classes, data.subset
+    ids, agreed, agreed_prob, groups = data.ids[data.subset], split.agreed, split.agreed_prob, split.groups
     order = rank_label_issues(given_prob)
     with atomic_path(path) as tmp:
         # file and folder names that are not valid UTF-8 (Latin-1 names of old archives) are written as the bytes the

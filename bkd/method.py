@@ -48,7 +48,7 @@ def label_probability(probs, labels):
 
 
 # Overfitting epoch: first epoch whose mean top student probability is a strict peak over +-2 epochs.
-def find_overfitting_epoch(mean_top_probs):
+def detect_overfitting_epoch(mean_top_probs):
     """Index i in 2..len-3 with m_i > m_{i-1}, m_{i-2}, m_{i+1}, m_{i+2}; None with < 6 values or no peak."""
     m = list(mean_top_probs)
     if len(m) < 6:
@@ -85,7 +85,7 @@ def full_pass_seed(seed, epoch):
 
 
 # Otsu split (the paper's variant) of the agreed label probability into trust groups.
-def otsu_split(values):
+def otsu(values):
     """Return dict(threshold, mu1, mu2, sigma1, sigma2, score) for values in [0, 1].
 
     float32 throughout, as the original: `torch.histc` with 1000 bins on [0, 1]; for
@@ -98,7 +98,7 @@ def otsu_split(values):
     """
     p = torch.as_tensor(np.asarray(values), dtype=torch.float32).cpu()
     if p.numel() == 0 or not bool(torch.isfinite(p).all()):
-        raise ValueError("otsu_split needs a non-empty array of finite values")
+        raise ValueError("otsu needs a non-empty array of finite values")
     hist = torch.histc(p, OTSU_BINS, 0, 1)
     mu = p.mean()
     scores = [0, 0]  # cuts 0 and 1 are never chosen: the original's list starts with two zeros
@@ -148,3 +148,11 @@ def robust_targets(onehot, student_probs, alpha):
     a = alpha[:, None]
     target = ((1 - a) * onehot + a * student_probs).pow(1 + a)
     return target / target.sum(dim=1, keepdim=True)
+
+
+# The robust phase's weight of each sample: its trust group's alpha.
+def group_alphas(groups, alphas, device):
+    """Per-sample alpha (float32) from group ids 1..4 and (alpha1, alpha2, alpha3, alpha4): the original's group_1..4
+    masks times their alphas."""
+    table = torch.tensor((1.0,) + tuple(alphas), device=device)
+    return table[torch.as_tensor(groups, device=device)]

@@ -27,7 +27,7 @@ class Output:
     def iteration(self, run, step):
         """A training iteration ended (a bkd.run.Step)."""
 
-    def checkpoint(self, run, kind, best):
+    def save_models(self, run, kind, best):
         """kind: 'best_val' (a new best validation accuracy) or 'end_of_training' (after the last epoch); `best`: these
         weights are (now) the best-by-validation checkpoint (the reference mode's end save is too, as the original's)."""
 
@@ -83,7 +83,7 @@ class RunFiles(Output):
             self.log(logfmt.ours(notice))
         self.curves.start(start_epoch)
 
-    def checkpoint(self, run, kind, best):
+    def save_models(self, run, kind, best):
         pairs = [(rd.TEACHER, rd.STUDENT)] if best else []
         if kind == "end_of_training":
             pairs.append((rd.TEACHER_LAST, rd.STUDENT_LAST))
@@ -94,19 +94,17 @@ class RunFiles(Output):
 
     def split(self, run):
         result = run.state.split_result()
-        self.writer.submit(self._write_split, result, self.data.ids[self.data.subset])
+        self.writer.submit(self._write_split, result)
         self.curves.split(run.state, result)
 
-    def _write_split(self, split, ids):
+    def _write_split(self, split):
         """The split's files, all or none: a failed write removes those written before it. (metrics.json, written
         with the epoch's resume state after them, records the split: the evaluations trust the files only then.)"""
         try:
             save_numpy(split.detected, self.run.file(rd.DETECTION))
             save_numpy(split.label_prob, self.run.file(rd.AGREEMENT))
-            if split.probs is not None:  # (a run resumed from a state of an earlier version has none)
-                save_numpy(split.probs, self.run.file(rd.PRED_PROBS))
-            write_label_issues(self.run.file(rd.LABEL_ISSUES), self.data.labels, split.label_prob, split.agreed,
-                               split.agreed_prob, split.groups, self.data.classes, ids, self.data.subset)
+            save_numpy(split.probs, self.run.file(rd.PRED_PROBS))
+            write_label_issues(self.run.file(rd.LABEL_ISSUES), split, self.data)
         except BaseException:
             for name in rd.SPLIT_FILES:
                 if self.run.has(name):

@@ -9,8 +9,12 @@ original's schedule. A `Run` holds everything the loop works with, built once; i
 run writes is its outputs' business (bkd/outputs.py); the loop tells them when something happened. The order of
 work and of random draws is the original's, so --reference replays the authors' traces bit for bit.
 """
+import os
+import select
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -18,17 +22,17 @@ import torch
 
 from bkd.config import Computation, TrainConfig, compile_refusal
 from bkd.data.cifar import DATASETS
-from bkd.data.loaders import make_loader
+from bkd.data.loaders import LoaderSpec, make_loader
 from bkd.data.datasets import RunData
-from bkd.engine import (CPU_CHANNELS_LAST_MIN_WIDTH, CompiledPair, Nets, Precision, StopFlag, evaluate, group_alphas,
-                        progress, use_channels_last)
-from bkd.method import (agreement, compensation_loss, full_pass_seed, label_probability, may_still_pick, one_hot,
+from bkd.engine import CPU_CHANNELS_LAST_MIN_WIDTH, CompiledPair, Nets, Precision, evaluate, progress, use_channels_last
+from bkd.method import (agreement, compensation_loss, full_pass_seed, group_alphas, label_probability, may_still_pick, one_hot,
                         robust_targets, teacher_loss)
 from bkd.state import MethodState
 from bkd.models import PreResNet18
 from bkd.utils import logfmt
 from bkd.utils.checkpoint import host_copy
-from bkd.utils.errors import DataError, DivergedError, OutOfMemory, UsageError, first_line
+from bkd.utils.errors import (EXIT_INTERRUPTED, DataError, DivergedError, Interrupted, OutOfMemory, UsageError, first_line,
+                              report_and_exit)
 from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
 from bkd.utils.cuda import cuda_settings
 from bkd.utils.seeds import rng_state, set_global_seeds, set_rng_state
@@ -80,6 +84,78 @@ class EpochResult:
     losses: list  # [loss, naive, compensation], means over the epoch
 
 
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the training loop checks between iterations and before each pass.
+
+    Python runs a signal handler only between bytecodes: a process inside a long native call (a hung kernel, a
+    compilation, a minutes-long evaluation pass) would not stop, and a second signal would not either. So the signal
+    also wakes a watchdog thread (through `signal.set_wakeup_fd`, written by the C-level handler at once): if the
+    process is still running `grace_s` seconds after the first signal, or `SECOND_S` after the second, the watchdog
+    ends it (exit 130) with one line saying so and, from `describe()`, what the run directory holds. Every file is
+    written atomically, so nothing on disk is half-written by that; the epoch in progress is lost, as with any stop.
+    """
+
+    GRACE_S = 30.0  # an iteration, a pass's start or a pending write takes less; a hung kernel or a compilation longer
+    SECOND_S = 3.0
+
+    def __init__(self, describe=None, grace_s=GRACE_S):
+        self.signal = None
+        self.describe, self.grace_s = describe, grace_s
+        self._signals, self._signum, self._deadline = 0, None, None
+
+    def install(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handler)
+        self._start_watchdog()
+        return self
+
+    def _handler(self, signum, frame):
+        if self.signal is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def check(self, where):
+        if self.signal is not None:
+            name = signal.Signals(self.signal).name
+            raise Interrupted(f"{name} received during {where}")  # the caller says what the run directory holds
+
+    def _start_watchdog(self):
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        try:
+            signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread: Python delivers no signals here anyway
+            os.close(read)
+            os.close(write)
+            return
+        threading.Thread(target=self._watch, args=(read,), name="bkd-stop-watchdog", daemon=True).start()
+
+    def _watch(self, read):
+        while True:
+            ready = select.select([read], [], [], None if self._deadline is None else max(0.0, self._deadline - time.time()))
+            if ready[0]:
+                for byte in os.read(read, 64):
+                    if byte in (signal.SIGINT, signal.SIGTERM):
+                        self._signals += 1
+                        self._signum = byte
+                        wait = self.grace_s if self._signals == 1 else self.SECOND_S
+                        self._deadline = min(self._deadline or float("inf"), time.time() + wait)
+            elif self._deadline is not None and time.time() >= self._deadline:
+                self._stop_now()
+
+    def _stop_now(self):
+        name = signal.Signals(self._signum).name
+        after = f"{self.grace_s:.0f} s after {name}" if self._signals == 1 else f"after a second {name}"
+        message = (f"error: still running {after} (inside a long native call: a kernel, a compilation or a pass), so "
+                   "it was stopped at once")
+        try:
+            if self.describe is not None:
+                message += f"; {self.describe()}"
+        except Exception as err:  # noqa: BLE001 - the line must still be printed
+            message += f"; (what the run directory holds could not be read: {first_line(err)})"
+        report_and_exit(message, EXIT_INTERRUPTED)
+
+
 def fit(job, outputs=(), resume=None, stop=None):
     """Train teacher and student as `job` says; returns the MethodState. `resume`: a Saved resume state (continue after
     its epoch). `stop`: a StopFlag (default: one that SIGINT/SIGTERM set). Every output hears `finish()` last, however
@@ -89,7 +165,7 @@ def fit(job, outputs=(), resume=None, stop=None):
         with usable_compile_cache(job.log), cuda_settings(job.device, job.computation.deterministic, job.computation.tf32):
             set_global_seeds(job.config.seed)
             run = Run(job, outputs)
-            return run.train(resume, stop)
+            return run.loop(resume, stop)
     except torch.cuda.OutOfMemoryError as err:
         raise OutOfMemory(f"{job.device} ran out of memory ({first_line(err)}); lower --batch_size ({job.config.batch_size}) "
                           f"or --eval_batch_size ({job.computation.eval_batch_size}), or free the device's memory") from None
@@ -142,7 +218,7 @@ class Run:
         self.loaders = build_loaders(job)
 
     # --- the loop ---------------------------------------------------------------------------------------------------
-    def train(self, resume=None, stop=None):
+    def loop(self, resume=None, stop=None):
         """Every epoch from the first (or the one after `resume`'s) to the last; returns the MethodState."""
         start = self.restore(resume) if resume is not None else 0
         c, state, log = self.config, self.state, self.log
@@ -153,7 +229,7 @@ class Run:
         for epoch in range(start, c.n_epoch):
             self.epoch, began = epoch, time.time()
             log(logfmt.epoch_start(epoch))
-            self.last = self.train_epoch()  # warm-up: one-hot targets; robust: each group's soft targets
+            self.last = self.train()  # warm-up: one-hot targets; robust: each group's soft targets
             state.mean_top_all.append(self.last.mean_top_student)
             state.losses.append(self.last.losses)
             if self.last.warmup:
@@ -181,7 +257,7 @@ class Run:
         for output in self.outputs:
             getattr(output, event)(self, *args)
 
-    def train_epoch(self):
+    def train(self):
         """One pass over the training split in the original's order of work (docs/method.md, 'One iteration'):
         warm-up when there are no groups yet, else the robust phase with each sample's group alpha."""
         c, epoch, loader, nets = self.config, self.epoch, self.loaders["train"], self.nets
@@ -243,8 +319,8 @@ class Run:
             for line in logfmt.overfitting_block(found):
                 self.log(line)
             if deferred:
-                self.full_set_pass(found, weights=self.snapshots.pop(found))
-            self.split(found)
+                self.calc_noise_probability(found, weights=self.snapshots.pop(found))
+            self.split_dataset(found)
             self.snapshots = {}
             return
         if deferred:  # keep the weights of the epochs the rule may still pick, this one too
@@ -252,13 +328,13 @@ class Run:
             if not last:
                 self.snapshots[epoch] = self.weights()
         if not deferred or last:
-            self.full_set_pass(epoch)
+            self.calc_noise_probability(epoch)
         if last:  # no peak in the whole run: split the last epoch (not the original: it crashed)
             self.log(logfmt.ours(f"no overfitting epoch found in epochs 0..{epoch}; splitting the last epoch's statistics "
                                  "instead"))
-            self.split(epoch)
+            self.split_dataset(epoch)
 
-    def full_set_pass(self, epoch, weights=None):
+    def calc_noise_probability(self, epoch, weights=None):
         """The full-set statistic of `epoch`: both networks in eval mode over every image of the run, with the training
         augmentation; with `weights` (a snapshot of that epoch) instead of the current ones, restored after."""
         self.stop.check(f"epoch {epoch}, full-set pass")
@@ -273,7 +349,7 @@ class Run:
         self.state.add_full_stat(epoch, *(v.cpu().numpy() for v in (full.label_prob, full.agreed, full.agreed_prob,
                                                                     full.probs)))
 
-    def split(self, epoch):
+    def split_dataset(self, epoch):
         """Otsu split of `epoch`'s statistics: the training groups of the robust phase, and detection.npy."""
         state, log = self.state, self.log
         detected = state.split_at(epoch)
@@ -309,7 +385,7 @@ class Run:
             if acc > state.best_val:
                 log(logfmt.new_best(state.best_val, state.best_epoch))
                 state.best_val, state.best_epoch = acc, epoch
-                self.tell("checkpoint", "best_val", True)
+                self.tell("save_models", "best_val", True)
             log(logfmt.validation(epoch, acc, state.best_val, state.best_epoch))
         if "test" in self.loaders and (epoch % c.clean_test_freq == 0 or last):
             self.stop.check(f"epoch {epoch}, test")
@@ -325,8 +401,8 @@ class Run:
         overwrites = self.computation.end_save_overwrites_best
         if not overwrites and self.state.best_val == 0.0:  # never a validation accuracy above 0
             self.log(logfmt.ours("no validation accuracy above 0; the best-by-validation weights are the last epoch's"))
-            self.tell("checkpoint", "best_val", True)
-        self.tell("checkpoint", "end_of_training", overwrites)
+            self.tell("save_models", "best_val", True)
+        self.tell("save_models", "end_of_training", overwrites)
         self.log(logfmt.END_SAVE)
 
     # --- weights and the resume state -------------------------------------------------------------------------------
@@ -380,24 +456,23 @@ def build_loaders(job):
     """The full training set (detection, with the training augmentation), the training split, the noisy validation
     split and the clean test set, built in the original's order."""
     config, data, computation = job.config, job.data, job.computation
-    info, x, kind = data.info, data.images, computation.loader
-    augment = {"pad_mode": info["pad_mode"], "flip_first": info["flip_first"]}
-    norm = {"mean": info["mean"], "std": info["std"]}
-    val_norm = norm
+    info, x = data.info, data.images
+    base = LoaderSpec(computation.eval_batch_size, job.device, info["mean"], info["std"], seed=config.seed,
+                      num_workers=config.num_workers, kind=computation.loader)
+    augmented = replace(base, augment={"pad_mode": info["pad_mode"], "flip_first": info["flip_first"]})
+    val = base
     if data.name == "cifar100" and computation.legacy_cifar100_val_norm:  # the original's defect (README, 'Differences')
-        val_norm = {"mean": DATASETS["cifar10"]["mean"], "std": DATASETS["cifar10"]["std"]}
-    common = {"device": job.device, "seed": config.seed, "num_workers": config.num_workers}
-    evals = computation.eval_batch_size
-    loaders = {"full": make_loader(kind, x, data.labels, batch_size=evals, augment=augment, **norm, **common)}
-    if kind == "torchvision" and len(data.train_pos) % config.batch_size == 1 and x.shape[1] < 16:
+        val = replace(base, mean=DATASETS["cifar10"]["mean"], std=DATASETS["cifar10"]["std"])
+    loaders = {"full": make_loader(x, data.labels, augmented)}
+    if computation.loader == "torchvision" and len(data.train_pos) % config.batch_size == 1 and x.shape[1] < 16:
         raise UsageError(f"--batch_size {config.batch_size} leaves a last training batch of one {x.shape[1]}x{x.shape[1]} "
                          "image, on which BatchNorm cannot train with the PIL loader; pick another --batch_size")
-    loaders["train"] = make_loader(kind, x[data.train_pos], data.labels[data.train_pos], batch_size=config.batch_size,
-                                   shuffle=True, augment=augment, merge_single=True, **norm, **common)
-    loaders["val"] = (make_loader(kind, x[data.val_pos], data.labels[data.val_pos], batch_size=evals, **val_norm, **common)
+    train = replace(augmented, batch_size=config.batch_size, shuffle=True, merge_single=True)
+    loaders["train"] = make_loader(x[data.train_pos], data.labels[data.train_pos], train)
+    loaders["val"] = (make_loader(x[data.val_pos], data.labels[data.val_pos], val)
                       if len(data.val_pos) else loaders["train"])  # --val_ratio 0: select on the training loader
     if data.x_test is not None:
-        loaders["test"] = make_loader(kind, data.x_test, data.y_test, batch_size=evals, **norm, **common)
+        loaders["test"] = make_loader(data.x_test, data.y_test, base)
     return loaders
 
 

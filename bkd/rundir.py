@@ -1,16 +1,13 @@
-"""The run directory (results/<run>/): its files, its name, its lock, and what counts as an earlier run in it."""
-import dataclasses
+"""The run directory (results/<run>/): its files, its name, its lock, and what counts as an earlier run in it.
+
+What the evaluations check before they read a finished run is bkd/evaluations.py.
+"""
 import errno
 import fcntl
 import os
 import shutil
-from contextlib import contextmanager
 
-import numpy as np
-
-from bkd.utils import logfmt
-from bkd.utils.errors import DataError, RunDirError, first_line
-from bkd.utils.files import read_json_object
+from bkd.utils.errors import DataError, RunDirError
 
 TEACHER, STUDENT = "teacher.pth.tar", "student.pth.tar"  # best by validation (the original's names)
 TEACHER_LAST, STUDENT_LAST = "teacher_last.pth.tar", "student_last.pth.tar"  # the last epoch
@@ -35,18 +32,6 @@ CURVES_PREFIX = "events.out.tfevents."  # TensorBoard's event files (bkd/curves.
 def run_dir_name(dataset, noise_type, seed, preset="default"):
     name = f"{dataset}_{noise_type}_seed_{seed}"
     return name if preset in (None, "default") else f"{name}_{preset}"
-
-
-def resolve_run_dir(args):
-    if getattr(args, "run_dir", None):
-        return args.run_dir
-    # custom data: named after its file or folder, e.g. results/custom_pets_seed_0
-    labels = args.noise_type if args.dataset != "custom" else _stem(args.data_file or "custom.npz")
-    return os.path.join(args.results_dir, run_dir_name(args.dataset, labels, args.seed, args.preset))
-
-
-def _stem(path):
-    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
 
 
 class RunDir:
@@ -111,14 +96,14 @@ class RunDir:
             raise RunDirError(f"cannot write to run directory {self.path} ({err.strerror}); {fix}") from None
         try:
             check_writable(self.path, elsewhere)
-            self._acquire(f"in use by another process (a training, or an evaluation of its run); wait for it or {elsewhere}")
+            self.acquire(f"in use by another process (a training, or an evaluation of its run); wait for it or {elsewhere}")
             self._check_for(resume, overwrite)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _acquire(self, busy, shared=False):
+    def acquire(self, busy, shared=False):
         """The directory's lock: exclusive for a training (which then clears what a killed one left), shared by the
         evaluations of a finished run, which may run together but never beside its training."""
         self._lock = open(self.file(".lock"), "a+")
@@ -226,126 +211,6 @@ def lock_held(path):
             raise
         fcntl.flock(fh, fcntl.LOCK_UN)
     return False
-
-
-def read_split(run, split):
-    """`split` (a bkd.state.Split) with what the split files of a finished run hold (bkd.api reads a run directory
-    back whose resume state an earlier version wrote)."""
-    num_images = len(split.detected)
-    arrays = []
-    for name in (AGREEMENT, DETECTION, PRED_PROBS):
-        try:
-            arrays.append(np.load(run.file(name), allow_pickle=False))
-        except Exception as err:
-            raise DataError(f"{run.file(name)}: unreadable ({first_line(err)}); give another run_dir") from None
-        if len(arrays[-1]) != num_images:
-            raise DataError(f"{run.file(name)}: {len(arrays[-1])} entries for {num_images} images; give another run_dir")
-    label_prob, detected, probs = arrays
-    return dataclasses.replace(split, label_prob=label_prob, detected=detected, probs=probs, agreed=probs.argmax(axis=1),
-                               agreed_prob=probs.max(axis=1))
-
-
-def saved_subset(run_dir):
-    """The subset a run used (train_subset.npy), or None for the whole training set; checked against the data in load_run_data."""
-    path = os.path.join(run_dir, SUBSET)
-    if not os.path.exists(path):
-        return None
-    try:
-        subset = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise DataError(f"{path}: unreadable ({first_line(err)}); truncated? Train the run again (--overwrite)") from None
-    if subset.ndim != 1 or not np.issubdtype(subset.dtype, np.integer) or len(subset) == 0:
-        raise DataError(f"{path}: holds {subset.dtype} {subset.shape}, not the run's training-image indices; "
-                        "train the run again (--overwrite)")
-    return subset
-
-
-TRAINING = "still training (its lock is held); wait until it finishes, then run this again"
-
-
-@contextmanager
-def evaluating(run_dir, needs, log=print):
-    """learning.py / detection.py: the directory holds a finished run with the files this evaluation `needs`, and its
-    metrics.json can take results; yields that metrics.json. The run's lock is held shared meanwhile: evaluations of
-    one run go together (each merges its result into metrics.json under utils.files.update_json's lock), a training
-    of it neither runs beside them nor starts. An --overwrite killed before its new run completed an epoch is undone
-    first (the run it replaced is put back, with a notice), as the next training would."""
-    if not os.path.isdir(run_dir):
-        raise DataError(f"{run_dir}: no such run directory; train this run first (blind_knowledge_dist_training.py)")
-    check_writable(run_dir, f"the results go into its {METRICS}: make it writable")
-    run = RunDir(run_dir)
-    if os.path.isdir(run.file(PREVIOUS)):  # the repair needs the directory alone
-        run._acquire(TRAINING)
-        run.close()
-    run._acquire(TRAINING, shared=True)
-    try:
-        for notice in run.notices:
-            log(logfmt.ours(notice))
-        metrics = read_json_object(run.file(METRICS))
-        check_finished(run, metrics, needs)
-        yield metrics
-    finally:
-        run.close()
-
-
-def check_finished(run, metrics, needs):
-    """One line if the directory holds no finished run with the files an evaluation `needs`: exit 4 where it holds no
-    run or an unfinished one, exit 3 naming a file that is missing. The resume state is not needed."""
-    if run.has(INCOMPLETE) or not (metrics or run.existing_artefacts()):
-        held = "the start of a run that completed no epoch" if run.has(INCOMPLETE) else "no run"
-        raise RunDirError(f"{run.path} holds {held}, no result: train it (blind_knowledge_dist_training.py with this run's "
-                          "flags), then run this again")
-    if not metrics:
-        raise DataError(f"{run.file(METRICS)} is missing: it records whether the run finished and what data it was "
-                        "trained on; put it back, or train the run again (--overwrite)")
-    done, n_epoch = metrics.get("epochs_completed"), (metrics.get("config") or {}).get("n_epoch")
-    if not done or not n_epoch or done < n_epoch:
-        raise RunDirError(f"{run.path} holds an unfinished run (epochs 0..{(done or 0) - 1} of 0..{(n_epoch or 0) - 1} "
-                          "completed): finish it with its training command and --resume, then run this again")
-    missing = [name for name in needs if not run.has(name)]
-    if missing:
-        raise DataError(f"{run.path}: {', '.join(missing)} missing, which this evaluation reads; put "
-                        f"{'it' if len(missing) == 1 else 'them'} back, or train the run again (--overwrite)")
-
-
-def check_split(run_dir, metrics):
-    """detection.py: a split recorded (metrics.json is written after the split's files, with its epoch)."""
-    if metrics.get("split_epoch") is None:
-        present = [name for name in SPLIT_FILES if os.path.exists(os.path.join(run_dir, name))]
-        raise DataError(f"{run_dir}: metrics.json records no split, so {', '.join(present) or 'its split files'} "
-                        "cannot be trusted (the training stopped while writing them?); resume the training with --resume "
-                        "to redo the split")
-
-
-def evaluated_data(args, run_dir, metrics, images=True):
-    """learning.py's and detection.py's data: the run's (its subset), checked to be the data it was trained on, with the
-    original's start-up lines printed. Without `images`, labels only: training checked them against the images."""
-    from bkd.data.datasets import load_run_data
-
-    data = load_run_data(args, subset=saved_subset(run_dir), val_ratio=None if images else 0.0, with_images=images)
-    check_run_data(run_dir, metrics, args, data.fingerprint())
-    for line in data.banner:
-        print(line)
-    return data
-
-
-def check_run_data(run_dir, metrics, args, fingerprint, log=print):
-    """The evaluation's data is the run's: its data set and label set, then its data's fingerprint (exit 3)."""
-    config = metrics.get("config") or {}
-    keys = ("dataset", "noise_type") if args.dataset != "custom" else ("dataset",)  # custom data: no label sets
-    for key in keys:
-        if key in config and config[key] != getattr(args, key):
-            raise DataError(f"--{key} {getattr(args, key)}: the run in {run_dir} was trained with --{key} {config[key]}; "
-                            f"give the flags it was trained with, or the run directory of a {getattr(args, key)} run")
-    recorded = metrics.get("data")
-    if recorded is None:
-        log(logfmt.ours(f"{run_dir}/metrics.json records no data fingerprint (an earlier version wrote it): the data is not checked"))
-        return
-    from bkd.data.datasets import check_same_data
-
-    check_same_data(recorded, {k: v for k, v in fingerprint.items() if k != "split"},  # (the evaluations' own split)
-                    "evaluate it with the data and flags it was trained with (--data_root, --noise_path, --data_file, "
-                    "--subset, --seed)", what=f"the run in {run_dir}")
 
 
 def check_writable(folder, fix):

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from bkd.utils.checkpoint import convert
-from bkd.method import assign_groups, find_overfitting_epoch, first_detectable_epoch, may_still_pick, otsu_split
+from bkd.method import assign_groups, detect_overfitting_epoch, first_detectable_epoch, may_still_pick, otsu
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Split:
     label_prob: np.ndarray  # pA[y], the agreed probability of the given label (the ranking key)
     agreed: np.ndarray  # the label teacher and student agree on
     agreed_prob: np.ndarray  # its agreed probability
-    probs: np.ndarray  # (N, C) agreement probabilities (None in a resume state of an earlier version)
+    probs: np.ndarray  # (N, C) agreement probabilities
     groups: np.ndarray  # trust group 1..4
 
 
@@ -59,7 +59,7 @@ class MethodState:
         for old in [e for e in self.stats if not may_still_pick(e, epoch)]:
             del self.stats[old]
         if forced is None:
-            found = find_overfitting_epoch(self.mean_top_student)
+            found = detect_overfitting_epoch(self.mean_top_student)
         else:
             found = forced if epoch == first_detectable_epoch(forced) else None
         if found is not None:
@@ -75,9 +75,9 @@ class MethodState:
         """Otsu split of the statistics of `epoch`; fixes the training groups, returns the detection mask."""
         stats = self.stats[epoch]
         self.split_epoch = epoch
-        self.split = otsu_split(stats["train"])
+        self.split = otsu(stats["train"])
         self.groups = assign_groups(stats["train"], self.split)
-        self.full_split = otsu_split(stats["full"])
+        self.full_split = otsu(stats["full"])
         self.full_groups = assign_groups(stats["full"], self.full_split)
         self.detected = self.full_groups == 4
         return self.detected

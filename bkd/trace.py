@@ -29,8 +29,9 @@ class Trace(Output):
     """Records a run's trace from its events (after the files: bkd.outputs); written atomically after every epoch, so a
     killed run keeps one, and a resumed run keeps what its completed epochs recorded."""
 
-    def __init__(self, path, args, data):
-        self.path, self.args, self.data = path, args, data
+    def __init__(self, path, flags, selection, data):
+        """`flags`: the command line's values by name (recorded as parsed); `selection`: what picked `data`."""
+        self.path, self.flags, self.selection, self.data = path, flags, selection, data
         self.trace = {"config": {}, "iterations": [], "epochs": [], "overfitting": None, "detection_sha256": None,
                       "detection": None, "checkpoints": [], "run": {"t_start": time.time()}}
         self.epoch_began = time.time()
@@ -38,7 +39,7 @@ class Trace(Output):
     def start(self, run, start_epoch):
         if start_epoch == 0:
             init = (state_sha256(run.teacher), state_sha256(run.student))  # nothing has trained them yet
-            self.trace["config"].update(run_config(self.args, self.data, init))
+            self.trace["config"].update(run_config(self.flags, self.selection, self.data, init))
             self.trace["config"].setdefault("machine", machine_info())
         elif os.path.exists(self.path):  # --resume: keep what the completed epochs recorded
             old = read_json_object(self.path)
@@ -58,7 +59,7 @@ class Trace(Output):
             "loss": step.loss.item(), "naive_loss": step.naive.item(), "compensation_loss": step.comp.item(),
         })
 
-    def checkpoint(self, run, kind, best):
+    def save_models(self, run, kind, best):
         self.trace["checkpoints"].append({"kind": kind, "epoch": run.epoch, "teacher_sha256": state_sha256(run.teacher),
                                           "student_sha256": state_sha256(run.student)})
 
@@ -105,16 +106,15 @@ class Trace(Output):
         self.epoch_began = time.time()
 
 
-def run_config(args, data, init_hashes):
+def run_config(flags, selection, data, init_hashes):
     """The trace's `config`: the run's flags and environment, and hashes of its data and initial weights."""
     from bkd.data.cifar import local_images
-    from bkd.data.custom import data_file
     from bkd.utils.files import portable
 
     train_pos, val_pos = data.train_pos.astype(np.int64), data.val_pos.astype(np.int64)
-    images = data_file(args) if args.dataset == "custom" else local_images(args.dataset, args.data_root)
+    images = selection.custom_file if selection.custom else local_images(selection.dataset, selection.data_root)
     return {
-        "args_as_parsed": {k: portable(v) if isinstance(v, str) and os.path.isabs(v) else v for k, v in vars(args).items()},
+        "args_as_parsed": {k: portable(v) if isinstance(v, str) and os.path.isabs(v) else v for k, v in flags.items()},
         "argv": [portable(a) if os.path.isabs(a) else a for a in sys.argv[1:]],
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
         "num_threads": torch.get_num_threads(),

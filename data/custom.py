@@ -49,10 +49,6 @@ class CustomData:
         return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
 
 
-def data_file(args):
-    """--data_file, or <data_root>/custom.npz."""
-    return os.path.expanduser(args.data_file or os.path.join(args.data_root, DEFAULT_FILE))
-
 
 def load_custom(path, image_size=32, keep_size=False):
     """The data at `path` (an .npz file or an image folder), checked, at `image_size` for a folder (at least MIN_SIZE
@@ -67,17 +63,18 @@ def load_custom(path, image_size=32, keep_size=False):
     return _at_least_min_size(_check(data), keep_size)
 
 
-def from_arrays(images, labels, classes=None, ids=None, x_test=None, y_test=None, source="arrays", keep_size=False):
-    """Your data as arrays (the Python API): checked as an .npz file's arrays would be."""
+def from_arrays(images, labels, classes=None, ids=None, test=None, keep_size=False):
+    """Your data as arrays (the Python API): checked as an .npz file's arrays would be. `test`: (x_test, y_test)."""
     shapes = sorted({np.shape(image) for image in images}, key=str) if isinstance(images, (list, tuple)) else []
     if len(shapes) > 1:
         raise DataError(f"images: a list of images of {len(shapes)} shapes ({', '.join(map(str, shapes[:3]))}); give them "
                         "one size (resize them), or put them in an image folder, which is resized to --image_size")
     arrays = {"x_train": np.asarray(images), "y_train": np.asarray(labels)}
+    x_test, y_test = test if test is not None else (None, None)
     for key, value in (("classes", classes), ("ids", ids), ("x_test", x_test), ("y_test", y_test)):
         if value is not None:
             arrays[key] = np.asarray(value)
-    return _at_least_min_size(_check(_from_dict(arrays, source)), keep_size)
+    return _at_least_min_size(_check(_from_dict(arrays, "arrays")), keep_size)
 
 
 def _at_least_min_size(d, keep_size):

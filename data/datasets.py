@@ -1,10 +1,11 @@
-"""The images and labels of one run, for every kind of data set, and the start-up lines the original prints.
+"""The data of a run, chosen by one DataSelection and loaded by one function, input_dataset (the original's name).
 
 CIFAR-10 / CIFAR-100: the image set plus a CIFAR-N label set (noisy and clean labels).
-`custom`: your own images and their given labels, with no clean labels (data/custom.py).
-Both become one RunData: the source's training images and given labels, the optional
-stratified subset, the noisy validation split, the test set (if any) and what the
-networks and the augmentation need to know (classes, normalisation, padding, image size).
+`custom`: your own images and their given labels, with no clean labels (data/custom.py), from a file or folder, or
+from arrays (the Python API). The flags make the selection (flags.data_selection), the Python API makes it from its
+arguments, and both load through input_dataset: the source's training images and given labels, the optional
+stratified subset, the noisy validation split, the test set (if any) and what the networks and the augmentation
+need to know (classes, normalisation, padding, image size), with the original's start-up lines.
 """
 import os
 from dataclasses import dataclass, field
@@ -12,13 +13,51 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bkd.data.cifar import DATASETS, load_images, local_images
-from bkd.data.custom import MIN_SIZE, data_file, load_custom
+from bkd.data.custom import DEFAULT_FILE, MIN_SIZE, CustomData, load_custom
 from bkd.data.labels import load_label_file
 from bkd.data.split import stratified_subset, train_val_split
 from bkd.utils import logfmt
 from bkd.utils.errors import DataError
 from bkd.utils.files import portable
 from bkd.utils.hashing import array_sha256
+
+CUSTOM = "custom"  # --dataset custom: your own labelled images
+
+
+@dataclass(frozen=True)
+class DataSelection:
+    """Which data a run trains on. Defaults as the training script's flags (flags.py)."""
+
+    dataset: str = "cifar10"  # cifar10, cifar100 or custom
+    noise_type: str = "clean"  # the CIFAR-N label set (data/labels.py: NOISE_TYPES); CIFAR only
+    data_root: str = "~/data"  # the CIFAR images: <data_root>/<dataset>.npz or torchvision's folders
+    noise_path: str = None  # the CIFAR-N label file (None: ./data/<file>, downloaded if missing)
+    download: bool = True  # images and label files may be downloaded
+    data_file: str = None  # custom: an .npz file or an image folder (None: <data_root>/custom.npz)
+    image_size: int = 32  # custom image folder: images are resized to this size
+    keep_image_size: bool = False  # custom: images smaller than 32 pixels are trained at their size
+    arrays: CustomData = field(default=None, compare=False, repr=False)  # custom data given as arrays (the Python API)
+
+    @property
+    def custom(self):
+        return self.dataset == CUSTOM
+
+    @property
+    def custom_file(self):
+        """--data_file, or <data_root>/custom.npz."""
+        return os.path.expanduser(self.data_file or os.path.join(self.data_root, DEFAULT_FILE))
+
+    def identity(self):
+        """What of the selection a resumed run (bkd.resume) and a relaunched grid must find again, besides the data's
+        fingerprint. Custom data has no label set, and only an image folder is resized to image_size (None: does not
+        apply)."""
+        if not self.custom:
+            return {"dataset": self.dataset, "noise_type": self.noise_type, "image_size": self.image_size,
+                    "keep_image_size": self.keep_image_size}
+        folder = self.arrays is None and os.path.isdir(self.custom_file)
+        return {"dataset": CUSTOM, "noise_type": None, "image_size": self.image_size if folder else None,
+                "keep_image_size": self.keep_image_size}
+
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -66,27 +105,22 @@ class RunData:
         return found
 
 
-FINGERPRINT_NAMES = {"images": "the training images", "labels": "the training labels (label file or --noise_path)",
-                     "subset": "the training subset", "split": "the validation split", "test": "the test set",
-                     "num_images": "the number of training images"}
-
-
-def check_same_data(recorded, fingerprint, fix, what="the run being resumed"):
-    """One line naming what differs between a recorded fingerprint and this data's, and how to `fix` it (exit 3)."""
-    for key, name in FINGERPRINT_NAMES.items():
-        if key in fingerprint and recorded.get(key) != fingerprint[key]:
-            raise DataError(f"{name} differ from those of {what} ({key} {fingerprint[key]} vs {recorded.get(key)}); {fix}")
-
-
 def cifar_classes(dataset):
     return CIFAR10_CLASSES if dataset == "cifar10" else [str(c) for c in range(DATASETS[dataset]["num_classes"])]
 
 
-def load_source(args, with_images=True):
-    """The data set without subset and split: RunData with images (unless with_images=False, CIFAR only)."""
-    if args.dataset == "custom":
-        return custom_source(load_custom(data_file(args), args.image_size, args.keep_image_size))
-    return _cifar_source(args, with_images)
+def input_dataset(selection, config, subset=None, with_images=True):
+    """The run's data: `selection`'s source, the stratified subset of config.subset images (or `subset`, indices: a
+    run's saved train_subset.npy) drawn with config.seed, and the noisy validation split of config.val_ratio.
+    Without images (detection.py): labels only, CIFAR only."""
+    if selection.custom:
+        custom = selection.arrays
+        if custom is None:
+            custom = load_custom(selection.custom_file, selection.image_size, selection.keep_image_size)
+        data = custom_source(custom)
+    else:
+        data = cifar_source(selection, with_images)
+    return choose_images(data, config.subset, config.seed, config.val_ratio, subset)
 
 
 def custom_source(custom):
@@ -116,24 +150,20 @@ def custom_source(custom):
                    custom.ids, banner=banner)
 
 
-def _cifar_source(args, with_images):
-    images = load_images(args.dataset, args.data_root, download=not args.no_download) if with_images else None
-    labels = load_label_file(args.dataset, args.noise_type, args.noise_path, None if images is None else images.y_train,
-                             download=not args.no_download)
-    found = not images.downloaded if images is not None else local_images(args.dataset, args.data_root) is not None
+def cifar_source(selection, with_images=True):
+    """A CIFAR image set with a CIFAR-N label set, as a RunData (without images: labels only)."""
+    name = selection.dataset
+    images = load_images(name, selection.data_root, download=selection.download) if with_images else None
+    labels = load_label_file(name, selection.noise_type, selection.noise_path, None if images is None else images.y_train,
+                             download=selection.download)
+    found = not images.downloaded if images is not None else local_images(name, selection.data_root) is not None
     banner = [logfmt.IMAGES_FOUND] if found else []
-    banner += logfmt.label_file_lines(args.dataset, labels.key, labels.path, labels.noisy, labels.clean,
-                                      DATASETS[args.dataset]["num_classes"])
-    return RunData(args.dataset, None if images is None else images.x_train, labels.noisy, labels.clean,
+    banner += logfmt.label_file_lines(name, labels.key, labels.path, labels.noisy, labels.clean,
+                                      DATASETS[name]["num_classes"])
+    return RunData(name, None if images is None else images.x_train, labels.noisy, labels.clean,
                    None if images is None else images.x_test, None if images is None else images.y_test,
-                   dict(DATASETS[args.dataset]), cifar_classes(args.dataset), np.arange(len(labels.noisy)).astype(str),
+                   dict(DATASETS[name]), cifar_classes(name), np.arange(len(labels.noisy)).astype(str),
                    banner=banner, label_path=labels.path)
-
-
-def load_run_data(args, subset=None, val_ratio=None, with_images=True):
-    """Images, labels, subset and split of a run. `subset` (indices) overrides drawing it from --subset."""
-    return choose_images(load_source(args, with_images), getattr(args, "subset", 0), args.seed,
-                         args.val_ratio if val_ratio is None else val_ratio, subset)
 
 
 def choose_images(data, subset_size, seed, val_ratio, subset=None):

@@ -10,12 +10,30 @@ per image, in the dataset's order (CIFAR-10 flips then crops with reflect
 padding, CIFAR-100 crops with zero padding then flips). `index` is the position
 of the image within the split, which addresses per-sample statistics.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 PAD = 4
 CROP = 32
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """How a loader turns images into batches of (normalised images, labels, indices) on a device."""
+
+    batch_size: int
+    device: object  # torch.device or its name: where the batches go (the device loader keeps its images there)
+    mean: tuple  # per-channel normalisation, as torchvision's Normalize
+    std: tuple
+    augment: dict = None  # the training augmentation, {"pad_mode": ..., "flip_first": ...}; None: none
+    shuffle: bool = False
+    merge_single: bool = False  # device loader: a last batch of one image joins the batch before it
+    seed: int = 0  # device loader: the seed of its generator
+    num_workers: int = 4  # PIL loader: its worker processes
+    kind: str = "device"  # "device" (DeviceLoader) or "torchvision" (TorchvisionLoader)
 
 
 def pad_images(x, pad_mode):
@@ -50,27 +68,26 @@ def augment_batch(x, flip, offset_y, offset_x, pad_mode, flip_first):
 
 
 class DeviceLoader:
-    """Device-resident split: uint8 NHWC numpy images -> normalised float batches on `device`."""
+    """Device-resident split: uint8 NHWC numpy images -> normalised float batches on `spec.device`."""
 
-    def __init__(self, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, seed=0,
-                 merge_single=False):
-        self.device = torch.device(device)
+    def __init__(self, images, labels, spec):
+        self.device = torch.device(spec.device)
         # A last batch of one image goes with the batch before it: BatchNorm cannot train on one image
         # when the last stage's maps are 1x1 (8x8 inputs), and a lone image makes a noisy step anyway.
-        self.merge_single = merge_single
+        self.merge_single = spec.merge_single
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).contiguous()
-        self.augment = augment  # None or dict(pad_mode=..., flip_first=...)
+        self.augment = spec.augment  # None or dict(pad_mode=..., flip_first=...)
         # Augmented splits are padded once, up front, so a batch is two gathers from uint8 memory.
-        self.images = pad_images(x, augment["pad_mode"]) if augment else x
+        self.images = pad_images(x, self.augment["pad_mode"]) if self.augment else x
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=self.device)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.batch_size = spec.batch_size
+        self.shuffle = spec.shuffle
+        std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
         # ToTensor + Normalize as one multiply-add: x / 255 / std - mean / std
         self.scale = 1.0 / (255.0 * std)
-        self.shift = -torch.tensor(mean, device=self.device).view(1, 3, 1, 1) / std
+        self.shift = -torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1) / std
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed)
+        self.generator.manual_seed(spec.seed)
 
     @property
     def num_samples(self):
@@ -140,20 +157,20 @@ class IndexedImages(torch.utils.data.Dataset):
 
 
 class TorchvisionLoader:
-    """The original-style pipeline: PIL transforms in `num_workers` DataLoader processes."""
+    """The original-style pipeline: PIL transforms in `spec.num_workers` DataLoader processes."""
 
-    def __init__(self, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, num_workers=4):
-        self.device = torch.device(device)
-        dataset = IndexedImages(images, labels, torchvision_transform(mean, std, augment, size=images.shape[1]))
+    def __init__(self, images, labels, spec):
+        self.device = torch.device(spec.device)
+        dataset = IndexedImages(images, labels, torchvision_transform(spec.mean, spec.std, spec.augment, size=images.shape[1]))
         self.loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=num_workers,
+            batch_size=spec.batch_size,
+            shuffle=spec.shuffle,
+            num_workers=spec.num_workers,
             pin_memory=self.device.type == "cuda",
         )
         self.num_samples = len(dataset)
-        self.batch_size = batch_size
+        self.batch_size = spec.batch_size
 
     def __len__(self):
         return len(self.loader)
@@ -173,14 +190,10 @@ class TorchvisionLoader:
         pass
 
 
-def make_loader(kind, images, labels, *, batch_size, device, mean, std, shuffle=False, augment=None, seed=0, num_workers=4,
-                merge_single=False):
-    if kind == "device":
-        return DeviceLoader(images, labels, batch_size=batch_size, device=device, mean=mean, std=std, shuffle=shuffle,
-                            augment=augment, seed=seed, merge_single=merge_single)
-    if kind == "torchvision":
-        return TorchvisionLoader(
-            images, labels, batch_size=batch_size, device=device, mean=mean, std=std, shuffle=shuffle,
-            augment=augment, num_workers=num_workers,
-        )
-    raise ValueError(f"unknown loader {kind!r}")
+def make_loader(images, labels, spec):
+    """The loader `spec.kind` of (images, labels): DeviceLoader or TorchvisionLoader."""
+    if spec.kind == "device":
+        return DeviceLoader(images, labels, spec)
+    if spec.kind == "torchvision":
+        return TorchvisionLoader(images, labels, spec)
+    raise ValueError(f"unknown loader {spec.kind!r}")

@@ -80,12 +80,12 @@ def split_flags(extra):
 
 def check_training_flags(runs, train_flags):
     """The flags passed on to training, checked as training checks them, before anything is created: one line, exit 2."""
-    from bkd.config import TrainConfig, check_config
-    from flags import parse, training_parser
+    from bkd.config import check_config
+    from flags import parse, training_config, training_parser
 
     for run in runs[:1]:  # the runs differ only in the flags that select them
         args = parse(training_parser(), run.flags() + list(train_flags))  # (an unknown flag: one line, exit 2)
-        check_config(TrainConfig.from_namespace(args))
+        check_config(training_config(args))
         if args.resume:
             raise UsageError("--resume: the launcher resumes every unfinished run itself; drop it")
 

@@ -105,11 +105,12 @@ def _contains(path, text):
 def recorded_differences(run, train_flags):
     """What a finished run was trained with that this launch asks otherwise: (flag, recorded, asked now) for each
     setting that changes what a run computes (bkd.config.run_args), from its metrics.json."""
-    from bkd.config import TrainConfig, compiles, differing_args, run_args
-    from flags import data_selection, parse, training_parser
+    from bkd.config import compiles
+    from bkd.resume import differing_args, run_args
+    from flags import data_selection, parse, training_config, training_parser
 
     args = parse(training_parser(), run.flags() + [t for t in train_flags if t != "--overwrite"])
-    config = TrainConfig.from_namespace(args)
+    config = training_config(args)
     recorded = ((read_json(run.file(rd.METRICS)) or {}).get("config")) or {}
     return differing_args(recorded, run_args(config, compiles(config), data_selection(args)))
 

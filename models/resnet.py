@@ -34,22 +34,26 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class PreActResNet(nn.Module):
+class ResNet(nn.Module):
+    """The original's ResNet of pre-activation blocks, `width` channels in its first stage (64 there)."""
+
     def __init__(self, num_blocks=(2, 2, 2, 2), num_classes=10, width=64):
         super().__init__()
-        widths = [width, 2 * width, 4 * width, 8 * width]
+        self.in_planes = width
         self.conv1 = conv3x3(3, width)
         self.bn1 = nn.BatchNorm2d(width)
-        layers, in_planes = [], width
-        for stage, (planes, blocks) in enumerate(zip(widths, num_blocks)):
-            strides = [1 if stage == 0 else 2] + [1] * (blocks - 1)
-            stage_blocks = []
-            for stride in strides:
-                stage_blocks.append(PreActBlock(in_planes, planes, stride))
-                in_planes = planes
-            layers.append(nn.Sequential(*stage_blocks))
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.linear = nn.Linear(widths[-1], num_classes)
+        self.layer1 = self._make_layer(width, num_blocks[0], stride=1)
+        self.layer2 = self._make_layer(2 * width, num_blocks[1], stride=2)
+        self.layer3 = self._make_layer(4 * width, num_blocks[2], stride=2)
+        self.layer4 = self._make_layer(8 * width, num_blocks[3], stride=2)
+        self.linear = nn.Linear(8 * width, num_classes)
+
+    def _make_layer(self, planes, num_blocks, stride):
+        blocks = []
+        for block_stride in [stride] + [1] * (num_blocks - 1):
+            blocks.append(PreActBlock(self.in_planes, planes, block_stride))
+            self.in_planes = planes
+        return nn.Sequential(*blocks)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -64,4 +68,4 @@ def PreResNet18(num_classes=10, width=64):
     """The challenge's PreResNet18; `width` scales the channels (64 = the original)."""
     if width < 1:
         raise ValueError(f"width must be a positive integer, got {width}")
-    return PreActResNet((2, 2, 2, 2), num_classes=num_classes, width=width)
+    return ResNet((2, 2, 2, 2), num_classes=num_classes, width=width)

@@ -1,5 +1,6 @@
 """A tiny CIFAR-like dataset whose class is visible in the pixels, with a CIFAR-N style label file."""
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -82,12 +83,12 @@ def tiny_run(config, n=120, num_classes=4):
     """A bkd.run.Run on the CPU over `n` synthetic images, without outputs, built as bkd.run.fit builds it."""
     from bkd.config import resolve_computation
     from bkd.data.custom import from_arrays
-    from bkd.data.datasets import choose_images, custom_source
+    from bkd.data.datasets import CUSTOM, DataSelection, input_dataset
     from bkd.run import Job, Run
     from bkd.utils.logfmt import quiet
 
     images, labels = make_images(n, num_classes, np.random.RandomState(0))
-    data = choose_images(custom_source(from_arrays(images, labels)), 0, 0, config.val_ratio)
+    data = input_dataset(DataSelection(dataset=CUSTOM, arrays=from_arrays(images, labels)), replace(config, subset=0, seed=0))
     device = torch.device("cpu")
     torch.manual_seed(0)
     return Run(Job(config, data, device, resolve_computation(config, device), quiet))

@@ -111,10 +111,10 @@ def test_the_api_leaves_the_callers_random_state_and_signal_handlers_and_is_dete
 
 def test_a_runs_images_and_labels_are_taken_once():
     from bkd.data.custom import from_arrays
-    from bkd.data.datasets import choose_images, custom_source
+    from bkd.data.datasets import CUSTOM, DataSelection, input_dataset
 
     images, labels = make_images(40, 4, np.random.RandomState(0))
-    data = choose_images(custom_source(from_arrays(images, labels)), 20, 0, 0.1)
+    data = input_dataset(DataSelection(dataset=CUSTOM, arrays=from_arrays(images, labels)), TrainConfig(subset=20, val_ratio=0.1))
     assert data.images is data.images and data.labels is data.labels  # attributes, not a copy per access
     assert np.array_equal(data.images, images[data.subset]) and np.array_equal(data.labels, labels[data.subset])
 

@@ -158,7 +158,7 @@ def test_fit_sets_the_cuda_arithmetic_before_anything_else(monkeypatch):
         def __init__(self, job, outputs):
             seen.update(cuda.determinism_settings(), **cuda.tf32_settings())
 
-        def train(self, resume, stop):
+        def loop(self, resume, stop):
             return "state"
 
     monkeypatch.setattr(run_module, "Run", FakeRun)
@@ -191,32 +191,16 @@ def test_computation_decides_determinism_and_tf32_per_mode():
         check_config(TrainConfig(reference=True, strict_fp32=True))
 
 
-def test_the_retired_tf32_flag_says_what_replaced_it():
-    from flags import parse, training_parser
-
-    with pytest.raises(UsageError, match="^--tf32: TF32 is the default on CUDA now; drop --tf32 \\(--strict_fp32"):
-        parse(training_parser(), ["--tf32"])
-    assert parse(training_parser(), ["--strict_fp32"]).strict_fp32
-
-
 def test_resume_compares_the_kernels_and_tf32_like_any_computation_flag():
-    from bkd.config import run_args
+    from bkd.data.datasets import DataSelection
+    from bkd.resume import run_args
 
-    saved = {"args": run_args(TrainConfig(), resolve_computation(TrainConfig(), CUDA).compile, {}), "data": None}
+    saved = {"args": run_args(TrainConfig(), resolve_computation(TrainConfig(), CUDA).compile, DataSelection())}
     for flag in ("cudnn_benchmark", "strict_fp32"):
         config = TrainConfig(**{flag: True})
-        current = {"args": run_args(config, resolve_computation(config, CUDA).compile, {})}
+        current = {"args": run_args(config, resolve_computation(config, CUDA).compile, DataSelection())}
         with pytest.raises(UsageError, match=f"^--{flag} True differs from the run being resumed \\(False\\)"):
             resume.check(saved, current, "state.pth.tar", log=lambda *a: None)
-
-
-def test_a_cuda_run_recorded_with_strict_fp32_by_default_resumes_only_in_strict_fp32():
-    """Before TF32 became the default, a CUDA run recorded tf32=False (strict fp32): resumed now, it keeps its arithmetic."""
-    old = {k: v for k, v in TrainConfig().__dict__.items() if k != "strict_fp32"}
-    saved = {"args": dict(old, tf32=False), "device": {"type": "cuda"}}
-    assert resume.recorded_args(saved)["strict_fp32"] is True
-    assert resume.recorded_args(dict(saved, device={"type": "cpu"})).get("strict_fp32") is None  # the CPU: no TF32 either way
-    assert resume.recorded_args(dict(saved, args=dict(old, tf32=True)))["strict_fp32"] is False
 
 
 def test_global_average_pool_is_one_deterministic_operation(monkeypatch):
@@ -356,13 +340,13 @@ def test_resuming_on_another_model_of_the_device_continues_with_a_notice(one_epo
 # 8. out of memory -------------------------------------------------------------------------------------------------------
 def test_out_of_memory_is_one_line_naming_the_batch_sizes(synthetic_root, tmp_path, monkeypatch, capsys):
     import blind_knowledge_dist_training as training
-    from bkd.models.resnet import PreActResNet
+    from bkd.models.resnet import ResNet
     from bkd.utils.errors import run_cli
 
     def exhausted(self, x):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
 
-    monkeypatch.setattr(PreActResNet, "forward", exhausted)
+    monkeypatch.setattr(ResNet, "forward", exhausted)
     with pytest.raises(SystemExit) as exit_info:
         run_cli(training.main, tiny_flags(synthetic_root, str(tmp_path)))
     err = capsys.readouterr().err

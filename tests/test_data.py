@@ -2,6 +2,7 @@
 import os
 import pickle
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from bkd.data.cifar import load_images
 from bkd.data.labels import load_noisy_labels, safe_load
-from bkd.data.loaders import DeviceLoader, TorchvisionLoader, augment_batch, torchvision_transform
+from bkd.data.loaders import DeviceLoader, LoaderSpec, TorchvisionLoader, augment_batch, torchvision_transform
 from bkd.data.split import stratified_subset, train_val_split
 from tests.conftest import SHARED_DATA
 from bkd.utils.errors import DataError, UsageError
@@ -152,8 +153,8 @@ def test_device_loader_draws_uniform_offsets_and_fair_flips():
     """Every image is all-distinct pixels, so the output reveals each image's flip and offsets."""
     n = 3000
     base = np.arange(32 * 32 * 3, dtype=np.int64).reshape(32, 32, 3) % 251
-    loader = DeviceLoader(np.repeat(base[None].astype(np.uint8), n, 0), np.zeros(n), batch_size=100, device="cpu",
-                          mean=(0, 0, 0), std=(1, 1, 1), augment={"pad_mode": "constant", "flip_first": False}, seed=3)
+    spec = LoaderSpec(100, "cpu", (0, 0, 0), (1, 1, 1), augment={"pad_mode": "constant", "flip_first": False}, seed=3)
+    loader = DeviceLoader(np.repeat(base[None].astype(np.uint8), n, 0), np.zeros(n), spec)
     ref = torch.from_numpy(base).permute(2, 0, 1).float()[None] / 255
     flips, offsets = [], []
     all_choices = [(f, i, j) for f in (False, True) for i in range(9) for j in range(9)]
@@ -177,13 +178,14 @@ def test_device_loader_draws_uniform_offsets_and_fair_flips():
 def test_loaders_agree_without_augmentation_and_are_seeded():
     images = np.random.RandomState(1).randint(0, 256, (70, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(70) % 10
-    dev = DeviceLoader(images, labels, batch_size=32, device="cpu", **CIFAR10)
-    tv = TorchvisionLoader(images, labels, batch_size=32, device="cpu", num_workers=0, **CIFAR10)
+    spec = LoaderSpec(32, "cpu", CIFAR10["mean"], CIFAR10["std"])
+    dev = DeviceLoader(images, labels, spec)
+    tv = TorchvisionLoader(images, labels, replace(spec, num_workers=0, kind="torchvision"))
     for (xa, ya, ia), (xb, yb, ib) in zip(dev, tv):
         assert torch.allclose(xa, xb, atol=1e-6) and torch.equal(ya, yb) and torch.equal(ia, ib)
     aug = {"pad_mode": "reflect", "flip_first": True}
-    a = [b[0] for b in DeviceLoader(images, labels, batch_size=32, device="cpu", shuffle=True, augment=aug, seed=5, **CIFAR10)]
-    b = [b[0] for b in DeviceLoader(images, labels, batch_size=32, device="cpu", shuffle=True, augment=aug, seed=5, **CIFAR10)]
+    a = [b[0] for b in DeviceLoader(images, labels, replace(spec, shuffle=True, augment=aug, seed=5))]
+    b = [b[0] for b in DeviceLoader(images, labels, replace(spec, shuffle=True, augment=aug, seed=5))]
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     assert torchvision_transform(CIFAR10["mean"], CIFAR10["std"], aug).transforms[1].padding_mode == "reflect"
 
@@ -192,11 +194,11 @@ def test_device_loader_merges_a_last_batch_of_one():
     from bkd.data.loaders import DeviceLoader
 
     x = np.zeros((33, 8, 8, 3), dtype=np.uint8)
-    common = dict(batch_size=16, device="cpu", mean=(0, 0, 0), std=(1, 1, 1), shuffle=True)
-    merged = DeviceLoader(x, np.zeros(33), merge_single=True, **common)
-    plain = DeviceLoader(x, np.zeros(33), **common)
+    common = LoaderSpec(16, "cpu", (0, 0, 0), (1, 1, 1), shuffle=True)
+    merged = DeviceLoader(x, np.zeros(33), replace(common, merge_single=True))
+    plain = DeviceLoader(x, np.zeros(33), common)
     assert [len(y) for _, y, _ in merged] == [16, 17] and len(merged) == 2
     assert [len(y) for _, y, _ in plain] == [16, 16, 1] and len(plain) == 3
     assert sorted(torch.cat([i for _, _, i in merged]).tolist()) == list(range(33))
-    two = DeviceLoader(x[:18], np.zeros(18), merge_single=True, **common)
+    two = DeviceLoader(x[:18], np.zeros(18), replace(common, merge_single=True))
     assert [len(y) for _, y, _ in two] == [16, 2]  # only a batch of exactly one is merged

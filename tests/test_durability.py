@@ -291,7 +291,7 @@ def test_outputs_honour_the_umask(tmp_path, umask, mode):
 # Python's own handler never runs. Only the watchdog thread, woken by the signal itself, can end it.
 STUCK_IN_NATIVE_CODE = """
 import ctypes, os, signal, sys
-from bkd.engine import StopFlag
+from bkd.run import StopFlag
 StopFlag(lambda: "the run directory keeps epochs 0..2: run the same command with --resume", grace_s=float(sys.argv[1])).install()
 for sig in (signal.SIGINT, signal.SIGTERM):
     signal.siginterrupt(sig, False)

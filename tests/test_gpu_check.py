@@ -64,11 +64,10 @@ def test_a_stopped_rehearsal_keeps_its_finished_steps_and_stops_its_children(tmp
 
 
 def test_every_mode_is_flags_the_training_script_takes():
-    from bkd.config import TrainConfig
-    from flags import parse, training_parser
+    from flags import parse, training_config, training_parser
 
     for name, mode in gpu_check.MODES.items():
-        config = TrainConfig.from_namespace(parse(training_parser(), gpu_check.cli_flags(name)))
+        config = training_config(parse(training_parser(), gpu_check.cli_flags(name)))
         assert all(getattr(config, key) == value for key, value in mode.flags.items()), name
 
 

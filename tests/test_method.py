@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bkd.method import (agreement, assign_groups, compensation_loss, find_overfitting_epoch, first_detectable_epoch, one_hot,
-                        otsu_split, predict, robust_targets, teacher_loss)
+from bkd.method import (agreement, assign_groups, compensation_loss, detect_overfitting_epoch, first_detectable_epoch, one_hot,
+                        otsu, predict, robust_targets, teacher_loss)
 from bkd.utils.metrics import detection_scores
 
 
@@ -66,7 +66,7 @@ def test_predict_is_argmax_of_agreement_not_of_either_network():
     ],
 )
 def test_overfitting_epoch_rule(values, expected):
-    assert find_overfitting_epoch(values) == expected
+    assert detect_overfitting_epoch(values) == expected
 
 
 def _bimodal(n_low=600, n_high=400, seed=0):
@@ -76,7 +76,7 @@ def _bimodal(n_low=600, n_high=400, seed=0):
 
 def test_otsu_split_of_bimodal_sample():
     values = _bimodal()
-    split = otsu_split(values)
+    split = otsu(values)
     assert 0.15 < split["threshold"] < 0.8  # between the modes
     low, high = values[values < split["threshold"]], values[values >= split["threshold"]]
     assert len(low) == 600 and len(high) == 400
@@ -103,7 +103,7 @@ def test_otsu_split_is_the_per_cut_definition_in_float32():
         q = float((n1 * (m1 - mu) ** 2 + n2 * (m2 - mu) ** 2) / (n1 * s1 + n2 * s2))
         if q > best:
             best, best_s, means = q, s, (m1.item(), m2.item(), s1.item(), s2.item())
-    split = otsu_split(values.numpy())
+    split = otsu(values.numpy())
     assert split["threshold"] == float(np.float32(best_s / 1000))  # float32, as the original's s / 1000 tensor
     assert (split["mu1"], split["mu2"], split["sigma1"], split["sigma2"]) == means
     assert split["score"] == best
@@ -112,7 +112,7 @@ def test_otsu_split_is_the_per_cut_definition_in_float32():
 def test_otsu_split_with_all_values_in_one_bin_takes_the_first_cut():
     """No cut has values on both sides (the original crashes): the first cut, NaN means, every value in group 2."""
     values = np.full(10, 0.5)
-    split = otsu_split(values)
+    split = otsu(values)
     assert split["threshold"] == float(np.float32(0.002)) and split["score"] == -1e7
     assert all(np.isnan(split[k]) for k in ("mu1", "mu2", "sigma1", "sigma2"))
     assert assign_groups(values, split).tolist() == [2] * 10
@@ -138,7 +138,7 @@ def test_first_detectable_epoch():
     for i in range(2, 12):
         values = [0.1] * 20
         values[i] = 0.5
-        found_at = next(e for e in range(20) if find_overfitting_epoch(values[: e + 1]) is not None)
+        found_at = next(e for e in range(20) if detect_overfitting_epoch(values[: e + 1]) is not None)
         assert found_at == first_detectable_epoch(i)
 
 
@@ -178,7 +178,7 @@ def test_detached_robust_target_option_stops_student_gradient():
         # lr 0: no update, so the student's gradient of the last step is what the loss gave it
         t = tiny_run(TrainConfig(width=4, batch_size=8, lr=0.0, val_ratio=0, detach_robust_target=detach), n=8)
         t.sample_alpha = torch.full((8,), 0.7)
-        t.train_epoch()
+        t.train()
         grads[detach] = t.student.linear.weight.grad.clone()
     # the compensation loss still trains the student either way; the target adds gradient only when attached
     assert grads[True].abs().sum() > 0 and not torch.allclose(grads[False], grads[True])
@@ -187,7 +187,7 @@ def test_detached_robust_target_option_stops_student_gradient():
 def test_stop_flag_turns_signals_into_a_resumable_error():
     import signal
 
-    from bkd.engine import StopFlag
+    from bkd.run import StopFlag
     from bkd.utils.errors import Interrupted
 
     flag = StopFlag()

@@ -66,10 +66,10 @@ class _LossRecorder(Output):
 
 @pytest.mark.parametrize("robust", [False, True])
 def test_engine_iteration_is_the_originals_computation_bit_for_bit(robust):
-    """Run.train_epoch in the reference mode (PIL loader, fp32 NCHW, plain SGD) == a transcription of the authors' order
+    """Run.train in the reference mode (PIL loader, fp32 NCHW, plain SGD) == a transcription of the authors' order
     of operations (docs/method.md), exactly."""
     from bkd.config import TrainConfig
-    from bkd.engine import group_alphas
+    from bkd.method import group_alphas
     from tests.synthetic import tiny_run
 
     config = TrainConfig(width=4, batch_size=32, val_ratio=0, num_workers=0, reference=True)
@@ -80,7 +80,7 @@ def test_engine_iteration_is_the_originals_computation_bit_for_bit(robust):
         alphas = group_alphas(groups, config.alphas, "cpu") if robust else None
         if ours:
             t.outputs, t.sample_alpha = (_LossRecorder(),), alphas
-            out = t.train_epoch()
+            out = t.train()
             mean_max, agree, losses = out.mean_top_student, out.label_prob["agreement"], t.outputs[0].losses
         else:
             t.nets.train()

@@ -15,18 +15,18 @@ def test_deferred_full_set_pass_equals_the_pass_in_its_epoch():
     assert t.computation.defer_full_pass  # the default mode
     snapshot = t.weights()
     t.state.stats[3] = {}
-    t.full_set_pass(3)  # as if computed right after epoch 3
+    t.calc_noise_probability(3)  # as if computed right after epoch 3
     in_epoch = t.state.stats[3]
     t.epoch = 4
-    t.train_epoch()  # the networks move on
+    t.train()  # the networks move on
     after = t.weights()
     t.state.stats[3] = {}
-    t.full_set_pass(3, weights=snapshot)  # epoch 3's pass, run later
+    t.calc_noise_probability(3, weights=snapshot)  # epoch 3's pass, run later
     for key in ("full", "full_agreed", "full_agreed_prob", "full_probs"):
         assert np.array_equal(in_epoch[key], t.state.stats[3][key]), key
     assert all(torch.equal(after["teacher"][k], t.teacher.state_dict()[k]) for k in after["teacher"])  # weights restored
     t.state.stats[5] = {}
-    t.full_set_pass(5, weights=snapshot)
+    t.calc_noise_probability(5, weights=snapshot)
     assert not np.array_equal(in_epoch["full"], t.state.stats[5]["full"])  # another epoch draws other augmentations
 
 

@@ -59,6 +59,16 @@ def interrupt_quietly_while_starting():
     signal.signal(signal.SIGINT, starting)
 
 
+def stop_on_signals(kept):
+    """SIGINT and SIGTERM end an evaluation at once with one line (exit 130) saying what it `kept`, instead of a
+    traceback or a silent exit 143. Its result is written last, atomically: until then there is nothing to keep."""
+    def stop(signum, frame):
+        raise Interrupted(f"{signal.Signals(signum).name} received: {kept}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
 def run_cli(main, argv=None):
     """Call main(argv); turn a BKDError into `error: <message>` on stderr and its exit code.
 
