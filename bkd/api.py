@@ -64,22 +64,22 @@ class LabelIssues:
 
 def find_label_issues(images: np.ndarray, labels: np.ndarray, *, classes: Optional[Sequence[str]] = None,
                       ids: Optional[Sequence[str]] = None, device: str = "auto", run_dir: Optional[str] = None,
-                      keep_image_size: bool = False, verbose: bool = False, **flags) -> LabelIssues:
+                      verbose: bool = False, **flags) -> LabelIssues:
     """Train BKD on (images, labels) and rank every label from most to least suspect.
 
     Args:
         images: (N, H, W, 3) uint8 RGB images of one size (a list of such arrays too). Images smaller than 32 pixels
-            are resized to 32 unless `keep_image_size`.
+            are resized to 32 unless keep_image_size=True.
         labels: (N,) int, the given label of each image, 0..C-1.
         classes: C class names (default: "0".."C-1"); label_issues.csv shows them.
         ids: N identifiers of the images, e.g. file names (default: their positions); label_issues.csv shows them.
         device: "auto" (default: CUDA when present, else the CPU), "cpu", "cuda" or "cuda:N".
         run_dir: a run directory to write the usual outputs into (default None: nothing is written). A second call
             with the same data and arguments resumes an unfinished run there, or reads a finished one back.
-        keep_image_size: train images smaller than 32 pixels at their size (default False).
         verbose: print the training's log lines (default False).
-        **flags: the training flags by name, with the training script's defaults (bkd.config.TrainConfig): e.g.
-            n_epoch (300), width (64), lr_step (150), batch_size (128), seed (0), val_ratio (0.1), subset (0: all).
+        **flags: the training script's flags by name, with its defaults: bkd.config.TrainConfig's fields, e.g. n_epoch
+            (300), width (64), lr_step (150), batch_size (128), seed (0), val_ratio (0.1), subset (0: all), and
+            keep_image_size (False: images smaller than 32 pixels are resized to 32).
 
     Returns:
         A LabelIssues.
@@ -89,11 +89,12 @@ def find_label_issues(images: np.ndarray, labels: np.ndarray, *, classes: Option
         bkd.utils.errors.DataError: images or labels that cannot be trained on, or a run_dir of other data.
         bkd.utils.errors.RunDirError: a run_dir in use, or not writable.
     """
+    keep_image_size = flags.pop("keep_image_size", False)  # (the training script's flag of that name: not a TrainConfig field)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(flags) - known)
     if unknown:
         raise UsageError(f"find_label_issues: unknown argument(s) {', '.join(unknown)}; the training flags are "
-                         f"{', '.join(sorted(known))}, device, run_dir, classes, ids, keep_image_size, verbose")
+                         f"{', '.join(sorted(known | {'keep_image_size'}))}, besides device, run_dir, classes, ids, verbose")
     config = TrainConfig(**flags)
     check_config(config)
     device = resolve_device(device)

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
 from bkd.utils.cuda import cuda_settings
 from bkd.utils.seeds import rng_state, set_global_seeds, set_rng_state
 from bkd.utils.compile_cache import usable_compile_cache
+
+if TYPE_CHECKING:
+    from bkd.outputs import Output
 
 
 @dataclass
@@ -156,10 +159,21 @@ class StopFlag:
         report_and_exit(message, EXIT_INTERRUPTED)
 
 
-def fit(job, outputs=(), resume=None, stop=None):
-    """Train teacher and student as `job` says; returns the MethodState. `resume`: a Saved resume state (continue after
-    its epoch). `stop`: a StopFlag (default: one that SIGINT/SIGTERM set). Every output hears `finish()` last, however
-    the run ends."""
+def fit(job: "Job", outputs: Sequence["Output"] = (), resume: Optional["Saved"] = None,
+        stop: Optional["StopFlag"] = None) -> MethodState:
+    """Train teacher and student as `job` says, every epoch from the first (or the one after `resume`'s).
+
+    Args:
+        job: the run's values, data, device, computation and log (a Job).
+        outputs: what hears the run's events and writes its files (bkd.outputs.Output: RunFiles, Trace); default none.
+        resume: a Saved resume state (bkd.resume.load) to continue after its epoch; default None, a fresh run.
+        stop: a StopFlag the loop checks between iterations; default None, one that SIGINT/SIGTERM set.
+
+    Returns:
+        The MethodState: the overfitting epoch, the split (split_result()), accuracies and histories.
+
+    Every output hears `finish()` last, however the run ends.
+    """
     try:
         # a compile cache that can be written, and the CUDA arithmetic, before the run's first CUDA operation
         with usable_compile_cache(job.log), cuda_settings(job.device, job.computation.deterministic, job.computation.tf32):

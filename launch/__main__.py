@@ -19,7 +19,7 @@ import sys
 
 from flags import Parser  # one-line errors (exit 2), for the launcher and each of its commands
 from launch.grid import GRIDS, make_grid
-from launch.local import print_status, report, run_local
+from launch.local import print_status, report, run_local, slots
 from bkd.utils.errors import EXIT_USAGE, UsageError
 
 
@@ -157,8 +157,9 @@ def main(argv=None):
         from launch import slurm
 
         folder = args.slurm_folder or os.path.join(args.results_dir, "slurm")
-        slurm.submit(runs, train_flags, eval_flags, folder=folder, partition=args.partition, gpus=args.gpus, cpus=args.cpus,
-                     mem_gb=args.mem_gb, time_min=args.time_min, array_parallelism=args.array_parallelism, sbatch=args.sbatch)
+        resources = slurm.Resources(folder, args.partition, args.gpus, args.cpus, args.mem_gb, args.time_min,
+                                    args.array_parallelism, tuple(args.sbatch))
+        slurm.submit(runs, train_flags, eval_flags, resources)
         if not args.wait:
             print(f"== follow with: python -m launch status {' '.join(grid_args(args))}")
             return 0
@@ -170,8 +171,7 @@ def main(argv=None):
         for s in failed:
             print(f"   {s['run']}: {s['state']} {s['detail']}; log {s['log']}")
         return 1 if failed else 0
-    outcomes = run_local(runs, train_flags, eval_flags, parallel=args.parallel, per_gpu=args.per_gpu, cpu=args.cpu,
-                         threads=args.threads)
+    outcomes = run_local(runs, train_flags, eval_flags, slots(args.parallel, args.per_gpu, args.cpu, args.threads))
     return report(runs, outcomes)
 
 

@@ -42,9 +42,10 @@ def slots(parallel=None, per_gpu=1, cpu=False, threads=None):
     return envs
 
 
-def run_local(runs, train_flags=(), eval_flags=(), parallel=None, per_gpu=1, cpu=False, threads=None, log=print):
-    """Run every unfinished run of `runs`; returns {run name: outcome dict}. Interrupts stop all runs cleanly."""
-    envs = slots(parallel, per_gpu, cpu, threads)
+def run_local(runs, train_flags=(), eval_flags=(), envs=None, log=print):
+    """Run every unfinished run of `runs`, as many at once as `envs` (slots(): one environment per run that may go at
+    once; default one run at a time); returns {run name: outcome dict}. Interrupts stop all runs cleanly."""
+    envs = envs or slots()
     free = queue.Queue()
     for env in envs:
         free.put(env)

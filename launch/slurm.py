@@ -10,6 +10,7 @@ so no epoch is lost or trained twice.
 import os
 import subprocess
 import time
+from dataclasses import dataclass
 
 from launch.grid import Pipeline, read_json, status, write_record
 from bkd.utils.files import save_json
@@ -51,9 +52,23 @@ class RunTask:
         return submitit.helpers.DelayedSubmission(RunTask(self.train_flags, self.eval_flags), run)
 
 
-def submit(runs, train_flags=(), eval_flags=(), *, folder, partition=None, gpus=1, cpus=4, mem_gb=20, time_min=1440,
-           array_parallelism=256, sbatch=(), log=print):
-    """Submit every run that is neither finished nor running as one job array; returns {run name: job id}."""
+@dataclass(frozen=True)
+class Resources:
+    """What each run of a job array asks of SLURM, and where submitit keeps its files."""
+
+    folder: str
+    partition: str = None
+    gpus: int = 1
+    cpus: int = 4
+    mem_gb: int = 20
+    time_min: int = 1440
+    array_parallelism: int = 256
+    sbatch: tuple = ()  # more sbatch options, "--name=value" or "--flag"
+
+
+def submit(runs, train_flags=(), eval_flags=(), resources=None, log=print):
+    """Submit every run that is neither finished nor running as one job array (with `resources`); returns {run name:
+    job id}."""
     import submitit
 
     todo, skipped = [], []
@@ -70,12 +85,13 @@ def submit(runs, train_flags=(), eval_flags=(), *, folder, partition=None, gpus=
     if not todo:
         return {}
     # a long run may be pre-empted or time out many times; each resumes from its last completed epoch
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=1000)
-    extra = dict(item.split("=", 1) if "=" in item else (item, None) for item in sbatch)
+    r = resources
+    executor = submitit.AutoExecutor(folder=r.folder, cluster="slurm", slurm_max_num_timeout=1000)
+    extra = dict(item.split("=", 1) if "=" in item else (item, None) for item in r.sbatch)
     root = os.path.relpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     executor.update_parameters(
-        name="bkd", timeout_min=time_min, slurm_partition=partition, gpus_per_node=gpus or None, cpus_per_task=cpus,
-        mem_gb=mem_gb, slurm_array_parallelism=array_parallelism,
+        name="bkd", timeout_min=r.time_min, slurm_partition=r.partition, gpus_per_node=r.gpus or None, cpus_per_task=r.cpus,
+        mem_gb=r.mem_gb, slurm_array_parallelism=r.array_parallelism,
         slurm_additional_parameters={k.lstrip("-"): v for k, v in extra.items()},
         slurm_setup=[f'export PYTHONPATH="{root}${{PYTHONPATH:+:$PYTHONPATH}}"'],
     )

@@ -99,3 +99,80 @@ def test_no_comment_cites_a_document_outside_the_repository():
                 hits += [f"{os.path.relpath(path, ROOT)}:{i}" for i, line in enumerate(open(path, errors="replace"), 1)
                          if outside.search(line)]
     assert not hits, hits
+
+
+PRODUCT = ("bkd", "models", "data", "utils", "launch", "flags.py", "blind_knowledge_dist_training.py", "learning.py",
+           "detection.py")
+MAX_PRODUCT_PARAMETERS = 7
+
+
+def _product_files():
+    for entry in PRODUCT:
+        path = os.path.join(ROOT, entry)
+        yield from ([path] if entry.endswith(".py") else
+                    [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".py")])
+
+
+def test_no_function_of_the_product_takes_more_than_seven_parameters():
+    wide = [f"{os.path.relpath(path, ROOT)}: {name}({', '.join(names)})" for path in _product_files()
+            for name, names in _parameters(os.path.relpath(path, ROOT)) if len(names) > MAX_PRODUCT_PARAMETERS]
+    assert not wide, wide
+
+
+def _python_files():
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        yield from (os.path.join(folder, name) for name in files if name.endswith(".py"))
+
+
+def test_the_lower_layers_are_imported_by_one_name_only():
+    """models/, data/ and utils/ are the packages bkd.models, bkd.data and bkd.utils: imported as `models.x` too, a file
+    would be two modules (an `except` of one class would miss the other's errors). No file of the repository does."""
+    bare = []
+    for path in _python_files():
+        for node in ast.walk(ast.parse(open(path).read())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            bare += [f"{os.path.relpath(path, ROOT)}: {name}" for name in names
+                     if name.split(".")[0] in ("models", "data", "utils")]
+    assert not bare, bare
+
+
+def test_a_lower_layer_refuses_its_bare_name_from_the_repository_root():
+    import subprocess
+    import sys
+
+    for name in ("models", "data.cifar", "utils.files"):
+        proc = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True)
+        package = name.split(".")[0]
+        assert proc.returncode == 1 and (f"ImportError: import bkd.{package}, not {package}: the repository's {package}/ "
+                                         f"folder is the package bkd.{package}") in proc.stderr, proc.stderr
+
+
+USERS_FOLDER = """
+import importlib.util, numpy as np
+import data, flags, models, utils
+assert (data.MINE, flags.MINE, models.MINE, utils.MINE) == ("data", "flags", "models", "utils")  # the user's own
+from bkd import find_label_issues
+import bkd.data, bkd.models, bkd.utils
+assert all(m.__file__.startswith(root) for m in (bkd.data, bkd.models, bkd.utils)), [bkd.data.__file__]
+assert (data.MINE, utils.MINE) == ("data", "utils") and importlib.util.find_spec("launch") is None
+rng = np.random.RandomState(0)
+images, labels = rng.randint(0, 255, (40, 32, 32, 3)).astype(np.uint8), np.arange(40) % 4
+result = find_label_issues(images, labels, device="cpu", n_epoch=1, width=2, batch_size=16, eval_batch_size=40)
+print(sorted(result.ranked.tolist()) == list(range(40)))
+"""
+
+
+def test_the_api_works_from_a_folder_holding_its_own_utils_data_models_and_flags(tmp_path):
+    """Only the package bkd is installed (pyproject.toml): a user's own data.py, utils.py, models.py and flags.py stay
+    theirs, and bkd's lower layers are its own. Run as a user runs it: from their folder, the repository not on the path."""
+    import subprocess
+    import sys
+
+    for name in ("data", "utils", "models", "flags"):
+        (tmp_path / f"{name}.py").write_text(f"MINE = {name!r}\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = f"root = {ROOT!r}\n" + USERS_FOLDER
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("True"), proc.stderr[-3000:]
