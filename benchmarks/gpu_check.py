@@ -1,29 +1,31 @@
-"""The GPU check: one command that returns what a first call on a lent GPU must know, written as it goes.
+"""The GPU check: one command that returns what a first call on a lent GPU must know, most needed first, as it goes.
 
     python3 benchmarks/gpu_check.py --out $OUT/gpu_check --budget_s 480  # on a lent GPU (docs/gpu.md)
     python benchmarks/gpu_check.py --device cpu --tiny --out /tmp/gc      # every step, tiny, on the CPU
     python benchmarks/gpu_check.py --prepare_data .gpu_data               # here: the real-data step's files
 
-Steps, in the order a first GPU call most needs their answers:
+The plan (PLAN), the answers no CPU can give first, then the rest as time allows:
 1. machine: GPU, driver, CUDA, cuDNN, torch, with the run's own TF32 and determinism settings;
-2. smoke: one short training run of every mode through the training script (does it run at all?), side by side on
-   CUDA (`--jobs`), so that the compiled modes' compilations (CPU work) overlap; they fill the one inductor cache
-   all steps share, at the shapes the later steps use;
-3. correctness at the default configuration (width 64, compiled, default precision) and with --amp, on synthetic
-   CIFAR-shaped data: two identical seeded runs bit-equal (weights, detection.npy, agreement.npy), and a run
-   killed with SIGKILL mid-epoch then resumed bit-equal to the uninterrupted one;
-4. throughput of every mode at full scale on synthetic data (45,000 training images, width 64, batch 128): seconds
-   per warm-up and robust epoch (iterations timed in steady state, each pass's start-up apart), the projected
-   300-epoch schedule, peak memory, achieved TFLOP/s against the card's peak for the mode's precision, and the
-   ratio to the reference mode of the same invocation;
-5. real data: the quick preset on CIFAR-10N `worst` through run.sh (all three scripts), from `--real_data`;
-6. the remaining `cuda`-marked tests (tests/test_cuda.py), without pytest-xdist's options.
+2. correctness at the default configuration (width 64, compiled, deterministic, TF32), on synthetic CIFAR-shaped
+   data: two identical seeded runs bit-equal (weights, detection.npy, agreement.npy), and a run killed with SIGKILL
+   mid-epoch then resumed bit-equal to the uninterrupted one. Its first run compiles the graphs and fills the one
+   inductor cache every later child loads from;
+3. throughput of the reference, default and --amp modes at full scale on synthetic data (45,000 training images,
+   width 64, batch 128): seconds per warm-up and robust epoch (iterations timed in steady state, each pass's
+   start-up apart), the projected 300-epoch schedule, peak memory, achieved TFLOP/s against the card's peak for the
+   mode's precision, and the ratio to the reference mode of the same call;
+4. real data: the quick preset on CIFAR-10N `worst` through run.sh (all three scripts), from `--real_data`;
+5. then: correctness with --amp, the other modes' throughput, the `cuda`-marked tests (tests/test_cuda.py, without
+   pytest-xdist's options), and a smoke run through the training script of each mode not yet run through it.
 
-After every step, and every mode within one, <out>.json and <out>.md are rewritten (atomically): a call killed at
-its time limit still returns every finished step. <out>.log collects every child's output. Each child runs in a
-process group of its own with its own time limit, and is killed with everything it started when that runs out;
-SIGTERM or Ctrl-C stops the check the same way and writes what it has. Needs only torch, torchvision, numpy and
-pytest; nothing is downloaded.
+Time: before a child starts, what it will take is predicted from what this call has measured so far (Estimates);
+a child that does not fit in what is left of --budget_s is skipped, saying so ("skipped: 40 s left, needs ~90 s").
+Each child runs in a process group of its own with a limit of a multiple of its estimate, within the budget, and is
+killed with everything it started when that runs out: a child that timed out is reported so, never as a result.
+Every running child is polled while the check waits for one, and none outlives the check. After every item of a
+step, <out>.json and <out>.md are rewritten (atomically), and each child's output reaches <out>.log when it ends:
+a call killed at its time limit still returns everything it finished; SIGTERM or Ctrl-C stops the check the same
+way. Needs only torch, torchvision, numpy and pytest; nothing is downloaded.
 
 --tiny on the CPU: a few hundred images of width 8, a few iterations, and torch.compile with dynamo's eager backend
 (the code path, not inductor's speed, which would take longer than the whole check).
@@ -99,7 +101,8 @@ AMP_BUDGET_MIN, DEFAULT_BUDGET_MIN = 15, 20  # the 300-epoch schedule projected 
 PEAK_TFLOPS = {"H200": {"fp32": 67, "tf32": 495, "bf16": 990, "fp16": 990},
                "H100": {"fp32": 67, "tf32": 495, "bf16": 990, "fp16": 990},
                "A100": {"fp32": 19.5, "tf32": 156, "bf16": 312, "fp16": 312}}
-STEPS = ("machine", "smoke", "correctness", "throughput", "real_data", "cuda_tests")
+STEPS = ("machine", "correctness", "throughput", "real_data", "cuda_tests", "smoke")  # (the report's order; PLAN runs them)
+SIMULATED_COMPILE_ENV = "BKD_GPU_CHECK_SIMULATED_COMPILE_S"  # --simulate_compile_s: a slow compile, for the tests
 QUICK_RUN = "cifar10_worst_seed_0_quick"
 TINY_QUICK = ["--subset", "500", "--width", "8", "--n_epoch", "6", "--lr_step", "5", "--noisy_val_freq", "5",
               "--clean_test_freq", "5", "--print_freq", "50"]  # the real-data step at the CPU rehearsal's size
@@ -113,8 +116,10 @@ class Child:
     log_dir: str
     timeout: float
     env: dict = None
+    on_end: object = None  # called once with the child when it ends (its log goes to <out>.log then)
     proc: subprocess.Popen = None
     timed_out: bool = False
+    stopped: bool = False  # killed on purpose (the correctness step's kill mid-epoch), not at its limit
     start: float = field(default_factory=time.time)
     end: float = None
 
@@ -130,22 +135,29 @@ class Child:
     def poll(self):
         if self.proc.poll() is None and time.time() - self.start > self.timeout:
             self.timed_out = True
-            self.kill()
-        if self.proc.poll() is not None:
+            self._kill()
+        if self.proc.poll() is not None and self.end is None:
+            self.end = time.time()
             Child.RUNNING.discard(self)
-            self.end = self.end or time.time()
+            if self.on_end is not None:
+                self.on_end(self)
         return self.proc.poll()
 
     def seconds(self):
         return round((self.end or time.time()) - self.start, 1)
 
-    def kill(self):
+    def stop(self):
+        """Kill it on purpose (it is not then a failure of its own)."""
+        self.stopped = self.proc.poll() is None
+        self._kill()
+        self.poll()
+
+    def _kill(self):
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)  # the child and everything it started (pytest's runs, run.sh's)
         except ProcessLookupError:
             pass
         self.proc.wait()
-        Child.RUNNING.discard(self)
 
     def wait(self):
         while self.poll() is None:
@@ -157,25 +169,19 @@ class Child:
             return fh.read()
 
     def status(self):
+        """passed, timed out (never a result), stopped (on purpose), or failed with its last line."""
         if self.timed_out:
             return f"timed out after {self.timeout:.0f} s (killed with its process group)"
+        if self.stopped:
+            return "stopped on purpose"
         if self.proc.returncode != 0:
             lines = [line for line in self.output().splitlines() if line.strip()]
             return f"failed (exit {self.proc.returncode}): {lines[-1][:300] if lines else ''}"
         return "passed"
 
-
-def run_all(children, jobs):
-    """Start the (name, cmd, timeout, env) items at most `jobs` at a time; return the finished Childs in order."""
-    pending, running, done = list(children), [], []
-    while pending or running:
-        while pending and len(running) < jobs:
-            running.append(pending.pop(0)())
-        for child in [c for c in running if c.poll() is not None]:
-            running.remove(child)
-            done.append(child)
-        time.sleep(0.05)
-    return done
+    @property
+    def passed(self):
+        return self.status() == "passed"
 
 
 class Stopped(Exception):
@@ -184,8 +190,35 @@ class Stopped(Exception):
 
 def stop_children(signum, frame):
     for child in list(Child.RUNNING):
-        child.kill()
+        child._kill()
     raise Stopped(signum)
+
+
+class Estimates:
+    """How long a child will take: what a child of its kind took in this call, else a prior scaled by how much slower
+    than its prior this machine has been so far (the slowest ratio seen: a loaded machine is not taken for a fast one).
+
+    Kinds: `run` (a short training run through the script), `run_cold` (the first of a compiled mode: its graphs are
+    compiled, then cached for every later child), `throughput`, `throughput_cold`, `real_data`, `cuda_tests`.
+    """
+
+    PRIORS = {"cuda": {"run": 45, "run_cold": 130, "throughput": 60, "throughput_cold": 130, "real_data": 150,
+                       "cuda_tests": 150},
+              "cpu": {"run": 20, "run_cold": 30, "throughput": 25, "throughput_cold": 30, "real_data": 75,
+                      "cuda_tests": 20}}
+
+    def __init__(self, kind):
+        self.priors = self.PRIORS["cuda" if kind == "cuda" else "cpu"]
+        self.measured, self.ratios = {}, []
+
+    def predict(self, kind):
+        if kind in self.measured:
+            return self.measured[kind]
+        return self.priors[kind] * (max(self.ratios) if self.ratios else 1.0)
+
+    def record(self, kind, seconds):
+        self.measured[kind] = max(self.measured.get(kind, 0.0), seconds)
+        self.ratios.append(seconds / self.priors[kind])
 
 
 # --- the modes as the training script runs them ---------------------------------------------------------------------
@@ -216,12 +249,33 @@ def patch_for(mode, tiny_cpu):
     original = torch.compile
 
     def compile_(net, **kwargs):
+        if extra:  # a backend or mode of its own: inductor's options do not apply
+            kwargs.pop("options", None)
         compiled = original(net, **{**kwargs, **extra})
+        compiled = simulated_compile(compiled, mode) if os.environ.get(SIMULATED_COMPILE_ENV) else compiled
         return copied_out(compiled) if spec.compile_mode == "reduce-overhead" else compiled
 
     torch.compile = compile_
     if not spec.fill_uninitialized_memory:
         bkd.run.cuda_settings = functools.partial(cuda.cuda_settings, fill_uninitialized_memory=False)
+
+
+def simulated_compile(fn, mode):
+    """`fn`, whose first call sleeps $BKD_GPU_CHECK_SIMULATED_COMPILE_S seconds unless an earlier process of the check
+    compiled `mode` (a file in the shared compile cache says so): a slow compilation and its cache, on the CPU."""
+    seconds = float(os.environ[SIMULATED_COMPILE_ENV])
+    marker = os.path.join(os.environ.get("TORCHINDUCTOR_CACHE_DIR", tempfile.gettempdir()), f"simulated_compile_{mode}")
+    first = []
+
+    def call(x):
+        if not first:
+            first.append(True)
+            if not os.path.exists(marker):
+                time.sleep(seconds)
+                open(marker, "w").close()
+        return fn(x)
+
+    return call
 
 
 def copied_out(fn):
@@ -428,22 +482,56 @@ def project(r, warmup_epochs):
 
 
 # --- the check's steps ------------------------------------------------------------------------------------------------
+# The plan: first the answers no CPU can give (the default configuration deterministic and resuming bit for bit on
+# CUDA; the steady-state speed of the reference, default and --amp modes; the quick preset on real data), then the
+# other configurations, modes and tests as time allows. Each entry: a step and the items it takes (None: all left).
+PLAN = (("machine", None), ("correctness", ("default",)), ("throughput", ("reference", "default", "amp")),
+        ("real_data", None), ("correctness", ("amp",)), ("throughput", None), ("cuda_tests", None), ("smoke", None))
+RESERVE_S = 10  # of the budget, kept for the report after the last child
+
+
+def summarize(items):
+    """A step's status from its items' statuses (configurations, modes, runs)."""
+    ok = ("passed", "measured", "done")
+    failed = [k for k, r in items.items() if str(r.get("status")).startswith(("failed", "timed out", "interrupted"))]
+    done = [k for k, r in items.items() if r.get("status") in ok]
+    others = [f"{k} ({r.get('status')})" for k, r in items.items() if k not in failed and k not in done]
+    if failed:
+        return f"failed: {', '.join(failed)}"
+    if not others:
+        return "passed" if done else "nothing to do"
+    return (f"passed: {', '.join(done)}; " if done else "") + "not done: " + "; ".join(others)
+
+
 class Check:
-    """The check's state: its arguments, where it works, and the report it rewrites after every step."""
+    """The check's state: its arguments, where it works, what it has measured, and the report it rewrites as it goes."""
+
+    LIMIT_FACTOR, LIMIT_MARGIN_S = 2.5, 60  # a child's limit: its estimate times this, or plus that, whichever is more
 
     def __init__(self, args, device):
         self.args, self.device = args, device
         self.kind = device.type
-        self.start = time.time()
+        self.start = args.started
         self.work = tempfile.mkdtemp(prefix="bkd_gpu_check_", dir=args.work_dir)
         self.logs = os.path.join(self.work, "logs")
         os.makedirs(self.logs)
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # one inductor (and triton) cache for every child: what one compiles, the next loads
+        # one inductor (and triton) cache for every child: what one compiles, the next loads; compile workers bounded
+        # so that the children side by side share the cores instead of starting 16 workers each
         self.env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(self.work, "inductor_cache"))
         self.env.setdefault("TRITON_CACHE_DIR", os.path.join(self.env["TORCHINDUCTOR_CACHE_DIR"], "triton"))
+        self.env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+        if self.kind == "cpu":  # the rehearsal: idle OpenMP threads sleep (a busy neighbour does not stall them), and a
+            # tiny network runs on one thread (it gains little from more), so that another process's load slows it least
+            self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            if args.tiny:
+                self.env.setdefault("OMP_NUM_THREADS", "1")
+        if args.simulate_compile_s:
+            self.env[SIMULATED_COMPILE_ENV] = str(args.simulate_compile_s)
         self.run_size = TINY_RUN if args.tiny else RUN
         self.data_flags = None
+        self.estimates = Estimates(self.kind)
+        self.cached = set()  # modes whose compiled graphs are in the shared cache (a child of theirs finished)
         self.report = {"command": "python benchmarks/gpu_check.py " + " ".join(args.argv), "device": str(device),
                        "budget_s": args.budget_s, "steps": {}}
         open(args.out + ".log", "w").close()
@@ -452,14 +540,51 @@ class Check:
         return self.args.budget_s - (time.time() - self.start)
 
     def modes(self):
-        return [m for m in MODES if self.kind in MODES[m].devices and (self.args.modes is None or m in self.args.modes)]
+        return [m for m in MODES if self.args.modes is None or m in self.args.modes]
 
     def tiny_cpu(self):
         return self.args.tiny and self.kind == "cpu"
 
-    def child(self, name, cmd, limit, env=None):
-        """A child to start later, with `limit` seconds or what is left of the budget when it starts, if less."""
-        return lambda: Child(name, cmd, self.logs, min(limit, self.left()), env or self.env)
+    def unavailable(self, mode):
+        """Why `mode` cannot run on this device (a skip, not a failure), or None."""
+        if self.kind not in MODES[mode].devices:
+            return f"skipped: {'CUDA' if MODES[mode].devices == CUDA else 'another device'} only"
+        if MODES[mode].flags.get("amp") and self.kind == "cpu":
+            from bkd.utils.devices import cpu_native_bf16
+
+            if not cpu_native_bf16():
+                return "skipped: this CPU has no native bf16, and --amp is refused on it"
+        return None
+
+    def kind_of(self, kind, mode):
+        """The estimate's kind for a child of `mode`: the first of a compiled mode compiles its graphs."""
+        return f"{kind}_cold" if MODES[mode].flags.get("compile") and mode not in self.cached else kind
+
+    # --- children ---------------------------------------------------------------------------------------------------
+    def launch(self, name, cmd, kind, env=None):
+        """(the started Child, None), or (None, why not): a child starts only if what it is expected to take (Estimates)
+        fits in what is left of the budget; its limit is a multiple of that, within the budget."""
+        need, room = self.estimates.predict(kind), self.left() - RESERVE_S
+        if need > room:
+            return None, f"skipped: {max(room, 0):.0f} s left, needs ~{need:.0f} s"
+        limit = min(max(self.LIMIT_FACTOR * need, need + self.LIMIT_MARGIN_S), room)
+        child = Child(name, cmd, self.logs, limit, env or self.env, on_end=self.ended)
+        child.kind = kind
+        return child, None
+
+    def ended(self, child):
+        """A child ended: its log goes to <out>.log now, and a child that passed teaches the estimates."""
+        with open(self.args.out + ".log", "a") as log:
+            log.write(f"==== {child.name} ({child.status()}, {child.seconds()} s): {' '.join(child.cmd)}\n{child.output()}\n")
+        if child.passed:
+            self.estimates.record(child.kind, child.seconds())
+
+    def wait(self, *children):
+        """Poll every running child (those beside these too: their limits hold) until these have ended."""
+        while any(c.poll() is None for c in children):
+            for other in list(Child.RUNNING):
+                other.poll()
+            time.sleep(0.05)
 
     def script(self, mode, run_dir, *flags):
         """The training script's command for a run of `mode` (None: the default configuration, no flags of ours)."""
@@ -472,9 +597,9 @@ class Check:
             self.data_flags = write_synthetic(os.path.join(self.work, "synthetic"), self.run_size)
         return self.data_flags
 
-    def keep_log(self, child):
-        with open(self.args.out + ".log", "a") as log:
-            log.write(f"==== {child.name}: {' '.join(child.cmd)}\n{child.output()}\n")
+    def items(self, step, key):
+        """The step's record of its items (configurations, modes or runs), kept across the plan's passes."""
+        return self.report["steps"].setdefault(step, {}).setdefault(key, {})
 
     def write(self):
         self.report["wall_s"] = time.time() - self.start
@@ -482,110 +607,109 @@ class Check:
         with atomic_path(self.args.out + ".md") as tmp, open(tmp, "w") as fh:
             fh.write("\n".join(summary_lines(self.report)) + "\n")
 
-    # 1.
-    def machine(self):
+    # --- the steps --------------------------------------------------------------------------------------------------
+    def machine(self, items=None):
         from bkd.config import TrainConfig, resolve_computation
         from bkd.utils.machine import machine_info
 
-        return {"status": "done", "facts": machine_info(self.device, resolve_computation(TrainConfig(), self.device))}
+        self.report["steps"]["machine"] = {"status": "done", "facts": machine_info(self.device, resolve_computation(
+            TrainConfig(), self.device))}
 
-    # 2.
-    def smoke(self):
-        children = [self.child(f"smoke_{m}", self.script(m, os.path.join(self.work, "smoke", m)), self.args.step_timeout_s)
-                    for m in self.modes()]
-        runs = {}
-        for c in run_all(children, self.args.jobs):
-            self.keep_log(c)
-            out = c.output()
-            runs[c.name[len("smoke_"):]] = {"status": c.status(), "seconds": c.seconds(),
-                                            "finished": "[bkd] finished" in out,
-                                            "compile_fell_back": "torch.compile failed" in out}
-        failed = [m for m, r in runs.items() if r["status"] != "passed"]
-        return {"status": "passed" if not failed else f"failed: {', '.join(failed)}", "runs": runs}
-
-    # 3.
-    def correctness(self):
-        results = {}
-        for config in self.args.configs:
-            extra = CORRECTNESS[config]
-            if config == "amp" and not self.amp_runs():
-                results[config] = {"status": "not run: no native bf16 on this CPU (--amp is refused here)"}
-                continue
-            results[config] = self.reproduces(config, extra)
-            self.report["steps"]["correctness"] = {"status": "running", "configs": results}
+    def correctness(self, configs):
+        results = self.items("correctness", "configs")
+        for config in [c for c in configs if c in self.args.configs]:
+            results[config] = {"status": "running"}
             self.write()
-        failed = [c for c, r in results.items() if not r["status"].startswith(("passed", "not run"))]
-        return {"status": "passed" if not failed else f"failed: {', '.join(failed)}", "configs": results}
+            try:
+                results[config] = self.reproduces(config)
+            except Stopped:
+                raise
+            except Exception as err:  # this configuration's own failure: the others' results stay
+                results[config] = {"status": f"failed: {type(err).__name__}: {err}"}
+            self.write()
 
-    def amp_runs(self):
-        from bkd.utils.devices import cpu_native_bf16
-
-        return self.kind == "cuda" or cpu_native_bf16()
-
-    def reproduces(self, config, extra):
+    def reproduces(self, config):
         """Two identical runs, and a third killed with SIGKILL mid-epoch then resumed: all bit-equal."""
-        base = os.path.join(self.work, "correctness", config)
-        dirs = {k: os.path.join(base, k) for k in ("a", "b", "killed")}
-        timeout = self.args.step_timeout_s
+        mode = "amp" if config == "amp" else "default"
+        if self.unavailable(mode):
+            return {"status": self.unavailable(mode)}
+        extra = CORRECTNESS[config]
+        dirs = {k: os.path.join(self.work, "correctness", config, k) for k in ("a", "b", "killed")}
         cmd = {k: self.script(None, d, *extra) for k, d in dirs.items()}  # as a user runs it: compiled from width 16
         start = time.time()
-        pair = [self.child(f"correctness_{config}_{k}", cmd[k], timeout) for k in ("a", "b")]
-        early = [c() for c in pair[: self.args.jobs - 1]]  # beside the killed run where there are jobs to spare
-        killed = self.kill_mid_epoch(self.child(f"correctness_{config}_killed", cmd["killed"], timeout), dirs["killed"])
-        running = [c.wait() for c in early] + run_all(pair[len(early):], self.args.jobs)
-        for c in running:
-            self.keep_log(c)
+        a, why = self.launch(f"correctness_{config}_a", cmd["a"], self.kind_of("run", mode))  # compiles, fills the cache
+        if a is None:
+            return {"status": why}
+        self.wait(a)
+        if not a.passed:
+            return {"status": f"failed: run a {a.status()}"}
+        self.cached.add(mode)
+        b, why = self.launch(f"correctness_{config}_b", cmd["b"], "run")
+        if b is None:
+            return {"status": why}
+        if self.args.jobs < 2:
+            self.wait(b)
+        killed = self.kill_mid_epoch(f"correctness_{config}_killed", cmd["killed"], dirs["killed"])  # beside b
+        self.wait(b)
+        if not b.passed:
+            return {"status": f"failed: run b {b.status()}"}
         if killed["status"] != "killed mid-run":
-            return dict(killed, status=f"failed: {killed['status']}")
-        resumed = self.child(f"correctness_{config}_resumed", cmd["killed"] + ["--resume"], timeout)().wait()
-        self.keep_log(resumed)
-        statuses = {c.name: c.status() for c in running + [resumed]}
-        if any(s != "passed" for s in statuses.values()):
-            return {"status": "failed: a run failed", "runs": statuses}
-        same = equal_runs(dirs["a"], dirs["b"])
-        resumed_same = equal_runs(dirs["a"], dirs["killed"])
-        ok = not same and not resumed_same
-        return {"status": "passed" if ok else "failed: results differ", "identical_runs_differ_in": same,
-                "resumed_run_differs_in": resumed_same, "killed": killed, "seconds": round(time.time() - start, 1),
-                "flags": " ".join(list(extra) + self.run_size["flags"])}
+            return dict(killed, status=killed["status"] if killed["status"].startswith("skipped") else
+                        f"failed: the run to kill {killed['status']}")
+        resumed, why = self.launch(f"correctness_{config}_resumed", cmd["killed"] + ["--resume"], "run")
+        if resumed is None:
+            return {"status": why, "killed": killed}
+        self.wait(resumed)
+        if not resumed.passed:
+            return {"status": f"failed: the resumed run {resumed.status()}", "killed": killed}
+        same, resumed_same = equal_runs(dirs["a"], dirs["b"]), equal_runs(dirs["a"], dirs["killed"])
+        return {"status": "passed" if not same and not resumed_same else "failed: results differ",
+                "identical_runs_differ_in": same, "resumed_run_differs_in": resumed_same, "killed": killed,
+                "seconds": round(time.time() - start, 1), "flags": " ".join(list(extra) + self.run_size["flags"])}
 
-    def kill_mid_epoch(self, make, run_dir):
-        """Start a run and SIGKILL it inside epoch KILL_EPOCH, once an earlier epoch's resume state is on disk."""
+    def kill_mid_epoch(self, name, cmd, run_dir):
+        """Start a run and SIGKILL it inside epoch KILL_EPOCH, once an earlier epoch's resume state is on disk. A run
+        that reaches its own limit first timed out: that is not the kill, and its run directory is not read."""
         import torch
 
-        child = make()
-        state = os.path.join(run_dir, "state.pth.tar")
-        marker = f"epoch: {KILL_EPOCH:3d}/"
+        child, why = self.launch(name, cmd, "run")
+        if child is None:
+            return {"status": why}
+        state, marker = os.path.join(run_dir, "state.pth.tar"), f"epoch: {KILL_EPOCH:3d}/"
         while child.poll() is None:
+            for other in list(Child.RUNNING):
+                other.poll()
             if os.path.exists(state) and marker in child.output():
-                child.kill()
+                child.stop()
                 break
             time.sleep(0.01)
-        self.keep_log(child)
-        out = child.output()
-        if "[bkd] finished" in out or child.proc.returncode not in (-signal.SIGKILL, 0):
-            why = "finished before the kill" if "finished" in out else child.status()
-            return {"status": why}
-        epoch = torch.load(state, map_location="cpu", weights_only=True)["epoch"]
-        return {"status": "killed mid-run", "resume_state_epoch": epoch}
+        if not child.stopped:
+            return {"status": "finished before the kill" if child.passed else child.status()}
+        return {"status": "killed mid-run", "resume_state_epoch": torch.load(state, map_location="cpu", weights_only=True)["epoch"]}
 
-    # 4.
-    def throughput(self):
-        results = self.report["steps"].setdefault("throughput", {}).setdefault("modes", {})
-        for name in self.modes():
-            if self.left() < 20:
-                results[name] = {"status": "skipped: the time budget (--budget_s) is spent"}
+    def throughput(self, modes):
+        results = self.items("throughput", "modes")
+        for name in [m for m in (modes or self.modes()) if m in self.modes() and m not in results]:
+            if self.unavailable(name):
+                results[name] = {"mode": name, "status": self.unavailable(name)}
                 continue
             path = os.path.join(self.work, f"throughput_{name}.json")
             cmd = [sys.executable, os.path.abspath(__file__), "--child_throughput", name, "--result", path,
                    "--device", self.args.device] + ["--tiny"] * self.args.tiny
-            c = self.child(f"throughput_{name}", cmd, self.args.mode_timeout_s)().wait()
-            self.keep_log(c)
+            child, why = self.launch(f"throughput_{name}", cmd, self.kind_of("throughput", name))
+            if child is None:
+                results[name] = {"mode": name, "status": why}
+                self.write()
+                continue
+            results[name] = {"mode": name, "status": "running"}
+            self.write()
+            self.wait(child)
             r = json.load(open(path)) if os.path.exists(path) else {"mode": name}
-            r.update(device=self.kind, process_s=c.seconds())
-            if c.status() != "passed":
-                r["status"] = f"{c.status()} (the phases measured before it are kept)"
+            r.update(device=self.kind, process_s=child.seconds())
+            if not child.passed:  # never a result: what it measured before is kept, marked
+                r["status"] = f"{child.status()}; not a result (the phases it measured before are kept)"
             elif r.get("status") == "measured":
+                self.cached.add(name)
                 r.update(project(r, self.args.warmup_epochs))
                 gpu = self.report["steps"].get("machine", {}).get("facts", {}).get("gpu") or {}
                 peak = peak_tflops(gpu.get("name"), r["precision"])
@@ -593,49 +717,83 @@ class Check:
                     r.update(peak_tflops=peak, share_of_peak=r["train_tflops"] / peak)
             results[name] = r
             reference = results.get("reference", {})
-            for r in results.values():
-                if r.get("status") == "measured" and reference.get("status") == "measured":
-                    r["vs_reference"] = reference["mean_epoch_s"] / r["mean_epoch_s"]
+            for other in results.values():
+                if other.get("status") == "measured" and reference.get("status") == "measured":
+                    other["vs_reference"] = reference["mean_epoch_s"] / other["mean_epoch_s"]
+            self.report["steps"]["throughput"]["verdicts"] = verdicts(results)
             self.write()
-        measured = [m for m, r in results.items() if r.get("status") == "measured"]
-        return {"status": f"{len(measured)} of {len(results)} modes measured", "modes": results,
-                "verdicts": verdicts(results)}
 
-    # 5.
-    def real_data(self):
+    def real_data(self, items=None):
         files = real_data_files(self.args.real_data)
         if files is None:
-            return {"status": f"skipped: {self.args.real_data} holds neither cifar10.npz and CIFAR-10_human.pt nor the "
-                              "shared data's folders (--real_data; --prepare_data makes the first)"}
+            self.report["steps"]["real_data"] = {"status": f"skipped: {self.args.real_data} holds neither cifar10.npz and "
+                                                           "CIFAR-10_human.pt nor the shared data's folders (--real_data; "
+                                                           "--prepare_data makes the first)"}
+            return
         images, labels = files
         results = os.path.join(self.work, "quick")
         env = dict(self.env, NOISE_TYPES="worst", SEED="0", BKD_DATA_ROOT=images, RESULTS_DIR=results, NOISE_PATH=labels,
                    DEVICE=self.args.device, PYTHON=sys.executable)
-        cmd = ["bash", os.path.join(ROOT, "run.sh"), "--quick", "--no_download"] + TINY_QUICK * self.args.tiny
-        c = self.child("real_data", cmd, self.args.step_timeout_s, env)().wait()
-        self.keep_log(c)
+        cmd = ["bash", os.path.join(ROOT, "run.sh"), "--quick", "--no_download"] + TINY_QUICK * self.args.tiny + \
+            ["--threads", self.env["OMP_NUM_THREADS"]] * ("OMP_NUM_THREADS" in self.env and self.kind == "cpu")
+        c, why = self.launch("real_data", cmd, "real_data", env)
+        if c is None:
+            self.report["steps"]["real_data"] = {"status": why}
+            return
+        self.wait(c)
         metrics_path = os.path.join(results, QUICK_RUN, "metrics.json")
-        if not os.path.exists(metrics_path):
-            return {"status": c.status(), "output_tail": c.output()[-2000:]}
-        m = json.load(open(metrics_path))
-        row = {name: get(m) for name, get, _ in COLUMNS}
-        return {"status": c.status(), "command": " ".join(cmd), "seconds": c.seconds(), "result": row,
-                "epoch_seconds": m.get("epoch_seconds"), "data": [images, labels],
-                "compare_with": "docs/results.md (the quick preset on the CPU)"}
+        step = {"status": c.status(), "command": " ".join(cmd), "seconds": c.seconds()}
+        if c.passed and os.path.exists(metrics_path):
+            m = json.load(open(metrics_path))
+            step.update(result={name: get(m) for name, get, _ in COLUMNS}, epoch_seconds=m.get("epoch_seconds"),
+                        data=[images, labels], compare_with="docs/results.md (the quick preset on the CPU)")
+        else:
+            step["output_tail"] = c.output()[-2000:]
+        self.report["steps"]["real_data"] = step
 
-    # 6.
-    def cuda_tests(self):
+    def cuda_tests(self, items=None):
         import importlib.util
 
         if importlib.util.find_spec("pytest") is None:
-            return {"status": "not run: pytest is not installed"}
+            self.report["steps"]["cuda_tests"] = {"status": "skipped: pytest is not installed"}
+            return
         # -o addopts=: none of pytest.ini's pytest-xdist options (a version of it may be missing there)
         cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-o", "addopts=", "-p", "no:cacheprovider", "-m", "cuda",
                "-k", "not default_configuration", os.path.join(ROOT, "tests", "test_cuda.py")]
-        c = self.child("cuda_tests", cmd, self.left())().wait()
-        self.keep_log(c)
+        c, why = self.launch("cuda_tests", cmd, "cuda_tests")
+        if c is None:
+            self.report["steps"]["cuda_tests"] = {"status": why}
+            return
+        self.wait(c)
         lines = [line for line in c.output().splitlines() if line.strip()]
-        return {"status": c.status(), "summary": lines[-1] if lines else "", "output_tail": c.output()[-4000:]}
+        self.report["steps"]["cuda_tests"] = {"status": c.status(), "summary": lines[-1] if lines else "",
+                                              "output_tail": c.output()[-4000:]}
+
+    def smoke(self, modes):
+        """One short run of each mode not yet run through the training script (correctness ran the default and --amp
+        configurations), `--jobs` side by side."""
+        runs = self.items("smoke", "runs")
+        through_script = {"default"} | ({"amp"} if self.report["steps"].get("correctness", {}).get("configs", {}).get(
+            "amp", {}).get("status") == "passed" else set())
+        pending = [m for m in (modes or self.modes()) if m in self.modes() and m not in runs and m not in through_script]
+        active = {}
+        while pending or active:
+            while pending and len(active) < self.args.jobs:
+                mode = pending.pop(0)
+                child, why = (None, self.unavailable(mode)) if self.unavailable(mode) else self.launch(
+                    f"smoke_{mode}", self.script(mode, os.path.join(self.work, "smoke", mode)), self.kind_of("run", mode))
+                if child is None:
+                    runs[mode] = {"status": why}
+                else:
+                    active[mode] = child
+            for mode, child in list(active.items()):
+                if child.poll() is not None:
+                    del active[mode]
+                    out = child.output()
+                    runs[mode] = {"status": child.status(), "seconds": child.seconds(), "finished": "[bkd] finished" in out,
+                                  "compile_fell_back": "torch.compile failed" in out}
+                    self.write()
+            time.sleep(0.05)
 
 
 def real_data_files(folder):
@@ -713,7 +871,7 @@ def summary_lines(report):
              f"`{report['command']}`, {report['wall_s']:.0f} s of a {report['budget_s']:.0f} s budget", ""]
     for name in STEPS:
         step = steps.get(name)
-        lines.append(f"* **{name}**: {step['status'] if step else 'not reached'}")
+        lines.append(f"* **{name}**: {step.get('status', 'running') if step else 'not reached'}")
     smoke = steps.get("smoke", {}).get("runs")
     if smoke:
         lines += ["", "## Smoke runs", ""] + markdown([dict(r, mode=m) for m, r in smoke.items()],
@@ -772,26 +930,27 @@ def prepare_data(shared, out, subset=4000, seed=0):
 
 
 def main(argv=None):
+    started = time.time()  # the budget counts from here: the check's own start-up is part of the call
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (with --tiny)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes: shows every step works (on the CPU, in minutes)")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "gpu_check"),
                    help="writes <out>.json, <out>.md and <out>.log")
-    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS, help="the steps to run (default: all, in order)")
-    p.add_argument("--modes", nargs="+", default=None, choices=list(MODES), help="modes of the smoke and throughput steps")
+    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS, help="the steps to run (default: all, as PLAN orders them)")
+    p.add_argument("--modes", nargs="+", default=None, choices=list(MODES), help="modes of the throughput and smoke steps")
     p.add_argument("--configs", nargs="+", default=list(CORRECTNESS), choices=list(CORRECTNESS),
                    help="configurations of the correctness step")
-    p.add_argument("--budget_s", type=float, default=480, help="the whole check's time; later steps are skipped once spent")
-    p.add_argument("--step_timeout_s", type=float, default=240, help="a smoke, correctness or real-data child's limit")
-    p.add_argument("--mode_timeout_s", type=float, default=90, help="one throughput mode's limit")
-    p.add_argument("--jobs", type=int, default=None, help="runs side by side (default: on CUDA half the CPU cores, at "
-                   "most 8: compilation is CPU work; 1 on a CPU)")
+    p.add_argument("--budget_s", type=float, default=480, help="the whole check's time, start-up included: a child starts "
+                   "only if what it is expected to take fits in what is left, else it is skipped, saying so")
+    p.add_argument("--jobs", type=int, default=None, help="runs side by side (default: 2 on CUDA, where the GPU waits for "
+                   "the CPU's compilations; 1 on a CPU)")
     p.add_argument("--warmup_epochs", type=int, default=15,
                    help="warm-up epochs assumed in the 300-epoch projection (the overfitting epoch is found after them)")
     p.add_argument("--real_data", default=None, help="the real-data step's folder: cifar10.npz and CIFAR-10_human.pt "
                    "(--prepare_data), or the shared data's folder (default: .gpu_data if present, else the shared data)")
     p.add_argument("--work_dir", default=None, help="where the runs go (default: a new temporary folder)")
     p.add_argument("--prepare_data", metavar="DIR", help="write the real-data step's files from the shared data into DIR")
+    p.add_argument("--simulate_compile_s", type=float, default=0, help=argparse.SUPPRESS)  # tests: slow compilations
     p.add_argument("--child_script", help=argparse.SUPPRESS)
     p.add_argument("--eager_backend", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child_throughput", help=argparse.SUPPRESS)
@@ -799,7 +958,7 @@ def main(argv=None):
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
-    args.argv = argv
+    args.argv, args.started = argv, started
     if args.child_script:
         return child_script(args.child_script, args.eager_backend, args.rest)
     size = TINY if args.tiny else FULL
@@ -811,15 +970,15 @@ def main(argv=None):
         mib = prepare_data(SHARED, args.prepare_data) / 2**20
         print(f"wrote {args.prepare_data}/cifar10.npz and CIFAR-10_human.pt ({mib:.1f} MiB); carry it to the GPU call")
         return 0
-    from bkd.utils.errors import BKDError
     from bkd.utils.devices import resolve_device
+    from bkd.utils.errors import BKDError
 
     try:
         device = resolve_device(args.device)
     except BKDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    args.jobs = args.jobs or (max(1, min(8, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 1)
+    args.jobs = args.jobs or (2 if device.type == "cuda" else 1)
     if args.real_data is None:
         from benchmarks import SHARED
 
@@ -828,42 +987,49 @@ def main(argv=None):
     check = Check(args, device)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop_children)
-    failed = False
+    step = None
     try:
-        for name in STEPS:
-            if name not in args.steps:
+        for step, items in PLAN:
+            if step not in args.steps:
                 continue
-            if check.left() < 10:
-                check.report["steps"][name] = {"status": "skipped: the time budget (--budget_s) is spent"}
-                continue
-            print(f"== {name}", flush=True)
-            check.report["steps"][name] = dict(check.report["steps"].get(name, {}), status="running")
+            print(f"== {step}" + (f" ({', '.join(items)})" if items else ""), flush=True)
+            check.report["steps"].setdefault(step, {})["status"] = "running"
             check.write()
-            started = time.time()
+            started_step, failure = time.time(), None
             try:
-                step = getattr(check, name)()
+                getattr(check, step)(items)
             except Stopped:
                 raise
-            except Exception as err:  # a step's own failure: the next steps still run
+            except Exception as err:  # a step's own failure: what it finished stays, the next steps still run
                 import traceback
 
-                step = {"status": f"failed: {type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
-            step["seconds"] = round(time.time() - started, 1)
-            check.report["steps"][name] = step
+                failure = {"status": f"failed: {type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+            record = check.report["steps"][step]
+            items_of = record.get("configs") or record.get("modes") or record.get("runs")
+            if failure:
+                record.update(failure)
+            elif items_of is not None:
+                record["status"] = summarize(items_of)
+            record["seconds"] = round(record.get("seconds", 0) + time.time() - started_step, 1)
             check.write()
-            failed |= str(step["status"]).startswith(("failed", "timed out"))
-            print(f"   {step['status']}", flush=True)
+            print(f"   {record['status']}", flush=True)
     except Stopped as stop:
-        signum = stop.args[0]
-        for name, step in check.report["steps"].items():
-            if step.get("status") == "running":
-                step["status"] = f"interrupted ({signal.Signals(signum).name}): the parts above were measured"
+        name = signal.Signals(stop.args[0]).name
+        for record in check.report["steps"].values():
+            for item in (record.get("configs") or record.get("modes") or record.get("runs") or {}).values():
+                if item.get("status") == "running":
+                    item["status"] = f"interrupted ({name})"
+            if record.get("status") == "running":
+                record["status"] = f"interrupted ({name}): what is above was finished"
         check.write()
-        return 128 + signum
+        return 128 + stop.args[0]
     finally:
+        for child in list(Child.RUNNING):  # none outlives the check, whatever ended it
+            child._kill()
         shutil.rmtree(check.work, ignore_errors=True)
     print("\n".join(summary_lines(check.report)))
     print(f"written to {args.out}.json, .md and .log")
+    failed = [name for name, record in check.report["steps"].items() if str(record.get("status")).startswith("failed")]
     return 1 if failed else 0
 
 

@@ -3,13 +3,40 @@ grid side by side, under its run name.
 
 Per epoch (step = the 0-based epoch): the losses, the learning rate, the student's mean top probability (the curve
 whose peak is the overfitting epoch), validation and test accuracy where measured, and the epoch's seconds. At the
-split (step = the split epoch): the overfitting epoch, the full set's Otsu threshold and means, the four trust
-groups' sizes, the histogram of the agreement probability of the given labels, and, where clean labels are known,
-detection precision, recall, F1 and AUROC. A resumed run starts its writer with `purge_step` at its first epoch:
-TensorBoard then drops whatever an interrupted process wrote from that step on, so every step appears once.
+split (step = the epoch in which it is made, which the overfitting rule reaches two or more epochs after the epoch
+it picks; `split/epoch` says whose statistics were split): that epoch and the overfitting epoch, the full set's Otsu
+threshold and means, the four trust groups' sizes, the histogram of the agreement probability of the given labels,
+and, where clean labels are known, detection precision, recall, F1 and AUROC.
+
+Every value is written before the epoch's resume state (bkd/outputs.py), so an epoch whose state is on disk has its
+curves on disk too, and a resumed run starts its writer with `purge_step` at its first epoch: TensorBoard then drops
+whatever an interrupted process wrote from that step on (the split's values too, written at the step of their
+epoch), so every step appears once. A write that fails (a full disk) stops the run in one line (exit 4) and leaves
+no empty event file behind.
 """
+import os
+
 from bkd.utils import logfmt
+from bkd.utils.errors import RunDirError
+from bkd.utils.files import portable
 from bkd.utils.metrics import detection_scores
+
+
+def _quiet_writer_threads():
+    """TensorBoard's writer thread re-raises a failed write (a full disk) as it dies, which Python prints as a thread's
+    traceback; the same error reaches the caller at its next write or flush (Curves._write says it in one line)."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "bkd_quiet", False):
+        return
+
+    def hook(args):
+        if type(args.thread).__name__ != "_AsyncWriterThread" or not issubclass(args.exc_type, OSError):
+            previous(args)
+
+    hook.bkd_quiet = True
+    threading.excepthook = hook
 
 
 class Curves:
@@ -27,44 +54,62 @@ class Curves:
             self.log(logfmt.ours("no TensorBoard curves: the tensorboard package is not installed (pip install tensorboard)"))
             return
         self._open = lambda: SummaryWriter(self.path, purge_step=start_epoch or None)
-
-    def _writing(self):
-        if self.writer is None and self._open is not None:
-            self.writer = self._open()
-        return self.writer is not None
+        _quiet_writer_threads()
 
     def epoch(self, epoch, lr, state):
-        if not self._writing():
-            return
         loss, naive, comp = state.losses[-1]
         values = {"loss/total": loss, "loss/naive": naive, "loss/compensation": comp, "lr": lr,
                   "student_mean_top_probability": state.mean_top_all[-1],
                   "accuracy/validation": state.accuracy_at(epoch, "val"), "accuracy/test": state.accuracy_at(epoch, "test"),
                   "epoch_seconds": state.epoch_seconds[-1]}
-        for tag, value in values.items():
-            if value is not None:
-                self.writer.add_scalar(tag, value, epoch)
-        self.writer.flush()  # a kill keeps every completed epoch's values
+        self._write(epoch, {tag: value for tag, value in values.items() if value is not None})
 
-    def split(self, state, split):
-        if not self._writing():
-            return
-        step = split.epoch
-        add = self.writer.add_scalar
+    def split(self, epoch, state, split):
+        """The split made in `epoch` (of the statistics of split.epoch)."""
+        values = {"split/epoch": split.epoch}
         if state.overfit_epoch is not None:
-            add("split/overfitting_epoch", state.overfit_epoch, step)
+            values["split/overfitting_epoch"] = state.overfit_epoch
         for key, tag in (("threshold", "threshold"), ("mu1", "lower_mean"), ("mu2", "upper_mean")):
-            add(f"split/otsu_{tag}", state.full_split[key], step)
+            values[f"split/otsu_{tag}"] = state.full_split[key]
         for group in range(1, 5):
-            add(f"split/group_{group}_size", int((state.groups == group).sum()), step)
-        self.writer.add_histogram("split/agreement_of_given_labels", split.label_prob, step)
+            values[f"split/group_{group}_size"] = int((state.groups == group).sum())
         if self.truly_noisy is not None and self.truly_noisy.any():
             scores = detection_scores(split.detected, self.truly_noisy)
-            for key in ("precision", "recall", "f1"):
-                add(f"detection/{key}", scores[key], step)
+            values.update({f"detection/{key}": scores[key] for key in ("precision", "recall", "f1")})
             if (state.ranking or {}).get("auroc") is not None:
-                add("detection/auroc", state.ranking["auroc"], step)
-        self.writer.flush()
+                values["detection/auroc"] = state.ranking["auroc"]
+        self._write(epoch, values, histogram=("split/agreement_of_given_labels", split.label_prob))
+
+    def _write(self, step, scalars, histogram=None):
+        """Write and flush (a kill keeps what was written); a failure is one line, and leaves no empty event file."""
+        try:
+            if self.writer is None and self._open is not None:
+                self.writer = self._open()
+            if self.writer is None:
+                return
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, step)
+            if histogram is not None:
+                self.writer.add_histogram(*histogram, step)
+            self.writer.flush()
+        except OSError as err:
+            self._abandon()
+            raise RunDirError(f"cannot write the TensorBoard curves in {portable(self.path)} ({err.strerror or err}), so "
+                              "their epoch is not kept; free space or make the folder writable") from None
+
+    def _abandon(self):
+        """After a failed write: close the writer quietly, and remove the event files nothing reached (the writer makes
+        its file at its first write, even one that fails)."""
+        writer, self.writer, self._open = self.writer, None, None
+        try:
+            if writer is not None:
+                writer.close()
+        except Exception:  # noqa: BLE001 - the same failing disk; the write's own error is what is reported
+            pass
+        for name in os.listdir(self.path):
+            path = os.path.join(self.path, name)
+            if name.startswith("events.out.tfevents.") and os.path.getsize(path) == 0:
+                os.remove(path)
 
     def close(self):
         if self.writer is not None:

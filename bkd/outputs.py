@@ -95,7 +95,7 @@ class RunFiles(Output):
     def split(self, run):
         result = run.state.split_result()
         self.writer.submit(self._write_split, result)
-        self.curves.split(run.state, result)
+        self.curves.split(run.epoch, run.state, result)
 
     def _write_split(self, split):
         """The split's files, all or none: a failed write removes those written before it. (metrics.json, written
@@ -113,9 +113,9 @@ class RunFiles(Output):
 
     def epoch_end(self, run):
         self.writer.drain()  # the previous epoch's files are on disk (or their error is raised here)
+        self.curves.epoch(run.epoch, run.last.lr, run.state)  # before the state: an epoch on disk has its curves
         metrics = copy.deepcopy(self.metrics(run.state, run.epoch + 1))  # the training goes on changing the state
         self.writer.submit(self._write_epoch, dict(run.resume_state(), **self.identity), metrics)
-        self.curves.epoch(run.epoch, run.last.lr, run.state)
 
     def _write_epoch(self, resume_state, metrics):
         save_torch(resume_state, self.run.file(rd.STATE))

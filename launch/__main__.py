@@ -58,7 +58,7 @@ def build_parser():
     slurm.add_argument("--sbatch", nargs="+", default=[], metavar="KEY=VALUE", help="extra sbatch options, e.g. account=abc qos=high")
     slurm.add_argument("--slurm_folder", default=None, help="submitit's logs and pickles (default <results_dir>/slurm)")
     slurm.add_argument("--wait", action="store_true", help="wait for the jobs, then print the summary")
-    grid_parser(sub.add_parser("status", help="each run: done / running / failed / interrupted / not started", allow_abbrev=False))
+    grid_parser(sub.add_parser("status", help="each run: done / running / failed / trained (evaluations pending) / interrupted / not started", allow_abbrev=False))
     summary = grid_parser(sub.add_parser("summary", help="challenge tables: mean ± std over seeds per label set", allow_abbrev=False))
     summary.add_argument("--out", default=None, help="write <OUT>.md and <OUT>.csv (default <results_dir>/summary)")
     return p

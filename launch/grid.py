@@ -69,7 +69,8 @@ def make_grid(grid="original", seeds=None, noise_types=None, dataset=None, resul
         pairs = [(dataset or NOISE_TYPES.get(nt, ("cifar10",))[0], nt) for nt in noise_types]
     elif dataset:
         pairs = [(d, nt) for d, nt in pairs if d == dataset]
-    return [Run(d, nt, int(s), results_dir, preset) for s in (seeds if seeds is not None else grid_seeds) for d, nt in pairs]
+    seeds = list(dict.fromkeys(int(s) for s in (seeds if seeds is not None else grid_seeds)))  # each once (`--seeds 0 0`)
+    return [Run(d, nt, s, results_dir, preset) for s in seeds for d, nt in dict.fromkeys(pairs)]
 
 
 # --- a run's state on disk ----------------------------------------------------------------------
@@ -90,8 +91,9 @@ def write_record(run, **fields):
 def progress(run):
     """(last completed epoch or None, n_epoch or None) from the run's metrics.json."""
     metrics = read_json(run.file(rd.METRICS)) or {}
-    done = metrics.get("epochs_completed")
-    return (done - 1 if done else None), (metrics.get("config") or {}).get("n_epoch")
+    done, n_epoch = metrics.get("epochs_completed"), (metrics.get("config") or {}).get("n_epoch")
+    whole = [v if isinstance(v, int) and not isinstance(v, bool) else None for v in (done, n_epoch)]  # (a hand-edited file)
+    return (whole[0] - 1 if whole[0] else None), whole[1]
 
 
 def _contains(path, text):
@@ -130,7 +132,8 @@ def finished(run):
 
 
 def status(run):
-    """dict(state: done | running | failed | interrupted | not started, epoch: last completed, log, job_id, detail)."""
+    """dict(state: done | running | failed | trained | interrupted | not started, epoch: last completed, log, job_id,
+    detail). `trained`: the training finished, its evaluations did not run (the next launch runs them)."""
     record = read_json(run.file(RECORD)) or {}
     last, n_epoch = progress(run)
     info = {"run": run.name, "epoch": last, "n_epoch": n_epoch, "job_id": record.get("job_id"),
@@ -142,6 +145,8 @@ def status(run):
     elif record.get("failed"):
         failure = record["failed"]
         info.update(state="failed", log=failure["log"], detail=f"{failure['step']} exited {failure['exit_code']}")
+    elif training_finished(run):
+        info.update(state="trained", detail="learning.py and detection.py not run yet: launching again runs them")
     elif os.path.exists(run.file(rd.STATE)) or os.path.exists(run.file("training.log")):
         info["state"] = "interrupted"
     else:

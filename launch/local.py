@@ -177,9 +177,9 @@ def print_status(runs, log=print, job_states=None):
         epoch = "-" if r["epoch"] is None else f"{r['epoch']}/{(r['n_epoch'] or 0) - 1}"
         state = r["state"]
         job = r.get("job_id") or ""
-        if job and state in ("not started", "interrupted", "failed") and job_states.get(job) in ("PENDING", "REQUEUED", "CONFIGURING"):
+        if job and state in ("not started", "interrupted", "trained", "failed") and job_states.get(job) in ("PENDING", "REQUEUED", "CONFIGURING"):
             state = "queued"
-        elif job and state == "interrupted" and job_states.get(job) in ("RUNNING", "COMPLETING"):
+        elif job and state in ("interrupted", "trained") and job_states.get(job) in ("RUNNING", "COMPLETING"):
             state = "running"
         log(f"{r['run']:<{width}}  {state:<12} {epoch:>9}  {job:<12} {r['detail'] or (r['log'] if state == 'failed' else '')}")
     return rows

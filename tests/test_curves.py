@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.cli import run, script, tiny_flags
+from tests.cli import ROOT, run, script, tiny_flags
 
 pytest.importorskip("tensorboard", reason="tensorboard is not installed (requirements.txt installs it)")
 
@@ -25,18 +25,32 @@ def _curves(run_dir):
     return {tag: [e.step for e in acc.Scalars(tag)] for tag in tags["scalars"]}, tags["histograms"], acc
 
 
+# The training script, killed with SIGKILL by itself right after the split's curves are flushed (in the epoch that
+# makes the split, before that epoch's resume state is written): a kill at the one moment that wrote curves twice.
+KILLED_AFTER_THE_SPLITS_CURVES = """
+import os, runpy, signal, sys
+import bkd.curves
+split = bkd.curves.Curves.split
+def split_then_die(self, *args):
+    split(self, *args)
+    os.kill(os.getpid(), signal.SIGKILL)
+bkd.curves.Curves.split = split_then_die
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_a_killed_and_resumed_run_has_every_curve_and_each_step_once(synthetic_root, tmp_path):
-    """SIGKILL in epoch 4, after epoch 3's values were written, then --resume: TensorBoard's reader sees every epoch
-    once (the resumed writer purges from its first epoch), and the split's values at the split epoch."""
+    """SIGKILL right after the split's values were written (epoch 5, which acts on the forced overfitting epoch 1), then
+    --resume: TensorBoard's reader sees every epoch once and the split's values once, at the epoch that made it (the
+    resumed writer purges from its first epoch, 5: the split's values of the killed process go with it)."""
     flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=7, overfitting_epoch=1, print_freq=1)
-    proc = subprocess.Popen([sys.executable, script("blind_knowledge_dist_training.py"), *flags], cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_SPLITS_CURVES, script("blind_knowledge_dist_training.py"),
+                             *flags], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL and "[bkd] split of epoch 1" in killed.stdout, killed.stderr[-2000:]
     run_dir = os.path.join(tmp_path, "cifar10_worst_seed_0")
-    for line in proc.stdout:
-        if line.startswith("epoch:   4/"):
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert _curves(run_dir)[0]["split/epoch"] == [5]  # on disk before the kill
     run("blind_knowledge_dist_training.py", *flags, "--resume", cwd=str(tmp_path))
     assert len([n for n in os.listdir(run_dir) if n.startswith("events.out.tfevents.")]) == 2
     scalars, histograms, acc = _curves(run_dir)
@@ -44,11 +58,42 @@ def test_a_killed_and_resumed_run_has_every_curve_and_each_step_once(synthetic_r
     for tag in EPOCH_TAGS:
         assert scalars[tag] == list(range(7)), (tag, scalars[tag])
     assert scalars["accuracy/validation"] == [0, 2, 4, 6] and scalars["accuracy/test"] == [0, 4, 6]
-    split = 1  # the statistics of the overfitting epoch (forced to 1; acted upon after epoch 5)
-    assert all(scalars[tag] == [split] for tag in SPLIT_TAGS)
-    assert acc.Scalars("split/overfitting_epoch")[0].value == 1
+    made = 5  # the epoch that made the split: the overfitting epoch (forced to 1) is acted upon after epoch 5
+    assert all(scalars[tag] == [made] for tag in SPLIT_TAGS | {"split/epoch", "split/overfitting_epoch"}), scalars
+    assert acc.Scalars("split/overfitting_epoch")[0].value == 1 and acc.Scalars("split/epoch")[0].value == 1
     assert histograms == ["split/agreement_of_given_labels"]
+    assert [e.step for e in acc.Histograms("split/agreement_of_given_labels")] == [made]
     assert acc.Scalars("lr")[0].value == pytest.approx(0.02) and acc.Scalars("lr")[6].value == pytest.approx(0.002)
+
+
+def test_a_full_disk_when_the_curves_are_first_written_is_one_line_and_loses_no_curve(tmp_path, monkeypatch, capfd):
+    """The first epoch's curves on a full disk: one line (RunDirError, exit 4 from a script), no thread's traceback,
+    no empty event file, and the epoch is not kept; once there is room, the run resumes and has every epoch's curves."""
+    import numpy as np
+
+    from bkd import find_label_issues, outputs
+    from bkd.curves import Curves
+    from bkd.utils.errors import RunDirError
+    from tests.cli import tmpfs
+
+    with tmpfs(tmp_path / "full", "64k", "to fill a disk") as full:
+        try:
+            with open(full / "filler", "wb") as fh:
+                fh.write(b"x" * 65536)
+        except OSError:
+            pass
+        monkeypatch.setattr(outputs, "Curves", lambda path, truly_noisy, log: Curves(str(full), truly_noisy, log))
+        images, labels = np.random.RandomState(0).randint(0, 255, (60, 32, 32, 3)).astype(np.uint8), np.arange(60) % 3
+        flags = dict(n_epoch=2, width=4, batch_size=16, device="cpu", run_dir=str(tmp_path / "run"))
+        with pytest.raises(RunDirError, match=r"^cannot write the TensorBoard curves in .* \(No space left on device\), "
+                                              r"so their epoch is not kept; free space or make the folder writable$"):
+            find_label_issues(images, labels, **flags)
+        assert not capfd.readouterr().err  # no traceback of TensorBoard's writer thread
+        assert os.listdir(full) == ["filler"]  # no empty event file
+        assert not (tmp_path / "run" / "state.pth.tar").exists()  # the epoch whose curves failed is not kept
+    monkeypatch.undo()
+    find_label_issues(images, labels, **flags)
+    assert _curves(str(tmp_path / "run"))[0]["loss/total"] == [0, 1]
 
 
 def test_overwrite_replaces_the_curves(synthetic_root, tmp_path):

@@ -75,10 +75,15 @@ def test_image_folder_names_that_are_not_utf8_train_to_the_end_and_are_written_e
     os.rename(os.path.join(folder, b"red bar", first), os.path.join(folder, b"red bar", b"caf\xe9.png"))  # Latin-1
     os.rename(os.path.join(folder, b"red bar"), os.path.join(folder, b"Kl\xe4sse"))
     results = str(tmp_path / "results")
-    proc = subprocess.run([sys.executable, script("blind_knowledge_dist_training.py"), "--dataset", "custom", "--data_file",
-                           path, "--n_epoch", "2", "--width", "4", "--batch_size", "16", "--device", "cpu", "--results_dir",
-                           results], cwd=str(tmp_path), capture_output=True, timeout=300)  # (bytes: the log names them too)
+    data = ["--dataset", "custom", "--data_file", path, "--device", "cpu", "--results_dir", results]
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")  # a strict UTF-8 standard output: the names are printed as stored
+    proc = subprocess.run([sys.executable, script("blind_knowledge_dist_training.py"), *data, "--n_epoch", "2", "--width",
+                           "4", "--batch_size", "16"], cwd=str(tmp_path), capture_output=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert b"Kl\xe4sse" in proc.stdout  # (the start-up line counts the images of each class by name)
+    detection = subprocess.run([sys.executable, script("detection.py"), *data], cwd=str(tmp_path), capture_output=True,
+                               timeout=300, env=env)
+    assert detection.returncode == 0 and b"(Kl\xe4sse): " in detection.stdout, detection.stderr.decode(errors="replace")
     issues = os.path.join(results, "custom_images_seed_0", "label_issues.csv")
     raw = open(issues, "rb").read()
     assert b"Kl\xe4sse/caf\xe9.png" in raw and b",Kl\xe4sse," in raw  # the names as the file system holds them
@@ -311,3 +316,51 @@ def test_photos_are_read_upright_as_their_orientation_tag_says(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif, quality=100)
     upright = _read_image(str(tmp_path / "phone.jpg"), 32).astype(int)
     assert upright[:4].mean() > 200 and upright[-4:].mean() < 50  # the band is now on top, as a viewer shows it
+
+
+# 6. a hand-edited metrics.json of the wrong type ---------------------------------------------------------------------
+@pytest.mark.parametrize("module", [learning, detection])
+def test_a_metrics_json_edited_to_the_wrong_type_is_one_line_naming_it(module, finished_run, synthetic_root, tmp_path,
+                                                                       capsys):
+    import shutil
+
+    run_dir = str(tmp_path / "cifar10_worst_seed_0")  # where the launcher's Run below looks
+    shutil.copytree(finished_run[0], run_dir)
+    path = os.path.join(run_dir, "metrics.json")
+    metrics = json.load(open(path))
+    json.dump(dict(metrics, epochs_completed=str(metrics["epochs_completed"])), open(path, "w"))  # valid JSON, a string
+    argv = (_learning_argv if module is learning else _detection_argv)(synthetic_root, run_dir)
+    got, err = call(module, argv, capsys)
+    assert got == 3 and len(err.strip().splitlines()) == 1, err
+    assert f"{path}: epochs_completed '2' and config.n_epoch 2 must be whole numbers" in err
+    from launch.grid import Run, status
+
+    run = Run("cifar10", "worst", 0, str(tmp_path))
+    assert run.path == run_dir and status(run)["epoch"] is None  # the launcher's status reads it as no progress
+
+
+# 7. an evaluation stopped by a signal ---------------------------------------------------------------------------------
+# learning.py, which sends itself SIGTERM as its test pass starts (as `timeout` or a scheduler would)
+SIGTERM_IN_THE_TEST_PASS = """
+import os, runpy, signal, sys
+import bkd.engine
+evaluate = bkd.engine.evaluate
+def evaluate_then_stopped(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return evaluate(*args, **kwargs)
+bkd.engine.evaluate = evaluate_then_stopped
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_an_evaluation_stopped_by_sigterm_says_what_it_kept(finished_run, synthetic_root, tmp_path):
+    run_dir = _copy_run(finished_run, tmp_path)
+    before = open(os.path.join(run_dir, "metrics.json")).read()
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_THE_TEST_PASS, script("learning.py"),
+                           *_learning_argv(synthetic_root, run_dir)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: SIGTERM received: learning.py stopped before writing its result "
+                                                f"({run_dir}/metrics.json is as it was); run it again"]
+    assert open(os.path.join(run_dir, "metrics.json")).read() == before

@@ -2,6 +2,7 @@
 what it finished, and the pieces that decide its figures (steady-state timing, CUDA graphs' outputs, projection)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,13 +32,13 @@ def _processes_with(text):
 
 
 def test_a_stopped_rehearsal_keeps_its_finished_steps_and_stops_its_children(tmp_path):
-    """The first steps on the CPU (tests/test_gpu_check_steps.py runs the others), stopped in the throughput step."""
+    """The first answers on the CPU (tests/test_gpu_check_steps.py runs the later steps), stopped in the throughput step."""
     out, work = str(tmp_path / "gc"), tmp_path / "work"
     work.mkdir()
     common = ["--out", out, "--work_dir", str(work)]
     # stopped (SIGTERM, as `timeout` does) once correctness has passed, in the throughput step
-    proc = subprocess.Popen(CHECK + common + ["--modes", "default", "--configs", "default"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(CHECK + common + ["--modes", "reference", "--configs", "default"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(out + ".json"):
@@ -52,15 +53,78 @@ def test_a_stopped_rehearsal_keeps_its_finished_steps_and_stops_its_children(tmp
     report = json.load(open(out + ".json"))
     steps = report["steps"]
     assert steps["machine"]["status"] == "done" and steps["machine"]["facts"]["cpu_kind"]["capability"]
-    assert steps["smoke"]["status"] == "passed" and set(steps["smoke"]["runs"]) == {"default"}
-    assert all(r["finished"] and not r["compile_fell_back"] for r in steps["smoke"]["runs"].values())
     default = steps["correctness"]["configs"]["default"]
-    assert default["status"] == "passed" and default["killed"]["status"] == "killed mid-run", default
+    assert steps["correctness"]["status"] == "passed" and default["killed"]["status"] == "killed mid-run", default
     assert default["identical_runs_differ_in"] == [] and default["resumed_run_differs_in"] == []
     assert steps["throughput"]["status"].startswith("interrupted (SIGTERM)")
+    assert steps["throughput"]["modes"]["reference"]["status"] == "interrupted (SIGTERM)"
     assert "real_data" not in steps and "## Correctness (bit-equal)" in open(out + ".md").read()
-    assert "==== correctness_default_resumed" in open(out + ".log").read()
+    log = open(out + ".log").read()  # each child's output, as it ended
+    assert "==== correctness_default_killed (stopped on purpose" in log and "==== correctness_default_resumed (passed" in log
     assert not _processes_with(str(work)), "the stopped check left children running"
+
+
+def test_slow_compiles_give_the_first_answers_and_skip_the_rest_saying_why(tmp_path):
+    """Each compiled mode's first child takes 40 s more here (--simulate_compile_s: a slow compilation, then its cache):
+    the default configuration's correctness and the reference and default modes' speed come back, and what no longer
+    fits is skipped with its reason, never started to be killed at the budget's end."""
+    out, work, budget = str(tmp_path / "gc"), tmp_path / "work", 240
+    work.mkdir()
+    started = time.time()
+    proc = subprocess.run(CHECK + ["--out", out, "--work_dir", str(work), "--simulate_compile_s", "40", "--budget_s",
+                                   str(budget)], cwd=ROOT, capture_output=True, text=True, timeout=budget + 120)
+    assert time.time() - started < budget + 30, "the check overran its budget"
+    steps = json.load(open(out + ".json"))["steps"]
+    assert steps["correctness"]["configs"]["default"]["status"] == "passed", steps["correctness"]
+    modes = steps["throughput"]["modes"]
+    assert modes["reference"]["status"] == "measured" and modes["default"]["status"] == "measured", modes
+    records = [r for step in steps.values() for r in [step] + list((step.get("configs") or step.get("modes") or
+                                                                  step.get("runs") or {}).values())]
+    statuses = [str(r.get("status")) for r in records]
+    assert not [s for s in statuses if s.startswith(("timed out", "failed"))], statuses
+    assert [s for s in statuses if re.match(r"skipped: \d+ s left, needs ~\d+ s$", s)], statuses
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def _check(tmp_path, **args):
+    """A Check on the CPU, in this process, as main() makes it."""
+    import argparse
+
+    defaults = dict(out=str(tmp_path / "gc"), work_dir=str(tmp_path), budget_s=300, jobs=1, simulate_compile_s=0,
+                    tiny=True, configs=list(gpu_check.CORRECTNESS), argv=[], started=time.time(), modes=None,
+                    real_data=str(tmp_path), device="cpu", warmup_epochs=15)
+    return gpu_check.Check(argparse.Namespace(**dict(defaults, **args)), torch.device("cpu"))
+
+
+def test_a_run_that_times_out_is_reported_so_and_erases_no_other_configurations_result(tmp_path, monkeypatch):
+    check = _check(tmp_path)
+    monkeypatch.setattr(check.estimates, "predict", lambda kind: 1.0)
+    monkeypatch.setattr(gpu_check.Check, "LIMIT_MARGIN_S", 0)  # a limit of 2.5 s
+    configs = check.items("correctness", "configs")
+    configs["amp"] = {"status": "passed"}  # finished earlier in the call
+    # the runs a and b pass at once; the run to kill never reaches its epoch: it times out, which is not the kill
+    monkeypatch.setattr(check, "script", lambda mode, run_dir, *flags: [
+        sys.executable, "-c", "import time; time.sleep(60)" if run_dir.endswith("killed") else "pass"])
+    check.correctness(["default"])
+    assert configs["default"]["status"] == "failed: the run to kill timed out after 2 s (killed with its process group)"
+    assert configs["amp"] == {"status": "passed"}
+    monkeypatch.setattr(check, "script", lambda mode, run_dir, *flags: [sys.executable, "-c", "import time; time.sleep(60)"])
+    check.correctness(["default"])
+    assert configs["default"]["status"].startswith("failed: run a timed out after 2 s") and configs["amp"] == {"status": "passed"}
+    assert gpu_check.summarize(configs) == "failed: default"
+    assert not gpu_check.Child.RUNNING
+
+
+def test_a_child_that_would_not_fit_in_the_budget_is_not_started(tmp_path):
+    check = _check(tmp_path, budget_s=30)
+    child, why = check.launch("throughput_reference", [sys.executable, "-c", "pass"], "throughput")
+    assert child is None and re.match(r"^skipped: \d+ s left, needs ~25 s$", why), why  # the prior, on a CPU
+    check.estimates.record("throughput", 5.0)  # measured in this call: this machine is 5x faster than the prior
+    child, why = check.launch("throughput_default", [sys.executable, "-c", "pass"], "throughput")
+    assert why is None and child.timeout == pytest.approx(min(5.0 + 60, check.left() - gpu_check.RESERVE_S), abs=1)
+    check.wait(child)
+    assert child.passed and check.estimates.predict("real_data") == pytest.approx(75 * 5 / 25)  # scaled by what it saw
+    assert "==== throughput_default (passed" in open(check.args.out + ".log").read()
 
 
 def test_every_mode_is_flags_the_training_script_takes():

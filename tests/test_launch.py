@@ -46,6 +46,29 @@ def complete_local_grid(results, data_root):
     return launch(*local_grid_flags(results, data_root), check_code=0)
 
 
+def test_a_seed_or_label_set_given_twice_is_one_run():
+    from launch.grid import make_grid
+
+    runs = make_grid(seeds=[0, 0], noise_types=["worst", "worst"])
+    assert [r.name for r in runs] == ["cifar10_worst_seed_0"]  # the final report counts 1 run, which trained once
+
+
+def test_status_tells_a_finished_training_whose_evaluations_did_not_run_from_an_interrupted_one(tmp_path):
+    import json
+
+    from launch.grid import Run, status
+
+    run = Run("cifar10", "worst", 0, str(tmp_path))
+    os.makedirs(run.path)
+    open(run.file("training.log"), "w").close()
+    metrics = {"epochs_completed": 40, "config": {"n_epoch": 40}}
+    json.dump(metrics, open(run.file("metrics.json"), "w"))
+    trained = status(run)
+    assert trained["state"] == "trained" and trained["epoch"] == 39 and "not run yet" in trained["detail"]
+    json.dump(dict(metrics, epochs_completed=12), open(run.file("metrics.json"), "w"))
+    assert status(run)["state"] == "interrupted"
+
+
 def test_grids_and_flag_routing():
     from launch.__main__ import split_flags
     from launch.grid import make_grid

@@ -52,9 +52,11 @@ def cuda_index(device):
 
 
 def cpu_native_bf16():
-    """AVX-512 BF16 or AMX: the CPUs where bf16 autocast pays (elsewhere it runs many times slower than fp32)."""
+    """AVX-512 BF16 or AMX, with torch's AVX-512 kernels: the CPUs where bf16 autocast pays (elsewhere it runs many times
+    slower than fp32; also where ATEN_CPU_CAPABILITY=avx2 limits torch to the kernels of an AVX2-only CPU)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return (any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+            and not cpu_kernels_avx2_at_most())
 
 
 def cpu_kernels_avx2_at_most():

@@ -50,13 +50,15 @@ OUTPUT_CLOSED = "standard output was closed (the pipe's reader ended), so the ru
 
 
 def interrupt_quietly_while_starting():
-    """Ctrl-C while a script imports its libraries (seconds for torch): one line instead of a traceback. Called first
-    thing when a script runs (never on import); run_cli hands SIGINT back to Python's own handling."""
+    """Ctrl-C or SIGTERM while a script imports its libraries (seconds for torch): one line instead of a traceback or a
+    silent exit 143. Called first thing when a script runs (never on import); run_cli hands both to Python's own
+    handling (KeyboardInterrupt), until the script installs its own."""
     def starting(signum, frame):
         os.write(2, b"error: interrupted while starting: nothing was started and nothing was written\n")
         os._exit(EXIT_INTERRUPTED)
 
-    signal.signal(signal.SIGINT, starting)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, starting)
 
 
 def stop_on_signals(kept):
@@ -69,13 +71,26 @@ def stop_on_signals(kept):
         signal.signal(sig, stop)
 
 
+def print_names_as_stored():
+    """File and class names that are not valid UTF-8 (Latin-1 names of old archives, which Python holds as lone
+    surrogates) are printed as the bytes the file system holds, as label_issues.csv writes them, instead of failing
+    under a strict UTF-8 standard output (PYTHONIOENCODING=utf-8, or a UTF-8 locale's)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError):  # not a text stream of io's (a test's capture)
+            pass
+
+
 def run_cli(main, argv=None):
     """Call main(argv); turn a BKDError into `error: <message>` on stderr and its exit code.
 
     When standard output goes to a log file (run.sh, the launcher), the same line goes there too,
     as `[bkd] error: ...`, so that the log a report points to says why the step stopped.
     """
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # (after interrupt_quietly_while_starting)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # (after interrupt_quietly_while_starting): a KeyboardInterrupt
+        signal.signal(sig, signal.default_int_handler)
+    print_names_as_stored()
     try:
         main(argv)
     except BKDError as err:
