@@ -742,7 +742,7 @@ class Check:
             return
         self.wait(c)
         metrics_path = os.path.join(results, QUICK_RUN, "metrics.json")
-        step = {"status": c.status(), "command": " ".join(cmd), "seconds": c.seconds()}
+        step = {"status": c.status(), "command": " ".join(cmd), "process_s": c.seconds()}
         if c.passed and os.path.exists(metrics_path):
             m = json.load(open(metrics_path))
             step.update(result={name: get(m) for name, get, _ in COLUMNS}, epoch_seconds=m.get("epoch_seconds"),

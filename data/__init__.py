@@ -1,10 +1,12 @@
-"""The data of a run (imports utils/ only).
+"""The data of a run, the package bkd.data (imports bkd.utils only).
 
 cifar.py    CIFAR images (prepared npz or torchvision), download and checks
 labels.py   CIFAR-N label files: safe unpickling, download with checksum, validation
 custom.py   your own data: an npz or an image folder
 split.py    stratified subset and the noisy validation split
-setup.py    everything a run needs, as one RunData, and the original's start-up lines
+datasets.py DataSelection and input_dataset (the original's name): everything a run needs, as one RunData, and the
+            original's start-up lines
+npz.py      the one .npz reader
 loaders.py  the two input pipelines (device-resident batches, the original's PIL workers)
 
 The default CIFAR-N label paths (as in the original) are data/CIFAR-10_human.pt and

@@ -4,6 +4,6 @@ if __name__ != "bkd.models":  # one module, one name: models.x and bkd.models.x 
     raise ImportError(f"import bkd.models, not {__name__}: the repository's models/ folder is the package bkd.models "
                       "(docs/layout.md)")
 
-from bkd.models.resnet import PreActBlock, ResNet, PreResNet18
+from bkd.models.resnet import PreActBlock, PreResNet18, ResNet
 
-__all__ = ["PreActBlock", "ResNet", "PreResNet18"]
+__all__ = ["PreActBlock", "PreResNet18", "ResNet"]

@@ -1,4 +1,4 @@
-"""Small helpers below every other layer (they import nothing of the project above utils/).
+"""Small helpers below every other layer, the package bkd.utils (they import nothing of the project above it).
 
 errors.py      one-line errors and exit codes
 files.py       atomic writes, JSON, portable paths
