@@ -56,7 +56,14 @@ class Curves:
         self._open = lambda: SummaryWriter(self.path, purge_step=start_epoch or None)
         _quiet_writer_threads()
 
+    @property
+    def writing(self):
+        """A writer is open or can be (tensorboard is installed and the run started)."""
+        return self.writer is not None or self._open is not None
+
     def epoch(self, epoch, lr, state):
+        if not self.writing:
+            return
         loss, naive, comp = state.losses[-1]
         values = {"loss/total": loss, "loss/naive": naive, "loss/compensation": comp, "lr": lr,
                   "student_mean_top_probability": state.mean_top_all[-1],
@@ -66,6 +73,8 @@ class Curves:
 
     def split(self, epoch, state, split):
         """The split made in `epoch` (of the statistics of split.epoch)."""
+        if not self.writing:
+            return
         values = {"split/epoch": split.epoch}
         if state.overfit_epoch is not None:
             values["split/overfitting_epoch"] = state.overfit_epoch
@@ -83,10 +92,8 @@ class Curves:
     def _write(self, step, scalars, histogram=None):
         """Write and flush (a kill keeps what was written); a failure is one line, and leaves no empty event file."""
         try:
-            if self.writer is None and self._open is not None:
-                self.writer = self._open()
             if self.writer is None:
-                return
+                self.writer = self._open()
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, step)
             if histogram is not None:
