@@ -21,11 +21,11 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import SHARED, cifar10n_flags  # noqa: E402
 
-from bkd.utils.devices import cpu_native_bf16# noqa: E402
+from bkd.utils.devices import cpu_native_bf16  # noqa: E402
 from bkd.report import COLUMNS, load_run, markdown, mean_std  # noqa: E402
 from launch.grid import make_grid  # noqa: E402
 from bkd.utils.files import save_json  # noqa: E402
-from bkd.utils.machine import machine_info# noqa: E402
+from bkd.utils.machine import machine_info  # noqa: E402
 
 PRECISIONS = {"fp32": [], "bf16 (--amp)": ["--amp"]}
 

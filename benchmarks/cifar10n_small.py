@@ -34,8 +34,8 @@ from bkd.models import PreResNet18  # noqa: E402
 from flags import PRESETS  # noqa: E402
 from bkd.utils.metrics import detection_scores  # noqa: E402
 from bkd.utils.files import portable  # noqa: E402
-from bkd.utils.machine import machine_info# noqa: E402
-from bkd.utils.seeds import set_global_seeds# noqa: E402
+from bkd.utils.machine import machine_info  # noqa: E402
+from bkd.utils.seeds import set_global_seeds  # noqa: E402
 
 INFO = DATASETS["cifar10"]
 AUG = {"pad_mode": INFO["pad_mode"], "flip_first": INFO["flip_first"]}

@@ -34,8 +34,7 @@ from bkd.data.datasets import CIFAR10_CLASSES, DataSelection, input_dataset  # n
 from flags import PRESETS  # noqa: E402
 from bkd.utils.files import portable, save_json  # noqa: E402
 from bkd.utils.metrics import PRECISION_AT, detection_scores, ranking_scores  # noqa: E402
-from bkd.utils.machine import machine_info# noqa: E402
-
+from bkd.utils.machine import machine_info  # noqa: E402
 
 
 def main():

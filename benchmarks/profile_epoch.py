@@ -32,9 +32,8 @@ from bkd.utils.logfmt import quiet  # noqa: E402
 from bkd.data.datasets import DataSelection, input_dataset  # noqa: E402
 from flags import PRESETS  # noqa: E402
 from bkd.utils.files import save_json, save_torch  # noqa: E402
-from bkd.utils.machine import machine_info# noqa: E402
-from bkd.utils.seeds import set_global_seeds# noqa: E402
-
+from bkd.utils.machine import machine_info  # noqa: E402
+from bkd.utils.seeds import set_global_seeds  # noqa: E402
 
 
 def timed(fn):

@@ -32,9 +32,9 @@ sys.path.insert(0, ROOT)
 from benchmarks import SHARED, cifar10n_flags  # noqa: E402
 
 from bkd.utils.files import portable, save_json  # noqa: E402
-from bkd.utils.machine import machine_info# noqa: E402
+from bkd.utils.machine import machine_info  # noqa: E402
 from benchmarks.traces import DATA_CONFIG, DATA_ITERATION, compare, compare_logs, describe_cpu, same_cpu_kind, trace_machine  # noqa: E402
-from bkd.utils.machine import cpu_kind# noqa: E402
+from bkd.utils.machine import cpu_kind  # noqa: E402
 
 LOGS = ("training", "learning", "detection")
 

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from bkd.data.cifar import DATASETS  # noqa: E402
 from bkd.data.loaders import LoaderSpec, make_loader  # noqa: E402
-from bkd.utils.machine import machine_info# noqa: E402
+from bkd.utils.machine import machine_info  # noqa: E402
 
 INFO = DATASETS["cifar10"]
 AUG = {"pad_mode": INFO["pad_mode"], "flip_first": INFO["flip_first"]}

@@ -146,7 +146,7 @@ def compile_refusal(config, device):
     """Why the networks run eager although the flags compile them, or None. On an x86 CPU without AVX-512, a network
     narrower than 8 channels: inductor computes its convolutions channels-last on a CPU, and oneDNN's AVX2 kernels of
     the first shortcut convolution then hang, crash or compute wrong values (docs/performance.md)."""
-    from bkd.utils.devices import cpu_kernels_avx2_at_most# (here: the launcher imports this module without torch)
+    from bkd.utils.devices import cpu_kernels_avx2_at_most  # (here: the launcher imports this module without torch)
 
     if device is None or device.type != "cpu" or config.width >= AVX2_COMPILE_MIN_WIDTH or not cpu_kernels_avx2_at_most():
         return None
@@ -205,7 +205,7 @@ def resolve_precision(device, amp):
     with AVX-512 BF16 or AMX), fp16 with gradient scaling on older GPUs; refused elsewhere in one line."""
     if not amp:
         return "fp32"
-    from bkd.utils.devices import cpu_native_bf16, cuda_native_bf16# (here: the launcher imports this module without torch)
+    from bkd.utils.devices import cpu_native_bf16, cuda_native_bf16  # (here: the launcher imports this module without torch)
 
     if device.type == "cuda":
         return "bf16" if cuda_native_bf16(device) else "fp16"

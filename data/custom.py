@@ -49,7 +49,6 @@ class CustomData:
         return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
 
 
-
 def load_custom(path, image_size=32, keep_size=False):
     """The data at `path` (an .npz file or an image folder), checked, at `image_size` for a folder (at least MIN_SIZE
     unless `keep_size`) and at its own size for an .npz file (resized to MIN_SIZE if smaller, unless `keep_size`)."""

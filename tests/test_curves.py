@@ -131,4 +131,3 @@ def test_the_api_writes_curves_only_into_a_run_directory(tmp_path, monkeypatch):
     assert not [n for _, _, files in os.walk(tmp_path) for n in files if n.startswith("events.out")]
     find_label_issues(images, labels, run_dir=str(tmp_path / "run"), **flags)
     assert _curves(str(tmp_path / "run"))[0]["loss/total"] == [0]
-

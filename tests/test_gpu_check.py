@@ -212,7 +212,6 @@ def test_the_real_data_files_hold_the_quick_subset_and_the_whole_test_set(tmp_pa
     assert gpu_check.real_data_files(str(tmp_path)) == (str(tmp_path), str(tmp_path / "CIFAR-10_human.pt"))
 
 
-
 def test_a_child_past_its_limit_is_killed_with_everything_it_started(tmp_path):
     """A timed-out step (pytest, run.sh) must not leave its training running on the GPU: its whole process group goes."""
     seconds = str(300 + os.getpid() % 1000)  # an argument no other process has

@@ -23,7 +23,6 @@ def check_torch_version(version=None):
         raise UsageError(f"torch {version} is older than this project needs ({need}); pip install -r requirements.txt")
 
 
-
 def resolve_device(name="auto"):
     """'auto' -> CUDA when present, else CPU; an explicit device must exist. Checks torch's version first."""
     check_torch_version()
@@ -48,7 +47,6 @@ def resolve_device(name="auto"):
 
 def cuda_index(device):
     return device.index if device.index is not None else torch.cuda.current_device()
-
 
 
 def cpu_native_bf16():

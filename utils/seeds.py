@@ -34,7 +34,6 @@ def preserved_global_rng():
             torch.cuda.set_rng_state_all(state[3])
 
 
-
 def rng_state(device):
     """Every random number generator state the training depends on (for exact resume): the run device's CUDA one."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
