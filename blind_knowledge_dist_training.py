@@ -90,15 +90,15 @@ def train(args, config, device, run):
 
 
 def setup_line(args, job, run):
-    data, device, computation = job.data, job.device, job.computation
+    data, device, computation, selection = job.data, job.device, job.computation, data_selection(args)
     arithmetic = [computation.precision if computation.precision == "fp32" else f"{computation.precision} mixed precision"]
     if device.type == "cuda":
         arithmetic += ["TF32" if computation.tf32 else "no TF32",
                        "deterministic kernels" if computation.deterministic else "cudnn.benchmark (nondeterministic)"]
     if computation.compile:
         arithmetic.append("torch.compile")
-    labels = (f"{args.dataset} {args.noise_type}" if not data_selection(args).custom else
-              f"custom data {portable(os.path.abspath(data_selection(args).custom_file))} (its given labels)")
+    labels = (f"{args.dataset} {args.noise_type}" if not selection.custom else
+              f"custom data {portable(os.path.abspath(selection.custom_file))} (its given labels)")
     return (f"{labels}, seed {job.config.seed}: {len(data.train_pos)} training / {len(data.val_pos)} "
             f"validation / {len(data.labels)} detection images, PreResNet18 width {job.config.width}, device {device} "
             f"({', '.join(arithmetic)}), {computation.name}, run directory {portable(run.path)}")

@@ -50,10 +50,12 @@ def check_finished(run, metrics, needs):
     if not metrics:
         raise DataError(f"{run.file(rd.METRICS)} is missing: it records whether the run finished and what data it was "
                         "trained on; put it back, or train the run again (--overwrite)")
-    done, n_epoch = metrics.get("epochs_completed"), (metrics.get("config") or {}).get("n_epoch")
-    if not all(isinstance(value, int) and not isinstance(value, bool) for value in (done, n_epoch)):
-        raise DataError(f"{run.file(rd.METRICS)}: epochs_completed {done!r} and config.n_epoch {n_epoch!r} must be whole "
-                        "numbers (was it edited?); put the run's own metrics.json back, or train the run again (--overwrite)")
+    done, n_epoch = rd.recorded_progress(metrics)
+    if done is None or n_epoch is None:
+        recorded = metrics.get("epochs_completed"), (metrics.get("config") or {}).get("n_epoch")
+        raise DataError(f"{run.file(rd.METRICS)}: epochs_completed {recorded[0]!r} and config.n_epoch {recorded[1]!r} must "
+                        "be whole numbers (was it edited?); put the run's own metrics.json back, or train the run again "
+                        "(--overwrite)")
     if done < n_epoch:
         raise RunDirError(f"{run.path} holds an unfinished run (epochs 0..{done - 1} of 0..{n_epoch - 1} completed): finish "
                           "it with its training command and --resume, then run this again")

@@ -198,6 +198,13 @@ class RunDir:
             self._lock = None
 
 
+def recorded_progress(metrics):
+    """(epochs completed, n_epoch) as a run's metrics.json records them, each None where it is not a whole number (a
+    file of an unfinished or a hand-edited run): the evaluations and the launcher read a run's progress by this."""
+    values = metrics.get("epochs_completed"), (metrics.get("config") or {}).get("n_epoch")
+    return tuple(v if isinstance(v, int) and not isinstance(v, bool) else None for v in values)
+
+
 def lock_held(path):
     """True if another process holds an flock on `path`."""
     if not os.path.exists(path):

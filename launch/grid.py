@@ -90,10 +90,8 @@ def write_record(run, **fields):
 
 def progress(run):
     """(last completed epoch or None, n_epoch or None) from the run's metrics.json."""
-    metrics = read_json(run.file(rd.METRICS)) or {}
-    done, n_epoch = metrics.get("epochs_completed"), (metrics.get("config") or {}).get("n_epoch")
-    whole = [v if isinstance(v, int) and not isinstance(v, bool) else None for v in (done, n_epoch)]  # (a hand-edited file)
-    return (whole[0] - 1 if whole[0] else None), whole[1]
+    done, n_epoch = rd.recorded_progress(read_json(run.file(rd.METRICS)) or {})
+    return (done - 1 if done else None), n_epoch
 
 
 def _contains(path, text):
@@ -106,7 +104,7 @@ def _contains(path, text):
 
 def recorded_differences(run, train_flags):
     """What a finished run was trained with that this launch asks otherwise: (flag, recorded, asked now) for each
-    setting that changes what a run computes (bkd.config.run_args), from its metrics.json."""
+    setting that changes what a run computes (bkd.resume.run_args), from its metrics.json."""
     from bkd.config import compiles
     from bkd.resume import differing_args, run_args
     from flags import data_selection, parse, training_config, training_parser

@@ -66,7 +66,7 @@ class Resources:
     sbatch: tuple = ()  # more sbatch options, "--name=value" or "--flag"
 
 
-def submit(runs, train_flags=(), eval_flags=(), resources=None, log=print):
+def submit(runs, train_flags, eval_flags, resources, log=print):
     """Submit every run that is neither finished nor running as one job array (with `resources`); returns {run name:
     job id}."""
     import submitit
