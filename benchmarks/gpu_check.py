@@ -579,9 +579,9 @@ class Check:
         if child.passed:
             self.estimates.record(child.kind, child.seconds())
 
-    def wait(self, *children):
-        """Poll every running child (those beside these too: their limits hold) until these have ended."""
-        while any(c.poll() is None for c in children):
+    def wait(self, *children, until=None):
+        """Poll every running child (those beside these too: their limits hold) until these have ended, or `until()`."""
+        while any(c.poll() is None for c in children) and not (until and until()):
             for other in list(Child.RUNNING):
                 other.poll()
             time.sleep(0.05)
@@ -676,13 +676,9 @@ class Check:
         if child is None:
             return {"status": why}
         state, marker = os.path.join(run_dir, "state.pth.tar"), f"epoch: {KILL_EPOCH:3d}/"
-        while child.poll() is None:
-            for other in list(Child.RUNNING):
-                other.poll()
-            if os.path.exists(state) and marker in child.output():
-                child.stop()
-                break
-            time.sleep(0.01)
+        self.wait(child, until=lambda: os.path.exists(state) and marker in child.output())
+        if child.poll() is None:
+            child.stop()
         if not child.stopped:
             return {"status": "finished before the kill" if child.passed else child.status()}
         return {"status": "killed mid-run", "resume_state_epoch": torch.load(state, map_location="cpu", weights_only=True)["epoch"]}
