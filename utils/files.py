@@ -56,7 +56,7 @@ def atomic_path(path):
             os.remove(tmp)
 
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # utils/ -> the root
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # utils/ -> the root (bkd/utils is a link)
 
 
 def portable(path):

@@ -1,0 +1,75 @@
+"""The tools a Python engineer points at the code can read it: mypy and pyright (VS Code's engine) resolve bkd.models,
+bkd.data and bkd.utils to the repository's models/, data/ and utils/ (docs/layout.md), at the repository's root, with
+the README's setup and with no install at all."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.cli import ROOT
+
+# A class of each lower layer, and what the checker must see: what only a resolved module can say.
+PROBE = """\
+from bkd.data.datasets import DataSelection
+from bkd.models.resnet import ResNet
+from bkd.utils.errors import UsageError
+
+reveal_type(DataSelection)
+reveal_type(ResNet)
+reveal_type(UsageError)
+"""
+EXPECTED = ("DataSelection", "ResNet", "UsageError")
+
+
+def _probe(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text(PROBE)
+    return str(path)
+
+
+def _tool(module):
+    if shutil.which(module, path=os.path.dirname(sys.executable)) is None:
+        pytest.skip(f"{module} is not installed here: .venv/bin/pip install -r requirements-dev.txt (CI does)")
+    return os.path.join(os.path.dirname(sys.executable), module)
+
+
+def _check_revealed(revealed, tool):
+    assert len(revealed) == len(EXPECTED), revealed
+    for shown, expected in zip(revealed, EXPECTED):
+        returned = shown.rsplit("->", 1)[-1]  # a function's return type; all of it for pyright's type[C]
+        assert expected in returned and "Any" not in returned and "Unknown" not in returned, (tool, revealed)
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["after-setup", "no-install"])
+def test_mypy_resolves_every_layer_at_the_repository_root(tmp_path, installed):
+    """With the README's environment, and with none (no site-packages: nothing installed is seen)."""
+    mypy = _tool("mypy")
+    cmd = [mypy, "--no-incremental", "--follow-imports=silent", "--config-file", os.devnull, _probe(tmp_path)]
+    if not installed:
+        cmd.insert(1, "--no-site-packages")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "import-not-found" not in proc.stdout, proc.stdout
+    revealed = [line.split('Revealed type is "', 1)[1].rstrip('"') for line in proc.stdout.splitlines()
+                if "Revealed type is" in line]
+    _check_revealed(revealed, "mypy")
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["after-setup", "no-install"])
+def test_pyright_resolves_every_layer_at_the_repository_root(tmp_path, installed):
+    """pyright with the README's environment, and with a Python that has nothing of the project installed."""
+    pyright = _tool("pyright")
+    if shutil.which("node") is None:
+        pytest.skip("pyright runs on Node.js, which is not installed here")
+    python = sys.executable if installed else sys._base_executable
+    proc = subprocess.run([pyright, "--outputjson", "--pythonpath", python, _probe(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    report = json.loads(proc.stdout)
+    errors = [d["message"] for d in report["generalDiagnostics"] if d["severity"] == "error"]
+    assert not errors, errors
+    revealed = [d["message"].split('" is "', 1)[1].rstrip('"') for d in report["generalDiagnostics"]
+                if d["message"].startswith("Type of ")]
+    _check_revealed(revealed, "pyright")
