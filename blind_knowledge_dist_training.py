@@ -5,6 +5,7 @@ run to bkd.run.fit with the outputs that write its files (bkd.outputs.RunFiles) 
 say where the results are. Standard output carries the original's lines (0-based epochs); ours start with `[bkd] `.
 docs/layout.md follows this file to the first training iteration.
 """
+
 if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
     from bkd.utils.errors import interrupt_quietly_while_starting
 
@@ -22,7 +23,16 @@ from bkd.rundir import STATE, RunDir
 from bkd.trace import Trace
 from bkd.utils import logfmt
 from bkd.utils.devices import resolve_device
-from bkd.utils.errors import OUTPUT_CLOSED, DivergedError, Interrupted, OutOfMemory, OutputClosed, RunDirError, UsageError, run_cli
+from bkd.utils.errors import (
+    OUTPUT_CLOSED,
+    DivergedError,
+    Interrupted,
+    OutOfMemory,
+    OutputClosed,
+    RunDirError,
+    UsageError,
+    run_cli,
+)
 from bkd.utils.files import portable
 from flags import data_selection, parse, run_dir_path, training_config, training_parser
 
@@ -39,7 +49,9 @@ def log(message=""):
     except BrokenPipeError:
         raise
     except OSError as err:  # a log redirected to a full or failing file system (`> /dev/full`)
-        raise RunDirError(f"cannot write standard output ({err.strerror}): its file system is full or failing") from None
+        raise RunDirError(
+            f"cannot write standard output ({err.strerror}): its file system is full or failing"
+        ) from None
 
 
 def main(argv=None):
@@ -65,7 +77,9 @@ def main(argv=None):
 def train(args, config, device, run):
     """Data, resume state, files and trace around one bkd.run.fit."""
     started = time.time()  # (bkd.run.fit seeds python, numpy and torch before the first random draw)
-    stop = StopFlag(run.describe).install()  # SIGINT/SIGTERM from here on: a clean stop, saying what the directory holds
+    stop = StopFlag(
+        run.describe
+    ).install()  # SIGINT/SIGTERM from here on: a clean stop, saying what the directory holds
     log(logfmt.device_line(device))
     log(str(device))
     selection = data_selection(args)
@@ -77,31 +91,50 @@ def train(args, config, device, run):
     saved = resume.load(run.file(STATE)) if args.resume and run.started else None
     if saved is not None:
         resume.check(saved, identity, run.file(STATE), log=log)
-    flags = dict({k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()},
-                 compile=job.computation.compile, precision=job.computation.precision,
-                 deterministic=job.computation.deterministic, tf32=job.computation.tf32)
-    outputs = [RunFiles(run, job, identity, flags)] + ([Trace(args.trace, vars(args), selection, data)] if args.trace else [])
+    flags = dict(
+        {k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()},
+        compile=job.computation.compile,
+        precision=job.computation.precision,
+        deterministic=job.computation.deterministic,
+        tf32=job.computation.tf32,
+    )
+    outputs = [RunFiles(run, job, identity, flags)] + (
+        [Trace(args.trace, vars(args), selection, data)] if args.trace else []
+    )
     log(logfmt.ours(setup_line(args, job, run)))
     if saved is not None:
         log(logfmt.ours(f"resumed {portable(run.path)} after epoch {saved['epoch'] - 1} of 0..{config.n_epoch - 1}"))
     state = fit(job, outputs, resume=saved and Saved(run.file(STATE), saved), stop=stop)
-    log(logfmt.ours(f"finished: best noisy validation accuracy {state.best_val:.2f} % at epoch {state.best_epoch}; "
-                    f"outputs in {portable(run.path)}"))
+    log(
+        logfmt.ours(
+            f"finished: best noisy validation accuracy {state.best_val:.2f} % at epoch {state.best_epoch}; "
+            f"outputs in {portable(run.path)}"
+        )
+    )
 
 
 def setup_line(args, job, run):
     data, device, computation, selection = job.data, job.device, job.computation, data_selection(args)
-    arithmetic = [computation.precision if computation.precision == "fp32" else f"{computation.precision} mixed precision"]
+    arithmetic = [
+        computation.precision if computation.precision == "fp32" else f"{computation.precision} mixed precision"
+    ]
     if device.type == "cuda":
-        arithmetic += ["TF32" if computation.tf32 else "no TF32",
-                       "deterministic kernels" if computation.deterministic else "cudnn.benchmark (nondeterministic)"]
+        arithmetic += [
+            "TF32" if computation.tf32 else "no TF32",
+            "deterministic kernels" if computation.deterministic else "cudnn.benchmark (nondeterministic)",
+        ]
     if computation.compile:
         arithmetic.append("torch.compile")
-    labels = (f"{args.dataset} {args.noise_type}" if not selection.custom else
-              f"custom data {portable(os.path.abspath(selection.custom_file))} (its given labels)")
-    return (f"{labels}, seed {job.config.seed}: {len(data.train_pos)} training / {len(data.val_pos)} "
-            f"validation / {len(data.labels)} detection images, PreResNet18 width {job.config.width}, device {device} "
-            f"({', '.join(arithmetic)}), {computation.name}, run directory {portable(run.path)}")
+    labels = (
+        f"{args.dataset} {args.noise_type}"
+        if not selection.custom
+        else f"custom data {portable(os.path.abspath(selection.custom_file))} (its given labels)"
+    )
+    return (
+        f"{labels}, seed {job.config.seed}: {len(data.train_pos)} training / {len(data.val_pos)} "
+        f"validation / {len(data.labels)} detection images, PreResNet18 width {job.config.width}, device {device} "
+        f"({', '.join(arithmetic)}), {computation.name}, run directory {portable(run.path)}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ precision, recall, F-score), then ours, prefixed `[bkd] `.
 Custom data: the number flagged and the share of each class flagged; with --true_labels (a
 .npy of correct labels, -1 where not audited) also the original's five lines over the audited labels.
 """
+
 if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
     from bkd.utils.errors import interrupt_quietly_while_starting
 
@@ -26,8 +27,12 @@ from flags import base_parser, data_selection, parse, run_dir_path, training_con
 
 def build_parser():
     p = base_parser("Score the label-noise detection of a BKD run (precision, recall, F1).")
-    p.add_argument("--true_labels", type=str, default=None,
-                   help="--dataset custom: .npy of correct labels, one per training image, -1 where not audited")
+    p.add_argument(
+        "--true_labels",
+        type=str,
+        default=None,
+        help="--dataset custom: .npy of correct labels, one per training image, -1 where not audited",
+    )
     return p
 
 
@@ -37,11 +42,15 @@ def load_detection(path, expected_len):
     try:
         flagged = np.load(path, allow_pickle=False)
     except Exception as err:
-        raise DataError(f"{path}: unreadable .npy file ({first_line(err)}); truncated or not written by this project") from None
+        raise DataError(
+            f"{path}: unreadable .npy file ({first_line(err)}); truncated or not written by this project"
+        ) from None
     if flagged.dtype != np.bool_:
         raise DataError(f"{path}: holds {flagged.dtype} values; expected a boolean mask (True = label flagged noisy)")
     if flagged.shape != (expected_len,):
-        raise DataError(f"{path}: shape {flagged.shape}, expected ({expected_len},): one flag per training image of the run")
+        raise DataError(
+            f"{path}: shape {flagged.shape}, expected ({expected_len},): one flag per training image of the run"
+        )
     return flagged
 
 
@@ -53,10 +62,14 @@ def load_true_labels(path, given, num_classes):
         raise DataError(f"--true_labels {path}: not a readable .npy file ({first_line(err)})") from None
     if not isinstance(truth, np.ndarray):  # an .npz archive
         truth.close()
-        raise DataError(f"--true_labels {path}: an .npz archive; save the labels alone with np.save(<file>.npy, labels)")
+        raise DataError(
+            f"--true_labels {path}: an .npz archive; save the labels alone with np.save(<file>.npy, labels)"
+        )
     if truth.shape != given.shape or not np.issubdtype(truth.dtype, np.integer):
-        raise DataError(f"--true_labels {path}: needs one integer label per training image ({given.shape}), got "
-                        f"{truth.dtype} {truth.shape}")
+        raise DataError(
+            f"--true_labels {path}: needs one integer label per training image ({given.shape}), got "
+            f"{truth.dtype} {truth.shape}"
+        )
     if ((truth < -1) | (truth >= num_classes)).any():
         raise DataError(f"--true_labels {path}: labels must be in 0..{num_classes - 1}, or -1 for not audited")
     audited = truth >= 0
@@ -68,8 +81,10 @@ def main(argv=None):
     config = training_config(args)
     set_global_seeds(config.seed)
     run_dir = run_dir_path(args)
-    stop_on_signals(f"detection.py stopped before writing its result ({os.path.join(run_dir, rd.METRICS)} is as it was); "
-                    "run it again")
+    stop_on_signals(
+        f"detection.py stopped before writing its result ({os.path.join(run_dir, rd.METRICS)} is as it was); "
+        "run it again"
+    )
     with evaluating(run_dir, needs=(rd.DETECTION,)) as metrics:
         score(args, run_dir, metrics)
 
@@ -91,8 +106,12 @@ def score(args, run_dir, metrics):
     s = detection_scores(flagged, truly_noisy)
     for line in logfmt.detection(s["flagged"], s["truly_noisy"], s["precision"], s["recall"], s["f1"]):
         print(line)
-    print(logfmt.ours(f"{s['flagged']} of {len(flagged)} {scope} flagged, {s['truly_noisy']} truly noisy: precision "
-                      f"{s['precision']:.4f}, recall {s['recall']:.4f}, F1 {s['f1']:.4f}"))
+    print(
+        logfmt.ours(
+            f"{s['flagged']} of {len(flagged)} {scope} flagged, {s['truly_noisy']} truly noisy: precision "
+            f"{s['precision']:.4f}, recall {s['recall']:.4f}, F1 {s['f1']:.4f}"
+        )
+    )
     if label_prob is not None:  # the ranking behind label_issues.csv, and the floor a flagged set must beat
         s.update(ranking_scores(label_prob, truly_noisy))
         print(logfmt.ours(ranking_line(s)))
@@ -114,8 +133,12 @@ def load_agreement(path, expected_len):
 
 def per_class(flagged, given, classes):
     """Print and return how many labels are flagged, overall and per given class."""
-    print(logfmt.ours(f"{int(flagged.sum())} of {len(flagged)} labels flagged as noisy ({flagged.mean():.1%}); "
-                      f"most suspect first in {rd.LABEL_ISSUES}"))
+    print(
+        logfmt.ours(
+            f"{int(flagged.sum())} of {len(flagged)} labels flagged as noisy ({flagged.mean():.1%}); "
+            f"most suspect first in {rd.LABEL_ISSUES}"
+        )
+    )
     rows = []
     for c, name in enumerate(classes):
         mine = given == c

@@ -1,4 +1,5 @@
 """Command-line flags shared by the three scripts: the original's flags with its defaults, plus ours."""
+
 import argparse
 import os
 import sys
@@ -10,8 +11,11 @@ from bkd.data.datasets import CUSTOM, DataSelection
 from bkd.data.labels import NOISE_TYPES, check_noise_type
 from bkd.rundir import run_dir_name
 from bkd.utils.errors import EXIT_USAGE, UsageError
+
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # 1024 px: 3 MB per image in memory; resize larger ones
-EVAL_PRINT_FREQ = 50  # the original's learning.py and detection.py default (unused there); training's is DEFAULTS.print_freq
+EVAL_PRINT_FREQ = (
+    50  # the original's learning.py and detection.py default (unused there); training's is DEFAULTS.print_freq
+)
 
 # Small-scale presets. Explicit flags still win over a preset's values.
 PRESETS = {
@@ -47,22 +51,42 @@ def add_config_flags(parser, names, defaults=None):
         f = config_fields[name]
         default = (defaults or {}).get(name, f.default)
         parser.config_defaults[name] = default
-        help = f.metadata["help"] + "".join(f" (preset {preset}: {values[name]})" for preset, values in PRESETS.items()
-                                            if name in values)
+        help = f.metadata["help"] + "".join(
+            f" (preset {preset}: {values[name]})" for preset, values in PRESETS.items() if name in values
+        )
         if default is not None and default is not False:
             help += f" (default: {default})"
         if f.type is bool and f.default is None:  # on (--name), off (--no_name), or not given: the run decides
             parser.add_argument(f"--{name}", action="store_const", const=True, default=argparse.SUPPRESS, help=help)
-            parser.add_argument(f"--no_{name}", dest=name, action="store_const", const=False, default=argparse.SUPPRESS,
-                                help=f"the opposite of --{name}")
+            parser.add_argument(
+                f"--no_{name}",
+                dest=name,
+                action="store_const",
+                const=False,
+                default=argparse.SUPPRESS,
+                help=f"the opposite of --{name}",
+            )
         elif f.type is bool:
             parser.add_argument(f"--{name}", action="store_true", default=argparse.SUPPRESS, help=help)
         else:
-            parser.add_argument(f"--{name}", type=f.type, default=argparse.SUPPRESS, help=help,
-                                choices=getattr(f.metadata["check"], "choices", None))
+            parser.add_argument(
+                f"--{name}",
+                type=f.type,
+                default=argparse.SUPPRESS,
+                help=help,
+                choices=getattr(f.metadata["check"], "choices", None),
+            )
 
 
-COMMON = ("lr", "val_ratio", "n_epoch", "seed", "print_freq", "num_workers", "reference")  # every script of the original
+COMMON = (
+    "lr",
+    "val_ratio",
+    "n_epoch",
+    "seed",
+    "print_freq",
+    "num_workers",
+    "reference",
+)  # every script of the original
 
 
 def base_parser(description, prog=None, print_freq=EVAL_PRINT_FREQ):
@@ -70,31 +94,74 @@ def base_parser(description, prog=None, print_freq=EVAL_PRINT_FREQ):
     p = Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_config_flags(p, COMMON, {"print_freq": print_freq})
     p.add_argument("--noise_type", type=str, default="clean", help="label set: " + ", ".join(NOISE_TYPES))
-    p.add_argument("--noise_path", type=str, default=None, help="path of CIFAR-10_human.pt / CIFAR-100_human.pt (default ./data/<file>, downloaded if missing)")
-    p.add_argument("--dataset", type=str, default="cifar10", help=" or ".join(DATASETS) + ", or custom: your own images (docs/custom-data.md)")
+    p.add_argument(
+        "--noise_path",
+        type=str,
+        default=None,
+        help="path of CIFAR-10_human.pt / CIFAR-100_human.pt (default ./data/<file>, downloaded if missing)",
+    )
+    p.add_argument(
+        "--dataset",
+        type=str,
+        default="cifar10",
+        help=" or ".join(DATASETS) + ", or custom: your own images (docs/custom-data.md)",
+    )
     # Ours (README, 'The three scripts')
-    p.add_argument("--data_root", type=str, default=default_data_root(), help=f"folder with CIFAR images (official folders or <dataset>.npz); ${DATA_ROOT_ENV} sets the default")
+    p.add_argument(
+        "--data_root",
+        type=str,
+        default=default_data_root(),
+        help=f"folder with CIFAR images (official folders or <dataset>.npz); ${DATA_ROOT_ENV} sets the default",
+    )
     p.add_argument("--device", type=str, default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--results_dir", type=str, default="results", help="parent folder of run directories")
-    p.add_argument("--run_dir", type=str, default=None, help="run directory (default <results_dir>/<dataset>_<noise_type>_seed_<seed>[_<preset>])")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="settings bundle; 'quick' = CPU-sized run (README, 'The three scripts')")
-    p.add_argument("--no_download", action="store_true", help="never download images or label files; fail with a message instead")
-    p.add_argument("--data_file", type=str, default=None,
-                   help="--dataset custom: an .npz array file or an image folder (default <data_root>/custom.npz; docs/custom-data.md)")
-    p.add_argument("--image_size", type=int, default=32, help="--dataset custom with an image folder: resize images to this size")
-    p.add_argument("--keep_image_size", action="store_true",
-                   help="--dataset custom: train images smaller than 32 pixels at their size (by default they are resized to 32)")
+    p.add_argument(
+        "--run_dir",
+        type=str,
+        default=None,
+        help="run directory (default <results_dir>/<dataset>_<noise_type>_seed_<seed>[_<preset>])",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="settings bundle; 'quick' = CPU-sized run (README, 'The three scripts')",
+    )
+    p.add_argument(
+        "--no_download", action="store_true", help="never download images or label files; fail with a message instead"
+    )
+    p.add_argument(
+        "--data_file",
+        type=str,
+        default=None,
+        help="--dataset custom: an .npz array file or an image folder (default <data_root>/custom.npz; docs/custom-data.md)",
+    )
+    p.add_argument(
+        "--image_size", type=int, default=32, help="--dataset custom with an image folder: resize images to this size"
+    )
+    p.add_argument(
+        "--keep_image_size",
+        action="store_true",
+        help="--dataset custom: train images smaller than 32 pixels at their size (by default they are resized to 32)",
+    )
     return p
 
 
 def training_parser():
     """blind_knowledge_dist_training.py's flags: every TrainConfig field, and ours (the launcher checks with it)."""
-    p = base_parser("Blind Knowledge Distillation training (teacher + student).", prog="blind_knowledge_dist_training.py",
-                    print_freq=DEFAULTS.print_freq)  # the training script's (100; the evaluations' is 50, as the original)
+    p = base_parser(
+        "Blind Knowledge Distillation training (teacher + student).",
+        prog="blind_knowledge_dist_training.py",
+        print_freq=DEFAULTS.print_freq,
+    )  # the training script's (100; the evaluations' is 50, as the original)
     add_config_flags(p, [f.name for f in fields(TrainConfig) if f.name not in COMMON])
-    p.add_argument("--resume", action="store_true", help="continue the run in the run directory from its last completed epoch")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in the run directory from its last completed epoch"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run directory")
-    p.add_argument("--trace", type=str, default=None, help="write the run's trace (golden-trace schema) to this JSON file")
+    p.add_argument(
+        "--trace", type=str, default=None, help="write the run's trace (golden-trace schema) to this JSON file"
+    )
     return p
 
 
@@ -105,9 +172,16 @@ def training_config(args):
 
 def data_selection(args):
     """The DataSelection of parsed flags: the one value that picks a run's data (bkd.data.datasets)."""
-    return DataSelection(dataset=args.dataset, noise_type=args.noise_type, data_root=args.data_root,
-                         noise_path=args.noise_path, download=not args.no_download, data_file=args.data_file,
-                         image_size=args.image_size, keep_image_size=args.keep_image_size)
+    return DataSelection(
+        dataset=args.dataset,
+        noise_type=args.noise_type,
+        data_root=args.data_root,
+        noise_path=args.noise_path,
+        download=not args.no_download,
+        data_file=args.data_file,
+        image_size=args.image_size,
+        keep_image_size=args.keep_image_size,
+    )
 
 
 def run_dir_path(args):
@@ -134,8 +208,10 @@ def parse(parser, argv=None):
     if args.dataset != CUSTOM:
         check_noise_type(args.dataset, args.noise_type)
     elif args.noise_type != "clean":  # (the flag's default)
-        raise UsageError(f"--noise_type {args.noise_type} picks a CIFAR-N label set; --dataset custom trains on the "
-                         "data's own labels: drop it")
+        raise UsageError(
+            f"--noise_type {args.noise_type} picks a CIFAR-N label set; --dataset custom trains on the "
+            "data's own labels: drop it"
+        )
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
         raise UsageError(f"--image_size {args.image_size} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
     check_values({name: getattr(args, name) for name in parser.config_defaults})

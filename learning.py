@@ -3,6 +3,7 @@
 Prints the original's start-up lines and its `Best test acc selected by val is <acc>` line
 (for teacher.pth.tar / student.pth.tar), then ours, prefixed `[bkd] `, for the last epoch.
 """
+
 if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
     from bkd.utils.errors import interrupt_quietly_while_starting
 
@@ -28,7 +29,12 @@ from flags import base_parser, data_selection, parse, run_dir_path, training_con
 
 def build_parser():
     p = base_parser("Evaluate a BKD run on the clean test set (agreement of teacher and student).")
-    p.add_argument("--eval_batch_size", type=int, default=256, help=f"batch size of the test pass ({ORIGINAL_TEST_BATCH} with --reference)")
+    p.add_argument(
+        "--eval_batch_size",
+        type=int,
+        default=256,
+        help=f"batch size of the test pass ({ORIGINAL_TEST_BATCH} with --reference)",
+    )
     return p
 
 
@@ -38,8 +44,10 @@ def load_pair(run_dir, teacher_name, student_name, device):
     teacher, t_ckpt = load_model(os.path.join(run_dir, teacher_name), build)
     student, s_ckpt = load_model(os.path.join(run_dir, student_name), build)
     if t_ckpt.get("epoch") != s_ckpt.get("epoch"):
-        raise DataError(f"{run_dir}: {teacher_name} (epoch {t_ckpt.get('epoch')}) and {student_name} "
-                        f"(epoch {s_ckpt.get('epoch')}) are from different epochs")
+        raise DataError(
+            f"{run_dir}: {teacher_name} (epoch {t_ckpt.get('epoch')}) and {student_name} "
+            f"(epoch {s_ckpt.get('epoch')}) are from different epochs"
+        )
     return Nets(teacher.to(device), student.to(device), Precision(device)), t_ckpt
 
 
@@ -50,8 +58,10 @@ def main(argv=None):
     device = resolve_device(args.device)
     print(logfmt.device_line(device))
     run_dir = run_dir_path(args)
-    stop_on_signals(f"learning.py stopped before writing its result ({os.path.join(run_dir, rd.METRICS)} is as it was); "
-                    "run it again")
+    stop_on_signals(
+        f"learning.py stopped before writing its result ({os.path.join(run_dir, rd.METRICS)} is as it was); "
+        "run it again"
+    )
     with evaluating(run_dir, needs=(rd.TEACHER, rd.STUDENT)) as metrics:
         evaluate_run(args, device, run_dir, metrics)
 
@@ -64,19 +74,31 @@ def evaluate_run(args, device, run_dir, metrics):
     print(logfmt.BUILT)
     width, trained = ckpt["state_dict"]["conv1.weight"].shape[0], (metrics.get("config") or {}).get("width")
     if trained is not None and width != trained:
-        raise DataError(f"{run_dir}: {rd.TEACHER} holds a network of width {width}, and the run was trained at --width "
-                        f"{trained}: not this run's checkpoints; put its own back, or train the run again (--overwrite)")
+        raise DataError(
+            f"{run_dir}: {rd.TEACHER} holds a network of width {width}, and the run was trained at --width "
+            f"{trained}: not this run's checkpoints; put its own back, or train the run again (--overwrite)"
+        )
     num_classes = data.info["num_classes"]
     if ckpt["state_dict"]["linear.weight"].shape[0] != num_classes:
-        raise DataError(f"{run_dir}: checkpoints have {ckpt['state_dict']['linear.weight'].shape[0]} classes, "
-                        f"--dataset {args.dataset} has {num_classes}")
+        raise DataError(
+            f"{run_dir}: checkpoints have {ckpt['state_dict']['linear.weight'].shape[0]} classes, "
+            f"--dataset {args.dataset} has {num_classes}"
+        )
     if data.x_test is None:
         print(logfmt.ours("the data has no test set: no test accuracy"))
-        update_json(os.path.join(run_dir, rd.METRICS), {"learning": {"best_epoch": ckpt.get("epoch"), "best_test_acc": None}})
+        update_json(
+            os.path.join(run_dir, rd.METRICS), {"learning": {"best_epoch": ckpt.get("epoch"), "best_test_acc": None}}
+        )
         return
     computation = resolve_evaluation(args.reference, args.eval_batch_size)
-    spec = LoaderSpec(computation.eval_batch_size, device, data.info["mean"], data.info["std"], num_workers=args.num_workers,
-                      kind=computation.loader)
+    spec = LoaderSpec(
+        computation.eval_batch_size,
+        device,
+        data.info["mean"],
+        data.info["std"],
+        num_workers=args.num_workers,
+        kind=computation.loader,
+    )
     test_loader = make_loader(data.x_test, data.y_test, spec)
     with cuda_settings(device, computation.deterministic, computation.tf32):
         evaluate_pairs(run_dir, (nets, ckpt), test_loader, computation.eval_autograd)

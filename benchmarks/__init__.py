@@ -1,4 +1,5 @@
 """Benchmarks and evidence (docs/performance.md and 'Results'); each module runs as a script and writes to results/."""
+
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -8,5 +9,10 @@ SHARED = os.environ.get("BKD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "d
 
 def cifar10n_flags(shared):
     """The scripts' data flags for the shared CIFAR-10 images and CIFAR-10N label file, never downloading."""
-    return ["--data_root", os.path.join(shared, "cifar10-jpeg"), "--no_download",
-            "--noise_path", os.path.join(shared, "cifar-n", "CIFAR-10_human.pt")]
+    return [
+        "--data_root",
+        os.path.join(shared, "cifar10-jpeg"),
+        "--no_download",
+        "--noise_path",
+        os.path.join(shared, "cifar-n", "CIFAR-10_human.pt"),
+    ]

@@ -9,6 +9,7 @@ precision / recall / F1, and for each measure whether the fp32-vs-bf16 differenc
 spread between seeds. Runs where the device has no native bf16 only on such a CPU (AVX-512 BF16 or AMX) or on
 CUDA: elsewhere it says so and stops. The launcher resumes: rerunning the command continues where it stopped.
 """
+
 import argparse
 import os
 import subprocess
@@ -31,12 +32,29 @@ PRECISIONS = {"fp32": [], "bf16 (--amp)": ["--amp"]}
 
 
 def launch(precision_flags, results_dir, args, shared):
-    command = [sys.executable, "-m", "launch", "run", "--quick", "--cpu", "--seeds", *map(str, args.seeds),
-               "--noise_types", *args.noise_types, "--parallel", str(args.parallel), "--results_dir", results_dir,
-               *cifar10n_flags(shared), *precision_flags]
+    command = [
+        sys.executable,
+        "-m",
+        "launch",
+        "run",
+        "--quick",
+        "--cpu",
+        "--seeds",
+        *map(str, args.seeds),
+        "--noise_types",
+        *args.noise_types,
+        "--parallel",
+        str(args.parallel),
+        "--results_dir",
+        results_dir,
+        *cifar10n_flags(shared),
+        *precision_flags,
+    ]
     if subprocess.run(command, cwd=ROOT).returncode != 0:
-        raise SystemExit(f"error: the launch into {os.path.relpath(results_dir, ROOT)} failed (see its logs); "
-                         "rerun this command to resume")
+        raise SystemExit(
+            f"error: the launch into {os.path.relpath(results_dir, ROOT)} failed (see its logs); "
+            "rerun this command to resume"
+        )
 
 
 def compare(per_precision):
@@ -46,7 +64,9 @@ def compare(per_precision):
     for noise_type in dict.fromkeys(n for runs in per_precision.values() for n in runs):
         for column, get, digits in COLUMNS:
             row = {"label set": noise_type, "measure": column}
-            values = {name: [get(m) for m in runs[noise_type] if get(m) is not None] for name, runs in per_precision.items()}
+            values = {
+                name: [get(m) for m in runs[noise_type] if get(m) is not None] for name, runs in per_precision.items()
+            }
             for name, vals in values.items():
                 total = len(per_precision[name][noise_type])
                 row[name] = mean_std(vals, digits) + (f" ({len(vals)} of {total} runs)" if len(vals) < total else "")
@@ -69,8 +89,10 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "amp_validation"))
     args = p.parse_args(argv)
     if not cpu_native_bf16():
-        print("amp validation not run: this CPU has no native bf16 (AVX-512 BF16 or AMX), where --amp is refused; "
-              "run it on a CPU that has it (the README says the validation is pending until then)")
+        print(
+            "amp validation not run: this CPU has no native bf16 (AVX-512 BF16 or AMX), where --amp is refused; "
+            "run it on a CPU that has it (the README says the validation is pending until then)"
+        )
         return
     shared = os.path.abspath(args.shared)
     per_precision, per_run = {}, []
@@ -81,21 +103,46 @@ def main(argv=None):
         for run in make_grid(seeds=args.seeds, noise_types=args.noise_types, results_dir=results_dir, preset="quick"):
             m = load_run(run.path)
             runs.setdefault(run.noise_type, []).append(m)
-            per_run.append({"label set": run.noise_type, "seed": run.seed, "precision": name,
-                            "torch.compile": bool(m["config"].get("compile")),  # as the run recorded it
-                            **{column: None if get(m) is None else round(get(m), digits)
-                               for column, get, digits in COLUMNS}})
+            per_run.append(
+                {
+                    "label set": run.noise_type,
+                    "seed": run.seed,
+                    "precision": name,
+                    "torch.compile": bool(m["config"].get("compile")),  # as the run recorded it
+                    **{column: None if get(m) is None else round(get(m), digits) for column, get, digits in COLUMNS},
+                }
+            )
         per_precision[name] = runs
     rows = compare(per_precision)
     table = markdown(rows, ["label set", "measure", *PRECISIONS, "difference", "beyond seed spread"])
     runs_table = markdown(per_run, ["label set", "seed", "precision", "torch.compile"] + [c for c, _, _ in COLUMNS])
     print("\n".join(table))
     with open(args.out + ".md", "w") as fh:
-        fh.write("\n".join(["## fp32 against bf16 autocast: mean ± std over seeds", "", *table, "",
-                            "## per run", "", *runs_table, ""]))
-    save_json({"seeds": args.seeds, "noise_types": args.noise_types, "comparison": rows, "runs": per_run,
-               "machine": machine_info(), "command": "python benchmarks/amp_validation.py " + " ".join(argv or sys.argv[1:])},
-              args.out + ".json")
+        fh.write(
+            "\n".join(
+                [
+                    "## fp32 against bf16 autocast: mean ± std over seeds",
+                    "",
+                    *table,
+                    "",
+                    "## per run",
+                    "",
+                    *runs_table,
+                    "",
+                ]
+            )
+        )
+    save_json(
+        {
+            "seeds": args.seeds,
+            "noise_types": args.noise_types,
+            "comparison": rows,
+            "runs": per_run,
+            "machine": machine_info(),
+            "command": "python benchmarks/amp_validation.py " + " ".join(argv or sys.argv[1:]),
+        },
+        args.out + ".json",
+    )
     print(f"written to {os.path.relpath(args.out, ROOT)}.md and .json")
 
 

@@ -14,6 +14,7 @@
    network from 3-fold cross-validation (benchmarks/cifar10n_small.py's; reused from --probs).
 Writes <out>.md and <out>.json.
 """
+
 import argparse
 import json
 import os
@@ -42,8 +43,12 @@ def main():
     p.add_argument("--data_root", default=os.path.join(SHARED, "cifar10-jpeg"))
     p.add_argument("--noise_path", default=os.path.join(SHARED, "cifar-n", "CIFAR-10_human.pt"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--probs", default=None, help="out-of-sample probabilities saved by cifar10n_small.py --save_probs "
-                                                 "(computed here with its 3-fold cross-validation if absent)")
+    p.add_argument(
+        "--probs",
+        default=None,
+        help="out-of-sample probabilities saved by cifar10n_small.py --save_probs "
+        "(computed here with its 3-fold cross-validation if absent)",
+    )
     p.add_argument("--workdir", default=os.path.join(ROOT, "results", "custom_worst"))
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "custom_label_issues"))
     args = p.parse_args()
@@ -55,9 +60,18 @@ def main():
     truth = given != clean
     os.makedirs(args.workdir, exist_ok=True)
     custom = os.path.join(args.workdir, "custom.npz")
-    np.savez(custom, x_train=data.images, y_train=given, x_test=data.x_test, y_test=data.y_test,
-             classes=np.array(CIFAR10_CLASSES), ids=np.array([f"cifar10-train-{i}" for i in data.subset]))
-    print(f"wrote {custom}: {len(given)} images, {truth.mean():.1%} of their labels wrong (the file does not say which)")
+    np.savez(
+        custom,
+        x_train=data.images,
+        y_train=given,
+        x_test=data.x_test,
+        y_test=data.y_test,
+        classes=np.array(CIFAR10_CLASSES),
+        ids=np.array([f"cifar10-train-{i}" for i in data.subset]),
+    )
+    print(
+        f"wrote {custom}: {len(given)} images, {truth.mean():.1%} of their labels wrong (the file does not say which)"
+    )
 
     # BKD as a user runs it on their own data
     flags = ["--dataset", "custom", "--data_file", custom, "--results_dir", args.workdir, "--seed", str(args.seed)]
@@ -92,31 +106,53 @@ def main():
     cl_flags = find_label_issues(labels=given, pred_probs=probs)
 
     results = {}
-    for name, quality, flagged in (("BKD label_issues.csv", bkd_quality, bkd_flags), ("cleanlab", cl_quality, cl_flags)):
+    for name, quality, flagged in (
+        ("BKD label_issues.csv", bkd_quality, bkd_flags),
+        ("cleanlab", cl_quality, cl_flags),
+    ):
         results[name] = dict(ranking_scores(quality, truth), flagged=detection_scores(flagged, truth))
     floor = results["cleanlab"]["flag_all_f1"]
-    lines = ["| ranking | AUROC | AP | " + " | ".join(f"precision, top {k:,}" for k in PRECISION_AT)
-             + " | flagged | precision | recall | F1 |", "|---|" + "---|" * (len(PRECISION_AT) + 6)]
+    lines = [
+        "| ranking | AUROC | AP | "
+        + " | ".join(f"precision, top {k:,}" for k in PRECISION_AT)
+        + " | flagged | precision | recall | F1 |",
+        "|---|" + "---|" * (len(PRECISION_AT) + 6),
+    ]
     for name, r in results.items():
         d = r["flagged"]
-        lines.append(f"| {name} | {r['auroc']:.3f} | {r['average_precision']:.3f} | "
-                     + " | ".join(f"{r[f'precision_at_{k}']:.3f}" for k in PRECISION_AT)
-                     + f" | {d['flagged']:,} | {d['precision']:.3f} | {d['recall']:.3f} | {d['f1']:.3f} |")
-    lines.append(f"| random ranking, flagging every label (the floors) | 0.500 | {truth.mean():.3f} | "
-                 + " | ".join(f"{truth.mean():.3f}" for _ in PRECISION_AT)
-                 + f" | {len(given):,} | {truth.mean():.3f} | 1.000 | {floor:.3f} |")
+        lines.append(
+            f"| {name} | {r['auroc']:.3f} | {r['average_precision']:.3f} | "
+            + " | ".join(f"{r[f'precision_at_{k}']:.3f}" for k in PRECISION_AT)
+            + f" | {d['flagged']:,} | {d['precision']:.3f} | {d['recall']:.3f} | {d['f1']:.3f} |"
+        )
+    lines.append(
+        f"| random ranking, flagging every label (the floors) | 0.500 | {truth.mean():.3f} | "
+        + " | ".join(f"{truth.mean():.3f}" for _ in PRECISION_AT)
+        + f" | {len(given):,} | {truth.mean():.3f} | 1.000 | {floor:.3f} |"
+    )
     text = "\n".join(lines)
-    report = {"command": " ".join(["python", portable(os.path.abspath(sys.argv[0]))] + [portable(a) for a in sys.argv[1:]]),
-              "machine": machine_info(), "images": len(given), "wrong_labels": int(truth.sum()),
-              "base_rate": float(truth.mean()), "bkd_seconds": bkd_seconds, "cleanlab_probs": cv_note,
-              "bkd_overfit_epoch": metrics["overfit_epoch"], "bkd_test_acc": (metrics.get("learning") or {}).get("best_test_acc"),
-              "results": results, "table": text, "wall_seconds": time.time() - start}
+    report = {
+        "command": " ".join(["python", portable(os.path.abspath(sys.argv[0]))] + [portable(a) for a in sys.argv[1:]]),
+        "machine": machine_info(),
+        "images": len(given),
+        "wrong_labels": int(truth.sum()),
+        "base_rate": float(truth.mean()),
+        "bkd_seconds": bkd_seconds,
+        "cleanlab_probs": cv_note,
+        "bkd_overfit_epoch": metrics["overfit_epoch"],
+        "bkd_test_acc": (metrics.get("learning") or {}).get("best_test_acc"),
+        "results": results,
+        "table": text,
+        "wall_seconds": time.time() - start,
+    }
     save_json(report, args.out + ".json")
     m = report["machine"]
     with open(args.out + ".md", "w") as fh:
-        fh.write(f"Command: `{report['command']}` ({m['cpu_model']}, {m['cpu_capability']}, {m['num_threads']} threads; "
-                 f"BKD {bkd_seconds:.0f} s; cleanlab probabilities: {cv_note})\n\n{len(given):,} images, "
-                 f"{truth.sum():,} wrong labels (base rate {truth.mean():.3f}).\n\n{text}\n")
+        fh.write(
+            f"Command: `{report['command']}` ({m['cpu_model']}, {m['cpu_capability']}, {m['num_threads']} threads; "
+            f"BKD {bkd_seconds:.0f} s; cleanlab probabilities: {cv_note})\n\n{len(given):,} images, "
+            f"{truth.sum():,} wrong labels (base rate {truth.mean():.3f}).\n\n{text}\n"
+        )
     print(text)
     print(f"written to {args.out}.md / .json")
 

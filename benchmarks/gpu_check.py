@@ -30,6 +30,7 @@ way. Needs only torch, torchvision, numpy and pytest; nothing is downloaded.
 --tiny on the CPU: a few hundred images of width 8, a few iterations, and torch.compile with dynamo's eager backend
 (the code path, not inductor's speed, which would take longer than the whole check).
 """
+
 import argparse
 import dataclasses
 import itertools
@@ -73,15 +74,27 @@ MODES = {
     "amp-eager": Mode(dict(amp=True, compile=False)),
     "strict-fp32": Mode(dict(strict_fp32=True, compile=True), CUDA),
     "nondeterministic": Mode(dict(cudnn_benchmark=True, compile=True), CUDA),
-    "no-fill": Mode(dict(compile=True), CUDA, fill_uninitialized_memory=False,
-                    note="torch.utils.deterministic.fill_uninitialized_memory off"),
+    "no-fill": Mode(
+        dict(compile=True),
+        CUDA,
+        fill_uninitialized_memory=False,
+        note="torch.utils.deterministic.fill_uninitialized_memory off",
+    ),
     "amp-nondeterministic": Mode(dict(amp=True, cudnn_benchmark=True, compile=True), CUDA),
     "nchw": Mode(dict(compile=True, no_channels_last=True), CUDA),
-    "cuda-graphs": Mode(dict(compile=True), CUDA, compile_mode="reduce-overhead",
-                        note="torch.compile mode reduce-overhead, outputs copied out"),
+    "cuda-graphs": Mode(
+        dict(compile=True),
+        CUDA,
+        compile_mode="reduce-overhead",
+        note="torch.compile mode reduce-overhead, outputs copied out",
+    ),
 }
 CORRECTNESS = {"default": (), "amp": ("--amp",)}  # width 64 and compiled by default; flags added to the run's
-EVAL_BATCHES = (256, 1024, 4096)  # the default mode's test pass at other evaluation batch sizes (the default: 1024 on CUDA)
+EVAL_BATCHES = (
+    256,
+    1024,
+    4096,
+)  # the default mode's test pass at other evaluation batch sizes (the default: 1024 on CUDA)
 
 # Throughput sizes, and the sizes of the short runs of the smoke and correctness steps (width and batches as at full
 # scale on the GPU, so that the smoke runs compile the very graphs the later steps use).
@@ -90,22 +103,62 @@ TINY = dict(train=640, test=128, classes=10, width=8, batch=32, warmup_iters=2, 
 RUN = dict(n_train=2560, n_test=2048, flags=["--width", "64"])
 TINY_RUN = dict(n_train=320, n_test=128, flags=["--width", "8", "--batch_size", "32", "--eval_batch_size", "64"])
 # 7 epochs: the split forced at epoch 0 is acted upon after epoch 5 (bkd.method.first_detectable_epoch), then robust
-RUN_FLAGS = ["--n_epoch", "7", "--overfitting_epoch", "0", "--lr_step", "4", "--noisy_val_freq", "2", "--clean_test_freq",
-             "3", "--print_freq", "1", "--noise_type", "worst", "--no_download", "--seed", "0"]
+RUN_FLAGS = [
+    "--n_epoch",
+    "7",
+    "--overfitting_epoch",
+    "0",
+    "--lr_step",
+    "4",
+    "--noisy_val_freq",
+    "2",
+    "--clean_test_freq",
+    "3",
+    "--print_freq",
+    "1",
+    "--noise_type",
+    "worst",
+    "--no_download",
+    "--seed",
+    "0",
+]
 KILL_EPOCH = 3  # the correctness step's kill: in this epoch, with an earlier epoch's resume state on disk
 
 SCHEDULE = dict(n_epoch=300, eval_every=10)  # the original's: validation and test every 10 epochs and the last
 TARGETS = {"default": 3.0, "amp": 6.0}  # per-epoch speed-up over the reference mode (the issue's targets)
 AMP_BUDGET_MIN, DEFAULT_BUDGET_MIN = 15, 20  # the 300-epoch schedule projected on an H100-class GPU
 # Dense peak TFLOP/s by precision (NVIDIA's datasheets; the SXM parts): what "achieved" is measured against.
-PEAK_TFLOPS = {"H200": {"fp32": 67, "tf32": 495, "bf16": 990, "fp16": 990},
-               "H100": {"fp32": 67, "tf32": 495, "bf16": 990, "fp16": 990},
-               "A100": {"fp32": 19.5, "tf32": 156, "bf16": 312, "fp16": 312}}
-STEPS = ("machine", "correctness", "throughput", "real_data", "cuda_tests", "smoke")  # (the report's order; PLAN runs them)
+PEAK_TFLOPS = {
+    "H200": {"fp32": 67, "tf32": 495, "bf16": 990, "fp16": 990},
+    "H100": {"fp32": 67, "tf32": 495, "bf16": 990, "fp16": 990},
+    "A100": {"fp32": 19.5, "tf32": 156, "bf16": 312, "fp16": 312},
+}
+STEPS = (
+    "machine",
+    "correctness",
+    "throughput",
+    "real_data",
+    "cuda_tests",
+    "smoke",
+)  # (the report's order; PLAN runs them)
 SIMULATED_COMPILE_ENV = "BKD_GPU_CHECK_SIMULATED_COMPILE_S"  # --simulate_compile_s: a slow compile, for the tests
 QUICK_RUN = "cifar10_worst_seed_0_quick"
-TINY_QUICK = ["--subset", "500", "--width", "8", "--n_epoch", "6", "--lr_step", "5", "--noisy_val_freq", "5",
-              "--clean_test_freq", "5", "--print_freq", "50"]  # the real-data step at the CPU rehearsal's size
+TINY_QUICK = [
+    "--subset",
+    "500",
+    "--width",
+    "8",
+    "--n_epoch",
+    "6",
+    "--lr_step",
+    "5",
+    "--noisy_val_freq",
+    "5",
+    "--clean_test_freq",
+    "5",
+    "--print_freq",
+    "50",
+]  # the real-data step at the CPU rehearsal's size
 
 
 # --- children: each in a process group of its own, its output in a file, killed with its group at its deadline ---------
@@ -128,8 +181,15 @@ class Child:
     def __post_init__(self):
         self.path = os.path.join(self.log_dir, f"{self.name}.out")
         with open(self.path, "w") as out:
-            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, preexec_fn=os.setpgrp)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=os.setpgrp,
+            )
         Child.RUNNING.add(self)
 
     def poll(self):
@@ -202,10 +262,17 @@ class Estimates:
     compiled, then cached for every later child), `throughput`, `throughput_cold`, `real_data`, `cuda_tests`.
     """
 
-    PRIORS = {"cuda": {"run": 45, "run_cold": 130, "throughput": 60, "throughput_cold": 130, "real_data": 150,
-                       "cuda_tests": 150},
-              "cpu": {"run": 20, "run_cold": 30, "throughput": 25, "throughput_cold": 30, "real_data": 75,
-                      "cuda_tests": 20}}
+    PRIORS = {
+        "cuda": {
+            "run": 45,
+            "run_cold": 130,
+            "throughput": 60,
+            "throughput_cold": 130,
+            "real_data": 150,
+            "cuda_tests": 150,
+        },
+        "cpu": {"run": 20, "run_cold": 30, "throughput": 25, "throughput_cold": 30, "real_data": 75, "cuda_tests": 20},
+    }
 
     def __init__(self, kind):
         self.priors = self.PRIORS["cuda" if kind == "cuda" else "cpu"]
@@ -281,6 +348,7 @@ def simulated_compile(fn, mode):
 def copied_out(fn):
     """CUDA graphs (mode="reduce-overhead") hand out their static output memory, which the next replay overwrites:
     bkd.engine.Nets calls the teacher and then the student before it reads either output, so each is copied out."""
+
     def call(x):
         return fn(x).clone()
 
@@ -395,10 +463,18 @@ def measure_mode(name, device_name, size, result_path):
         return time.perf_counter() - start, out
 
     precision = computation.precision if computation.amp else ("tf32" if cuda and computation.tf32 else "fp32")
-    result = {"mode": name, "status": "running", "precision": precision, "compile": computation.compile,
-              "deterministic": computation.deterministic, "tf32": computation.tf32, "loader": computation.loader,
-              "fill_uninitialized_memory": spec.fill_uninitialized_memory, "eval_batch_size": computation.eval_batch_size,
-              "flops_per_iteration": training_flops(size["width"], size["batch"], size["classes"])}
+    result = {
+        "mode": name,
+        "status": "running",
+        "precision": precision,
+        "compile": computation.compile,
+        "deterministic": computation.deterministic,
+        "tf32": computation.tf32,
+        "loader": computation.loader,
+        "fill_uninitialized_memory": spec.fill_uninitialized_memory,
+        "eval_batch_size": computation.eval_batch_size,
+        "flops_per_iteration": training_flops(size["width"], size["batch"], size["classes"]),
+    }
 
     def phase(key, fn, per=1):
         result[key] = timed(fn)[0] / per
@@ -408,8 +484,9 @@ def measure_mode(name, device_name, size, result_path):
         set_global_seeds(0)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        job = Job(dataclasses.replace(config, n_epoch=SCHEDULE["n_epoch"], print_freq=10 ** 9), data, device, computation,
-                  quiet)
+        job = Job(
+            dataclasses.replace(config, n_epoch=SCHEDULE["n_epoch"], print_freq=10**9), data, device, computation, quiet
+        )
         result["build_s"], t = timed(lambda: Run(job))
         train = t.loaders["train"]
         warm, n = size["warmup_iters"], size["timed_iters"]
@@ -418,6 +495,7 @@ def measure_mode(name, device_name, size, result_path):
             def steps():
                 t.loaders["train"], t.sample_alpha = Steps(train, iterator, count), sample_alpha
                 t.train()
+
             return steps
 
         phase("first_batch_s", lambda: next(iter(train)))  # a pass's start: the PIL loader starts its workers
@@ -432,14 +510,17 @@ def measure_mode(name, device_name, size, result_path):
         result["iterations_per_epoch"] = len(train)
         result["train_tflops"] = result["flops_per_iteration"] / result["warmup_iteration_s"] / 1e12
         t.loaders["train"] = train
-        evaluate(t.nets, Steps(t.loaders["test"], iter(t.loaders["test"]), 2),
-                 autograd=t.computation.eval_autograd)  # the evaluation graph
+        evaluate(
+            t.nets, Steps(t.loaders["test"], iter(t.loaders["test"]), 2), autograd=t.computation.eval_autograd
+        )  # the evaluation graph
         for view in ("val", "test"):
             phase(f"{view}_pass_s", lambda: evaluate(t.nets, t.loaders[view], autograd=t.computation.eval_autograd))
         if name == "default-eager":  # eager: another batch size costs no compilation
             sweep = result["test_pass_s_by_eval_batch"] = {}
             for batch in EVAL_BATCHES:
-                loader = make_loader(data.x_test, data.y_test, LoaderSpec(batch, device, data.info["mean"], data.info["std"]))
+                loader = make_loader(
+                    data.x_test, data.y_test, LoaderSpec(batch, device, data.info["mean"], data.info["std"])
+                )
                 evaluate(t.nets, Steps(loader, iter(loader), 1))
                 sweep[batch] = timed(lambda: evaluate(t.nets, loader))[0]
                 save_json(result, result_path)
@@ -475,18 +556,35 @@ def project(r, warmup_epochs):
     robust_epoch = robust + saving
     n_epoch, every = SCHEDULE["n_epoch"], SCHEDULE["eval_every"]
     evaluations = len(range(0, n_epoch, every)) + 1
-    total = (warmup_epochs * (train + saving) + (n_epoch - warmup_epochs) * robust_epoch + full_passes * r["full_set_pass_s"]
-             + evaluations * (r["val_pass_s"] + r["test_pass_s"]))
-    return {"warmup_epoch_s": warm_epoch, "robust_epoch_s": robust_epoch, "mean_epoch_s": total / n_epoch,
-            "projected_300_epochs_min": total / 60, "assumed_warmup_epochs": warmup_epochs}
+    total = (
+        warmup_epochs * (train + saving)
+        + (n_epoch - warmup_epochs) * robust_epoch
+        + full_passes * r["full_set_pass_s"]
+        + evaluations * (r["val_pass_s"] + r["test_pass_s"])
+    )
+    return {
+        "warmup_epoch_s": warm_epoch,
+        "robust_epoch_s": robust_epoch,
+        "mean_epoch_s": total / n_epoch,
+        "projected_300_epochs_min": total / 60,
+        "assumed_warmup_epochs": warmup_epochs,
+    }
 
 
 # --- the check's steps ------------------------------------------------------------------------------------------------
 # The plan: first the answers no CPU can give (the default configuration deterministic and resuming bit for bit on
 # CUDA; the steady-state speed of the reference, default and --amp modes; the quick preset on real data), then the
 # other configurations, modes and tests as time allows. Each entry: a step and the items it takes (None: all left).
-PLAN = (("machine", None), ("correctness", ("default",)), ("throughput", ("reference", "default", "amp")),
-        ("real_data", None), ("correctness", ("amp",)), ("throughput", None), ("cuda_tests", None), ("smoke", None))
+PLAN = (
+    ("machine", None),
+    ("correctness", ("default",)),
+    ("throughput", ("reference", "default", "amp")),
+    ("real_data", None),
+    ("correctness", ("amp",)),
+    ("throughput", None),
+    ("cuda_tests", None),
+    ("smoke", None),
+)
 RESERVE_S = 10  # of the budget, kept for the report after the last child
 
 
@@ -532,8 +630,12 @@ class Check:
         self.data_flags = None
         self.estimates = Estimates(self.kind)
         self.cached = set()  # modes whose compiled graphs are in the shared cache (a child of theirs finished)
-        self.report = {"command": "python benchmarks/gpu_check.py " + " ".join(args.argv), "device": str(device),
-                       "budget_s": args.budget_s, "steps": {}}
+        self.report = {
+            "command": "python benchmarks/gpu_check.py " + " ".join(args.argv),
+            "device": str(device),
+            "budget_s": args.budget_s,
+            "steps": {},
+        }
         open(args.out + ".log", "w").close()
 
     def left(self):
@@ -575,7 +677,9 @@ class Check:
     def ended(self, child):
         """A child ended: its log goes to <out>.log now, and a child that passed teaches the estimates."""
         with open(self.args.out + ".log", "a") as log:
-            log.write(f"==== {child.name} ({child.status()}, {child.seconds()} s): {' '.join(child.cmd)}\n{child.output()}\n")
+            log.write(
+                f"==== {child.name} ({child.status()}, {child.seconds()} s): {' '.join(child.cmd)}\n{child.output()}\n"
+            )
         if child.passed:
             self.estimates.record(child.kind, child.seconds())
 
@@ -588,9 +692,18 @@ class Check:
 
     def script(self, mode, run_dir, *flags):
         """The training script's command for a run of `mode` (None: the default configuration, no flags of ours)."""
-        cmd = [sys.executable, os.path.abspath(__file__), "--child_script", mode or "default"] + ["--eager_backend"] * self.tiny_cpu()
-        return cmd + ["--"] + (cli_flags(mode) if mode else []) + self.run_size["flags"] + RUN_FLAGS + self.synthetic() + \
-            ["--device", self.args.device, "--run_dir", run_dir, *flags]
+        cmd = [sys.executable, os.path.abspath(__file__), "--child_script", mode or "default"] + [
+            "--eager_backend"
+        ] * self.tiny_cpu()
+        return (
+            cmd
+            + ["--"]
+            + (cli_flags(mode) if mode else [])
+            + self.run_size["flags"]
+            + RUN_FLAGS
+            + self.synthetic()
+            + ["--device", self.args.device, "--run_dir", run_dir, *flags]
+        )
 
     def synthetic(self):
         if self.data_flags is None:
@@ -612,8 +725,10 @@ class Check:
         from bkd.config import TrainConfig, resolve_computation
         from bkd.utils.machine import machine_info
 
-        self.report["steps"]["machine"] = {"status": "done", "facts": machine_info(self.device, resolve_computation(
-            TrainConfig(), self.device))}
+        self.report["steps"]["machine"] = {
+            "status": "done",
+            "facts": machine_info(self.device, resolve_computation(TrainConfig(), self.device)),
+        }
 
     def correctness(self, configs):
         results = self.items("correctness", "configs")
@@ -637,7 +752,9 @@ class Check:
         dirs = {k: os.path.join(self.work, "correctness", config, k) for k in ("a", "b", "killed")}
         cmd = {k: self.script(None, d, *extra) for k, d in dirs.items()}  # as a user runs it: compiled from width 16
         start = time.time()
-        a, why = self.launch(f"correctness_{config}_a", cmd["a"], self.kind_of("run", mode))  # compiles, fills the cache
+        a, why = self.launch(
+            f"correctness_{config}_a", cmd["a"], self.kind_of("run", mode)
+        )  # compiles, fills the cache
         if a is None:
             return {"status": why}
         self.wait(a)
@@ -654,8 +771,12 @@ class Check:
         if not b.passed:
             return {"status": f"failed: run b {b.status()}"}
         if killed["status"] != "killed mid-run":
-            return dict(killed, status=killed["status"] if killed["status"].startswith("skipped") else
-                        f"failed: the run to kill {killed['status']}")
+            return dict(
+                killed,
+                status=killed["status"]
+                if killed["status"].startswith("skipped")
+                else f"failed: the run to kill {killed['status']}",
+            )
         resumed, why = self.launch(f"correctness_{config}_resumed", cmd["killed"] + ["--resume"], "run")
         if resumed is None:
             return {"status": why, "killed": killed}
@@ -663,9 +784,14 @@ class Check:
         if not resumed.passed:
             return {"status": f"failed: the resumed run {resumed.status()}", "killed": killed}
         same, resumed_same = equal_runs(dirs["a"], dirs["b"]), equal_runs(dirs["a"], dirs["killed"])
-        return {"status": "passed" if not same and not resumed_same else "failed: results differ",
-                "identical_runs_differ_in": same, "resumed_run_differs_in": resumed_same, "killed": killed,
-                "seconds": round(time.time() - start, 1), "flags": " ".join(list(extra) + self.run_size["flags"])}
+        return {
+            "status": "passed" if not same and not resumed_same else "failed: results differ",
+            "identical_runs_differ_in": same,
+            "resumed_run_differs_in": resumed_same,
+            "killed": killed,
+            "seconds": round(time.time() - start, 1),
+            "flags": " ".join(list(extra) + self.run_size["flags"]),
+        }
 
     def kill_mid_epoch(self, name, cmd, run_dir):
         """Start a run and SIGKILL it inside epoch KILL_EPOCH, once an earlier epoch's resume state is on disk. A run
@@ -681,7 +807,10 @@ class Check:
             child.stop()
         if not child.stopped:
             return {"status": "finished before the kill" if child.passed else child.status()}
-        return {"status": "killed mid-run", "resume_state_epoch": torch.load(state, map_location="cpu", weights_only=True)["epoch"]}
+        return {
+            "status": "killed mid-run",
+            "resume_state_epoch": torch.load(state, map_location="cpu", weights_only=True)["epoch"],
+        }
 
     def throughput(self, modes):
         results = self.items("throughput", "modes")
@@ -690,8 +819,16 @@ class Check:
                 results[name] = {"mode": name, "status": self.unavailable(name)}
                 continue
             path = os.path.join(self.work, f"throughput_{name}.json")
-            cmd = [sys.executable, os.path.abspath(__file__), "--child_throughput", name, "--result", path,
-                   "--device", self.args.device] + ["--tiny"] * self.args.tiny
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--child_throughput",
+                name,
+                "--result",
+                path,
+                "--device",
+                self.args.device,
+            ] + ["--tiny"] * self.args.tiny
             child, why = self.launch(f"throughput_{name}", cmd, self.kind_of("throughput", name))
             if child is None:
                 results[name] = {"mode": name, "status": why}
@@ -722,16 +859,29 @@ class Check:
     def real_data(self, items=None):
         files = real_data_files(self.args.real_data)
         if files is None:
-            self.report["steps"]["real_data"] = {"status": f"skipped: {self.args.real_data} holds neither cifar10.npz and "
-                                                           "CIFAR-10_human.pt nor the shared data's folders (--real_data; "
-                                                           "--prepare_data makes the first)"}
+            self.report["steps"]["real_data"] = {
+                "status": f"skipped: {self.args.real_data} holds neither cifar10.npz and "
+                "CIFAR-10_human.pt nor the shared data's folders (--real_data; "
+                "--prepare_data makes the first)"
+            }
             return
         images, labels = files
         results = os.path.join(self.work, "quick")
-        env = dict(self.env, NOISE_TYPES="worst", SEED="0", BKD_DATA_ROOT=images, RESULTS_DIR=results, NOISE_PATH=labels,
-                   DEVICE=self.args.device, PYTHON=sys.executable)
-        cmd = ["bash", os.path.join(ROOT, "run.sh"), "--quick", "--no_download"] + TINY_QUICK * self.args.tiny + \
-            ["--threads", self.env["OMP_NUM_THREADS"]] * ("OMP_NUM_THREADS" in self.env and self.kind == "cpu")
+        env = dict(
+            self.env,
+            NOISE_TYPES="worst",
+            SEED="0",
+            BKD_DATA_ROOT=images,
+            RESULTS_DIR=results,
+            NOISE_PATH=labels,
+            DEVICE=self.args.device,
+            PYTHON=sys.executable,
+        )
+        cmd = (
+            ["bash", os.path.join(ROOT, "run.sh"), "--quick", "--no_download"]
+            + TINY_QUICK * self.args.tiny
+            + ["--threads", self.env["OMP_NUM_THREADS"]] * ("OMP_NUM_THREADS" in self.env and self.kind == "cpu")
+        )
         c, why = self.launch("real_data", cmd, "real_data", env)
         if c is None:
             self.report["steps"]["real_data"] = {"status": why}
@@ -741,8 +891,12 @@ class Check:
         step = {"status": c.status(), "command": " ".join(cmd), "process_s": c.seconds()}
         if c.passed and os.path.exists(metrics_path):
             m = json.load(open(metrics_path))
-            step.update(result={name: get(m) for name, get, _ in COLUMNS}, epoch_seconds=m.get("epoch_seconds"),
-                        data=[images, labels], compare_with="docs/results.md (the quick preset on the CPU)")
+            step.update(
+                result={name: get(m) for name, get, _ in COLUMNS},
+                epoch_seconds=m.get("epoch_seconds"),
+                data=[images, labels],
+                compare_with="docs/results.md (the quick preset on the CPU)",
+            )
         else:
             step["output_tail"] = c.output()[-2000:]
         self.report["steps"]["real_data"] = step
@@ -754,30 +908,59 @@ class Check:
             self.report["steps"]["cuda_tests"] = {"status": "skipped: pytest is not installed"}
             return
         # -o addopts=: none of pytest.ini's pytest-xdist options (a version of it may be missing there)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-o", "addopts=", "-p", "no:cacheprovider", "-m", "cuda",
-               "-k", "not default_configuration", os.path.join(ROOT, "tests", "test_cuda.py")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-o",
+            "addopts=",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "cuda",
+            "-k",
+            "not default_configuration",
+            os.path.join(ROOT, "tests", "test_cuda.py"),
+        ]
         c, why = self.launch("cuda_tests", cmd, "cuda_tests")
         if c is None:
             self.report["steps"]["cuda_tests"] = {"status": why}
             return
         self.wait(c)
         lines = [line for line in c.output().splitlines() if line.strip()]
-        self.report["steps"]["cuda_tests"] = {"status": c.status(), "summary": lines[-1] if lines else "",
-                                              "output_tail": c.output()[-4000:]}
+        self.report["steps"]["cuda_tests"] = {
+            "status": c.status(),
+            "summary": lines[-1] if lines else "",
+            "output_tail": c.output()[-4000:],
+        }
 
     def smoke(self, modes):
         """One short run of each mode not yet run through the training script (correctness ran the default and --amp
         configurations), `--jobs` side by side."""
         runs = self.items("smoke", "runs")
-        through_script = {"default"} | ({"amp"} if self.report["steps"].get("correctness", {}).get("configs", {}).get(
-            "amp", {}).get("status") == "passed" else set())
-        pending = [m for m in (modes or self.modes()) if m in self.modes() and m not in runs and m not in through_script]
+        through_script = {"default"} | (
+            {"amp"}
+            if self.report["steps"].get("correctness", {}).get("configs", {}).get("amp", {}).get("status") == "passed"
+            else set()
+        )
+        pending = [
+            m for m in (modes or self.modes()) if m in self.modes() and m not in runs and m not in through_script
+        ]
         active = {}
         while pending or active:
             while pending and len(active) < self.args.jobs:
                 mode = pending.pop(0)
-                child, why = (None, self.unavailable(mode)) if self.unavailable(mode) else self.launch(
-                    f"smoke_{mode}", self.script(mode, os.path.join(self.work, "smoke", mode)), self.kind_of("run", mode))
+                child, why = (
+                    (None, self.unavailable(mode))
+                    if self.unavailable(mode)
+                    else self.launch(
+                        f"smoke_{mode}",
+                        self.script(mode, os.path.join(self.work, "smoke", mode)),
+                        self.kind_of("run", mode),
+                    )
+                )
                 if child is None:
                     runs[mode] = {"status": why}
                 else:
@@ -786,8 +969,12 @@ class Check:
                 if child.poll() is not None:
                     del active[mode]
                     out = child.output()
-                    runs[mode] = {"status": child.status(), "seconds": child.seconds(), "finished": "[bkd] finished" in out,
-                                  "compile_fell_back": "torch.compile failed" in out}
+                    runs[mode] = {
+                        "status": child.status(),
+                        "seconds": child.seconds(),
+                        "finished": "[bkd] finished" in out,
+                        "compile_fell_back": "torch.compile failed" in out,
+                    }
                     self.write()
             time.sleep(0.05)
 
@@ -808,7 +995,9 @@ def equal_runs(a, b):
 
     differ = []
     for name in ("teacher_last.pth.tar", "student_last.pth.tar", "teacher.pth.tar", "student.pth.tar"):
-        wa, wb = (torch.load(os.path.join(d, name), map_location="cpu", weights_only=True)["state_dict"] for d in (a, b))
+        wa, wb = (
+            torch.load(os.path.join(d, name), map_location="cpu", weights_only=True)["state_dict"] for d in (a, b)
+        )
         if wa.keys() != wb.keys() or not all(torch.equal(wa[k], wb[k]) for k in wa):
             differ.append(name)
     for name in ("detection.npy", "agreement.npy"):
@@ -823,14 +1012,18 @@ def verdicts(results):
         r = results.get(name, {})
         if "vs_reference" in r:
             ratio = r["vs_reference"]
-            out.append(f"{name}: {ratio:.2f}x the reference mode per epoch (target {target:.0f}x): "
-                       f"{'met' if ratio >= target else 'not met'}")
+            out.append(
+                f"{name}: {ratio:.2f}x the reference mode per epoch (target {target:.0f}x): "
+                f"{'met' if ratio >= target else 'not met'}"
+            )
     for name, budget in (("amp", AMP_BUDGET_MIN), ("default", DEFAULT_BUDGET_MIN)):
         r = results.get(name, {})
         if r.get("status") == "measured":
             minutes = r["projected_300_epochs_min"]
-            out.append(f"{name}: 300 epochs projected at {minutes:.1f} min (target under {budget} min on an H100-class "
-                       f"GPU): {'met' if minutes < budget else 'not met'}")
+            out.append(
+                f"{name}: 300 epochs projected at {minutes:.1f} min (target under {budget} min on an H100-class "
+                f"GPU): {'met' if minutes < budget else 'not met'}"
+            )
     return out
 
 
@@ -839,23 +1032,46 @@ def fmt(value, digits=2, suffix=""):
     return "" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-HEADER = ["mode", "flags", "arithmetic", "s / warm-up epoch", "s / robust epoch", "300 epochs (min)", "vs reference",
-          "TFLOP/s (training)", "of peak", "peak GPU GiB", "first iterations (s)", "status"]
+HEADER = [
+    "mode",
+    "flags",
+    "arithmetic",
+    "s / warm-up epoch",
+    "s / robust epoch",
+    "300 epochs (min)",
+    "vs reference",
+    "TFLOP/s (training)",
+    "of peak",
+    "peak GPU GiB",
+    "first iterations (s)",
+    "status",
+]
 
 
 def throughput_rows(modes):
     rows = []
     for name, r in modes.items():
-        row = {"mode": name, "flags": " ".join(cli_flags(name)) + (f" ({MODES[name].note})" if MODES[name].note else ""),
-               "status": r.get("status", "")}
+        row = {
+            "mode": name,
+            "flags": " ".join(cli_flags(name)) + (f" ({MODES[name].note})" if MODES[name].note else ""),
+            "status": r.get("status", ""),
+        }
         if r.get("status") == "measured":
-            row.update({"arithmetic": ", ".join([r["precision"]] + ["compiled"] * r["compile"] +
-                                                ["nondeterministic"] * (not r["deterministic"])),
-                        "s / warm-up epoch": fmt(r["warmup_epoch_s"]), "s / robust epoch": fmt(r["robust_epoch_s"]),
-                        "300 epochs (min)": fmt(r["projected_300_epochs_min"], 1),
-                        "vs reference": fmt(r.get("vs_reference"), 2, "x"), "TFLOP/s (training)": fmt(r["train_tflops"], 1),
-                        "of peak": fmt(100 * r["share_of_peak"], 0, " %") if "share_of_peak" in r else "",
-                        "peak GPU GiB": fmt(r.get("peak_gpu_memory_gib")), "first iterations (s)": fmt(r["first_iterations_s"], 1)})
+            row.update(
+                {
+                    "arithmetic": ", ".join(
+                        [r["precision"]] + ["compiled"] * r["compile"] + ["nondeterministic"] * (not r["deterministic"])
+                    ),
+                    "s / warm-up epoch": fmt(r["warmup_epoch_s"]),
+                    "s / robust epoch": fmt(r["robust_epoch_s"]),
+                    "300 epochs (min)": fmt(r["projected_300_epochs_min"], 1),
+                    "vs reference": fmt(r.get("vs_reference"), 2, "x"),
+                    "TFLOP/s (training)": fmt(r["train_tflops"], 1),
+                    "of peak": fmt(100 * r["share_of_peak"], 0, " %") if "share_of_peak" in r else "",
+                    "peak GPU GiB": fmt(r.get("peak_gpu_memory_gib")),
+                    "first iterations (s)": fmt(r["first_iterations_s"], 1),
+                }
+            )
         rows.append(row)
     return rows
 
@@ -863,35 +1079,52 @@ def throughput_rows(modes):
 def summary_lines(report):
     steps = report["steps"]
     facts = steps.get("machine", {}).get("facts")
-    lines = [f"# GPU check: {machine_line(facts) if facts else report['device']}", "",
-             f"`{report['command']}`, {report['wall_s']:.0f} s of a {report['budget_s']:.0f} s budget", ""]
+    lines = [
+        f"# GPU check: {machine_line(facts) if facts else report['device']}",
+        "",
+        f"`{report['command']}`, {report['wall_s']:.0f} s of a {report['budget_s']:.0f} s budget",
+        "",
+    ]
     for name in STEPS:
         step = steps.get(name)
         lines.append(f"* **{name}**: {step.get('status', 'running') if step else 'not reached'}")
     smoke = steps.get("smoke", {}).get("runs")
     if smoke:
-        lines += ["", "## Smoke runs", ""] + markdown([dict(r, mode=m) for m, r in smoke.items()],
-                                                       ["mode", "status", "seconds", "finished", "compile_fell_back"])
+        lines += ["", "## Smoke runs", ""] + markdown(
+            [dict(r, mode=m) for m, r in smoke.items()], ["mode", "status", "seconds", "finished", "compile_fell_back"]
+        )
     correctness = steps.get("correctness", {}).get("configs")
     if correctness:
         lines += ["", "## Correctness (bit-equal)", ""] + markdown(
-            [{"configuration": c, "flags": r.get("flags", ""), "status": r["status"],
-              "identical runs differ in": ", ".join(r.get("identical_runs_differ_in", [])) or "-",
-              "killed and resumed differs in": ", ".join(r.get("resumed_run_differs_in", [])) or "-"}
-             for c, r in correctness.items()],
-            ["configuration", "flags", "status", "identical runs differ in", "killed and resumed differs in"])
+            [
+                {
+                    "configuration": c,
+                    "flags": r.get("flags", ""),
+                    "status": r["status"],
+                    "identical runs differ in": ", ".join(r.get("identical_runs_differ_in", [])) or "-",
+                    "killed and resumed differs in": ", ".join(r.get("resumed_run_differs_in", [])) or "-",
+                }
+                for c, r in correctness.items()
+            ],
+            ["configuration", "flags", "status", "identical runs differ in", "killed and resumed differs in"],
+        )
     modes = steps.get("throughput", {}).get("modes")
     if modes:
         lines += ["", "## Throughput", ""] + markdown(throughput_rows(modes), HEADER) + [""]
         lines += [f"* {v}" for v in verdicts(modes)]
-        sweep = next((r["test_pass_s_by_eval_batch"] for r in modes.values() if r.get("test_pass_s_by_eval_batch")), None)
+        sweep = next(
+            (r["test_pass_s_by_eval_batch"] for r in modes.values() if r.get("test_pass_s_by_eval_batch")), None
+        )
         if sweep:
-            lines.append("* test pass (default mode eager) by evaluation batch: "
-                         + ", ".join(f"{b}: {s:.2f} s" for b, s in sweep.items()))
+            lines.append(
+                "* test pass (default mode eager) by evaluation batch: "
+                + ", ".join(f"{b}: {s:.2f} s" for b, s in sweep.items())
+            )
     real = steps.get("real_data", {}).get("result")
     if real:
-        lines += ["", "## Real data: the quick preset on CIFAR-10N worst (compare docs/results.md)", ""] + \
-            markdown([{k: fmt(v, 3) if isinstance(v, float) else v for k, v in real.items()}], list(real))
+        lines += ["", "## Real data: the quick preset on CIFAR-10N worst (compare docs/results.md)", ""] + markdown(
+            [{k: fmt(v, 3) if isinstance(v, float) else v for k, v in real.items()}], list(real)
+        )
     tests = steps.get("cuda_tests", {}).get("summary")
     if tests:
         lines += ["", f"cuda tests: {tests}"]
@@ -900,8 +1133,12 @@ def summary_lines(report):
 
 def machine_line(m):
     gpu = m.get("gpu")
-    where = (f"{gpu['name']} (compute capability {gpu['compute_capability']}, {gpu['memory_gib']} GiB, driver {gpu['driver']}, "
-             f"CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']})" if gpu else f"{m['cpu_model']} ({m['cpu_capability']})")
+    where = (
+        f"{gpu['name']} (compute capability {gpu['compute_capability']}, {gpu['memory_gib']} GiB, driver {gpu['driver']}, "
+        f"CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']})"
+        if gpu
+        else f"{m['cpu_model']} ({m['cpu_capability']})"
+    )
     return f"{where}, torch {m['versions']['torch']}, {m['cpu_count']} CPUs"
 
 
@@ -930,22 +1167,57 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (with --tiny)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes: shows every step works (on the CPU, in minutes)")
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "gpu_check"),
-                   help="writes <out>.json, <out>.md and <out>.log")
-    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS, help="the steps to run (default: all, as PLAN orders them)")
-    p.add_argument("--modes", nargs="+", default=None, choices=list(MODES), help="modes of the throughput and smoke steps")
-    p.add_argument("--configs", nargs="+", default=list(CORRECTNESS), choices=list(CORRECTNESS),
-                   help="configurations of the correctness step")
-    p.add_argument("--budget_s", type=float, default=480, help="the whole check's time, start-up included: a child starts "
-                   "only if what it is expected to take fits in what is left, else it is skipped, saying so")
-    p.add_argument("--jobs", type=int, default=None, help="runs side by side (default: 2 on CUDA, where the GPU waits for "
-                   "the CPU's compilations; 1 on a CPU)")
-    p.add_argument("--warmup_epochs", type=int, default=15,
-                   help="warm-up epochs assumed in the 300-epoch projection (the overfitting epoch is found after them)")
-    p.add_argument("--real_data", default=None, help="the real-data step's folder: cifar10.npz and CIFAR-10_human.pt "
-                   "(--prepare_data), or the shared data's folder (default: .gpu_data if present, else the shared data)")
+    p.add_argument(
+        "--out",
+        default=os.path.join(ROOT, "benchmarks", "results", "gpu_check"),
+        help="writes <out>.json, <out>.md and <out>.log",
+    )
+    p.add_argument(
+        "--steps",
+        nargs="+",
+        default=list(STEPS),
+        choices=STEPS,
+        help="the steps to run (default: all, as PLAN orders them)",
+    )
+    p.add_argument(
+        "--modes", nargs="+", default=None, choices=list(MODES), help="modes of the throughput and smoke steps"
+    )
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(CORRECTNESS),
+        choices=list(CORRECTNESS),
+        help="configurations of the correctness step",
+    )
+    p.add_argument(
+        "--budget_s",
+        type=float,
+        default=480,
+        help="the whole check's time, start-up included: a child starts "
+        "only if what it is expected to take fits in what is left, else it is skipped, saying so",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs side by side (default: 2 on CUDA, where the GPU waits for the CPU's compilations; 1 on a CPU)",
+    )
+    p.add_argument(
+        "--warmup_epochs",
+        type=int,
+        default=15,
+        help="warm-up epochs assumed in the 300-epoch projection (the overfitting epoch is found after them)",
+    )
+    p.add_argument(
+        "--real_data",
+        default=None,
+        help="the real-data step's folder: cifar10.npz and CIFAR-10_human.pt "
+        "(--prepare_data), or the shared data's folder (default: .gpu_data if present, else the shared data)",
+    )
     p.add_argument("--work_dir", default=None, help="where the runs go (default: a new temporary folder)")
-    p.add_argument("--prepare_data", metavar="DIR", help="write the real-data step's files from the shared data into DIR")
+    p.add_argument(
+        "--prepare_data", metavar="DIR", help="write the real-data step's files from the shared data into DIR"
+    )
     p.add_argument("--simulate_compile_s", type=float, default=0, help=argparse.SUPPRESS)  # tests: slow compilations
     p.add_argument("--child_script", help=argparse.SUPPRESS)
     p.add_argument("--eager_backend", action="store_true", help=argparse.SUPPRESS)
@@ -999,7 +1271,10 @@ def main(argv=None):
             except Exception as err:  # a step's own failure: what it finished stays, the next steps still run
                 import traceback
 
-                failure = {"status": f"failed: {type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+                failure = {
+                    "status": f"failed: {type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc()[-3000:],
+                }
             record = check.report["steps"][step]
             items_of = record.get("configs") or record.get("modes") or record.get("runs")
             if failure:

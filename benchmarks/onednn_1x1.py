@@ -7,6 +7,7 @@ oneDNN and ATen limited to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=av
 of an AVX2-only one). Each case compares the weight gradient with float64's and says "ok", "wrong gradient" (relative
 error above 1e-4), "crashed (signal)" or "hung" (killed after --timeout_s). `--native` keeps the CPU's own kernels.
 """
+
 import argparse
 import os
 import subprocess
@@ -30,8 +31,13 @@ print(((ws.grad.double() - w64.grad).abs().max() / w64.grad.abs().max()).item())
 
 def run_case(cin, stride, channels_last, env, timeout_s):
     try:
-        proc = subprocess.run([sys.executable, "-c", CASE, str(cin), str(stride), str(int(channels_last))], env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(
+            [sys.executable, "-c", CASE, str(cin), str(stride), str(int(channels_last))],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired:
         return "hung"
     if proc.returncode < 0:

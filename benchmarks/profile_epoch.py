@@ -9,6 +9,7 @@ graphs, here from an empty compilation cache), then the training pass of a warm-
 epoch, the full-set pass, the validation and test passes, and the bookkeeping of an epoch's end (resume
 state and metrics.json written, data fingerprint).
 """
+
 import argparse
 import os
 import sys
@@ -47,12 +48,14 @@ MODES = {"reference": {"reference": True}, "default, eager": {"compile": False},
 
 def profile(data, mode):
     quick = {k: v for k, v in PRESETS["quick"].items() if k != "subset"}
-    config = TrainConfig(**dict(quick, print_freq=10 ** 6), num_workers=2, **mode)  # (no progress lines)
+    config = TrainConfig(**dict(quick, print_freq=10**6), num_workers=2, **mode)  # (no progress lines)
     set_global_seeds(0)
     device = torch.device("cpu")
     t = Run(Job(config, data, device, resolve_computation(config, device), quiet))
     t.state.stats[0] = {}
-    seconds = {"first training + full-set pass (with compilation)": timed(lambda: (t.train(), t.calc_noise_probability(0)))}
+    seconds = {
+        "first training + full-set pass (with compilation)": timed(lambda: (t.train(), t.calc_noise_probability(0)))
+    }
     seconds["training pass, warm-up"] = timed(lambda: setattr(t, "last", t.train()))
     t.state.stats[0] = {}
     seconds["full-set pass"] = timed(lambda: t.calc_noise_probability(0))
@@ -62,9 +65,12 @@ def profile(data, mode):
     t.sample_alpha = group_alphas(groups, config.alphas, "cpu")
     seconds["training pass, robust"] = timed(t.train)
     with tempfile.TemporaryDirectory() as tmp:
-        seconds["epoch end: resume state + metrics.json"] = timed(lambda: (
-            save_torch(t.resume_state(), os.path.join(tmp, "state.pth.tar")),
-            save_json({"mean_top_student": [t.last.mean_top_student]}, os.path.join(tmp, "metrics.json"))))
+        seconds["epoch end: resume state + metrics.json"] = timed(
+            lambda: (
+                save_torch(t.resume_state(), os.path.join(tmp, "state.pth.tar")),
+                save_json({"mean_top_student": [t.last.mean_top_student]}, os.path.join(tmp, "metrics.json")),
+            )
+        )
     seconds["data fingerprint (once per run)"] = timed(data.fingerprint)
     return seconds
 
@@ -75,8 +81,12 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "profile_epoch.json"))
     args = p.parse_args(argv)
     shared = os.path.abspath(args.shared)
-    selection = DataSelection(noise_type="worst", data_root=os.path.join(shared, "cifar10-jpeg"),
-                              noise_path=os.path.join(shared, "cifar-n", "CIFAR-10_human.pt"), download=False)
+    selection = DataSelection(
+        noise_type="worst",
+        data_root=os.path.join(shared, "cifar10-jpeg"),
+        noise_path=os.path.join(shared, "cifar-n", "CIFAR-10_human.pt"),
+        download=False,
+    )
     data = input_dataset(selection, TrainConfig(seed=0, val_ratio=0.1, subset=PRESETS["quick"]["subset"]))
     with tempfile.TemporaryDirectory(prefix="bkd-profile-inductor-") as cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # the compiled mode compiles from nothing (read when it compiles)

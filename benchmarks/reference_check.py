@@ -18,6 +18,7 @@ one-hot targets of every iteration, the initial weights), with the trace's overf
 epoch given by `--overfitting_epoch` so that the schedule of work is the trace's; the
 floats are still compared and reported, as "not demanded".
 """
+
 import argparse
 import hashlib
 import json
@@ -33,7 +34,15 @@ from benchmarks import SHARED, cifar10n_flags  # noqa: E402
 
 from bkd.utils.files import portable, save_json  # noqa: E402
 from bkd.utils.machine import machine_info  # noqa: E402
-from benchmarks.traces import DATA_CONFIG, DATA_ITERATION, compare, compare_logs, describe_cpu, same_cpu_kind, trace_machine  # noqa: E402
+from benchmarks.traces import (
+    DATA_CONFIG,
+    DATA_ITERATION,
+    compare,
+    compare_logs,
+    describe_cpu,
+    same_cpu_kind,
+    trace_machine,
+)  # noqa: E402
 from bkd.utils.machine import cpu_kind  # noqa: E402
 
 LOGS = ("training", "learning", "detection")
@@ -42,8 +51,14 @@ LOGS = ("training", "learning", "detection")
 def golden_flags(trace):
     """The project's flags for a golden trace: its command line plus the harness's subset, width and StepLR step."""
     env = trace["config"]["env"]
-    return list(trace["config"]["argv"]) + ["--subset", env["GOLDEN_SUBSET"], "--width", env["GOLDEN_WIDTH"],
-                                            "--lr_step", env["GOLDEN_LR_STEP"]]
+    return list(trace["config"]["argv"]) + [
+        "--subset",
+        env["GOLDEN_SUBSET"],
+        "--width",
+        env["GOLDEN_WIDTH"],
+        "--lr_step",
+        env["GOLDEN_LR_STEP"],
+    ]
 
 
 class StepFailed(Exception):
@@ -69,24 +84,31 @@ def replay(trace_path, workdir, shared=SHARED, floats=None):
     golden = dict(zip(argv[::2], argv[1::2]))
     common = ["--dataset", golden["--dataset"], "--noise_type", golden["--noise_type"], "--seed", golden["--seed"]]
     out, walls = {}, {}
-    for name, script, flags in (("training", "blind_knowledge_dist_training.py", train),
-                                # the test transform draws nothing: the worker count cannot change a number
-                                ("learning", "learning.py", common + data + ["--num_workers", golden["--num_workers"]]),
-                                ("detection", "detection.py", common + data)):
+    for name, script, flags in (
+        ("training", "blind_knowledge_dist_training.py", train),
+        # the test transform draws nothing: the worker count cannot change a number
+        ("learning", "learning.py", common + data + ["--num_workers", golden["--num_workers"]]),
+        ("detection", "detection.py", common + data),
+    ):
         start = time.time()
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *flags], cwd=workdir, env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, script), *flags], cwd=workdir, env=env, capture_output=True, text=True
+        )
         walls[name] = time.time() - start
         with open(os.path.join(workdir, f"{name}.log"), "w") as fh:
             fh.write(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-            raise StepFailed(f"{name} ({script}) exited {proc.returncode}: {last}; its output is in "
-                             f"{os.path.join(workdir, name + '.log')}")
+            raise StepFailed(
+                f"{name} ({script}) exited {proc.returncode}: {last}; its output is in "
+                f"{os.path.join(workdir, name + '.log')}"
+            )
         out[name] = proc.stdout
     with open(ours_trace) as fh:
         ours = json.load(fh)
-    run_dir = os.path.join(workdir, "results", f"{golden['--dataset']}_{golden['--noise_type']}_seed_{golden['--seed']}")
+    run_dir = os.path.join(
+        workdir, "results", f"{golden['--dataset']}_{golden['--noise_type']}_seed_{golden['--seed']}"
+    )
     golden_logs = {}
     for name in LOGS:
         path = trace_path.replace(".json", f"-{name}.log")
@@ -95,8 +117,17 @@ def replay(trace_path, workdir, shared=SHARED, floats=None):
                 golden_logs[name] = fh.read()
     with open(os.path.join(run_dir, "detection.npy"), "rb") as fh:
         detection_sha = hashlib.sha256(fh.read()).hexdigest()
-    return {"ours": ours, "theirs": theirs, "floats": floats, "cpu": (describe_cpu(ours_kind), describe_cpu(recorded)),
-            "threads": threads, "logs": out, "golden_logs": golden_logs, "walls": walls, "detection_sha256": detection_sha}
+    return {
+        "ours": ours,
+        "theirs": theirs,
+        "floats": floats,
+        "cpu": (describe_cpu(ours_kind), describe_cpu(recorded)),
+        "threads": threads,
+        "logs": out,
+        "golden_logs": golden_logs,
+        "walls": walls,
+        "detection_sha256": detection_sha,
+    }
 
 
 def table(result):
@@ -112,14 +143,30 @@ def table(result):
 
     for key in DATA_CONFIG:
         if key in theirs["config"]:
-            add(f"config.{key}", ours["config"].get(key), theirs["config"][key], ours["config"].get(key) != theirs["config"][key])
+            add(
+                f"config.{key}",
+                ours["config"].get(key),
+                theirs["config"][key],
+                ours["config"].get(key) != theirs["config"][key],
+            )
     groups = [
         ("iterations: index, images, labels", lambda d: d[0].startswith("iterations") and d[1] in data_fields, True),
-        ("iterations: one-hot targets (warm-up)", lambda d: d[0].startswith("iterations") and d[1] == "target_sha256"
-         and _warmup_row(d[0], theirs), True),
-        ("iterations: losses, robust targets", lambda d: d[0].startswith("iterations") and d[1] not in data_fields, floats),
+        (
+            "iterations: one-hot targets (warm-up)",
+            lambda d: d[0].startswith("iterations") and d[1] == "target_sha256" and _warmup_row(d[0], theirs),
+            True,
+        ),
+        (
+            "iterations: losses, robust targets",
+            lambda d: d[0].startswith("iterations") and d[1] not in data_fields,
+            floats,
+        ),
         ("epochs: lr, overfitting epoch", lambda d: d[0].startswith("epochs") and d[1] in data_fields, True),
-        ("epochs: statistics, accuracies, weights", lambda d: d[0].startswith("epochs") and d[1] not in data_fields, floats),
+        (
+            "epochs: statistics, accuracies, weights",
+            lambda d: d[0].startswith("epochs") and d[1] not in data_fields,
+            floats,
+        ),
         ("overfitting: Otsu splits and groups", lambda d: d[0].startswith("overfitting"), floats),
         ("detection.npy (trace)", lambda d: d[0].startswith("detection"), floats),
         ("checkpoints", lambda d: d[0].startswith("checkpoints"), floats),
@@ -131,8 +178,13 @@ def table(result):
             add(f"{field}" + (f" ({n} rows)" if n else ""), "equal", "equal", False, demanded)
         else:
             add(f"{field}: first at {hit[0]}.{hit[1]}", hit[2], hit[3], True, demanded)
-    add("detection.npy (file sha256)", result["detection_sha256"], theirs["detection_sha256"],
-        result["detection_sha256"] != theirs["detection_sha256"], floats)
+    add(
+        "detection.npy (file sha256)",
+        result["detection_sha256"],
+        theirs["detection_sha256"],
+        result["detection_sha256"] != theirs["detection_sha256"],
+        floats,
+    )
     for name in LOGS:
         if name in result["golden_logs"]:
             first = compare_logs(result["logs"][name], result["golden_logs"][name], floats=True)
@@ -143,7 +195,13 @@ def table(result):
                 bad = structural or first
                 add(f"{name} stdout: first at line {bad[0]}", bad[1], bad[2], True)
             else:
-                add(f"{name} stdout: formats and data (numbers from line {first[0]} differ)", first[1], first[2], True, False)
+                add(
+                    f"{name} stdout: formats and data (numbers from line {first[0]} differ)",
+                    first[1],
+                    first[2],
+                    True,
+                    False,
+                )
     return rows
 
 
@@ -171,7 +229,11 @@ def main(argv=None):
     p.add_argument("--trace", required=True, help="a golden trace, e.g. ../shared/data/reference-traces/tiny.json")
     p.add_argument("--shared", default=SHARED, help="the shared data folder (cifar10-jpeg/, cifar-n/)")
     p.add_argument("--workdir", default=None, help="where the replay runs (default results/reference_<name>)")
-    p.add_argument("--out", default=None, help="write the table and timings as JSON here (default benchmarks/results/reference_<name>.json)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="write the table and timings as JSON here (default benchmarks/results/reference_<name>.json)",
+    )
     args = p.parse_args(argv)
     # paths as the caller gave them, relative to the caller's directory (the scripts run in the work directory)
     trace, shared = os.path.abspath(args.trace), os.path.abspath(args.shared)
@@ -188,23 +250,40 @@ def main(argv=None):
         return 1
     rows = table(result)
     ours_cpu, their_cpu = result["cpu"]
-    print(f"replay of {args.trace}: this CPU {ours_cpu}, the trace's {their_cpu}, {result['threads']} threads; "
-          + ("every field demanded" if result["floats"] else
-             "floats not demanded (other CPU kernels round differently); schedule fixed with --overfitting_epoch"))
+    print(
+        f"replay of {args.trace}: this CPU {ours_cpu}, the trace's {their_cpu}, {result['threads']} threads; "
+        + (
+            "every field demanded"
+            if result["floats"]
+            else "floats not demanded (other CPU kernels round differently); schedule fixed with --overfitting_epoch"
+        )
+    )
     print_table(rows)
     theirs_wall = result["theirs"]["run"]["wall_total_s"]
-    print(f"wall time of training: ours {result['walls']['training']:.0f} s (this machine), the authors' script "
-          f"{theirs_wall:.0f} s (the recording machine); learning.py + detection.py: ours "
-          f"{result['walls']['learning'] + result['walls']['detection']:.0f} s")
+    print(
+        f"wall time of training: ours {result['walls']['training']:.0f} s (this machine), the authors' script "
+        f"{theirs_wall:.0f} s (the recording machine); learning.py + detection.py: ours "
+        f"{result['walls']['learning'] + result['walls']['detection']:.0f} s"
+    )
     failed = [r for r in rows if r[3] == "DIFFERENT"]
-    save_json({"trace": portable(trace), "machine": machine_info(), "floats_demanded": result["floats"],
-               "rows": [dict(zip(("field", "ours", "theirs", "result"), r[:4])) for r in rows],
-               "wall_s": result["walls"], "their_training_wall_s": theirs_wall, "passed": not failed},
-              args.out or os.path.join(ROOT, "benchmarks", "results", f"reference_{name}.json"))
+    save_json(
+        {
+            "trace": portable(trace),
+            "machine": machine_info(),
+            "floats_demanded": result["floats"],
+            "rows": [dict(zip(("field", "ours", "theirs", "result"), r[:4])) for r in rows],
+            "wall_s": result["walls"],
+            "their_training_wall_s": theirs_wall,
+            "passed": not failed,
+        },
+        args.out or os.path.join(ROOT, "benchmarks", "results", f"reference_{name}.json"),
+    )
     if failed:
         print(f"FAILED: first difference: {failed[0][0]}: ours {failed[0][1]}, theirs {failed[0][2]}")
         return 1
-    print("PASSED" + ("" if result["floats"] else " (data, random streams and schedule; floats not demanded on this CPU)"))
+    print(
+        "PASSED" + ("" if result["floats"] else " (data, random streams and schedule; floats not demanded on this CPU)")
+    )
     return 0
 
 

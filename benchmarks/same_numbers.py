@@ -11,6 +11,7 @@ record, such as a flag added since, are listed, not failed), their standard outp
 and elapsed times aside) and their detection.npy and agreement.npy byte by byte. Exits 1 on any difference.
 Any CPU will do: both sides run on the same one.
 """
+
 import argparse
 import json
 import os
@@ -26,8 +27,28 @@ from benchmarks import SHARED, cifar10n_flags  # noqa: E402
 from benchmarks.traces import comparable_log  # noqa: E402
 
 BEFORE = "3f3e1e9"  # the last commit before the training loop's redesign (issue 32)
-TINY = ["--subset", "1000", "--width", "8", "--n_epoch", "9", "--lr_step", "6", "--batch_size", "64",
-        "--noisy_val_freq", "2", "--clean_test_freq", "3", "--print_freq", "4", "--device", "cpu", "--seed", "1"]
+TINY = [
+    "--subset",
+    "1000",
+    "--width",
+    "8",
+    "--n_epoch",
+    "9",
+    "--lr_step",
+    "6",
+    "--batch_size",
+    "64",
+    "--noisy_val_freq",
+    "2",
+    "--clean_test_freq",
+    "3",
+    "--print_freq",
+    "4",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+]
 RUNS = {
     "default": TINY,
     "reference": TINY + ["--reference", "--num_workers", "1"],
@@ -41,8 +62,20 @@ def run(tree, name, flags, workdir, shared):
     """One training run of `tree` in its own folder; returns (trace, stdout, {file: bytes})."""
     folder = os.path.join(workdir, name)
     os.makedirs(folder, exist_ok=True)
-    cmd = [sys.executable, os.path.join(tree, "blind_knowledge_dist_training.py"), *flags, *cifar10n_flags(shared),
-           "--noise_type", "worst", "--results_dir", "results", "--run_dir", "results/run", "--trace", "trace.json"]
+    cmd = [
+        sys.executable,
+        os.path.join(tree, "blind_knowledge_dist_training.py"),
+        *flags,
+        *cifar10n_flags(shared),
+        "--noise_type",
+        "worst",
+        "--results_dir",
+        "results",
+        "--run_dir",
+        "results/run",
+        "--trace",
+        "trace.json",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONPATH=tree)
     proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -101,21 +134,26 @@ def main(argv=None):
     from bkd.utils.devices import cpu_native_bf16
 
     runs = [r for r in args.runs if r != "amp" or cpu_native_bf16()]
-    print(f"{args.before} against this tree on {cpu_model()} ({cpu_kind()}): runs {', '.join(runs)}"
-          + ("" if runs == args.runs else " (no --amp: this CPU has no native bf16)"))
+    print(
+        f"{args.before} against this tree on {cpu_model()} ({cpu_kind()}): runs {', '.join(runs)}"
+        + ("" if runs == args.runs else " (no --amp: this CPU has no native bf16)")
+    )
     failed = False
     with tempfile.TemporaryDirectory(prefix="same_numbers_") as workdir:
         old_tree = os.path.join(workdir, "before")
-        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", old_tree, args.before], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-C", ROOT, "worktree", "add", "--detach", old_tree, args.before], check=True, capture_output=True
+        )
         try:
             for name in runs:
                 before = run(old_tree, name, RUNS[name], os.path.join(workdir, "runs_before"), args.shared)
                 after = run(ROOT, name, RUNS[name], os.path.join(workdir, "runs_after"), args.shared)
                 diffs, notes = compare_runs(before, after)
                 counts = f"{len(after[0]['iterations'])} iterations, {len(after[0]['epochs'])} epochs"
-                print(f"{name}: " + ("EQUAL" if not diffs else "DIFFERENT") + f" ({counts}, overfitting "
-                      f"{(after[0]['overfitting'] or {}).get('epoch')})")
+                print(
+                    f"{name}: " + ("EQUAL" if not diffs else "DIFFERENT") + f" ({counts}, overfitting "
+                    f"{(after[0]['overfitting'] or {}).get('epoch')})"
+                )
                 for what, b, a in diffs[:5]:
                     print(f"  {what}: before {str(b)[:80]}, after {str(a)[:80]}")
                 for what, b, a in notes:

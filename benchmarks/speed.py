@@ -10,6 +10,7 @@ after the other; the wall time is the training script's, start to finish. The co
 first with an empty compilation cache (a machine's first run), then with the cache that run filled (every
 later run). Prints each time and the ratios to the reference mode; the results file records the machine.
 """
+
 import argparse
 import os
 import shutil
@@ -41,10 +42,17 @@ MODES = {
 def time_mode(flags, workdir, cache):
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
     start = time.time()
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "blind_knowledge_dist_training.py"), *flags],
-                          cwd=workdir, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "blind_knowledge_dist_training.py"), *flags],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
-        raise SystemExit(f"error: {' '.join(flags[-3:])} exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(
+            f"error: {' '.join(flags[-3:])} exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"
+        )
     return time.time() - start
 
 
@@ -55,9 +63,27 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "speed.json"))
     args = p.parse_args(argv)
     shared = os.path.abspath(args.shared)
-    common = ["--preset", "quick", "--num_workers", "2", "--n_epoch", str(args.epochs), "--noisy_val_freq", "1000",
-              "--clean_test_freq", "1000", "--dataset", "cifar10", "--noise_type", "worst", "--seed", "0", "--device", "cpu",
-              *cifar10n_flags(shared)]
+    common = [
+        "--preset",
+        "quick",
+        "--num_workers",
+        "2",
+        "--n_epoch",
+        str(args.epochs),
+        "--noisy_val_freq",
+        "1000",
+        "--clean_test_freq",
+        "1000",
+        "--dataset",
+        "cifar10",
+        "--noise_type",
+        "worst",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        *cifar10n_flags(shared),
+    ]
     amp = cpu_native_bf16()
     modes = {name: mode for name, mode in MODES.items() if amp or "--amp" not in mode[0]}
     seconds = {}
@@ -66,14 +92,26 @@ def main(argv=None):
             cache_dir = os.path.join(workdir, "inductor-cache" if cache else f"unused-cache-{i}")
             if cache == "empty":
                 shutil.rmtree(cache_dir, ignore_errors=True)
-            seconds[name] = time_mode(common + flags + ["--results_dir", os.path.join(workdir, f"run{i}")], workdir, cache_dir)
-            print(f"{name:>45}: {seconds[name]:7.1f} s  ({seconds['reference'] / seconds[name]:.2f}x the reference mode)",
-                  flush=True)
+            seconds[name] = time_mode(
+                common + flags + ["--results_dir", os.path.join(workdir, f"run{i}")], workdir, cache_dir
+            )
+            print(
+                f"{name:>45}: {seconds[name]:7.1f} s  ({seconds['reference'] / seconds[name]:.2f}x the reference mode)",
+                flush=True,
+            )
     if not amp:
         print("--amp: not measured: this CPU has no native bf16 (AVX-512 BF16 or AMX)")
     ratios = {name: seconds["reference"] / s for name, s in seconds.items()}
-    save_json({"epochs": args.epochs, "seconds": seconds, "speedup_vs_reference": ratios, "machine": machine_info(),
-               "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:])}, args.out)
+    save_json(
+        {
+            "epochs": args.epochs,
+            "seconds": seconds,
+            "speedup_vs_reference": ratios,
+            "machine": machine_info(),
+            "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:]),
+        },
+        args.out,
+    )
     print(f"written to {os.path.relpath(args.out, ROOT)}")
 
 

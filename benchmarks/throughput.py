@@ -10,6 +10,7 @@
 Each case runs in its own process so that peak memory is its own. Uses
 $BKD_DATA_ROOT/cifar10.npz when present, else random images (speed does not depend on content).
 """
+
 import argparse
 import json
 import os
@@ -42,8 +43,20 @@ def images(n):
 
 
 def loader(kind, x, y, batch_size, shuffle, augment, workers):
-    return make_loader(x, y, LoaderSpec(batch_size, "cpu", INFO["mean"], INFO["std"], augment=augment, shuffle=shuffle,
-                                        num_workers=workers, kind=kind))
+    return make_loader(
+        x,
+        y,
+        LoaderSpec(
+            batch_size,
+            "cpu",
+            INFO["mean"],
+            INFO["std"],
+            augment=augment,
+            shuffle=shuffle,
+            num_workers=workers,
+            kind=kind,
+        ),
+    )
 
 
 def case_pipeline(kind, n, batch_size, workers, repeats=3):
@@ -72,8 +85,12 @@ def case_epoch(kind, n, batch_size, workers, width, fast_arithmetic):
     x, y, _ = images(n)
     data = input_dataset(DataSelection(dataset=CUSTOM, arrays=from_arrays(x, y)), TrainConfig(val_ratio=0.0))
     config = TrainConfig(width=width, batch_size=batch_size, num_workers=workers, n_epoch=2, print_freq=10**9)
-    computation = Computation(loader=kind, eval_batch_size=256 if fast_arithmetic else batch_size,
-                              channels_last=fast_arithmetic, sgd_foreach=True if fast_arithmetic else None)
+    computation = Computation(
+        loader=kind,
+        eval_batch_size=256 if fast_arithmetic else batch_size,
+        channels_last=fast_arithmetic,
+        sgd_foreach=True if fast_arithmetic else None,
+    )
     torch.manual_seed(0)
     run = Run(Job(config, data, torch.device("cpu"), computation, quiet))
     times = []
@@ -108,7 +125,9 @@ def main():
     p.add_argument("--pipeline_images", type=int, default=10000, help="images per pass in the pipeline benchmark")
     p.add_argument("--width", type=int, default=16, help="PreResNet18 width of the epoch benchmark")
     p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers of the original-style pipeline")
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count(), help="DataLoader workers of the original-style pipeline"
+    )
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "throughput.json"))
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--case_args", help=argparse.SUPPRESS)
@@ -116,18 +135,25 @@ def main():
     if args.case:
         return child(args.case, json.loads(args.case_args))
 
-    results = {"command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]), "images": images(1)[2],
-               "machine": machine_info(),
-               "batch_size": args.batch_size, "workers": args.workers}
+    results = {
+        "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "images": images(1)[2],
+        "machine": machine_info(),
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+    }
     epoch = dict(n=args.images, batch_size=args.batch_size, workers=args.workers, width=args.width)
     for kind in ("torchvision", "device"):
-        results[f"pipeline_{kind}"] = run_case("pipeline", args, kind=kind, n=args.pipeline_images,
-                                               batch_size=args.batch_size, workers=args.workers)
+        results[f"pipeline_{kind}"] = run_case(
+            "pipeline", args, kind=kind, n=args.pipeline_images, batch_size=args.batch_size, workers=args.workers
+        )
     # original-style: PIL pipeline and the original's arithmetic; new: everything of the new engine
     results["epoch_torchvision"] = run_case("epoch", args, kind="torchvision", fast_arithmetic=False, **epoch)
     results["epoch_device"] = run_case("epoch", args, kind="device", fast_arithmetic=True, **epoch)
     # the input pipeline's share alone: PIL pipeline with the new arithmetic
-    results["epoch_torchvision_fast_arithmetic"] = run_case("epoch", args, kind="torchvision", fast_arithmetic=True, **epoch)
+    results["epoch_torchvision_fast_arithmetic"] = run_case(
+        "epoch", args, kind="torchvision", fast_arithmetic=True, **epoch
+    )
     a_old, a_new = results["pipeline_torchvision"]["images_per_second"], results["pipeline_device"]["images_per_second"]
     b_old, b_new = results["epoch_torchvision"]["seconds_per_epoch"], results["epoch_device"]["seconds_per_epoch"]
     b_mid = results["epoch_torchvision_fast_arithmetic"]["seconds_per_epoch"]
@@ -136,15 +162,25 @@ def main():
 
     rows = [
         ("(a) input pipeline, images/s", f"{a_old:,.0f}", f"{a_new:,.0f}", f"{a_new / a_old:.1f}x"),
-        (f"(b) warm-up epoch, {args.images} images, width {args.width}: s", f"{b_old:.2f}", f"{b_new:.2f}", f"{b_old / b_new:.2f}x"),
+        (
+            f"(b) warm-up epoch, {args.images} images, width {args.width}: s",
+            f"{b_old:.2f}",
+            f"{b_new:.2f}",
+            f"{b_old / b_new:.2f}x",
+        ),
         ("    same, PIL pipeline with the new arithmetic: s", f"{b_mid:.2f}", f"{b_new:.2f}", f"{b_mid / b_new:.2f}x"),
-        ("(b) peak RSS, MiB (main + largest worker)",
-         f"{results['epoch_torchvision']['peak_rss_mib']:.0f} + {results['epoch_torchvision']['peak_worker_rss_mib']:.0f}",
-         f"{results['epoch_device']['peak_rss_mib']:.0f}", ""),
+        (
+            "(b) peak RSS, MiB (main + largest worker)",
+            f"{results['epoch_torchvision']['peak_rss_mib']:.0f} + {results['epoch_torchvision']['peak_worker_rss_mib']:.0f}",
+            f"{results['epoch_device']['peak_rss_mib']:.0f}",
+            "",
+        ),
     ]
     m = results["machine"]
-    print(f"{m['cpu_model']} ({m['cpu_capability']}), {m['cpu_count']} CPUs, {m['num_threads']} threads, torch "
-          f"{m['versions']['torch']}; batch {args.batch_size}; original-style pipeline with {args.workers} workers")
+    print(
+        f"{m['cpu_model']} ({m['cpu_capability']}), {m['cpu_count']} CPUs, {m['num_threads']} threads, torch "
+        f"{m['versions']['torch']}; batch {args.batch_size}; original-style pipeline with {args.workers} workers"
+    )
     print(f"| {'measure':<48} | {'original-style':>14} | {'device':>10} | {'ratio':>6} |")
     print(f"|{'-' * 50}|{'-' * 16}|{'-' * 12}|{'-' * 8}|")
     for row in rows:

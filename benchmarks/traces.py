@@ -5,16 +5,31 @@
 streams and the schedule. `comparable_log` / `compare_logs` do the same for standard outputs. Used by
 benchmarks/reference_check.py, benchmarks/same_numbers.py and the tests.
 """
+
 import re
 
 from bkd.utils import logfmt
 
 # What does not depend on float rounding: the data, the random streams (initial weights, the
 # loaders' draws) and the schedule. Compared on every machine.
-DATA_CONFIG = ("npz_sha256", "noise_path_sha256", "subset_size", "subset_sha256", "n_train_full", "n_train_split",
-               "n_val_split", "n_test", "train_positions_sha256", "val_positions_sha256", "val_positions_first10",
-               "train_noisy_labels_sha256", "full_noisy_labels_sha256", "full_noise_or_not_sum", "teacher_init_sha256",
-               "student_init_sha256")
+DATA_CONFIG = (
+    "npz_sha256",
+    "noise_path_sha256",
+    "subset_size",
+    "subset_sha256",
+    "n_train_full",
+    "n_train_split",
+    "n_val_split",
+    "n_test",
+    "train_positions_sha256",
+    "val_positions_sha256",
+    "val_positions_first10",
+    "train_noisy_labels_sha256",
+    "full_noisy_labels_sha256",
+    "full_noise_or_not_sum",
+    "teacher_init_sha256",
+    "student_init_sha256",
+)
 DATA_ITERATION = ("epoch", "iter", "batch", "index_sha256", "img_sha256", "labels_sha256")
 FLOAT_ITERATION = ("target_sha256", "loss", "naive_loss", "compensation_loss")
 DATA_EPOCH = ("epoch", "lr", "overfitting_epoch_found")
@@ -31,17 +46,32 @@ def compare(ours, theirs, floats=True):
         if key in theirs["config"] and ours["config"].get(key) != theirs["config"][key]:
             yield "config", key, ours["config"].get(key), theirs["config"][key]
     warmup = {row["epoch"] for row in theirs["epochs"] if row.get("mean_max_student_prob") is not None}
-    yield from _rows("iterations", ours["iterations"], theirs["iterations"], lambda r: f"epoch {r['epoch']}, iter {r['iter']}",
-                     lambda r: DATA_ITERATION + (FLOAT_ITERATION if floats else ("target_sha256",) if r["epoch"] in warmup else ()))
-    yield from _rows("epochs", ours["epochs"], theirs["epochs"], lambda r: f"epoch {r['epoch']}",
-                     lambda r: [k for k in r if k not in FREE_EPOCH] if floats else DATA_EPOCH)
+    yield from _rows(
+        "iterations",
+        ours["iterations"],
+        theirs["iterations"],
+        lambda r: f"epoch {r['epoch']}, iter {r['iter']}",
+        lambda r: DATA_ITERATION + (FLOAT_ITERATION if floats else ("target_sha256",) if r["epoch"] in warmup else ()),
+    )
+    yield from _rows(
+        "epochs",
+        ours["epochs"],
+        theirs["epochs"],
+        lambda r: f"epoch {r['epoch']}",
+        lambda r: [k for k in r if k not in FREE_EPOCH] if floats else DATA_EPOCH,
+    )
     if not floats:
         return
     for section in ("overfitting", "detection_sha256", "detection"):
         if ours.get(section) != theirs.get(section):
             yield from _nested(section, ours.get(section), theirs.get(section))
-    yield from _rows("checkpoints", ours["checkpoints"], theirs["checkpoints"], lambda r: f"save {r['kind']}@{r['epoch']}",
-                     lambda r: list(r))
+    yield from _rows(
+        "checkpoints",
+        ours["checkpoints"],
+        theirs["checkpoints"],
+        lambda r: f"save {r['kind']}@{r['epoch']}",
+        lambda r: list(r),
+    )
 
 
 def _rows(section, ours, theirs, where, fields):
@@ -96,7 +126,10 @@ def describe_cpu(kind):
 
 
 _ELAPSED = re.compile(r"^(epoch: \d+\ttime elapsed: ).*$")
-_PATHS = [(re.compile(r"^(Loaded \S+ from ).*(\.)$"), r"\1<path>\2"), (re.compile(r"^(noisy labels loaded from ).*$"), r"\1<path>")]
+_PATHS = [
+    (re.compile(r"^(Loaded \S+ from ).*(\.)$"), r"\1<path>\2"),
+    (re.compile(r"^(noisy labels loaded from ).*$"), r"\1<path>"),
+]
 _NUMBER = re.compile(r"\d+(\.\d+)?")
 _BANNER_END = ("building model done", "Validate with ")
 

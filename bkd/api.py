@@ -14,6 +14,7 @@ flags by name (bkd.config.TrainConfig), with the same defaults, checks, device c
 is written unless `run_dir` is given; then the run directory holds the usual outputs and a second call resumes or
 reuses it. The caller's global random generators (random, numpy, torch) and signal handlers are left as they were.
 """
+
 import os
 from dataclasses import dataclass, fields
 from typing import Optional, Sequence
@@ -62,9 +63,17 @@ class LabelIssues:
     overfit_epoch: Optional[int]
 
 
-def find_label_issues(images: np.ndarray, labels: np.ndarray, *, classes: Optional[Sequence[str]] = None,
-                      ids: Optional[Sequence[str]] = None, device: str = "auto", run_dir: Optional[str] = None,
-                      verbose: bool = False, **flags) -> LabelIssues:
+def find_label_issues(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    classes: Optional[Sequence[str]] = None,
+    ids: Optional[Sequence[str]] = None,
+    device: str = "auto",
+    run_dir: Optional[str] = None,
+    verbose: bool = False,
+    **flags,
+) -> LabelIssues:
     """Train BKD on (images, labels) and rank every label from most to least suspect.
 
     Args:
@@ -89,17 +98,24 @@ def find_label_issues(images: np.ndarray, labels: np.ndarray, *, classes: Option
         bkd.utils.errors.DataError: images or labels that cannot be trained on, or a run_dir of other data.
         bkd.utils.errors.RunDirError: a run_dir in use, or not writable.
     """
-    keep_image_size = flags.pop("keep_image_size", False)  # (the training script's flag of that name: not a TrainConfig field)
+    keep_image_size = flags.pop(
+        "keep_image_size", False
+    )  # (the training script's flag of that name: not a TrainConfig field)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(flags) - known)
     if unknown:
-        raise UsageError(f"find_label_issues: unknown argument(s) {', '.join(unknown)}; the training flags are "
-                         f"{', '.join(sorted(known | {'keep_image_size'}))}, besides device, run_dir, classes, ids, verbose")
+        raise UsageError(
+            f"find_label_issues: unknown argument(s) {', '.join(unknown)}; the training flags are "
+            f"{', '.join(sorted(known | {'keep_image_size'}))}, besides device, run_dir, classes, ids, verbose"
+        )
     config = TrainConfig(**flags)
     check_config(config)
     device = resolve_device(device)
-    selection = DataSelection(dataset=CUSTOM, keep_image_size=keep_image_size,
-                              arrays=from_arrays(images, labels, classes, ids, keep_size=keep_image_size))
+    selection = DataSelection(
+        dataset=CUSTOM,
+        keep_image_size=keep_image_size,
+        arrays=from_arrays(images, labels, classes, ids, keep_size=keep_image_size),
+    )
     data = input_dataset(selection, config)
     job = Job(config, data, device, resolve_computation(config, device), print if verbose else quiet)
     with preserved_global_rng():  # the run seeds the global generators; the caller's come back as they were
@@ -111,11 +127,21 @@ def find_label_issues(images: np.ndarray, labels: np.ndarray, *, classes: Option
 def _result(data, state):
     split = state.split_result()
     if split.probs is None:  # a finished run of an earlier version, whose resume state kept no agreement probabilities
-        raise DataError("the run directory holds a run of an earlier version of this project, which kept no agreement "
-                        "probabilities; give another run_dir (or train this one again)")
+        raise DataError(
+            "the run directory holds a run of an earlier version of this project, which kept no agreement "
+            "probabilities; give another run_dir (or train this one again)"
+        )
     p = np.asarray(split.label_prob)
-    return LabelIssues(np.asarray(data.subset), np.asarray(data.subset)[rank_label_issues(p)], p, np.asarray(split.agreed),
-                       np.asarray(split.detected), np.asarray(split.probs), np.asarray(split.groups), state.overfit_epoch)
+    return LabelIssues(
+        np.asarray(data.subset),
+        np.asarray(data.subset)[rank_label_issues(p)],
+        p,
+        np.asarray(split.agreed),
+        np.asarray(split.detected),
+        np.asarray(split.probs),
+        np.asarray(split.groups),
+        state.overfit_epoch,
+    )
 
 
 def _in_run_dir(path, job, selection):

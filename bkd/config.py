@@ -6,6 +6,7 @@ its names (bkd.api), and `check_config` checks them; a new hyper-parameter is on
 turned into a Computation here and nowhere else: the original's loader, SGD call, evaluation batch size and
 autograd, its end-of-training overwrite, its CIFAR-100 validation normalisation and its TF32.
 """
+
 import math
 from dataclasses import dataclass, field, fields
 
@@ -28,8 +29,9 @@ def share(name, value):
 
 
 def batch(name, value):
-    return positive(name, value) or (None if value >= 2 else f"--{name} {value}: BatchNorm cannot train on batches of one "
-                                                              "image; give 2 or more")
+    return positive(name, value) or (
+        None if value >= 2 else f"--{name} {value}: BatchNorm cannot train on batches of one image; give 2 or more"
+    )
 
 
 def validation_share(name, value):
@@ -43,6 +45,7 @@ def seed_range(name, value):
 def one_of(*choices):
     def check(name, value):
         return None if value in choices else f"--{name} {value!r} is unknown; use {' or '.join(choices)}"
+
     check.choices = choices
     return check
 
@@ -65,11 +68,13 @@ class TrainConfig:
     lr_step: int = option(150, "StepLR step size in epochs (gamma 0.1)", positive)
     width: int = option(64, "channels of the first stage of PreResNet18 (64 = original)", positive)
     seed: int = option(0, "seed of python, numpy and torch", seed_range)
-    val_ratio: float = option(0.1, "share of training images held out as noisy validation set (0 = challenge setting)",
-                              validation_share)
+    val_ratio: float = option(
+        0.1, "share of training images held out as noisy validation set (0 = challenge setting)", validation_share
+    )
     subset: int = option(0, "train on a stratified, seeded subset of this many images (0 = all)", non_negative)
-    noisy_val_freq: int = option(10, "validate (and keep the best checkpoint) at epochs e %% freq == 0 (and the last)",
-                                 positive)
+    noisy_val_freq: int = option(
+        10, "validate (and keep the best checkpoint) at epochs e %% freq == 0 (and the last)", positive
+    )
     clean_test_freq: int = option(10, "report clean test accuracy at epochs e %% freq == 0 (and the last)", positive)
     print_freq: int = option(100, "print a progress line every this many iterations", positive)
     alpha1: float = option(0.30, "robust-phase alpha of group 1 (most trusted)", share)
@@ -77,27 +82,49 @@ class TrainConfig:
     alpha3: float = option(0.55, "robust-phase alpha of group 3", share)
     alpha4: float = option(0.70, "robust-phase alpha of group 4 (flagged as noisy)", share)
     num_workers: int = option(4, "DataLoader workers (--loader torchvision only)", non_negative)
-    loader: str = option("device", "input pipeline: batched on the device, or the original's PIL workers",
-                         one_of("device", "torchvision"))
+    loader: str = option(
+        "device",
+        "input pipeline: batched on the device, or the original's PIL workers",
+        one_of("device", "torchvision"),
+    )
     eval_batch_size: int = option(0, "batch size of evaluation passes (0 = 1024 on CUDA, 256 on CPU)", non_negative)
-    amp: bool = option(False, "mixed precision: bf16 autocast where the device has bf16 natively (CUDA compute "
-                              "capability 8.0+; a CPU with AVX-512 BF16 or AMX), fp16 with gradient scaling on older GPUs; "
-                              "opt-in: it changed the outcome against fp32 on the quick preset")
-    compile: bool = option(None, "torch.compile both networks (default: from --width 16, where it pays; eager if it "
-                                 "fails); --no_compile: run the networks eager")
+    amp: bool = option(
+        False,
+        "mixed precision: bf16 autocast where the device has bf16 natively (CUDA compute "
+        "capability 8.0+; a CPU with AVX-512 BF16 or AMX), fp16 with gradient scaling on older GPUs; "
+        "opt-in: it changed the outcome against fp32 on the quick preset",
+    )
+    compile: bool = option(
+        None,
+        "torch.compile both networks (default: from --width 16, where it pays; eager if it "
+        "fails); --no_compile: run the networks eager",
+    )
     no_channels_last: bool = option(False, "keep the NCHW memory format (channels-last is faster on CUDA and CPU)")
-    cudnn_benchmark: bool = option(False, "CUDA: cuDNN's autotuned kernels (faster, nondeterministic: runs are no longer "
-                                          "bit-reproducible, resume no longer bit-exact) instead of deterministic ones")
-    strict_fp32: bool = option(False, "CUDA: IEEE fp32 convolutions and matrix products instead of TF32 (the default on "
-                                      "CUDA, as PyTorch's and the authors' torch: 10-bit mantissa products, several times "
-                                      "faster on Ampere and newer)")
-    overfitting_epoch: int = option(None, "skip the confidence rule and split at this (0-based) epoch, acted upon when "
-                                          "the rule could first have found it")
+    cudnn_benchmark: bool = option(
+        False,
+        "CUDA: cuDNN's autotuned kernels (faster, nondeterministic: runs are no longer "
+        "bit-reproducible, resume no longer bit-exact) instead of deterministic ones",
+    )
+    strict_fp32: bool = option(
+        False,
+        "CUDA: IEEE fp32 convolutions and matrix products instead of TF32 (the default on "
+        "CUDA, as PyTorch's and the authors' torch: 10-bit mantissa products, several times "
+        "faster on Ampere and newer)",
+    )
+    overfitting_epoch: int = option(
+        None,
+        "skip the confidence rule and split at this (0-based) epoch, acted upon when "
+        "the rule could first have found it",
+    )
     detach_robust_target: bool = option(False, "not the original: no gradient from the robust target into the student")
-    legacy_cifar100_val_norm: bool = option(False, "normalise the CIFAR-100 validation set with CIFAR-10 statistics, "
-                                                   "as the original")
-    reference: bool = option(False, "the authors' computation bit for bit (PIL loader workers, fp32 NCHW, their SGD call "
-                                    "and batch sizes; docs/reference-mode.md)")
+    legacy_cifar100_val_norm: bool = option(
+        False, "normalise the CIFAR-100 validation set with CIFAR-10 statistics, as the original"
+    )
+    reference: bool = option(
+        False,
+        "the authors' computation bit for bit (PIL loader workers, fp32 NCHW, their SGD call "
+        "and batch sizes; docs/reference-mode.md)",
+    )
 
     @property
     def alphas(self):
@@ -121,7 +148,9 @@ class Computation:
     precision: str = "fp32"  # fp32, or with --amp bf16 / fp16 (resolve_precision)
     compile: bool = False
     defer_full_pass: bool = False  # the full-set pass only for the epoch the overfitting rule picks (not the original)
-    deterministic: bool = True  # CUDA: deterministic cuDNN / cuBLAS kernels; False: cudnn.benchmark (utils.cuda.cuda_settings)
+    deterministic: bool = (
+        True  # CUDA: deterministic cuDNN / cuBLAS kernels; False: cudnn.benchmark (utils.cuda.cuda_settings)
+    )
     tf32: bool = True  # CUDA: TF32 in convolutions and matrix products (PyTorch's and the authors' torch 1.10 default)
 
     @property
@@ -148,11 +177,18 @@ def compile_refusal(config, device):
     the first shortcut convolution then hang, crash or compute wrong values (docs/performance.md)."""
     from bkd.utils.devices import cpu_kernels_avx2_at_most  # (here: the launcher imports this module without torch)
 
-    if device is None or device.type != "cpu" or config.width >= AVX2_COMPILE_MIN_WIDTH or not cpu_kernels_avx2_at_most():
+    if (
+        device is None
+        or device.type != "cpu"
+        or config.width >= AVX2_COMPILE_MIN_WIDTH
+        or not cpu_kernels_avx2_at_most()
+    ):
         return None
-    return (f"--compile: a network of width {config.width} runs eager on this CPU without AVX-512: compiled, its shortcut "
-            f"convolutions would run on oneDNN's AVX2 kernels, which fail below {AVX2_COMPILE_MIN_WIDTH} channels "
-            "(docs/performance.md)")
+    return (
+        f"--compile: a network of width {config.width} runs eager on this CPU without AVX-512: compiled, its shortcut "
+        f"convolutions would run on oneDNN's AVX2 kernels, which fail below {AVX2_COMPILE_MIN_WIDTH} channels "
+        "(docs/performance.md)"
+    )
 
 
 def compiles(config, device=None):
@@ -196,8 +232,10 @@ def check_overfitting_epoch(epoch, n_epoch):
     if epoch < 0 or first_detectable_epoch(epoch) >= n_epoch:
         latest = latest_forceable_epoch(n_epoch)
         fix = f"give an epoch in 0..{latest}" if latest is not None else "it needs --n_epoch 6 or more"
-        raise UsageError(f"--overfitting_epoch {epoch} would be acted upon after epoch {first_detectable_epoch(max(epoch, 0))}, "
-                         f"outside the run's epochs 0..{n_epoch - 1}; {fix}, or more --n_epoch")
+        raise UsageError(
+            f"--overfitting_epoch {epoch} would be acted upon after epoch {first_detectable_epoch(max(epoch, 0))}, "
+            f"outside the run's epochs 0..{n_epoch - 1}; {fix}, or more --n_epoch"
+        )
 
 
 def resolve_precision(device, amp):
@@ -205,7 +243,10 @@ def resolve_precision(device, amp):
     with AVX-512 BF16 or AMX), fp16 with gradient scaling on older GPUs; refused elsewhere in one line."""
     if not amp:
         return "fp32"
-    from bkd.utils.devices import cpu_native_bf16, cuda_native_bf16  # (here: the launcher imports this module without torch)
+    from bkd.utils.devices import (
+        cpu_native_bf16,
+        cuda_native_bf16,
+    )  # (here: the launcher imports this module without torch)
 
     if device.type == "cuda":
         return "bf16" if cuda_native_bf16(device) else "fp16"
@@ -213,8 +254,10 @@ def resolve_precision(device, amp):
         if not cpu_native_bf16():
             import torch
 
-            raise UsageError(f"--amp: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 (AVX-512 BF16 "
-                             "or AMX), where bf16 autocast runs many times slower than fp32; drop --amp")
+            raise UsageError(
+                f"--amp: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 (AVX-512 BF16 "
+                "or AMX), where bf16 autocast runs many times slower than fp32; drop --amp"
+            )
         return "bf16"
     raise UsageError(f"--amp: mixed precision is not supported on {device.type}; drop --amp")
 
@@ -229,14 +272,28 @@ def resolve_computation(config, device):
         # PIL transforms in DataLoader workers, every loader at the training batch size, fp32 NCHW, a plain
         # SGD call, autograd on in evaluation, the end-of-training overwrite, CIFAR-10 statistics for CIFAR-100
         # validation, TF32 on CUDA as the authors' torch 1.10 (deterministic kernels unless --cudnn_benchmark)
-        return Computation(loader="torchvision", eval_batch_size=config.batch_size, channels_last=False, sgd_foreach=None,
-                           eval_autograd=True, end_save_overwrites_best=True, legacy_cifar100_val_norm=True,
-                           deterministic=not config.cudnn_benchmark, tf32=device.type == "cuda")
-    return Computation(loader=config.loader, eval_batch_size=config.eval_batch_size or default_eval_batch(device),
-                       channels_last=not config.no_channels_last, legacy_cifar100_val_norm=config.legacy_cifar100_val_norm,
-                       precision=resolve_precision(device, config.amp), compile=compiles(config, device),
-                       defer_full_pass=config.loader == "device",  # its augmentation can be re-drawn for any epoch
-                       deterministic=not config.cudnn_benchmark, tf32=device.type == "cuda" and not config.strict_fp32)
+        return Computation(
+            loader="torchvision",
+            eval_batch_size=config.batch_size,
+            channels_last=False,
+            sgd_foreach=None,
+            eval_autograd=True,
+            end_save_overwrites_best=True,
+            legacy_cifar100_val_norm=True,
+            deterministic=not config.cudnn_benchmark,
+            tf32=device.type == "cuda",
+        )
+    return Computation(
+        loader=config.loader,
+        eval_batch_size=config.eval_batch_size or default_eval_batch(device),
+        channels_last=not config.no_channels_last,
+        legacy_cifar100_val_norm=config.legacy_cifar100_val_norm,
+        precision=resolve_precision(device, config.amp),
+        compile=compiles(config, device),
+        defer_full_pass=config.loader == "device",  # its augmentation can be re-drawn for any epoch
+        deterministic=not config.cudnn_benchmark,
+        tf32=device.type == "cuda" and not config.strict_fp32,
+    )
 
 
 def default_eval_batch(device):
@@ -249,6 +306,13 @@ ORIGINAL_TEST_BATCH = 64  # the original's learning.py evaluates at batch 64
 def resolve_evaluation(reference, eval_batch_size):
     """learning.py's test pass: the original's (PIL loader, batch 64, autograd on, TF32) with `reference`, else ours."""
     if reference:
-        return Computation(loader="torchvision", eval_batch_size=ORIGINAL_TEST_BATCH, channels_last=False, sgd_foreach=None,
-                           eval_autograd=True, end_save_overwrites_best=True, tf32=True)
+        return Computation(
+            loader="torchvision",
+            eval_batch_size=ORIGINAL_TEST_BATCH,
+            channels_last=False,
+            sgd_foreach=None,
+            eval_autograd=True,
+            end_save_overwrites_best=True,
+            tf32=True,
+        )
     return Computation(eval_batch_size=eval_batch_size, channels_last=False)

@@ -14,6 +14,7 @@ whatever an interrupted process wrote from that step on (the split's values too,
 epoch), so every step appears once. A write that fails (a full disk) stops the run in one line (exit 4) and leaves
 no empty event file behind.
 """
+
 import os
 
 from bkd.utils import logfmt
@@ -51,7 +52,9 @@ class Curves:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # (torch raises it when the tensorboard package is missing)
-            self.log(logfmt.ours("no TensorBoard curves: the tensorboard package is not installed (pip install tensorboard)"))
+            self.log(
+                logfmt.ours("no TensorBoard curves: the tensorboard package is not installed (pip install tensorboard)")
+            )
             return
         self._open = lambda: SummaryWriter(self.path, purge_step=start_epoch or None)
         _quiet_writer_threads()
@@ -65,10 +68,16 @@ class Curves:
         if not self.writing:
             return
         loss, naive, comp = state.losses[-1]
-        values = {"loss/total": loss, "loss/naive": naive, "loss/compensation": comp, "lr": lr,
-                  "student_mean_top_probability": state.mean_top_all[-1],
-                  "accuracy/validation": state.accuracy_at(epoch, "val"), "accuracy/test": state.accuracy_at(epoch, "test"),
-                  "epoch_seconds": state.epoch_seconds[-1]}
+        values = {
+            "loss/total": loss,
+            "loss/naive": naive,
+            "loss/compensation": comp,
+            "lr": lr,
+            "student_mean_top_probability": state.mean_top_all[-1],
+            "accuracy/validation": state.accuracy_at(epoch, "val"),
+            "accuracy/test": state.accuracy_at(epoch, "test"),
+            "epoch_seconds": state.epoch_seconds[-1],
+        }
         self._write(epoch, {tag: value for tag, value in values.items() if value is not None})
 
     def split(self, epoch, state, split):
@@ -101,8 +110,10 @@ class Curves:
             self.writer.flush()
         except OSError as err:
             self._abandon()
-            raise RunDirError(f"cannot write the TensorBoard curves in {portable(self.path)} ({err.strerror or err}), so "
-                              "their epoch is not kept; free space or make the folder writable") from None
+            raise RunDirError(
+                f"cannot write the TensorBoard curves in {portable(self.path)} ({err.strerror or err}), so "
+                "their epoch is not kept; free space or make the folder writable"
+            ) from None
 
     def _abandon(self):
         """After a failed write: close the writer quietly, and remove the event files nothing reached (the writer makes

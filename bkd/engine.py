@@ -4,6 +4,7 @@
 Statistics stay on the training device; values are read back to the host only when a line is printed, a trace is
 recorded, or a pass ends.
 """
+
 import contextlib
 import functools
 import sys
@@ -77,8 +78,11 @@ class CompiledPair:
 
     def _fall_back(self, err):
         self.compiled = None
-        self.log(logfmt.ours(f"torch.compile failed ({first_line(err)}); the networks run eager (--no_compile skips "
-                             "the attempt)"))
+        self.log(
+            logfmt.ours(
+                f"torch.compile failed ({first_line(err)}); the networks run eager (--no_compile skips the attempt)"
+            )
+        )
 
     def __call__(self, which, x):
         net = self.modules[which]
@@ -87,8 +91,12 @@ class CompiledPair:
         mode = "training" if net.training else "evaluation"
         if mode not in self.announced:
             self.announced.add(mode)
-            self.log(logfmt.ours(f"torch.compile: compiling the networks for {mode} at batch {len(x)} (once per "
-                                 "process: a minute or two the first time, seconds from the cache; --no_compile skips it)"))
+            self.log(
+                logfmt.ours(
+                    f"torch.compile: compiling the networks for {mode} at batch {len(x)} (once per "
+                    "process: a minute or two the first time, seconds from the cache; --no_compile skips it)"
+                )
+            )
         try:
             # A graph's backward is compiled at its first backward pass by default, outside this try, where a failure
             # would end the run instead of falling back. functorch's (private) force_non_lazy_backward_lowering
@@ -103,8 +111,9 @@ class CompiledPair:
 
 
 # (a torch without the setting compiles the backward lazily: a failure there is not caught)
-NON_LAZY_BACKWARD = ({"force_non_lazy_backward_lowering": True}
-                     if hasattr(functorch_config, "force_non_lazy_backward_lowering") else {})
+NON_LAZY_BACKWARD = (
+    {"force_non_lazy_backward_lowering": True} if hasattr(functorch_config, "force_non_lazy_backward_lowering") else {}
+)
 
 
 def compilation_failed(err):

@@ -3,6 +3,7 @@
 The gate (`evaluating`) holds the run directory's lock shared: evaluations of one run go together (each merges its
 result into metrics.json under utils.files.update_json's lock), a training of it neither runs beside them nor starts.
 """
+
 import os
 from contextlib import contextmanager
 
@@ -45,33 +46,45 @@ def check_finished(run, metrics, needs):
     run or an unfinished one, exit 3 naming a file that is missing or damaged. The resume state is not needed."""
     if run.has(rd.INCOMPLETE) or not (metrics or run.existing_artefacts()):
         held = "the start of a run that completed no epoch" if run.has(rd.INCOMPLETE) else "no run"
-        raise RunDirError(f"{run.path} holds {held}, no result: train it (blind_knowledge_dist_training.py with this run's "
-                          "flags), then run this again")
+        raise RunDirError(
+            f"{run.path} holds {held}, no result: train it (blind_knowledge_dist_training.py with this run's "
+            "flags), then run this again"
+        )
     if not metrics:
-        raise DataError(f"{run.file(rd.METRICS)} is missing: it records whether the run finished and what data it was "
-                        "trained on; put it back, or train the run again (--overwrite)")
+        raise DataError(
+            f"{run.file(rd.METRICS)} is missing: it records whether the run finished and what data it was "
+            "trained on; put it back, or train the run again (--overwrite)"
+        )
     done, n_epoch = rd.recorded_progress(metrics)
     if done is None or n_epoch is None:
         recorded = metrics.get("epochs_completed"), (metrics.get("config") or {}).get("n_epoch")
-        raise DataError(f"{run.file(rd.METRICS)}: epochs_completed {recorded[0]!r} and config.n_epoch {recorded[1]!r} must "
-                        "be whole numbers (was it edited?); put the run's own metrics.json back, or train the run again "
-                        "(--overwrite)")
+        raise DataError(
+            f"{run.file(rd.METRICS)}: epochs_completed {recorded[0]!r} and config.n_epoch {recorded[1]!r} must "
+            "be whole numbers (was it edited?); put the run's own metrics.json back, or train the run again "
+            "(--overwrite)"
+        )
     if done < n_epoch:
-        raise RunDirError(f"{run.path} holds an unfinished run (epochs 0..{done - 1} of 0..{n_epoch - 1} completed): finish "
-                          "it with its training command and --resume, then run this again")
+        raise RunDirError(
+            f"{run.path} holds an unfinished run (epochs 0..{done - 1} of 0..{n_epoch - 1} completed): finish "
+            "it with its training command and --resume, then run this again"
+        )
     missing = [name for name in needs if not run.has(name)]
     if missing:
-        raise DataError(f"{run.path}: {', '.join(missing)} missing, which this evaluation reads; put "
-                        f"{'it' if len(missing) == 1 else 'them'} back, or train the run again (--overwrite)")
+        raise DataError(
+            f"{run.path}: {', '.join(missing)} missing, which this evaluation reads; put "
+            f"{'it' if len(missing) == 1 else 'them'} back, or train the run again (--overwrite)"
+        )
 
 
 def check_split(run_dir, metrics):
     """detection.py: a split recorded (metrics.json is written after the split's files, with its epoch)."""
     if metrics.get("split_epoch") is None:
         present = [name for name in rd.SPLIT_FILES if os.path.exists(os.path.join(run_dir, name))]
-        raise DataError(f"{run_dir}: metrics.json records no split, so {', '.join(present) or 'its split files'} "
-                        "cannot be trusted (the training stopped while writing them?); resume the training with --resume "
-                        "to redo the split")
+        raise DataError(
+            f"{run_dir}: metrics.json records no split, so {', '.join(present) or 'its split files'} "
+            "cannot be trusted (the training stopped while writing them?); resume the training with --resume "
+            "to redo the split"
+        )
 
 
 def saved_subset(run_dir):
@@ -83,10 +96,14 @@ def saved_subset(run_dir):
     try:
         subset = np.load(path, allow_pickle=False)
     except Exception as err:
-        raise DataError(f"{path}: unreadable ({first_line(err)}); truncated? Train the run again (--overwrite)") from None
+        raise DataError(
+            f"{path}: unreadable ({first_line(err)}); truncated? Train the run again (--overwrite)"
+        ) from None
     if subset.ndim != 1 or not np.issubdtype(subset.dtype, np.integer) or len(subset) == 0:
-        raise DataError(f"{path}: holds {subset.dtype} {subset.shape}, not the run's training-image indices; "
-                        "train the run again (--overwrite)")
+        raise DataError(
+            f"{path}: holds {subset.dtype} {subset.shape}, not the run's training-image indices; "
+            "train the run again (--overwrite)"
+        )
     return subset
 
 
@@ -113,12 +130,20 @@ def check_run_data(run_dir, metrics, selection, fingerprint):
     keys = ("dataset", "noise_type") if not selection.custom else ("dataset",)  # custom data: no label sets
     for key in keys:
         if key in config and config[key] != getattr(selection, key):
-            raise DataError(f"--{key} {getattr(selection, key)}: the run in {run_dir} was trained with --{key} {config[key]}; "
-                            f"give the flags it was trained with, or the run directory of a {getattr(selection, key)} run")
+            raise DataError(
+                f"--{key} {getattr(selection, key)}: the run in {run_dir} was trained with --{key} {config[key]}; "
+                f"give the flags it was trained with, or the run directory of a {getattr(selection, key)} run"
+            )
     recorded = metrics.get("data")
     if not isinstance(recorded, dict):
-        raise DataError(f"{run_dir}/metrics.json records no data fingerprint (an earlier version of this project wrote it), "
-                        "so what this evaluates cannot be checked; train the run again (--overwrite)")
-    check_same_data(recorded, {k: v for k, v in fingerprint.items() if k != "split"},  # (the evaluations' own split)
-                    "evaluate it with the data and flags it was trained with (--data_root, --noise_path, --data_file, "
-                    "--subset, --seed)", what=f"the run in {run_dir}")
+        raise DataError(
+            f"{run_dir}/metrics.json records no data fingerprint (an earlier version of this project wrote it), "
+            "so what this evaluates cannot be checked; train the run again (--overwrite)"
+        )
+    check_same_data(
+        recorded,
+        {k: v for k, v in fingerprint.items() if k != "split"},  # (the evaluations' own split)
+        "evaluate it with the data and flags it was trained with (--data_root, --noise_path, --data_file, "
+        "--subset, --seed)",
+        what=f"the run in {run_dir}",
+    )

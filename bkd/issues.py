@@ -4,14 +4,26 @@ One row per training image, most suspect first: the lower the probability that t
 student agree on the given label (pA[y] of the full-set pass at the split), the more suspect.
 `group` is the Otsu trust group (1 most trusted .. 4 least), `flagged` is group 4 (detection.npy).
 """
+
 import csv
 
 import numpy as np
 
 from bkd.utils.files import atomic_path
 
-COLUMNS = ("rank", "position", "id", "given_label", "given_name", "given_prob", "agreed_label", "agreed_name",
-           "agreed_prob", "group", "flagged")
+COLUMNS = (
+    "rank",
+    "position",
+    "id",
+    "given_label",
+    "given_name",
+    "given_prob",
+    "agreed_label",
+    "agreed_name",
+    "agreed_prob",
+    "group",
+    "flagged",
+)
 
 
 # Label-issue ranking: ascending agreed probability of the given label (ties keep the data's order).
@@ -33,9 +45,21 @@ def write_label_issues(path, split, data):
             writer = csv.writer(fh)
             writer.writerow(COLUMNS)
             for rank, i in enumerate(order, 1):
-                writer.writerow([rank, int(positions[i]), ids[i], int(given[i]), classes[given[i]], f"{float(given_prob[i]):.6f}",
-                                 int(agreed[i]), classes[agreed[i]], f"{float(agreed_prob[i]):.6f}", int(groups[i]),
-                                 int(groups[i] == 4)])
+                writer.writerow(
+                    [
+                        rank,
+                        int(positions[i]),
+                        ids[i],
+                        int(given[i]),
+                        classes[given[i]],
+                        f"{float(given_prob[i]):.6f}",
+                        int(agreed[i]),
+                        classes[agreed[i]],
+                        f"{float(agreed_prob[i]):.6f}",
+                        int(groups[i]),
+                        int(groups[i] == 4),
+                    ]
+                )
     return order
 
 

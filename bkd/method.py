@@ -5,6 +5,7 @@ arithmetic is the authors' operation by operation (same ops, same order, float32
 so that the reference mode reproduces their numbers bit for bit; the default mode
 uses the same functions.
 """
+
 import numpy as np
 import torch
 import torch.nn.functional as F

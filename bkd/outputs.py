@@ -5,6 +5,7 @@
 * `RunFiles`: every file of a run directory, as the table in its docstring says, and its TensorBoard curves
   (bkd/curves.py). A trace (bkd/trace.py, --trace) is another output.
 """
+
 import copy
 import os
 
@@ -136,7 +137,9 @@ class RunFiles(Output):
         return {
             "config": self.flags,
             "machine": self.machine,
-            "data": self.identity["data"],  # the data's fingerprint: learning.py and detection.py check what they evaluate
+            "data": self.identity[
+                "data"
+            ],  # the data's fingerprint: learning.py and detection.py check what they evaluate
             "epochs_completed": epochs_done,
             "mean_top_student": state.mean_top_student,
             "mean_top_student_all_epochs": state.mean_top_all,

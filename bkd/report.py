@@ -9,6 +9,7 @@ truly clean / truly noisy), `accuracy.png` (validation and test accuracy per epo
 With --summary: `<prefix>.md` and `<prefix>.csv`, one row per (dataset, label set, preset),
 mean ± std over seeds.
 """
+
 import argparse
 import csv
 import json
@@ -33,10 +34,16 @@ def confidence_figure(m, name):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     tops = m["mean_top_student"]
     ax.plot(range(len(tops)), tops, marker="o", ms=3, label="warm-up (what the overfitting rule sees)")
-    robust = m.get("mean_top_student_all_epochs", [])[len(tops):]
+    robust = m.get("mean_top_student_all_epochs", [])[len(tops) :]
     if robust:
-        ax.plot(range(len(tops) - 1, len(tops) + len(robust)), [tops[-1]] + robust, marker="o", ms=3, color="grey",
-                label="robust phase")
+        ax.plot(
+            range(len(tops) - 1, len(tops) + len(robust)),
+            [tops[-1]] + robust,
+            marker="o",
+            ms=3,
+            color="grey",
+            label="robust phase",
+        )
     if m.get("split_epoch") is not None:
         e = m["split_epoch"]
         label = f"overfitting epoch {e}" if not m.get("split_fallback") else f"no peak: split at last epoch {e}"
@@ -67,16 +74,26 @@ def plot_run(run_dir, truly_noisy=None):
 
         groups = assign_groups(p, split)
         bins = np.linspace(0, 1, 101)
-        fig, axes = plt.subplots(1, 2 if truly_noisy is not None else 1, figsize=(10 if truly_noisy is not None else 6, 3.5),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            1, 2 if truly_noisy is not None else 1, figsize=(10 if truly_noisy is not None else 6, 3.5), squeeze=False
+        )
         subsets = [("all samples", np.ones(len(p), bool))]
         if truly_noisy is not None:
             subsets = [("truly clean labels", ~truly_noisy), ("truly noisy labels", truly_noisy)]
         for ax, (title, mask) in zip(axes[0], subsets):
             data = [p[mask & (groups == g)] for g in (1, 2, 3, 4)]
-            ax.hist(data, bins=bins, stacked=True, color=[GROUP_COLOURS[g] for g in (1, 2, 3, 4)],
-                    label=[f"G{g} ({len(d)})" for g, d in zip((1, 2, 3, 4), data)])
-            for value, style, label in ((split["threshold"], "-", "threshold"), (split["mu1"], ":", "mu1"), (split["mu2"], "--", "mu2")):
+            ax.hist(
+                data,
+                bins=bins,
+                stacked=True,
+                color=[GROUP_COLOURS[g] for g in (1, 2, 3, 4)],
+                label=[f"G{g} ({len(d)})" for g, d in zip((1, 2, 3, 4), data)],
+            )
+            for value, style, label in (
+                (split["threshold"], "-", "threshold"),
+                (split["mu1"], ":", "mu1"),
+                (split["mu2"], "--", "mu2"),
+            ):
                 ax.axvline(value, color="black", ls=style, lw=1, label=f"{label} {value:.3f}")
             ax.set(xlabel="agreed probability of the given label $p_A[y]$", ylabel="images", title=f"{name}: {title}")
             ax.set_yscale("log")
@@ -115,10 +132,24 @@ def _detection(key):
 COLUMNS = [
     ("overfit epoch", lambda m: m.get("overfit_epoch"), 0),
     ("test acc, best val (%)", lambda m: (m.get("learning") or {}).get("best_test_acc"), 2),
-    ("test acc, last (%)", lambda m: (m.get("learning") or {}).get("last_test_acc", (m.get("test_acc") or [[None, None]])[-1][1]), 2),
-] + [(name, _detection(key), 3) for name, key in (
-    ("precision", "precision"), ("recall", "recall"), ("F1", "f1"), ("flag-all F1 (floor)", "flag_all_f1"), ("AUROC", "auroc"),
-    ("AP", "average_precision"), ("P@100", "precision_at_100"), ("P@1000", "precision_at_1000"))]
+    (
+        "test acc, last (%)",
+        lambda m: (m.get("learning") or {}).get("last_test_acc", (m.get("test_acc") or [[None, None]])[-1][1]),
+        2,
+    ),
+] + [
+    (name, _detection(key), 3)
+    for name, key in (
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("F1", "f1"),
+        ("flag-all F1 (floor)", "flag_all_f1"),
+        ("AUROC", "auroc"),
+        ("AP", "average_precision"),
+        ("P@100", "precision_at_100"),
+        ("P@1000", "precision_at_1000"),
+    )
+]
 COLUMN_NAMES = [name for name, _, _ in COLUMNS]
 
 
@@ -127,7 +158,9 @@ def summary_values(runs):
     row = {}
     for column, get, digits in COLUMNS:
         values = [get(m) for m in runs if get(m) is not None]
-        row[column] = mean_std(values, digits) + (f" ({len(values)} of {len(runs)} runs)" if 0 < len(values) < len(runs) else "")
+        row[column] = mean_std(values, digits) + (
+            f" ({len(values)} of {len(runs)} runs)" if 0 < len(values) < len(runs) else ""
+        )
     return row
 
 
@@ -138,8 +171,12 @@ def summarise(run_dirs):
         m = load_run(run_dir)
         c = m["config"]
         groups[(c["dataset"], c["noise_type"], c.get("preset", "default"))].append(m)
-    return [dict({"dataset": dataset, "label set": noise_type, "preset": preset, "seeds": len(runs)}, **summary_values(runs))
-            for (dataset, noise_type, preset), runs in sorted(groups.items())]
+    return [
+        dict(
+            {"dataset": dataset, "label set": noise_type, "preset": preset, "seeds": len(runs)}, **summary_values(runs)
+        )
+        for (dataset, noise_type, preset), runs in sorted(groups.items())
+    ]
 
 
 def mean_std(values, digits):
@@ -163,8 +200,9 @@ def write_summary(rows, prefix):
 
 
 def markdown(rows, header):
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(str(r.get(h, "")) for h in header) + " |" for r in rows])
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(r.get(h, "")) for h in header) + " |" for r in rows
+    ]
 
 
 def _truth(run_dir, m):

@@ -8,6 +8,7 @@ model of the same kind of device, or another thread count, continues with a `[bk
 longer bit-equal to an uninterrupted run. The evaluations (bkd/evaluations.py) and the launcher (launch/grid.py)
 compare a finished run's recorded settings and data by the same functions.
 """
+
 from dataclasses import dataclass, fields
 
 from bkd.utils import logfmt
@@ -56,16 +57,23 @@ def differing_args(recorded, args):
     return [(key, recorded[key], value) for key, value in args.items() if key in recorded and recorded[key] != value]
 
 
-FINGERPRINT_NAMES = {"images": "the training images", "labels": "the training labels (label file or --noise_path)",
-                     "subset": "the training subset", "split": "the validation split", "test": "the test set",
-                     "num_images": "the number of training images"}
+FINGERPRINT_NAMES = {
+    "images": "the training images",
+    "labels": "the training labels (label file or --noise_path)",
+    "subset": "the training subset",
+    "split": "the validation split",
+    "test": "the test set",
+    "num_images": "the number of training images",
+}
 
 
 def check_same_data(recorded, fingerprint, fix, what="the run being resumed"):
     """One line naming what differs between a recorded fingerprint and this data's, and how to `fix` it (exit 3)."""
     for key, name in FINGERPRINT_NAMES.items():
         if key in fingerprint and recorded.get(key) != fingerprint[key]:
-            raise DataError(f"{name} differ from those of {what} ({key} {fingerprint[key]} vs {recorded.get(key)}); {fix}")
+            raise DataError(
+                f"{name} differ from those of {what} ({key} {fingerprint[key]} vs {recorded.get(key)}); {fix}"
+            )
 
 
 def identity(job, selection):
@@ -73,8 +81,12 @@ def identity(job, selection):
     resumed run must match."""
     import torch
 
-    return {"args": run_args(job.config, job.computation.compile, selection), "data": job.data.fingerprint(),
-            "num_threads": torch.get_num_threads(), "device": device_identity(job.device)}
+    return {
+        "args": run_args(job.config, job.computation.compile, selection),
+        "data": job.data.fingerprint(),
+        "num_threads": torch.get_num_threads(),
+        "device": device_identity(job.device),
+    }
 
 
 def load(path, advice=SCRIPT):
@@ -85,11 +97,17 @@ def load(path, advice=SCRIPT):
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise DataError(f"{path}: unreadable resume state ({first_line(err)}); {advice.restart}") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict) or not isinstance(saved.get("epoch"), int):
+    if (
+        not isinstance(saved, dict)
+        or not isinstance(saved.get("args"), dict)
+        or not isinstance(saved.get("epoch"), int)
+    ):
         raise DataError(f"{path}: not a resume state of this project; {advice.restart}")
     if not all(isinstance(saved.get(key), dict) for key in ("data", "device")):
-        raise DataError(f"{path}: a resume state of an earlier version of this project (it records no data fingerprint "
-                        f"or device), which cannot be checked; {advice.restart}")
+        raise DataError(
+            f"{path}: a resume state of an earlier version of this project (it records no data fingerprint "
+            f"or device), which cannot be checked; {advice.restart}"
+        )
     return saved
 
 
@@ -98,22 +116,34 @@ def check(saved, current, path, advice=SCRIPT, log=print):
     differ = differing_args(saved["args"], current["args"])
     if differ:
         key, recorded, value = differ[0]
-        raise UsageError(f"{advice.flag(key, value)} differs from the run being resumed ({recorded}); "
-                         f"{advice.same}, or {advice.restart}")
+        raise UsageError(
+            f"{advice.flag(key, value)} differs from the run being resumed ({recorded}); "
+            f"{advice.same}, or {advice.restart}"
+        )
     check_same_data(saved["data"], current["data"], f"resume with the same data, or {advice.restart}")
     check_device(saved["device"], current["device"], path, advice, log)
     threads = saved.get("num_threads")
     if threads is not None and threads != current["num_threads"]:
-        log(logfmt.ours(f"resuming with {current['num_threads']} threads where the run used {threads}: it continues, but "
-                        "its result is no longer bit-equal to an uninterrupted run (float sums round differently)"))
+        log(
+            logfmt.ours(
+                f"resuming with {current['num_threads']} threads where the run used {threads}: it continues, but "
+                "its result is no longer bit-equal to an uninterrupted run (float sums round differently)"
+            )
+        )
 
 
 def check_device(recorded, current, path, advice=SCRIPT, log=print):
     if recorded.get("type") != current["type"]:
-        raise UsageError(f"{path} was trained on {describe_device(recorded)} and this run is on {describe_device(current)}: "
-                         f"its random streams cannot continue on another kind of device; resume it on "
-                         f"{recorded.get('type')} (--device), or {advice.restart}")
+        raise UsageError(
+            f"{path} was trained on {describe_device(recorded)} and this run is on {describe_device(current)}: "
+            f"its random streams cannot continue on another kind of device; resume it on "
+            f"{recorded.get('type')} (--device), or {advice.restart}"
+        )
     if recorded != current:
-        log(logfmt.ours(f"resuming on {describe_device(current)} where the run trained on {describe_device(recorded)}: it "
-                        "continues, but its result is no longer bit-equal to an uninterrupted run (other kernels round "
-                        "differently)"))
+        log(
+            logfmt.ours(
+                f"resuming on {describe_device(current)} where the run trained on {describe_device(recorded)}: it "
+                "continues, but its result is no longer bit-equal to an uninterrupted run (other kernels round "
+                "differently)"
+            )
+        )

@@ -9,6 +9,7 @@ original's schedule. A `Run` holds everything the loop works with, built once; i
 run writes is its outputs' business (bkd/outputs.py); the loop tells them when something happened. The order of
 work and of random draws is the original's, so --reference replays the authors' traces bit for bit.
 """
+
 import os
 import select
 import signal
@@ -25,14 +26,31 @@ from bkd.data.cifar import DATASETS
 from bkd.data.loaders import LoaderSpec, make_loader
 from bkd.data.datasets import RunData
 from bkd.engine import CPU_CHANNELS_LAST_MIN_WIDTH, CompiledPair, Nets, Precision, evaluate, progress, use_channels_last
-from bkd.method import (agreement, compensation_loss, full_pass_seed, group_alphas, label_probability, may_still_pick, one_hot,
-                        robust_targets, teacher_loss)
+from bkd.method import (
+    agreement,
+    compensation_loss,
+    full_pass_seed,
+    group_alphas,
+    label_probability,
+    may_still_pick,
+    one_hot,
+    robust_targets,
+    teacher_loss,
+)
 from bkd.state import MethodState
 from bkd.models import PreResNet18
 from bkd.utils import logfmt
 from bkd.utils.checkpoint import host_copy
-from bkd.utils.errors import (EXIT_INTERRUPTED, DataError, DivergedError, Interrupted, OutOfMemory, UsageError, first_line,
-                              report_and_exit)
+from bkd.utils.errors import (
+    EXIT_INTERRUPTED,
+    DataError,
+    DivergedError,
+    Interrupted,
+    OutOfMemory,
+    UsageError,
+    first_line,
+    report_and_exit,
+)
 from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
 from bkd.utils.cuda import cuda_settings
 from bkd.utils.seeds import rng_state, set_global_seeds, set_rng_state
@@ -135,7 +153,9 @@ class StopFlag:
 
     def _watch(self, read):
         while True:
-            ready = select.select([read], [], [], None if self._deadline is None else max(0.0, self._deadline - time.time()))
+            ready = select.select(
+                [read], [], [], None if self._deadline is None else max(0.0, self._deadline - time.time())
+            )
             if ready[0]:
                 for byte in os.read(read, 64):
                     if byte in (signal.SIGINT, signal.SIGTERM):
@@ -149,8 +169,10 @@ class StopFlag:
     def _stop_now(self):
         name = signal.Signals(self._signum).name
         after = f"{self.grace_s:.0f} s after {name}" if self._signals == 1 else f"after a second {name}"
-        message = (f"error: still running {after} (inside a long native call: a kernel, a compilation or a pass), so "
-                   "it was stopped at once")
+        message = (
+            f"error: still running {after} (inside a long native call: a kernel, a compilation or a pass), so "
+            "it was stopped at once"
+        )
         try:
             if self.describe is not None:
                 message += f"; {self.describe()}"
@@ -159,8 +181,9 @@ class StopFlag:
         report_and_exit(message, EXIT_INTERRUPTED)
 
 
-def fit(job: "Job", outputs: Sequence["Output"] = (), resume: Optional["Saved"] = None,
-        stop: Optional["StopFlag"] = None) -> MethodState:
+def fit(
+    job: "Job", outputs: Sequence["Output"] = (), resume: Optional["Saved"] = None, stop: Optional["StopFlag"] = None
+) -> MethodState:
     """Train teacher and student as `job` says, every epoch from the first (or the one after `resume`'s).
 
     Args:
@@ -176,13 +199,18 @@ def fit(job: "Job", outputs: Sequence["Output"] = (), resume: Optional["Saved"] 
     """
     try:
         # a compile cache that can be written, and the CUDA arithmetic, before the run's first CUDA operation
-        with usable_compile_cache(job.log), cuda_settings(job.device, job.computation.deterministic, job.computation.tf32):
+        with (
+            usable_compile_cache(job.log),
+            cuda_settings(job.device, job.computation.deterministic, job.computation.tf32),
+        ):
             set_global_seeds(job.config.seed)
             run = Run(job, outputs)
             return run.loop(resume, stop)
     except torch.cuda.OutOfMemoryError as err:
-        raise OutOfMemory(f"{job.device} ran out of memory ({first_line(err)}); lower --batch_size ({job.config.batch_size}) "
-                          f"or --eval_batch_size ({job.computation.eval_batch_size}), or free the device's memory") from None
+        raise OutOfMemory(
+            f"{job.device} ran out of memory ({first_line(err)}); lower --batch_size ({job.config.batch_size}) "
+            f"or --eval_batch_size ({job.computation.eval_batch_size}), or free the device's memory"
+        ) from None
     finally:
         for output in outputs:
             output.finish()
@@ -207,27 +235,40 @@ class Run:
         log(logfmt.BUILT)
         channels_last = use_channels_last(self.computation.channels_last, device, c.width)
         if channels_last != self.computation.channels_last:
-            log(logfmt.ours(f"width {c.width} < {CPU_CHANNELS_LAST_MIN_WIDTH} on the CPU: NCHW instead of channels-last "
-                            "(oneDNN's 1x1 kernels fail on narrow channels-last convolutions; docs/performance.md)"))
+            log(
+                logfmt.ours(
+                    f"width {c.width} < {CPU_CHANNELS_LAST_MIN_WIDTH} on the CPU: NCHW instead of channels-last "
+                    "(oneDNN's 1x1 kernels fail on narrow channels-last convolutions; docs/performance.md)"
+                )
+            )
         refusal = compile_refusal(c, device) if c.compile else None
         if refusal:
             log(logfmt.ours(refusal))
         if channels_last:
             self.teacher, self.student = (m.to(memory_format=torch.channels_last) for m in (self.teacher, self.student))
-        self.optimizer = torch.optim.SGD(list(self.teacher.parameters()) + list(self.student.parameters()), lr=c.lr,
-                                         momentum=c.momentum, weight_decay=c.weight_decay,
-                                         foreach=self.computation.sgd_foreach)
+        self.optimizer = torch.optim.SGD(
+            list(self.teacher.parameters()) + list(self.student.parameters()),
+            lr=c.lr,
+            momentum=c.momentum,
+            weight_decay=c.weight_decay,
+            foreach=self.computation.sgd_foreach,
+        )
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=c.lr_step, gamma=0.1)
         forward = None  # the modules themselves
         if self.computation.compile:
-            forward = CompiledPair(self.teacher, self.student, {True: c.batch_size, False: self.computation.eval_batch_size},
-                                   log).nets
+            forward = CompiledPair(
+                self.teacher, self.student, {True: c.batch_size, False: self.computation.eval_batch_size}, log
+            ).nets
         precision = Precision(device, self.computation.precision)
         if precision.enabled:
-            log(logfmt.ours(f"--amp: {precision.name} autocast on {device.type}"
-                            f"{' with gradient scaling (this GPU has no native bf16)' if precision.name == 'fp16' else ''} "
-                            "(opt-in: on the quick preset it moved the overfitting epoch and lowered detection F1 against "
-                            "fp32; docs/performance.md)"))
+            log(
+                logfmt.ours(
+                    f"--amp: {precision.name} autocast on {device.type}"
+                    f"{' with gradient scaling (this GPU has no native bf16)' if precision.name == 'fp16' else ''} "
+                    "(opt-in: on the quick preset it moved the overfitting epoch and lowered detection F1 against "
+                    "fp32; docs/performance.md)"
+                )
+            )
         self.nets = Nets(self.teacher, self.student, precision, channels_last, forward)
         self.loaders = build_loaders(job)
 
@@ -253,9 +294,13 @@ class Run:
                 self.end_of_training()
             state.epoch_seconds.append(time.time() - began)
             loss, naive, comp = self.last.losses
-            log(logfmt.ours(f"epoch {epoch} ({'warm-up' if self.last.warmup else 'robust'}): loss {loss:.4f}, naive loss "
-                            f"{naive:.4f}, compensation loss {comp:.4f}, student mean top probability "
-                            f"{self.last.mean_top_student:.4f}, {state.epoch_seconds[-1]:.1f} s"))
+            log(
+                logfmt.ours(
+                    f"epoch {epoch} ({'warm-up' if self.last.warmup else 'robust'}): loss {loss:.4f}, naive loss "
+                    f"{naive:.4f}, compensation loss {comp:.4f}, student mean top probability "
+                    f"{self.last.mean_top_student:.4f}, {state.epoch_seconds[-1]:.1f} s"
+                )
+            )
             log(logfmt.elapsed(epoch, time.time() - self.job.started))
             log()
             self.scheduler.step()
@@ -315,8 +360,13 @@ class Run:
         if printed != i:
             self.log(logfmt.iteration(epoch, c.n_epoch, i, last_iter, loss.item(), naive.item(), comp.item()))
         self.log("")
-        return EpochResult(self.sample_alpha is None, lr, (sum_max_student / n).item(),
-                           dict(zip(("teacher", "student", "agreement"), probs)), (sums / n).tolist())
+        return EpochResult(
+            self.sample_alpha is None,
+            lr,
+            (sum_max_student / n).item(),
+            dict(zip(("teacher", "student", "agreement"), probs)),
+            (sums / n).tolist(),
+        )
 
     def after_warmup_epoch(self):
         """The overfitting rule on the student's confidence so far; at its peak, the split; else the full-set pass.
@@ -327,8 +377,12 @@ class Run:
         with that epoch's augmentation draws: the same statistic, at a fraction of the work.
         """
         state, epoch, deferred, last = self.state, self.epoch, self.computation.defer_full_pass, self.at_last_epoch
-        found = state.record_warmup_epoch(epoch, self.last.mean_top_student, self.last.label_prob["agreement"].cpu().numpy(),
-                                          forced=self.config.overfitting_epoch)
+        found = state.record_warmup_epoch(
+            epoch,
+            self.last.mean_top_student,
+            self.last.label_prob["agreement"].cpu().numpy(),
+            forced=self.config.overfitting_epoch,
+        )
         if found is not None:  # the student's confidence peaked at `found`: split its statistics
             for line in logfmt.overfitting_block(found):
                 self.log(line)
@@ -344,8 +398,11 @@ class Run:
         if not deferred or last:
             self.calc_noise_probability(epoch)
         if last:  # no peak in the whole run: split the last epoch (not the original: it crashed)
-            self.log(logfmt.ours(f"no overfitting epoch found in epochs 0..{epoch}; splitting the last epoch's statistics "
-                                 "instead"))
+            self.log(
+                logfmt.ours(
+                    f"no overfitting epoch found in epochs 0..{epoch}; splitting the last epoch's statistics instead"
+                )
+            )
             self.split_dataset(epoch)
 
     def calc_noise_probability(self, epoch, weights=None):
@@ -360,8 +417,9 @@ class Run:
         full = evaluate(self.nets, self.loaders["full"], description="full set", keep_probs=True)
         if current is not None:
             self.load_weights(current)
-        self.state.add_full_stat(epoch, *(v.cpu().numpy() for v in (full.label_prob, full.agreed, full.agreed_prob,
-                                                                    full.probs)))
+        self.state.add_full_stat(
+            epoch, *(v.cpu().numpy() for v in (full.label_prob, full.agreed, full.agreed_prob, full.probs))
+        )
 
     def split_dataset(self, epoch):
         """Otsu split of `epoch`'s statistics: the training groups of the robust phase, and detection.npy."""
@@ -370,20 +428,32 @@ class Run:
         self.sample_alpha = group_alphas(state.groups, self.config.alphas, self.job.device)
         for which, result in (("training split", state.split), ("full set", state.full_split)):
             if state.overfit_epoch is None:  # the fallback: not the original's split, so not its lines
-                log(logfmt.ours(f"fallback Otsu split of epoch {epoch} ({which}): up_mean {result['mu2']:0.5f}, up_sigma "
-                                f"{result['sigma2']:0.5f}, lo_mean {result['mu1']:0.5f}, lo_sigma {result['sigma1']:0.5f}, "
-                                f"thresh {result['threshold']:0.5f}"))
+                log(
+                    logfmt.ours(
+                        f"fallback Otsu split of epoch {epoch} ({which}): up_mean {result['mu2']:0.5f}, up_sigma "
+                        f"{result['sigma2']:0.5f}, lo_mean {result['mu1']:0.5f}, lo_sigma {result['sigma1']:0.5f}, "
+                        f"thresh {result['threshold']:0.5f}"
+                    )
+                )
             else:
                 for line in logfmt.otsu_block(result):
                     log(line)
         sizes = np.bincount(state.groups, minlength=5)[1:]
-        log(logfmt.ours(f"split of epoch {epoch}: training groups G1-G4 {sizes.tolist()}; "
-                        f"{int(detected.sum())} of {len(detected)} labels flagged as noisy (detection.npy)"))
+        log(
+            logfmt.ours(
+                f"split of epoch {epoch}: training groups G1-G4 {sizes.tolist()}; "
+                f"{int(detected.sum())} of {len(detected)} labels flagged as noisy (detection.npy)"
+            )
+        )
         truly_noisy = self.job.data.truly_noisy  # None without clean labels (custom data)
         if truly_noisy is not None and truly_noisy.any():
             d = detection_scores(detected, truly_noisy)
-            log(logfmt.ours(f"detection against the clean labels: precision {d['precision']:.4f}, recall "
-                            f"{d['recall']:.4f}, F1 {d['f1']:.4f}"))
+            log(
+                logfmt.ours(
+                    f"detection against the clean labels: precision {d['precision']:.4f}, recall "
+                    f"{d['recall']:.4f}, F1 {d['f1']:.4f}"
+                )
+            )
             state.ranking = ranking_scores(state.stats[epoch]["full"], truly_noisy)
             log(logfmt.ours(ranking_line(state.ranking)))
         self.tell("split")
@@ -422,8 +492,10 @@ class Run:
     # --- weights and the resume state -------------------------------------------------------------------------------
     def weights(self):
         """A copy of both networks' weights (on their device)."""
-        return {name: {k: v.detach().clone() for k, v in net.state_dict().items()}
-                for name, net in (("teacher", self.teacher), ("student", self.student))}
+        return {
+            name: {k: v.detach().clone() for k, v in net.state_dict().items()}
+            for name, net in (("teacher", self.teacher), ("student", self.student))
+        }
 
     def load_weights(self, weights):
         self.teacher.load_state_dict(weights["teacher"])
@@ -433,18 +505,20 @@ class Run:
         """Everything needed to continue after the epoch just completed exactly (with the same data, flags and thread
         count), as a copy in host memory: CPU tensors only, which a CPU-only machine can read, and which the training
         goes on without."""
-        return host_copy({
-            "epoch": self.epoch + 1,
-            "teacher": self.teacher.state_dict(),
-            "student": self.student.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.nets.precision.scaler.state_dict(),
-            "method": self.state.state_dict(),
-            "loaders": {name: loader.state_dict() for name, loader in self.loaders.items()},
-            "rng": rng_state(self.job.device),
-            "snapshots": self.snapshots,
-        })
+        return host_copy(
+            {
+                "epoch": self.epoch + 1,
+                "teacher": self.teacher.state_dict(),
+                "student": self.student.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.nets.precision.scaler.state_dict(),
+                "method": self.state.state_dict(),
+                "loaders": {name: loader.state_dict() for name, loader in self.loaders.items()},
+                "rng": rng_state(self.job.device),
+                "snapshots": self.snapshots,
+            }
+        )
 
     def restore(self, saved):
         """Load a Saved resume state; returns the epoch to continue with. Another structure is one line (exit 3)."""
@@ -457,13 +531,17 @@ class Run:
             for view, loader in self.loaders.items():
                 loader.load_state_dict(state["loaders"][view])
             set_rng_state(state["rng"], device)
-            self.snapshots = {e: {net: {k: v.to(device) for k, v in w.items()} for net, w in weights.items()}
-                              for e, weights in (state.get("snapshots") or {}).items()}
+            self.snapshots = {
+                e: {net: {k: v.to(device) for k, v in w.items()} for net, w in weights.items()}
+                for e, weights in (state.get("snapshots") or {}).items()
+            }
             self.state = MethodState.from_state_dict(state["method"])
             return int(state["epoch"])
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
-            raise DataError(f"{saved.path}: not a resume state of this run ({type(err).__name__}: {first_line(err)}); "
-                            "start again with --overwrite") from None
+            raise DataError(
+                f"{saved.path}: not a resume state of this run ({type(err).__name__}: {first_line(err)}); "
+                "start again with --overwrite"
+            ) from None
 
 
 def build_loaders(job):
@@ -471,20 +549,32 @@ def build_loaders(job):
     split and the clean test set, built in the original's order."""
     config, data, computation = job.config, job.data, job.computation
     info, x = data.info, data.images
-    base = LoaderSpec(computation.eval_batch_size, job.device, info["mean"], info["std"], seed=config.seed,
-                      num_workers=config.num_workers, kind=computation.loader)
+    base = LoaderSpec(
+        computation.eval_batch_size,
+        job.device,
+        info["mean"],
+        info["std"],
+        seed=config.seed,
+        num_workers=config.num_workers,
+        kind=computation.loader,
+    )
     augmented = replace(base, augment={"pad_mode": info["pad_mode"], "flip_first": info["flip_first"]})
     val = base
-    if data.name == "cifar100" and computation.legacy_cifar100_val_norm:  # the original's defect (README, 'Differences')
+    if (
+        data.name == "cifar100" and computation.legacy_cifar100_val_norm
+    ):  # the original's defect (README, 'Differences')
         val = replace(base, mean=DATASETS["cifar10"]["mean"], std=DATASETS["cifar10"]["std"])
     loaders = {"full": make_loader(x, data.labels, augmented)}
     if computation.loader == "torchvision" and len(data.train_pos) % config.batch_size == 1 and x.shape[1] < 16:
-        raise UsageError(f"--batch_size {config.batch_size} leaves a last training batch of one {x.shape[1]}x{x.shape[1]} "
-                         "image, on which BatchNorm cannot train with the PIL loader; pick another --batch_size")
+        raise UsageError(
+            f"--batch_size {config.batch_size} leaves a last training batch of one {x.shape[1]}x{x.shape[1]} "
+            "image, on which BatchNorm cannot train with the PIL loader; pick another --batch_size"
+        )
     train = replace(augmented, batch_size=config.batch_size, shuffle=True, merge_single=True)
     loaders["train"] = make_loader(x[data.train_pos], data.labels[data.train_pos], train)
-    loaders["val"] = (make_loader(x[data.val_pos], data.labels[data.val_pos], val)
-                      if len(data.val_pos) else loaders["train"])  # --val_ratio 0: select on the training loader
+    loaders["val"] = (
+        make_loader(x[data.val_pos], data.labels[data.val_pos], val) if len(data.val_pos) else loaders["train"]
+    )  # --val_ratio 0: select on the training loader
     if data.x_test is not None:
         loaders["test"] = make_loader(data.x_test, data.y_test, base)
     return loaders
@@ -493,4 +583,6 @@ def build_loaders(job):
 def _check_finite(first_bad, epoch):
     bad = int(first_bad)
     if bad >= 0:
-        raise DivergedError(f"non-finite loss at epoch {epoch}, iteration {bad} (lower --lr); stopped before saving the epoch")
+        raise DivergedError(
+            f"non-finite loss at epoch {epoch}, iteration {bad} (lower --lr); stopped before saving the epoch"
+        )

@@ -2,6 +2,7 @@
 
 What the evaluations check before they read a finished run is bkd/evaluations.py.
 """
+
 import errno
 import fcntl
 import os
@@ -19,8 +20,19 @@ LABEL_ISSUES = "label_issues.csv"  # every training image, most suspect label fi
 METRICS = "metrics.json"
 SUBSET = "train_subset.npy"  # with --subset: the indices of the training images the run uses
 SPLIT_FILES = (DETECTION, AGREEMENT, PRED_PROBS, LABEL_ISSUES)  # written together at the split
-RUN_ARTEFACTS = (STATE, TEACHER, STUDENT, TEACHER_LAST, STUDENT_LAST, DETECTION, AGREEMENT, PRED_PROBS, LABEL_ISSUES, METRICS,
-                 SUBSET)
+RUN_ARTEFACTS = (
+    STATE,
+    TEACHER,
+    STUDENT,
+    TEACHER_LAST,
+    STUDENT_LAST,
+    DETECTION,
+    AGREEMENT,
+    PRED_PROBS,
+    LABEL_ISSUES,
+    METRICS,
+    SUBSET,
+)
 # Written about a run by the evaluations and the launcher; they belong to the run they describe.
 RUN_RECORDS = ("learning.log", "detection.log", "launch.json", "confidence.png", "agreement.png", "accuracy.png")
 PREVIOUS = ".previous"  # --overwrite: the replaced run, until the new one completes an epoch
@@ -69,7 +81,11 @@ class RunDir:
     def replaced_files(self):
         """What --overwrite moves aside: the run's files, its curves and the records about it, except the record of a
         launcher that is running this very training (it holds the pipeline lock)."""
-        records = RUN_RECORDS if not lock_held(self.file(PIPELINE_LOCK)) else tuple(r for r in RUN_RECORDS if r != "launch.json")
+        records = (
+            RUN_RECORDS
+            if not lock_held(self.file(PIPELINE_LOCK))
+            else tuple(r for r in RUN_RECORDS if r != "launch.json")
+        )
         return self.existing_artefacts(RUN_ARTEFACTS + records) + self.curve_files()
 
     @property
@@ -91,12 +107,17 @@ class RunDir:
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as err:
-            fix = ("--run_dir names it in fewer characters" if err.errno == errno.ENAMETOOLONG and "--" in elsewhere
-                   else elsewhere)
+            fix = (
+                "--run_dir names it in fewer characters"
+                if err.errno == errno.ENAMETOOLONG and "--" in elsewhere
+                else elsewhere
+            )
             raise RunDirError(f"cannot write to run directory {self.path} ({err.strerror}); {fix}") from None
         try:
             check_writable(self.path, elsewhere)
-            self.acquire(f"in use by another process (a training, or an evaluation of its run); wait for it or {elsewhere}")
+            self.acquire(
+                f"in use by another process (a training, or an evaluation of its run); wait for it or {elsewhere}"
+            )
             self._check_for(resume, overwrite)
         except BaseException:
             self.close()
@@ -122,19 +143,25 @@ class RunDir:
                 os.remove(self.file(name))
         if os.path.isdir(self.file(PREVIOUS)):  # an --overwrite killed before the new run completed an epoch
             self.restore_previous()
-            self.notices.append(f"an earlier --overwrite stopped before the new run completed an epoch; "
-                                f"the run it replaced is back in {self.path}")
+            self.notices.append(
+                f"an earlier --overwrite stopped before the new run completed an epoch; "
+                f"the run it replaced is back in {self.path}"
+            )
 
     def _check_for(self, resume, overwrite):
         files = ", ".join(self.existing_artefacts())
         if resume and not self.started:
             if not self.restartable:
-                raise RunDirError(f"nothing to resume in {self.path}: it holds {files} but no {STATE}; --overwrite "
-                                  "replaces them, or pick another --results_dir")
+                raise RunDirError(
+                    f"nothing to resume in {self.path}: it holds {files} but no {STATE}; --overwrite "
+                    "replaces them, or pick another --results_dir"
+                )
             self.notices.append(f"nothing to resume in {self.path}: no epoch was completed; starting at epoch 0")
         elif not (resume or overwrite or self.restartable):
-            raise RunDirError(f"{self.path} already holds a run ({files}); pass --resume to continue it, "
-                              "--overwrite to replace it, or another --results_dir")
+            raise RunDirError(
+                f"{self.path} already holds a run ({files}); pass --resume to continue it, "
+                "--overwrite to replace it, or another --results_dir"
+            )
 
     def start_fresh(self):
         """Make room for a new run, once it is ready to start: leftovers go, anything else goes aside (--overwrite)."""
@@ -150,8 +177,9 @@ class RunDir:
             for name in self.replaced_files():
                 os.replace(self.file(name), os.path.join(previous, name))
             self._replaced = True
-            self.notices.append(f"--overwrite: the earlier run is kept in {previous} until the new run completes its "
-                                "first epoch")
+            self.notices.append(
+                f"--overwrite: the earlier run is kept in {previous} until the new run completes its first epoch"
+            )
         with open(self.file(INCOMPLETE), "w"):
             pass
 
@@ -166,7 +194,9 @@ class RunDir:
     def restore_previous(self):
         """Move the run kept in .previous/ back in place of a new run that completed no epoch."""
         previous = self.file(PREVIOUS)
-        for name in self.existing_artefacts() + self.curve_files() + [INCOMPLETE] * self.has(INCOMPLETE):  # (records: below)
+        for name in (
+            self.existing_artefacts() + self.curve_files() + [INCOMPLETE] * self.has(INCOMPLETE)
+        ):  # (records: below)
             os.remove(self.file(name))
         for name in os.listdir(previous):
             os.replace(os.path.join(previous, name), self.file(name))

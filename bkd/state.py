@@ -1,4 +1,5 @@
 """What BKD remembers across epochs, and the split that ends the warm-up phase."""
+
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -26,7 +27,9 @@ class Split:
 class MethodState:
     mean_top_student: list = field(default_factory=list)  # m_e per warm-up epoch (what the overfitting rule sees)
     mean_top_all: list = field(default_factory=list)  # m_e of every epoch, warm-up and robust (for the report)
-    stats: dict = field(default_factory=dict)  # epoch -> {"train": pA[y], "full": pA[y]}, of the epochs the rule may pick
+    stats: dict = field(
+        default_factory=dict
+    )  # epoch -> {"train": pA[y], "full": pA[y]}, of the epochs the rule may pick
     overfit_epoch: int = None  # the overfitting epoch, 0-based (None until found)
     split_epoch: int = None  # the epoch whose statistics were split (overfit epoch, or the last as fallback)
     split: dict = None  # Otsu split of the training statistic
@@ -42,7 +45,9 @@ class MethodState:
     val_acc: list = field(default_factory=list)  # [epoch, acc]
     test_acc: list = field(default_factory=list)  # [epoch, acc]
     epoch_seconds: list = field(default_factory=list)
-    losses: list = field(default_factory=list)  # [loss, naive, comp] epoch means of every epoch since the run (re)started
+    losses: list = field(
+        default_factory=list
+    )  # [loss, naive, comp] epoch means of every epoch since the run (re)started
 
     @property
     def warmup(self):
@@ -92,8 +97,15 @@ class MethodState:
         if self.split_epoch is None:
             return None
         full = self.stats[self.split_epoch]
-        return Split(self.split_epoch, self.detected, full["full"], full.get("full_agreed"), full.get("full_agreed_prob"),
-                     full.get("full_probs"), self.full_groups)
+        return Split(
+            self.split_epoch,
+            self.detected,
+            full["full"],
+            full.get("full_agreed"),
+            full.get("full_agreed_prob"),
+            full.get("full_probs"),
+            self.full_groups,
+        )
 
     def state_dict(self):
         """Plain containers and tensors only, so it loads with torch.load(weights_only=True)."""
@@ -102,4 +114,3 @@ class MethodState:
     @classmethod
     def from_state_dict(cls, state):
         return cls(**convert(state, torch.Tensor, lambda t: t.numpy()))
-

@@ -4,6 +4,7 @@ It records, read-only, what a run computes: hashes of every training batch and t
 per-epoch statistics and weights, both Otsu splits, the detection file and every checkpoint save.
 Comparing traces is verification, not the product: benchmarks/traces.py.
 """
+
 import hashlib
 import io
 import os
@@ -32,8 +33,16 @@ class Trace(Output):
     def __init__(self, path, flags, selection, data):
         """`flags`: the command line's values by name (recorded as parsed); `selection`: what picked `data`."""
         self.path, self.flags, self.selection, self.data = path, flags, selection, data
-        self.trace = {"config": {}, "iterations": [], "epochs": [], "overfitting": None, "detection_sha256": None,
-                      "detection": None, "checkpoints": [], "run": {"t_start": time.time()}}
+        self.trace = {
+            "config": {},
+            "iterations": [],
+            "epochs": [],
+            "overfitting": None,
+            "detection_sha256": None,
+            "detection": None,
+            "checkpoints": [],
+            "run": {"t_start": time.time()},
+        }
         self.epoch_began = time.time()
 
     def start(self, run, start_epoch):
@@ -44,31 +53,47 @@ class Trace(Output):
         elif os.path.exists(self.path):  # --resume: keep what the completed epochs recorded
             old = read_json_object(self.path)
             if not all(isinstance(old.get(key), list) for key in ("iterations", "epochs", "checkpoints")):
-                raise DataError(f"--trace {self.path}: not a trace this project wrote; give another --trace file, or move "
-                                "it aside")
+                raise DataError(
+                    f"--trace {self.path}: not a trace this project wrote; give another --trace file, or move it aside"
+                )
             self.trace.update(old)
             for key in ("iterations", "epochs", "checkpoints"):
                 self.trace[key] = [r for r in old[key] if r["epoch"] < start_epoch]
         self.epoch_began = time.time()
 
     def iteration(self, run, step):
-        self.trace["iterations"].append({
-            "epoch": step.epoch, "iter": step.i, "batch": len(step.y),
-            "index_sha256": array_sha256(step.idx), "img_sha256": array_sha256(step.x),
-            "labels_sha256": array_sha256(step.y), "target_sha256": array_sha256(step.target),
-            "loss": step.loss.item(), "naive_loss": step.naive.item(), "compensation_loss": step.comp.item(),
-        })
+        self.trace["iterations"].append(
+            {
+                "epoch": step.epoch,
+                "iter": step.i,
+                "batch": len(step.y),
+                "index_sha256": array_sha256(step.idx),
+                "img_sha256": array_sha256(step.x),
+                "labels_sha256": array_sha256(step.y),
+                "target_sha256": array_sha256(step.target),
+                "loss": step.loss.item(),
+                "naive_loss": step.naive.item(),
+                "compensation_loss": step.comp.item(),
+            }
+        )
 
     def save_models(self, run, kind, best):
-        self.trace["checkpoints"].append({"kind": kind, "epoch": run.epoch, "teacher_sha256": state_sha256(run.teacher),
-                                          "student_sha256": state_sha256(run.student)})
+        self.trace["checkpoints"].append(
+            {
+                "kind": kind,
+                "epoch": run.epoch,
+                "teacher_sha256": state_sha256(run.teacher),
+                "student_sha256": state_sha256(run.student),
+            }
+        )
 
     def split(self, run):
         state, epoch = run.state, run.state.split_epoch
         found_at = run.epoch if state.overfit_epoch is not None else None
         stats = state.stats[epoch]
         self.trace["overfitting"] = {
-            "epoch": state.overfit_epoch, "found_at_epoch": found_at,
+            "epoch": state.overfit_epoch,
+            "found_at_epoch": found_at,
             "train_split": _split_record(stats["train"], state.split, state.groups),
             "full_set": _split_record(stats["full"], state.full_split, state.full_groups),
         }
@@ -78,9 +103,13 @@ class Trace(Output):
         np.save(buffer, state.detected)  # the bytes np.save writes to detection.npy
         digest = hashlib.sha256(buffer.getvalue()).hexdigest()
         self.trace["detection_sha256"] = digest
-        self.trace["detection"] = {"file_sha256": digest, "array_sha256": array_sha256(state.detected),
-                                   "sum": int(state.detected.sum()), "len": len(state.detected),
-                                   "dtype": str(state.detected.dtype)}
+        self.trace["detection"] = {
+            "file_sha256": digest,
+            "array_sha256": array_sha256(state.detected),
+            "sum": int(state.detected.sum()),
+            "len": len(state.detected),
+            "dtype": str(state.detected.dtype),
+        }
 
     def epoch_end(self, run):
         state, epoch, last = run.state, run.epoch, run.last
@@ -92,14 +121,19 @@ class Trace(Output):
             if state.accuracy_at(epoch, which) is not None:
                 row[key] = state.accuracy_at(epoch, which)
         if warmup:  # pT[y], pS[y], pA[y] of the training pass
-            row.update(train_agreement_sha256=array_sha256(last.label_prob["agreement"]),
-                       train_teacher_prob_sha256=array_sha256(last.label_prob["teacher"]),
-                       train_student_prob_sha256=array_sha256(last.label_prob["student"]))
+            row.update(
+                train_agreement_sha256=array_sha256(last.label_prob["agreement"]),
+                train_teacher_prob_sha256=array_sha256(last.label_prob["teacher"]),
+                train_student_prob_sha256=array_sha256(last.label_prob["student"]),
+            )
         full = state.stats.get(epoch, {}).get("full")
         if warmup and full is not None:  # a full-set pass of this epoch ran in this epoch
             row["full_agreement_sha256"] = array_sha256(full)
-        row.update(wall_s=time.time() - self.epoch_began, teacher_sha256=state_sha256(run.teacher),
-                   student_sha256=state_sha256(run.student))
+        row.update(
+            wall_s=time.time() - self.epoch_began,
+            teacher_sha256=state_sha256(run.teacher),
+            student_sha256=state_sha256(run.student),
+        )
         self.trace["epochs"].append(row)
         self.trace["run"]["wall_total_s"] = time.time() - self.trace["run"]["t_start"]
         save_json(self.trace, self.path, sort_keys=False, indent=None)
@@ -140,11 +174,23 @@ def run_config(flags, selection, data, init_hashes):
 
 
 def _split_record(stat, split, groups):
-    record = {"p_sha256": array_sha256(np.asarray(stat, dtype=np.float32)), "p_len": len(stat),
-              "up_mean": split["mu2"], "up_sigma": split["sigma2"], "lo_mean": split["mu1"], "lo_sigma": split["sigma1"],
-              "thresh": split["threshold"], "thresh_type": "torch.float32"}
+    record = {
+        "p_sha256": array_sha256(np.asarray(stat, dtype=np.float32)),
+        "p_len": len(stat),
+        "up_mean": split["mu2"],
+        "up_sigma": split["sigma2"],
+        "lo_mean": split["mu1"],
+        "lo_sigma": split["sigma1"],
+        "thresh": split["threshold"],
+        "thresh_type": "torch.float32",
+    }
     for k in (1, 2, 3, 4):
         mask = np.asarray(groups) == k
-        record.update({f"group_{k}_size": int(mask.sum()), f"group_{k}_sha256": array_sha256(mask),
-                       f"group_{k}_dtype": "torch.bool"})
+        record.update(
+            {
+                f"group_{k}_size": int(mask.sum()),
+                f"group_{k}_sha256": array_sha256(mask),
+                f"group_{k}_dtype": "torch.bool",
+            }
+        )
     return record

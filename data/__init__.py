@@ -14,5 +14,6 @@ data/CIFAR-100_human.pt (git-ignored, never committed).
 """
 
 if __name__ != "bkd.data":  # one module, one name: data.x and bkd.data.x would be two modules (and two sets of errors)
-    raise ImportError(f"import bkd.data, not {__name__}: the repository's data/ folder is the package bkd.data "
-                      "(docs/layout.md)")
+    raise ImportError(
+        f"import bkd.data, not {__name__}: the repository's data/ folder is the package bkd.data (docs/layout.md)"
+    )

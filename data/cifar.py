@@ -1,4 +1,5 @@
 """CIFAR-10 / CIFAR-100 images as uint8 arrays: a prepared .npz file, or torchvision's datasets."""
+
 import os
 from dataclasses import dataclass
 
@@ -49,7 +50,9 @@ class ImageSet:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
-    downloaded: bool = False  # fetched by this call (the original prints "Files already downloaded and verified" otherwise)
+    downloaded: bool = (
+        False  # fetched by this call (the original prints "Files already downloaded and verified" otherwise)
+    )
 
     @property
     def num_classes(self):

@@ -9,6 +9,7 @@ converted by their range. Images smaller than 32 pixels are resized to 32 (PreRe
 stride-2 stages leave almost nothing of them) unless `--keep_image_size`. There are no clean
 labels: detection ranks and flags the given ones.
 """
+
 import os
 from dataclasses import dataclass
 
@@ -57,8 +58,10 @@ def load_custom(path, image_size=32, keep_size=False):
     elif os.path.exists(path):
         data = _load_npz(path)
     else:
-        raise DataError(f"--data_file {path}: no such file or folder; give an .npz array file or an image folder "
-                        "(docs/custom-data.md)")
+        raise DataError(
+            f"--data_file {path}: no such file or folder; give an .npz array file or an image folder "
+            "(docs/custom-data.md)"
+        )
     return _at_least_min_size(_check(data), keep_size)
 
 
@@ -66,8 +69,10 @@ def from_arrays(images, labels, classes=None, ids=None, test=None, keep_size=Fal
     """Your data as arrays (the Python API): checked as an .npz file's arrays would be. `test`: (x_test, y_test)."""
     shapes = sorted({np.shape(image) for image in images}, key=str) if isinstance(images, (list, tuple)) else []
     if len(shapes) > 1:
-        raise DataError(f"images: a list of images of {len(shapes)} shapes ({', '.join(map(str, shapes[:3]))}); give them "
-                        "one size (resize them), or put them in an image folder, which is resized to --image_size")
+        raise DataError(
+            f"images: a list of images of {len(shapes)} shapes ({', '.join(map(str, shapes[:3]))}); give them "
+            "one size (resize them), or put them in an image folder, which is resized to --image_size"
+        )
     arrays = {"x_train": np.asarray(images), "y_train": np.asarray(labels)}
     x_test, y_test = test if test is not None else (None, None)
     for key, value in (("classes", classes), ("ids", ids), ("x_test", x_test), ("y_test", y_test)):
@@ -100,7 +105,9 @@ def _load_npz(path):
 
 def _from_dict(arrays, path):
     if ("x_test" in arrays) != ("y_test" in arrays):
-        raise DataError(f"{path}: x_test and y_test come together; it has only {'x_test' if 'x_test' in arrays else 'y_test'}")
+        raise DataError(
+            f"{path}: x_test and y_test come together; it has only {'x_test' if 'x_test' in arrays else 'y_test'}"
+        )
     y = arrays["y_train"]
     if len(arrays["x_train"]) == 0 or y.size == 0:
         raise DataError(f"{path}: x_train is empty (no training images); docs/custom-data.md")
@@ -108,8 +115,10 @@ def _from_dict(arrays, path):
     if classes is None:
         top = int(y.max()) + 1 if np.issubdtype(y.dtype, np.integer) else 0
         if top > len(y):  # every class needs an image: more classes than images cannot be
-            raise DataError(f"{path}: label {top - 1} implies {top} classes for {len(y)} images; labels must be 0..C-1 "
-                            "(renumber them), or name the classes in a `classes` array")
+            raise DataError(
+                f"{path}: label {top - 1} implies {top} classes for {len(y)} images; labels must be 0..C-1 "
+                "(renumber them), or name the classes in a `classes` array"
+            )
         classes = [str(c) for c in range(top)]
     ids = arrays.get("ids")
     if ids is not None and ids.ndim != 1:
@@ -117,8 +126,15 @@ def _from_dict(arrays, path):
     x_test, y_test = arrays.get("x_test"), arrays.get("y_test")
     if x_test is not None and len(x_test) == 0 and y_test.size == 0:
         x_test = y_test = None  # an empty test set is no test set
-    return CustomData(arrays["x_train"], y, x_test, y_test, [str(c) for c in classes],
-                      np.arange(len(y)).astype(str) if ids is None else ids.astype(str), path)
+    return CustomData(
+        arrays["x_train"],
+        y,
+        x_test,
+        y_test,
+        [str(c) for c in classes],
+        np.arange(len(y)).astype(str) if ids is None else ids.astype(str),
+        path,
+    )
 
 
 def _load_folder(path, image_size):
@@ -206,8 +222,10 @@ def _eight_bits(values, mode, file):
     elif mode != "F" and low >= 0 and high <= 65535:
         scale = 255.0 / 65535
     else:
-        raise DataError(f"{file}: a {mode} image with values in {low:g}..{high:g}, outside the 16-bit or 0..1 range it "
-                        "would be read by; convert it to an 8-bit image")
+        raise DataError(
+            f"{file}: a {mode} image with values in {low:g}..{high:g}, outside the 16-bit or 0..1 range it "
+            "would be read by; convert it to an 8-bit image"
+        )
     return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
 
 
@@ -217,10 +235,14 @@ def _check(d):
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
         raise DataError(f"{src}: x_train must be uint8 RGB images (N, H, W, 3), got {x.dtype} {x.shape}")
     if x.shape[1] != x.shape[2] or x.shape[1] < 8:
-        raise DataError(f"{src}: images must be square and at least 8 pixels, got {x.shape[1]}x{x.shape[2]}; "
-                        "resize them, or use an image folder with --image_size")
+        raise DataError(
+            f"{src}: images must be square and at least 8 pixels, got {x.shape[1]}x{x.shape[2]}; "
+            "resize them, or use an image folder with --image_size"
+        )
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{src}: y_train must hold one integer label per image, got {y.dtype} {y.shape} for {len(x)} images")
+        raise DataError(
+            f"{src}: y_train must hold one integer label per image, got {y.dtype} {y.shape} for {len(x)} images"
+        )
     if len(x) == 0:
         raise DataError(f"{src}: x_train is empty (no training images)")
     if len(d.classes) < 2:
@@ -232,14 +254,18 @@ def _check(d):
     if (counts == 0).any():
         empty = int(np.flatnonzero(counts == 0)[0])
         if d.classes == [str(c) for c in range(len(d.classes))]:  # classes numbered from the labels: a gap in them
-            raise DataError(f"{src}: labels must be 0..C-1 with an image for each, but no image has label {empty} (of "
-                            f"0..{len(d.classes) - 1}); renumber them, e.g. np.unique(labels, return_inverse=True)[1]")
+            raise DataError(
+                f"{src}: labels must be 0..C-1 with an image for each, but no image has label {empty} (of "
+                f"0..{len(d.classes) - 1}); renumber them, e.g. np.unique(labels, return_inverse=True)[1]"
+            )
         raise DataError(f"{src}: class {empty} ({d.classes[empty]!r}) has no training image; drop it or add images")
     if len(d.ids) != len(y):
         raise DataError(f"{src}: ids has {len(d.ids)} entries for {len(y)} training images")
     if d.x_test is not None:
         if d.x_test.dtype != np.uint8 or d.x_test.shape[1:] != x.shape[1:]:
-            raise DataError(f"{src}: x_test must be uint8 {x.shape[1:]} like x_train, got {d.x_test.dtype} {d.x_test.shape}")
+            raise DataError(
+                f"{src}: x_test must be uint8 {x.shape[1:]} like x_train, got {d.x_test.dtype} {d.x_test.shape}"
+            )
         if d.y_test.ndim != 1 or len(d.y_test) != len(d.x_test) or not np.issubdtype(d.y_test.dtype, np.integer):
             raise DataError(f"{src}: y_test must hold one integer label per test image, got {d.y_test.shape}")
         if len(d.y_test) and (d.y_test.min() < 0 or d.y_test.max() >= len(d.classes)):

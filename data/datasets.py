@@ -7,6 +7,7 @@ arguments, and both load through input_dataset: the source's training images and
 stratified subset, the noisy validation split, the test set (if any) and what the networks and the augmentation
 need to know (classes, normalisation, padding, image size), with the original's start-up lines.
 """
+
 import os
 from dataclasses import dataclass, field
 
@@ -52,11 +53,19 @@ class DataSelection:
         fingerprint. Custom data has no label set, and only an image folder is resized to image_size (None: does not
         apply)."""
         if not self.custom:
-            return {"dataset": self.dataset, "noise_type": self.noise_type, "image_size": self.image_size,
-                    "keep_image_size": self.keep_image_size}
+            return {
+                "dataset": self.dataset,
+                "noise_type": self.noise_type,
+                "image_size": self.image_size,
+                "keep_image_size": self.keep_image_size,
+            }
         folder = self.arrays is None and os.path.isdir(self.custom_file)
-        return {"dataset": CUSTOM, "noise_type": None, "image_size": self.image_size if folder else None,
-                "keep_image_size": self.keep_image_size}
+        return {
+            "dataset": CUSTOM,
+            "noise_type": None,
+            "image_size": self.image_size if folder else None,
+            "keep_image_size": self.keep_image_size,
+        }
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -131,39 +140,82 @@ def custom_source(custom):
     source = custom.source if custom.source == "arrays" else portable(os.path.abspath(custom.source))
     size = f"{custom.image_size}x{custom.image_size}"
     skipped = custom.skipped or {}
-    hidden = (f", skipped {skipped.get('files', 0)} hidden file(s) and {skipped.get('folders', 0)} hidden folder(s) (names "
-              "starting with '.')") if any(skipped.values()) else ""
-    banner = [logfmt.ours(f"custom data {source}: {len(custom.y_train)} training images {size} of {custom.num_classes} "
-                          f"classes ({counts}), "
-                          + (f"{len(custom.y_test)} test images" if custom.x_test is not None else "no test set: no test accuracy")
-                          + hidden)]
+    hidden = (
+        (
+            f", skipped {skipped.get('files', 0)} hidden file(s) and {skipped.get('folders', 0)} hidden folder(s) (names "
+            "starting with '.')"
+        )
+        if any(skipped.values())
+        else ""
+    )
+    banner = [
+        logfmt.ours(
+            f"custom data {source}: {len(custom.y_train)} training images {size} of {custom.num_classes} "
+            f"classes ({counts}), "
+            + (f"{len(custom.y_test)} test images" if custom.x_test is not None else "no test set: no test accuracy")
+            + hidden
+        )
+    ]
     if custom.resized_from:
-        banner.append(logfmt.ours(f"the images are {custom.resized_from}x{custom.resized_from}: resized to {size} (bilinear), "
-                                  "where PreResNet18's three stride-2 stages still see them; --keep_image_size trains them "
-                                  "at their size"))
+        banner.append(
+            logfmt.ours(
+                f"the images are {custom.resized_from}x{custom.resized_from}: resized to {size} (bilinear), "
+                "where PreResNet18's three stride-2 stages still see them; --keep_image_size trains them "
+                "at their size"
+            )
+        )
     elif custom.image_size < MIN_SIZE:
-        banner.append(logfmt.ours(f"the images are trained at {size} (--keep_image_size): PreResNet18's three stride-2 stages "
-                                  f"leave {max(custom.image_size // 8, 1)}x{max(custom.image_size // 8, 1)} maps of them, "
-                                  f"which can cost much of the detection's quality; without the flag they are resized to "
-                                  f"{MIN_SIZE}x{MIN_SIZE}"))
-    return RunData("custom", custom.x_train, custom.y_train, None, custom.x_test, custom.y_test, info, custom.classes,
-                   custom.ids, banner=banner)
+        banner.append(
+            logfmt.ours(
+                f"the images are trained at {size} (--keep_image_size): PreResNet18's three stride-2 stages "
+                f"leave {max(custom.image_size // 8, 1)}x{max(custom.image_size // 8, 1)} maps of them, "
+                f"which can cost much of the detection's quality; without the flag they are resized to "
+                f"{MIN_SIZE}x{MIN_SIZE}"
+            )
+        )
+    return RunData(
+        "custom",
+        custom.x_train,
+        custom.y_train,
+        None,
+        custom.x_test,
+        custom.y_test,
+        info,
+        custom.classes,
+        custom.ids,
+        banner=banner,
+    )
 
 
 def cifar_source(selection, with_images=True):
     """A CIFAR image set with a CIFAR-N label set, as a RunData (without images: labels only)."""
     name = selection.dataset
     images = load_images(name, selection.data_root, download=selection.download) if with_images else None
-    labels = load_label_file(name, selection.noise_type, selection.noise_path, None if images is None else images.y_train,
-                             download=selection.download)
+    labels = load_label_file(
+        name,
+        selection.noise_type,
+        selection.noise_path,
+        None if images is None else images.y_train,
+        download=selection.download,
+    )
     found = not images.downloaded if images is not None else local_images(name, selection.data_root) is not None
     banner = [logfmt.IMAGES_FOUND] if found else []
-    banner += logfmt.label_file_lines(name, labels.key, labels.path, labels.noisy, labels.clean,
-                                      DATASETS[name]["num_classes"])
-    return RunData(name, None if images is None else images.x_train, labels.noisy, labels.clean,
-                   None if images is None else images.x_test, None if images is None else images.y_test,
-                   dict(DATASETS[name]), cifar_classes(name), np.arange(len(labels.noisy)).astype(str),
-                   banner=banner, label_path=labels.path)
+    banner += logfmt.label_file_lines(
+        name, labels.key, labels.path, labels.noisy, labels.clean, DATASETS[name]["num_classes"]
+    )
+    return RunData(
+        name,
+        None if images is None else images.x_train,
+        labels.noisy,
+        labels.clean,
+        None if images is None else images.x_test,
+        None if images is None else images.y_test,
+        dict(DATASETS[name]),
+        cifar_classes(name),
+        np.arange(len(labels.noisy)).astype(str),
+        banner=banner,
+        label_path=labels.path,
+    )
 
 
 def choose_images(data, subset_size, seed, val_ratio, subset=None):
@@ -182,5 +234,7 @@ def choose_images(data, subset_size, seed, val_ratio, subset=None):
 
 def _check_subset(subset, num_images):
     if subset.min() < 0 or subset.max() >= num_images or len(np.unique(subset)) != len(subset):
-        raise DataError(f"the run's saved subset: indices outside 0..{num_images - 1} or repeated: it does not belong to this data "
-                        "(another --dataset or data file?); train the run again (--overwrite)")
+        raise DataError(
+            f"the run's saved subset: indices outside 0..{num_images - 1} or repeated: it does not belong to this data "
+            "(another --dataset or data file?); train the run again (--overwrite)"
+        )

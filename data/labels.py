@@ -1,4 +1,5 @@
 """CIFAR-N human label files: locate, download with checksum, load without running pickle code, validate."""
+
 import io
 import os
 import pickle
@@ -79,7 +80,9 @@ def safe_load(path):
                 raise DataError(f"{path}: not a torch-saved CIFAR-N file (no single data.pkl inside)")
             payload = archive.read(pkl[0])
     except zipfile.BadZipFile:
-        raise DataError(f"{path}: not a CIFAR-N label file (not a torch zip archive; truncated or wrong format?)") from None
+        raise DataError(
+            f"{path}: not a CIFAR-N label file (not a torch zip archive; truncated or wrong format?)"
+        ) from None
     except OSError as err:
         raise DataError(f"{path}: cannot read label file ({err.strerror or err})") from None
     try:
@@ -89,8 +92,6 @@ def safe_load(path):
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict of label arrays, found {type(obj).__name__}")
     return obj
-
-
 
 
 def default_label_path(dataset):
@@ -131,7 +132,9 @@ def resolve_label_path(dataset, noise_path, download=True):
     path = default_label_path(dataset)
     if not os.path.exists(path):
         if not download:
-            raise DataError(f"{path} is missing and downloads are off; pass --noise_path to a {LABEL_FILES[dataset][0]}")
+            raise DataError(
+                f"{path} is missing and downloads are off; pass --noise_path to a {LABEL_FILES[dataset][0]}"
+            )
         download_label_file(dataset, path)
     return path
 

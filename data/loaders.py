@@ -10,6 +10,7 @@ per image, in the dataset's order (CIFAR-10 flips then crops with reflect
 padding, CIFAR-100 crops with zero padding then flips). `index` is the position
 of the image within the split, which addresses per-sample statistics.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,7 +162,9 @@ class TorchvisionLoader:
 
     def __init__(self, images, labels, spec):
         self.device = torch.device(spec.device)
-        dataset = IndexedImages(images, labels, torchvision_transform(spec.mean, spec.std, spec.augment, size=images.shape[1]))
+        dataset = IndexedImages(
+            images, labels, torchvision_transform(spec.mean, spec.std, spec.augment, size=images.shape[1])
+        )
         self.loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=spec.batch_size,

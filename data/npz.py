@@ -1,4 +1,5 @@
 """Reading a prepared array file (.npz) safely: plain arrays only, and one line saying what else the file is."""
+
 import numpy as np
 
 from bkd.utils.errors import DataError, first_line
@@ -12,17 +13,22 @@ def read_npz(path, required, optional=(), doc="docs/custom-data.md"):
     with open(path, "rb") as fh:
         head = fh.read(6)
     if head.startswith(NPY):
-        raise DataError(f"{path}: a single .npy array, not an .npz archive of {' and '.join(required)}; save them with "
-                        f"np.savez(path, {', '.join(f'{k}=...' for k in required)}) ({doc})")
+        raise DataError(
+            f"{path}: a single .npy array, not an .npz archive of {' and '.join(required)}; save them with "
+            f"np.savez(path, {', '.join(f'{k}=...' for k in required)}) ({doc})"
+        )
     if not head.startswith(ZIP):
-        raise DataError(f"{path}: not an .npz archive (a text or CSV file?); give an .npz file of {' and '.join(required)} "
-                        f"({doc})")
+        raise DataError(
+            f"{path}: not an .npz archive (a text or CSV file?); give an .npz file of {' and '.join(required)} ({doc})"
+        )
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in required if k not in f.files]
             if missing:
-                raise DataError(f"{path}: needs arrays {', '.join(required)} (lacks {', '.join(missing)}; has "
-                                f"{', '.join(f.files) or 'none'}); {doc}")
+                raise DataError(
+                    f"{path}: needs arrays {', '.join(required)} (lacks {', '.join(missing)}; has "
+                    f"{', '.join(f.files) or 'none'}); {doc}"
+                )
             return {k: _array(f, k, path, doc) for k in tuple(required) + tuple(optional) if k in f.files}
     except DataError:
         raise
@@ -34,5 +40,7 @@ def _array(archive, key, path, doc):
     try:
         return archive[key]
     except ValueError:  # numpy refuses an object array without pickle (and we never load one with it)
-        raise DataError(f"{path}: array {key!r} holds Python objects, not numbers or text; save it as a plain array "
-                        f"(e.g. np.array(values, dtype=str) for names) ({doc})") from None
+        raise DataError(
+            f"{path}: array {key!r} holds Python objects, not numbers or text; save it as a plain array "
+            f"(e.g. np.array(values, dtype=str) for names) ({doc})"
+        ) from None

@@ -1,4 +1,5 @@
 """Which training images a run uses: the optional stratified subset, and the noisy validation split."""
+
 import numpy as np
 
 from bkd.utils.errors import UsageError

@@ -13,6 +13,7 @@ the cores divided between them, or --threads T each), or on SLURM with --slurm.
 Launching the same grid again skips finished runs, continues unfinished ones and never starts
 a second writer on a running one. `run.sh` calls `python -m launch run`.
 """
+
 import argparse
 import os
 import sys
@@ -27,7 +28,9 @@ RUN_SELECTORS = ("--dataset", "--noise_type", "--seed", "--results_dir", "--run_
 
 
 def grid_parser(p):
-    p.add_argument("--grid", choices=sorted(GRIDS), default="original", help="which runs (default: the authors' run.sh)")
+    p.add_argument(
+        "--grid", choices=sorted(GRIDS), default="original", help="which runs (default: the authors' run.sh)"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the grid's)")
     p.add_argument("--noise_types", nargs="+", default=None, help="label sets (default: the grid's)")
     p.add_argument("--dataset", default=None, help="dataset of --noise_types (default: each label set's own)")
@@ -37,29 +40,52 @@ def grid_parser(p):
 
 
 def build_parser():
-    p = Parser(prog="python -m launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-               allow_abbrev=False)
+    p = Parser(
+        prog="python -m launch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     sub = p.add_subparsers(dest="command", required=True)
     # no abbreviations: a training flag such as --seed must not be read as --seeds
-    run = grid_parser(sub.add_parser("run", help="run the grid's unfinished runs (unknown flags go to training)", allow_abbrev=False))
+    run = grid_parser(
+        sub.add_parser("run", help="run the grid's unfinished runs (unknown flags go to training)", allow_abbrev=False)
+    )
     run.add_argument("--reference", action="store_true", help="all three scripts in reference mode")
     run.add_argument("--parallel", type=int, default=None, help="runs at once (default: one per visible GPU, else 1)")
     run.add_argument("--per_gpu", type=int, default=1, help="runs per GPU at once")
     run.add_argument("--cpu", action="store_true", help="ignore GPUs: run on the CPU")
-    run.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: the cores divided between runs)")
+    run.add_argument(
+        "--threads", type=int, default=None, help="CPU threads per run (default: the cores divided between runs)"
+    )
     slurm = run.add_argument_group("SLURM (through submitit)")
     slurm.add_argument("--slurm", action="store_true", help="submit one job array to SLURM instead of running here")
     slurm.add_argument("--partition", default=None)
     slurm.add_argument("--gpus", type=int, default=1, help="GPUs per run")
     slurm.add_argument("--cpus", type=int, default=4, help="CPUs per run (its thread count)")
     slurm.add_argument("--mem_gb", type=float, default=20, help="memory per run, GB")
-    slurm.add_argument("--time_min", type=int, default=24 * 60, help="time limit per job, minutes (a run past it is requeued and resumes)")
+    slurm.add_argument(
+        "--time_min",
+        type=int,
+        default=24 * 60,
+        help="time limit per job, minutes (a run past it is requeued and resumes)",
+    )
     slurm.add_argument("--array_parallelism", type=int, default=256, help="array tasks running at once")
-    slurm.add_argument("--sbatch", nargs="+", default=[], metavar="KEY=VALUE", help="extra sbatch options, e.g. account=abc qos=high")
+    slurm.add_argument(
+        "--sbatch", nargs="+", default=[], metavar="KEY=VALUE", help="extra sbatch options, e.g. account=abc qos=high"
+    )
     slurm.add_argument("--slurm_folder", default=None, help="submitit's logs and pickles (default <results_dir>/slurm)")
     slurm.add_argument("--wait", action="store_true", help="wait for the jobs, then print the summary")
-    grid_parser(sub.add_parser("status", help="each run: done / running / failed / trained (evaluations pending) / interrupted / not started", allow_abbrev=False))
-    summary = grid_parser(sub.add_parser("summary", help="challenge tables: mean ± std over seeds per label set", allow_abbrev=False))
+    grid_parser(
+        sub.add_parser(
+            "status",
+            help="each run: done / running / failed / trained (evaluations pending) / interrupted / not started",
+            allow_abbrev=False,
+        )
+    )
+    summary = grid_parser(
+        sub.add_parser("summary", help="challenge tables: mean ± std over seeds per label set", allow_abbrev=False)
+    )
     summary.add_argument("--out", default=None, help="write <OUT>.md and <OUT>.csv (default <results_dir>/summary)")
     return p
 
@@ -91,7 +117,9 @@ def check_training_flags(runs, train_flags):
 
 
 def runs_of(args):
-    return make_grid(args.grid, args.seeds, args.noise_types, args.dataset, args.results_dir, "quick" if args.quick else "default")
+    return make_grid(
+        args.grid, args.seeds, args.noise_types, args.dataset, args.results_dir, "quick" if args.quick else "default"
+    )
 
 
 def check_grid_args(args):
@@ -100,8 +128,10 @@ def check_grid_args(args):
     from bkd.data.labels import NOISE_TYPES, check_noise_type
 
     if args.dataset == "custom":
-        return ("the launcher runs CIFAR-N grids; train your own data with blind_knowledge_dist_training.py --dataset custom, "
-                "then learning.py and detection.py (docs/custom-data.md)")
+        return (
+            "the launcher runs CIFAR-N grids; train your own data with blind_knowledge_dist_training.py --dataset custom, "
+            "then learning.py and detection.py (docs/custom-data.md)"
+        )
     if args.dataset is not None and args.dataset not in DATASETS:
         return f"--dataset {args.dataset!r} is unknown; use one of {', '.join(DATASETS)}"
     for noise_type in args.noise_types or ():
@@ -142,8 +172,11 @@ def main(argv=None):
     extra = [t for t in extra if t != "--"]
     clash = [t for t in extra if t.split("=", 1)[0] in RUN_SELECTORS]
     if clash:
-        print(f"error: {clash[0]} selects runs; use the launcher's --seeds, --noise_types, --dataset, --results_dir, --quick "
-              "(see python -m launch run --help)", file=sys.stderr)
+        print(
+            f"error: {clash[0]} selects runs; use the launcher's --seeds, --noise_types, --dataset, --results_dir, --quick "
+            "(see python -m launch run --help)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.reference:
         extra.append("--reference")
@@ -157,8 +190,16 @@ def main(argv=None):
         from launch import slurm
 
         folder = args.slurm_folder or os.path.join(args.results_dir, "slurm")
-        resources = slurm.Resources(folder, args.partition, args.gpus, args.cpus, args.mem_gb, args.time_min,
-                                    args.array_parallelism, tuple(args.sbatch))
+        resources = slurm.Resources(
+            folder,
+            args.partition,
+            args.gpus,
+            args.cpus,
+            args.mem_gb,
+            args.time_min,
+            args.array_parallelism,
+            tuple(args.sbatch),
+        )
         slurm.submit(runs, train_flags, eval_flags, resources)
         if not args.wait:
             print(f"== follow with: python -m launch status {' '.join(grid_args(args))}")

@@ -7,6 +7,7 @@ with a resume state and no finished logs continues with --resume; a run whose pi
 (`.launch.lock`, an flock held by whoever runs its steps) is held is running and never gets a
 second writer.
 """
+
 import fcntl
 import os
 import signal
@@ -32,7 +33,10 @@ GRIDS = {
     # the authors' run.sh: one seed, CIFAR-10N aggre, worst, rand1
     "original": ((0,), (("cifar10", "aggre"), ("cifar10", "worst"), ("cifar10", "rand1"))),
     # the challenge's scoring: 5 seeds per label set
-    "challenge": ((0, 1, 2, 3, 4), (("cifar10", "aggre"), ("cifar10", "rand1"), ("cifar10", "worst"), ("cifar100", "noisy100"))),
+    "challenge": (
+        (0, 1, 2, 3, 4),
+        (("cifar10", "aggre"), ("cifar10", "rand1"), ("cifar10", "worst"), ("cifar100", "noisy100")),
+    ),
 }
 INTERRUPTED = 130
 
@@ -58,8 +62,18 @@ class Run:
 
     def flags(self):
         """The flags that select this run in all three scripts."""
-        return ["--dataset", self.dataset, "--noise_type", self.noise_type, "--seed", str(self.seed),
-                "--results_dir", self.results_dir, "--preset", self.preset]
+        return [
+            "--dataset",
+            self.dataset,
+            "--noise_type",
+            self.noise_type,
+            "--seed",
+            str(self.seed),
+            "--results_dir",
+            self.results_dir,
+            "--preset",
+            self.preset,
+        ]
 
 
 def make_grid(grid="original", seeds=None, noise_types=None, dataset=None, results_dir="results", preset="default"):
@@ -69,7 +83,9 @@ def make_grid(grid="original", seeds=None, noise_types=None, dataset=None, resul
         pairs = [(dataset or NOISE_TYPES.get(nt, ("cifar10",))[0], nt) for nt in noise_types]
     elif dataset:
         pairs = [(d, nt) for d, nt in pairs if d == dataset]
-    seeds = list(dict.fromkeys(int(s) for s in (seeds if seeds is not None else grid_seeds)))  # each once (`--seeds 0 0`)
+    seeds = list(
+        dict.fromkeys(int(s) for s in (seeds if seeds is not None else grid_seeds))
+    )  # each once (`--seeds 0 0`)
     return [Run(d, nt, s, results_dir, preset) for s in seeds for d, nt in dict.fromkeys(pairs)]
 
 
@@ -125,8 +141,11 @@ def training_finished(run):
 
 
 def finished(run):
-    return (training_finished(run) and _contains(run.file("learning.log"), "Best test acc selected by val is")
-            and _contains(run.file("detection.log"), "The f-score is"))
+    return (
+        training_finished(run)
+        and _contains(run.file("learning.log"), "Best test acc selected by val is")
+        and _contains(run.file("detection.log"), "The f-score is")
+    )
 
 
 def status(run):
@@ -134,8 +153,14 @@ def status(run):
     detail). `trained`: the training finished, its evaluations did not run (the next launch runs them)."""
     record = read_json(run.file(RECORD)) or {}
     last, n_epoch = progress(run)
-    info = {"run": run.name, "epoch": last, "n_epoch": n_epoch, "job_id": record.get("job_id"),
-            "log": os.path.join(run.path, "training.log"), "detail": ""}
+    info = {
+        "run": run.name,
+        "epoch": last,
+        "n_epoch": n_epoch,
+        "job_id": record.get("job_id"),
+        "log": os.path.join(run.path, "training.log"),
+        "detail": "",
+    }
     if rd.lock_held(run.file(PIPELINE_LOCK)) or rd.lock_held(run.file(".lock")):
         info["state"] = "running"
     elif finished(run):
@@ -213,8 +238,13 @@ class Pipeline:
         stderr = open(self.run.file(f"{step}.stderr"), "w") if self.capture_stderr else None
         try:
             with open(log_path, mode) as out:
-                self.child = subprocess.Popen([self.python, os.path.join(ROOT, script), *flags], stdout=out, stderr=stderr,
-                                              env=self.env, start_new_session=True)
+                self.child = subprocess.Popen(
+                    [self.python, os.path.join(ROOT, script), *flags],
+                    stdout=out,
+                    stderr=stderr,
+                    env=self.env,
+                    start_new_session=True,
+                )
                 while True:
                     try:
                         return self.child.wait()

@@ -5,6 +5,7 @@ Each run gets its device with CUDA_VISIBLE_DEVICES, and an explicit thread count
 does not stop the others. Ctrl-C (or SIGTERM) stops every run cleanly: each keeps its last
 completed epoch and continues when the same grid is launched again.
 """
+
 import os
 import queue
 import signal
@@ -63,10 +64,16 @@ def run_local(runs, train_flags=(), eval_flags=(), envs=None, log=print):
             except queue.Empty:
                 return
             env = free.get()
-            pipeline = Pipeline(run, train_flags, eval_flags, env=dict(os.environ, **env), capture_stderr=not sequential)
+            pipeline = Pipeline(
+                run, train_flags, eval_flags, env=dict(os.environ, **env), capture_stderr=not sequential
+            )
             with lock:
                 active[run.name] = pipeline
-            where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if env["CUDA_VISIBLE_DEVICES"] else f"CPU, {env['OMP_NUM_THREADS']} threads"
+            where = (
+                f"GPU {env['CUDA_VISIBLE_DEVICES']}"
+                if env["CUDA_VISIBLE_DEVICES"]
+                else f"CPU, {env['OMP_NUM_THREADS']} threads"
+            )
             if not interrupted.is_set():
                 log(f"== {run.name}: starting ({where}; log: {run.file('training.log')})")
                 outcome = start(pipeline)
@@ -88,8 +95,10 @@ def run_local(runs, train_flags=(), eval_flags=(), envs=None, log=print):
         for pipeline in pipelines:  # a second interrupt is forwarded as SIGINT: the scripts then stop at once
             pipeline.stop(signal.SIGTERM if first else signal.SIGINT)
         if first:
-            log(f"== interrupted: stopping {len(pipelines)} run(s); each keeps its last completed epoch "
-                "(launch the same grid again to continue)")
+            log(
+                f"== interrupted: stopping {len(pipelines)} run(s); each keeps its last completed epoch "
+                "(launch the same grid again to continue)"
+            )
 
     previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -113,8 +122,13 @@ def start(pipeline):
         return pipeline()
     except (OSError, BKDError) as err:
         reason = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.filename else first_line(err)
-        return {"outcome": "failed", "step": "start", "exit_code": getattr(err, "exit_code", EXIT_RUN_DIR), "log": None,
-                "reason": reason}
+        return {
+            "outcome": "failed",
+            "step": "start",
+            "exit_code": getattr(err, "exit_code", EXIT_RUN_DIR),
+            "log": None,
+            "reason": reason,
+        }
 
 
 def show_results(run, log):
@@ -136,8 +150,10 @@ def describe(outcome):
     if kind == "skipped" and outcome.get("other_flags"):
         from launch.grid import describe_differences
 
-        return (f"already finished, trained with other flags ({describe_differences(outcome['other_flags'])}); kept as "
-                "it is: add --overwrite to train it again with this launch's flags")
+        return (
+            f"already finished, trained with other flags ({describe_differences(outcome['other_flags'])}); kept as "
+            "it is: add --overwrite to train it again with this launch's flags"
+        )
     if kind == "skipped":
         return "already finished; skipped"
     if kind == "interrupted":
@@ -153,18 +169,29 @@ def report(runs, outcomes, log=print):
     log("== grid: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" of {len(runs)} runs")
     failed = [(run, outcomes[run.name]) for run in runs if outcomes[run.name]["outcome"] == "failed"]
     for run, outcome in failed:
-        log(f"   failed: {run.name}: " + (f"could not start ({outcome['reason']})" if outcome.get("reason") else
-                                          f"{outcome['step']} exited {outcome['exit_code']}; log {outcome['log']}"))
+        log(
+            f"   failed: {run.name}: "
+            + (
+                f"could not start ({outcome['reason']})"
+                if outcome.get("reason")
+                else f"{outcome['step']} exited {outcome['exit_code']}; log {outcome['log']}"
+            )
+        )
     other = [run.name for run in runs if outcomes[run.name].get("other_flags")]
     if other:
-        log(f"   {len(other)} finished run(s) were trained with other flags and kept as they are ({', '.join(other)}): add "
-            "--overwrite to train them again with this launch's flags")
+        log(
+            f"   {len(other)} finished run(s) were trained with other flags and kept as they are ({', '.join(other)}): add "
+            "--overwrite to train them again with this launch's flags"
+        )
     if failed:
         return failed[0][1]["exit_code"] or 1
     if counts.get("interrupted"):
         return 130
     if counts.get("running"):
-        log("   runs still running elsewhere: " + ", ".join(r.name for r in runs if outcomes[r.name]["outcome"] == "running"))
+        log(
+            "   runs still running elsewhere: "
+            + ", ".join(r.name for r in runs if outcomes[r.name]["outcome"] == "running")
+        )
     return 0
 
 
@@ -177,9 +204,15 @@ def print_status(runs, log=print, job_states=None):
         epoch = "-" if r["epoch"] is None else f"{r['epoch']}/{(r['n_epoch'] or 0) - 1}"
         state = r["state"]
         job = r.get("job_id") or ""
-        if job and state in ("not started", "interrupted", "trained", "failed") and job_states.get(job) in ("PENDING", "REQUEUED", "CONFIGURING"):
+        if (
+            job
+            and state in ("not started", "interrupted", "trained", "failed")
+            and job_states.get(job) in ("PENDING", "REQUEUED", "CONFIGURING")
+        ):
             state = "queued"
         elif job and state in ("interrupted", "trained") and job_states.get(job) in ("RUNNING", "COMPLETING"):
             state = "running"
-        log(f"{r['run']:<{width}}  {state:<12} {epoch:>9}  {job:<12} {r['detail'] or (r['log'] if state == 'failed' else '')}")
+        log(
+            f"{r['run']:<{width}}  {state:<12} {epoch:>9}  {job:<12} {r['detail'] or (r['log'] if state == 'failed' else '')}"
+        )
     return rows

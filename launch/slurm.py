@@ -7,6 +7,7 @@ requeue`, node failure) is simply started again. Either way the restarted task c
 the run's own resume state (`--resume`, the last completed epoch), never from submitit's pickle,
 so no epoch is lost or trained twice.
 """
+
 import os
 import subprocess
 import time
@@ -90,8 +91,13 @@ def submit(runs, train_flags, eval_flags, resources, log=print):
     extra = dict(item.split("=", 1) if "=" in item else (item, None) for item in r.sbatch)
     root = os.path.relpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     executor.update_parameters(
-        name="bkd", timeout_min=r.time_min, slurm_partition=r.partition, gpus_per_node=r.gpus or None, cpus_per_task=r.cpus,
-        mem_gb=r.mem_gb, slurm_array_parallelism=r.array_parallelism,
+        name="bkd",
+        timeout_min=r.time_min,
+        slurm_partition=r.partition,
+        gpus_per_node=r.gpus or None,
+        cpus_per_task=r.cpus,
+        mem_gb=r.mem_gb,
+        slurm_array_parallelism=r.array_parallelism,
         slurm_additional_parameters={k.lstrip("-"): v for k, v in extra.items()},
         slurm_setup=[f'export PYTHONPATH="{root}${{PYTHONPATH:+:$PYTHONPATH}}"'],
     )
@@ -128,8 +134,12 @@ def job_states(job_ids):
     if not job_ids:
         return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}
     return dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
@@ -143,4 +153,3 @@ def wait(runs, poll_s=10, log=print):
         if not any(s["state"] == "running" or states.get(s.get("job_id")) in ACTIVE for s in statuses):
             return statuses
         time.sleep(poll_s)
-

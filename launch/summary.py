@@ -1,4 +1,5 @@
 """The challenge's tables over a grid of runs: mean ± std over seeds per label set, and one row per run."""
+
 import csv
 import os
 from collections import defaultdict
@@ -29,9 +30,16 @@ def grid_summary(runs):
         per_seed.append(row)
     per_set = []
     for dataset, noise_type in pairs:
-        done, total = finished[(dataset, noise_type)], sum(1 for r in runs if (r.dataset, r.noise_type) == (dataset, noise_type))
-        per_set.append(dict({"dataset": dataset, "label set": noise_type, "seeds": f"{len(done)} of {total}"},
-                            **summary_values(done)))
+        done, total = (
+            finished[(dataset, noise_type)],
+            sum(1 for r in runs if (r.dataset, r.noise_type) == (dataset, noise_type)),
+        )
+        per_set.append(
+            dict(
+                {"dataset": dataset, "label set": noise_type, "seeds": f"{len(done)} of {total}"},
+                **summary_values(done),
+            )
+        )
     return per_set, per_seed
 
 
@@ -45,7 +53,9 @@ def write_grid_summary(runs, prefix):
         text += [f"### {dataset}: mean ± std over seeds", ""]
         text += markdown([r for r in per_set if r["dataset"] == dataset], ["label set", "seeds"] + columns)
         text += ["", f"### {dataset}: per run", ""]
-        text += markdown([r for r in per_seed if r["dataset"] == dataset], ["label set", "seed", "state"] + columns) + [""]
+        text += markdown([r for r in per_seed if r["dataset"] == dataset], ["label set", "seed", "state"] + columns) + [
+            ""
+        ]
     try:
         os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
         with atomic_path(prefix + ".md") as tmp, open(tmp, "w") as fh:

@@ -5,6 +5,7 @@ Stem conv3x3 -> BN -> ReLU, four stages of two pre-activation basic blocks,
 is no BN-ReLU after the last stage, and the 1x1 projection shortcut is applied
 to the block's pre-activated input.
 """
+
 import torch.nn as nn
 import torch.nn.functional as F
 

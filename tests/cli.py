@@ -1,4 +1,5 @@
 """Run the project's scripts as a user types them; a small real disk for the tests that fill one."""
+
 import os
 import subprocess
 import sys
@@ -12,8 +13,14 @@ def script(name):
 
 
 def run(name, *flags, cwd=None, check=True, timeout=300, env=None):
-    proc = subprocess.run([sys.executable, script(name), *map(str, flags)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, script(name), *map(str, flags)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
@@ -21,9 +28,22 @@ def run(name, *flags, cwd=None, check=True, timeout=300, env=None):
 
 def tiny_flags(data_root, results_dir, noise_type="worst", **extra):
     """A narrow network, a few epochs: seconds on a CPU."""
-    flags = dict(data_root=data_root, noise_path=os.path.join(data_root, "CIFAR-10_human.pt"), noise_type=noise_type,
-                 results_dir=results_dir, n_epoch=8, width=8, batch_size=32, lr_step=6, noisy_val_freq=2,
-                 clean_test_freq=4, print_freq=5, eval_batch_size=256, device="cpu", no_download=True)
+    flags = dict(
+        data_root=data_root,
+        noise_path=os.path.join(data_root, "CIFAR-10_human.pt"),
+        noise_type=noise_type,
+        results_dir=results_dir,
+        n_epoch=8,
+        width=8,
+        batch_size=32,
+        lr_step=6,
+        noisy_val_freq=2,
+        clean_test_freq=4,
+        print_freq=5,
+        eval_batch_size=256,
+        device="cpu",
+        no_download=True,
+    )
     flags.update(extra)
     out = []
     for key, value in flags.items():
@@ -35,15 +55,38 @@ def tiny_flags(data_root, results_dir, noise_type="worst", **extra):
 
 
 # A tiny grid for the launcher tests (local and SLURM): 2 seeds x 2 label sets, narrow network, 4 epochs.
-GRID_TINY = ["--n_epoch", "4", "--width", "4", "--batch_size", "32", "--lr_step", "3", "--noisy_val_freq", "2",
-             "--clean_test_freq", "3", "--eval_batch_size", "256", "--device", "cpu", "--no_download"]
+GRID_TINY = [
+    "--n_epoch",
+    "4",
+    "--width",
+    "4",
+    "--batch_size",
+    "32",
+    "--lr_step",
+    "3",
+    "--noisy_val_freq",
+    "2",
+    "--clean_test_freq",
+    "3",
+    "--eval_batch_size",
+    "256",
+    "--device",
+    "cpu",
+    "--no_download",
+]
 GRID_RUNS = ("cifar10_aggre_seed_0", "cifar10_worst_seed_0", "cifar10_aggre_seed_1", "cifar10_worst_seed_1")
 
 
 def launch(*args, check_code=None, timeout=300, env=None):
     """python -m launch ... as a user types it."""
-    proc = subprocess.run([sys.executable, "-m", "launch", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     if check_code is not None:
         assert proc.returncode == check_code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -59,7 +102,17 @@ def data_flags(data_root):
 
 def local_grid_flags(results, data_root):
     """The local launcher on the tiny grid: 2 runs at a time, 1 thread each."""
-    return ["run", *grid_flags(results), "--cpu", "--parallel", "2", "--threads", "1", *GRID_TINY, *data_flags(data_root)]
+    return [
+        "run",
+        *grid_flags(results),
+        "--cpu",
+        "--parallel",
+        "2",
+        "--threads",
+        "1",
+        *GRID_TINY,
+        *data_flags(data_root),
+    ]
 
 
 @contextmanager
@@ -68,7 +121,9 @@ def tmpfs(path, size, purpose):
     import pytest
 
     path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    ).returncode:
         pytest.skip(f"cannot mount a tmpfs here (needs root) {purpose}")
     try:
         yield path

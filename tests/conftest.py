@@ -14,6 +14,8 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 # Idle OpenMP threads sleep instead of spinning, so that a multi-threaded script (the replay) is not slowed
 # down by the other worker's processes holding a core; the arithmetic is the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A tiny CIFAR-10-like data root: cifar10.npz + CIFAR-10_human.pt."""
@@ -26,8 +28,19 @@ def synthetic_root(tmp_path_factory):
 
 # The longest modules first, so that the pytest-xdist workers (pytest.ini: one module per worker at a time)
 # start on them together instead of finishing one of them alone at the end.
-LONGEST_FIRST = ("test_launch", "test_reference", "test_end_to_end", "test_durability", "test_nothing_silent", "test_custom",
-                 "test_gpu_check", "test_gpu_check_steps", "test_edges", "test_cuda_path", "test_config")
+LONGEST_FIRST = (
+    "test_launch",
+    "test_reference",
+    "test_end_to_end",
+    "test_durability",
+    "test_nothing_silent",
+    "test_custom",
+    "test_gpu_check",
+    "test_gpu_check_steps",
+    "test_edges",
+    "test_cuda_path",
+    "test_config",
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -38,8 +51,10 @@ def pytest_collection_modifyitems(items):
     import torch
 
     if not torch.cuda.is_available():
-        skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here); "
-                                       "benchmarks/gpu_check.py runs these on one")
+        skip = pytest.mark.skip(
+            reason="needs a CUDA GPU (torch.cuda.is_available() is False here); "
+            "benchmarks/gpu_check.py runs these on one"
+        )
         for item in items:
             if item.get_closest_marker("cuda"):
                 item.add_marker(skip)

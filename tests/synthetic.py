@@ -1,4 +1,5 @@
 """A tiny CIFAR-like dataset whose class is visible in the pixels, with a CIFAR-N style label file."""
+
 import os
 from dataclasses import replace
 
@@ -35,8 +36,15 @@ def write_dataset(root, dataset="cifar10", n_train=400, n_test=200, seed=0):
     os.makedirs(root, exist_ok=True)
     npz = os.path.join(root, f"{dataset}.npz")
     np.savez(npz, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    rates = {"clean_label": 0.0, "aggre_label": 0.1, "random_label1": 0.17, "random_label2": 0.18,
-             "random_label3": 0.18, "worse_label": 0.4, "noisy_label": 0.4}
+    rates = {
+        "clean_label": 0.0,
+        "aggre_label": 0.1,
+        "random_label1": 0.17,
+        "random_label2": 0.18,
+        "random_label3": 0.18,
+        "worse_label": 0.4,
+        "noisy_label": 0.4,
+    }
     keys = {key for d, key in NOISE_TYPES.values() if d == dataset}
     labels = {key: flip_labels(y_train, rates[key], num_classes, rng) for key in sorted(keys)}
     name = "CIFAR-10_human.pt" if dataset == "cifar10" else "CIFAR-100_human.pt"
@@ -67,8 +75,15 @@ def write_custom(root, n_train=300, n_test=100, flip_rate=0.2, folder=False, siz
     if not folder:
         x_test, y_test = make_images(n_test, k, rng)
         path = os.path.join(root, "custom.npz")
-        np.savez(path, x_train=x, y_train=given, x_test=x_test, y_test=y_test, classes=np.array(CUSTOM_CLASSES),
-                 ids=np.array([f"photo_{i:04d}.jpg" for i in range(n_train)]))
+        np.savez(
+            path,
+            x_train=x,
+            y_train=given,
+            x_test=x_test,
+            y_test=y_test,
+            classes=np.array(CUSTOM_CLASSES),
+            ids=np.array([f"photo_{i:04d}.jpg" for i in range(n_train)]),
+        )
         return path, clean, given != clean
     path = os.path.join(root, "images")
     for i, (img, label) in enumerate(zip(x, given)):
@@ -88,7 +103,9 @@ def tiny_run(config, n=120, num_classes=4):
     from bkd.utils.logfmt import quiet
 
     images, labels = make_images(n, num_classes, np.random.RandomState(0))
-    data = input_dataset(DataSelection(dataset=CUSTOM, arrays=from_arrays(images, labels)), replace(config, subset=0, seed=0))
+    data = input_dataset(
+        DataSelection(dataset=CUSTOM, arrays=from_arrays(images, labels)), replace(config, subset=0, seed=0)
+    )
     device = torch.device("cpu")
     torch.manual_seed(0)
     return Run(Job(config, data, device, resolve_computation(config, device), quiet))

@@ -1,4 +1,5 @@
 """The Python API: find_label_issues on a tiny synthetic set, against the CLI on the same data."""
+
 import os
 import subprocess
 import sys
@@ -53,8 +54,19 @@ def test_api_and_cli_rank_the_same_way(api_result, flipped_set, tmp_path):
     path = str(tmp_path / "mine.npz")
     np.savez(path, x_train=images, y_train=given)
     flags = [f"--{k}={v}" for k, v in FLAGS.items()]
-    run("blind_knowledge_dist_training.py", "--dataset", "custom", "--data_file", path, "--results_dir", tmp_path,
-        "--device", "cpu", *flags, cwd=str(tmp_path))
+    run(
+        "blind_knowledge_dist_training.py",
+        "--dataset",
+        "custom",
+        "--data_file",
+        path,
+        "--results_dir",
+        tmp_path,
+        "--device",
+        "cpu",
+        *flags,
+        cwd=str(tmp_path),
+    )
     run_dir = tmp_path / "custom_mine_seed_0"
     rows = read_label_issues(str(run_dir / "label_issues.csv"))
     assert [r["position"] for r in rows] == api_result.ranked.tolist()
@@ -66,22 +78,35 @@ def test_api_with_a_run_directory_writes_the_usual_outputs_and_reuses_them(flipp
     images, given, _ = flipped_set
     flags = dict(FLAGS, n_epoch=6, noisy_val_freq=3)
     first = find_label_issues(images, given, device="cpu", run_dir=str(tmp_path / "run"), **flags)
-    for name in ("label_issues.csv", "detection.npy", "agreement.npy", "pred_probs.npy", "metrics.json", "state.pth.tar"):
+    for name in (
+        "label_issues.csv",
+        "detection.npy",
+        "agreement.npy",
+        "pred_probs.npy",
+        "metrics.json",
+        "state.pth.tar",
+    ):
         assert os.path.exists(tmp_path / "run" / name), name
     again = find_label_issues(images, given, device="cpu", run_dir=str(tmp_path / "run"), **flags)  # finished: reused
     assert np.array_equal(first.ranked, again.ranked) and np.array_equal(first.suggested_label, again.suggested_label)
     from bkd.utils.errors import DataError, UsageError
 
-    with pytest.raises(UsageError, match=r"lr=0.05 differs from the run being resumed \(0.02\); call with the same "
-                                         r"arguments, or give another run_dir"):
+    with pytest.raises(
+        UsageError,
+        match=r"lr=0.05 differs from the run being resumed \(0.02\); call with the same "
+        r"arguments, or give another run_dir",
+    ):
         find_label_issues(images, given, device="cpu", run_dir=str(tmp_path / "run"), **dict(flags, lr=0.05))
     # a resume state of an earlier version kept no (N, C) probabilities of the split: one line saying so
     state = torch.load(tmp_path / "run" / "state.pth.tar", weights_only=True)
     for stats in state["method"]["stats"].values():
         stats.pop("full_probs", None)
     torch.save(state, tmp_path / "run" / "state.pth.tar")
-    with pytest.raises(DataError, match="^the run directory holds a run of an earlier version of this project, which kept "
-                                        "no agreement probabilities; give another run_dir"):
+    with pytest.raises(
+        DataError,
+        match="^the run directory holds a run of an earlier version of this project, which kept "
+        "no agreement probabilities; give another run_dir",
+    ):
         find_label_issues(images, given, device="cpu", run_dir=str(tmp_path / "run"), **flags)
 
 
@@ -99,8 +124,11 @@ def test_api_checks_values_as_the_script_does(flipped_set):
     from bkd.utils.errors import UsageError
 
     images, given, _ = flipped_set
-    for bad, message in ((dict(n_epoch=0), "--n_epoch 0 must be positive"), (dict(alpha4=1.5), "--alpha4 1.5 must be in"),
-                         (dict(reference=True, amp=True), "drop --amp")):
+    for bad, message in (
+        (dict(n_epoch=0), "--n_epoch 0 must be positive"),
+        (dict(alpha4=1.5), "--alpha4 1.5 must be in"),
+        (dict(reference=True, amp=True), "drop --amp"),
+    ):
         with pytest.raises(UsageError, match=message):
             find_label_issues(images, given, **bad)
 
@@ -112,7 +140,8 @@ def test_the_api_imports_from_a_folder_of_the_users_own_whose_modules_have_our_g
         (tmp_path / name).write_text("WHO = 'mine'\n")
     (tmp_path / "utils").mkdir()
     (tmp_path / "utils" / "__init__.py").write_text("WHO = 'mine'\n")
-    (tmp_path / "find.py").write_text(textwrap.dedent("""
+    (tmp_path / "find.py").write_text(
+        textwrap.dedent("""
         import data, flags, models, utils
         import numpy as np
         from bkd import find_label_issues
@@ -123,10 +152,12 @@ def test_the_api_imports_from_a_folder_of_the_users_own_whose_modules_have_our_g
         import data as d, flags as f, models as m, utils as u
         assert {d.WHO, f.WHO, m.WHO, u.WHO} == {"mine"}, "shadowed"
         print("ranked", len(result.ranked))
-    """))
+    """)
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "find.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "find.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300
+    )
     if "No module named 'bkd'" in proc.stderr:
         pytest.fail(f"bkd is not installed in {sys.prefix}: pip install -e {ROOT} (requirements.txt does it)")
     assert proc.returncode == 0 and proc.stdout.split() == ["ranked", "60"], proc.stderr[-2000:]

@@ -1,4 +1,5 @@
 """Every bad input is refused with one line naming the value and the fix, and loses nothing."""
+
 import hashlib
 import os
 import shutil
@@ -16,8 +17,11 @@ from bkd.utils.errors import DataError, run_cli
 
 
 def digests(folder):
-    return {n: hashlib.sha256(open(os.path.join(folder, n), "rb").read()).hexdigest()
-            for n in sorted(os.listdir(folder)) if not n.startswith(".")}
+    return {
+        n: hashlib.sha256(open(os.path.join(folder, n), "rb").read()).hexdigest()
+        for n in sorted(os.listdir(folder))
+        if not n.startswith(".")
+    }
 
 
 def call(module, argv, capsys):
@@ -33,7 +37,11 @@ def call(module, argv, capsys):
 def finished_run(synthetic_root, tmp_path_factory):
     """A completed tiny run whose files must survive every bad invocation."""
     results = str(tmp_path_factory.mktemp("finished"))
-    run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, results, n_epoch=2, noisy_val_freq=1), cwd=results)
+    run(
+        "blind_knowledge_dist_training.py",
+        *tiny_flags(synthetic_root, results, n_epoch=2, noisy_val_freq=1),
+        cwd=results,
+    )
     run_dir = os.path.join(results, "cifar10_worst_seed_0")
     return run_dir, digests(run_dir)
 
@@ -90,13 +98,16 @@ def test_training_usage_errors(flags, code, message, finished_run, synthetic_roo
     assert digests(run_dir) == before
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("missing", "no such file"),
-    ("truncated", "not a CIFAR-N label file"),
-    ("wrong_format", "not a CIFAR-N label file"),
-    ("wrong_length", "has 397 labels for 400 training images"),
-    ("mismatch", "clean_label differs from the training images' labels"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "no such file"),
+        ("truncated", "not a CIFAR-N label file"),
+        ("wrong_format", "not a CIFAR-N label file"),
+        ("wrong_length", "has 397 labels for 400 training images"),
+        ("mismatch", "clean_label differs from the training images' labels"),
+    ],
+)
 def test_training_label_file_errors(kind, message, finished_run, synthetic_root, tmp_path, capsys):
     run_dir, before = finished_run
     path = bad_label_file(tmp_path, synthetic_root, kind) if kind != "missing" else str(tmp_path / "none.pt")
@@ -108,8 +119,13 @@ def test_training_label_file_errors(kind, message, finished_run, synthetic_root,
 
 def test_missing_images_without_network(finished_run, synthetic_root, tmp_path, capsys):
     run_dir, before = finished_run
-    argv = tiny_flags(str(tmp_path), "unused", run_dir=run_dir, overwrite=True,
-                      noise_path=os.path.join(synthetic_root, "CIFAR-10_human.pt"))
+    argv = tiny_flags(
+        str(tmp_path),
+        "unused",
+        run_dir=run_dir,
+        overwrite=True,
+        noise_path=os.path.join(synthetic_root, "CIFAR-10_human.pt"),
+    )
     code, err = call(training, argv, capsys)
     assert code == 3 and "cifar10 images not found" in err and "cifar10.npz" in err, err
     assert digests(run_dir) == before
@@ -127,11 +143,18 @@ def test_resume_without_state_and_with_changed_flags(finished_run, synthetic_roo
     code, err = call(training, tiny_flags(synthetic_root, str(tmp_path), resume=True), capsys)
     assert code == 4 and "nothing to resume" in err
     run_dir, before = finished_run
-    code, err = call(training, tiny_flags(synthetic_root, "unused", run_dir=run_dir, resume=True, n_epoch=2, noisy_val_freq=1, lr=0.05), capsys)
+    code, err = call(
+        training,
+        tiny_flags(synthetic_root, "unused", run_dir=run_dir, resume=True, n_epoch=2, noisy_val_freq=1, lr=0.05),
+        capsys,
+    )
     assert code == 2 and "--lr 0.05 differs from the run being resumed (0.02)" in err, err
     # trained eager (width 8: compilation off by default); compiled would round differently
-    code, err = call(training, tiny_flags(synthetic_root, "unused", run_dir=run_dir, resume=True, n_epoch=2, noisy_val_freq=1,
-                                          compile=True), capsys)
+    code, err = call(
+        training,
+        tiny_flags(synthetic_root, "unused", run_dir=run_dir, resume=True, n_epoch=2, noisy_val_freq=1, compile=True),
+        capsys,
+    )
     assert code == 2 and "--compile True differs from the run being resumed (False)" in err, err
     assert digests(run_dir) == before
 
@@ -161,18 +184,32 @@ def test_label_download_failure_is_one_line(tmp_path, monkeypatch):
 
 
 def _learning_argv(synthetic_root, run_dir):
-    return ["--data_root", synthetic_root, "--noise_type", "worst", "--run_dir", run_dir, "--device", "cpu", "--no_download",
-            "--noise_path", os.path.join(synthetic_root, "CIFAR-10_human.pt")]
+    return [
+        "--data_root",
+        synthetic_root,
+        "--noise_type",
+        "worst",
+        "--run_dir",
+        run_dir,
+        "--device",
+        "cpu",
+        "--no_download",
+        "--noise_path",
+        os.path.join(synthetic_root, "CIFAR-10_human.pt"),
+    ]
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("missing", "student.pth.tar missing, which this evaluation reads"),
-    ("truncated", "unreadable checkpoint"),
-    ("architecture", "weights do not fit"),
-    ("no_tensors", "not a model checkpoint"),
-    ("other_network", "not a PreResNet18 checkpoint"),
-    ("pickle", "unreadable checkpoint"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing", "student.pth.tar missing, which this evaluation reads"),
+        ("truncated", "unreadable checkpoint"),
+        ("architecture", "weights do not fit"),
+        ("no_tensors", "not a model checkpoint"),
+        ("other_network", "not a PreResNet18 checkpoint"),
+        ("pickle", "unreadable checkpoint"),
+    ],
+)
 def test_learning_checkpoint_errors(damage, message, finished_run, synthetic_root, tmp_path, capsys):
     src, _ = finished_run
     run_dir = str(tmp_path / "run")
@@ -205,17 +242,29 @@ def _copy_run(finished_run, tmp_path):
 
 
 def _detection_argv(synthetic_root, run_dir):
-    return ["--noise_path", os.path.join(synthetic_root, "CIFAR-10_human.pt"), "--noise_type", "worst", "--run_dir", run_dir]
+    return [
+        "--noise_path",
+        os.path.join(synthetic_root, "CIFAR-10_human.pt"),
+        "--noise_type",
+        "worst",
+        "--run_dir",
+        run_dir,
+    ]
 
 
-@pytest.mark.parametrize("damage, code, message", [
-    ("metrics", 3, "metrics.json: not readable JSON"),
-    ("subset_truncated", 3, "train_subset.npy: unreadable"),
-    ("subset_range", 3, "indices outside 0..399"),
-    ("subset_shape", 3, "not the run's training-image indices"),
-    ("training", 4, "is still training"),
-])
-def test_evaluation_refuses_damaged_or_running_runs(damage, code, message, finished_run, synthetic_root, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "damage, code, message",
+    [
+        ("metrics", 3, "metrics.json: not readable JSON"),
+        ("subset_truncated", 3, "train_subset.npy: unreadable"),
+        ("subset_range", 3, "indices outside 0..399"),
+        ("subset_shape", 3, "not the run's training-image indices"),
+        ("training", 4, "is still training"),
+    ],
+)
+def test_evaluation_refuses_damaged_or_running_runs(
+    damage, code, message, finished_run, synthetic_root, tmp_path, capsys
+):
     run_dir = _copy_run(finished_run, tmp_path)
     subset = os.path.join(run_dir, "train_subset.npy")
     if damage == "metrics":
@@ -233,7 +282,10 @@ def test_evaluation_refuses_damaged_or_running_runs(damage, code, message, finis
     with open(os.path.join(run_dir, ".lock"), "a+") as lock:
         if damage == "training":
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        for module, argv in ((learning, _learning_argv(synthetic_root, run_dir)), (detection, _detection_argv(synthetic_root, run_dir))):
+        for module, argv in (
+            (learning, _learning_argv(synthetic_root, run_dir)),
+            (detection, _detection_argv(synthetic_root, run_dir)),
+        ):
             got, err = call(module, argv, capsys)
             assert got == code and message in err and len(err.strip().splitlines()) == 1, (module.__name__, err)
 
@@ -245,7 +297,10 @@ def test_evaluation_in_a_read_only_run_directory(finished_run, synthetic_root, t
         run_dir = _copy_run(finished_run, mount)
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         before = digests(run_dir)
-        for module, argv in ((learning, _learning_argv(synthetic_root, run_dir)), (detection, _detection_argv(synthetic_root, run_dir))):
+        for module, argv in (
+            (learning, _learning_argv(synthetic_root, run_dir)),
+            (detection, _detection_argv(synthetic_root, run_dir)),
+        ):
             got, err = call(module, argv, capsys)
             assert got == 4 and "Read-only file system" in err and len(err.strip().splitlines()) == 1, err
         assert digests(run_dir) == before
@@ -258,7 +313,9 @@ def test_true_labels_as_npz_is_one_line(finished_run, synthetic_root, tmp_path, 
 
     # --true_labels applies to custom data; a CIFAR run would use its clean labels, so check the loader directly
     with pytest.raises(DataError, match="an .npz archive"):
-        detection.load_true_labels(path, safe_load(os.path.join(synthetic_root, "CIFAR-10_human.pt"))["worse_label"], 10)
+        detection.load_true_labels(
+            path, safe_load(os.path.join(synthetic_root, "CIFAR-10_human.pt"))["worse_label"], 10
+        )
 
 
 def test_resume_state_of_the_wrong_structure(finished_run, synthetic_root, tmp_path, capsys):
@@ -267,19 +324,27 @@ def test_resume_state_of_the_wrong_structure(finished_run, synthetic_root, tmp_p
     saved = torch.load(path, weights_only=True)
     argv = tiny_flags(synthetic_root, "unused", run_dir=run_dir, resume=True, n_epoch=2, noisy_val_freq=1)
     no_epoch = {k: v for k, v in saved.items() if k != "epoch"}
-    for broken in ([1, 2], no_epoch, dict(saved, teacher={"x": torch.zeros(1)}), dict(saved, method={"bogus": 1}),
-                   dict(saved, rng=None)):
+    for broken in (
+        [1, 2],
+        no_epoch,
+        dict(saved, teacher={"x": torch.zeros(1)}),
+        dict(saved, method={"bogus": 1}),
+        dict(saved, rng=None),
+    ):
         torch.save(broken, path)
         code, err = call(training, argv, capsys)
         assert code == 3 and "state.pth.tar" in err and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "detection.npy missing, which this evaluation reads; put it back, or train the run again (--overwrite)"),
-    (np.zeros(400, dtype=np.int64), "holds int64 values; expected a boolean mask"),
-    (np.zeros(399, dtype=bool), "shape (399,), expected (400,)"),
-    (b"garbage", "unreadable .npy file"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "detection.npy missing, which this evaluation reads; put it back, or train the run again (--overwrite)"),
+        (np.zeros(400, dtype=np.int64), "holds int64 values; expected a boolean mask"),
+        (np.zeros(399, dtype=bool), "shape (399,), expected (400,)"),
+        (b"garbage", "unreadable .npy file"),
+    ],
+)
 def test_detection_file_errors(content, message, finished_run, synthetic_root, tmp_path, capsys):
     src, _ = finished_run
     run_dir = str(tmp_path / "run")
@@ -290,7 +355,14 @@ def test_detection_file_errors(content, message, finished_run, synthetic_root, t
         open(path, "wb").write(content)
     elif content is not None:
         np.save(path, content)
-    argv = ["--noise_path", os.path.join(synthetic_root, "CIFAR-10_human.pt"), "--noise_type", "worst", "--run_dir", run_dir]
+    argv = [
+        "--noise_path",
+        os.path.join(synthetic_root, "CIFAR-10_human.pt"),
+        "--noise_type",
+        "worst",
+        "--run_dir",
+        run_dir,
+    ]
     code, err = call(detection, argv, capsys)
     assert code == 3 and message in err and len(err.strip().splitlines()) == 1, err
 
@@ -303,7 +375,12 @@ def test_scripts_do_not_run_on_import(tmp_path):
     from tests.cli import ROOT
 
     code = f"import sys; sys.path.insert(0, {ROOT!r}); import blind_knowledge_dist_training, learning, detection"
-    proc = subprocess.run([sys.executable, "-c", code, "--n_epoch", "1", "--results_dir", "r"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--n_epoch", "1", "--results_dir", "r"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stderr
     assert os.listdir(tmp_path) == []

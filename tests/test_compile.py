@@ -1,4 +1,5 @@
 """torch.compile of both networks: on where it pays, eager for odd batch sizes, eager with one line where it fails."""
+
 import json
 
 import numpy as np
@@ -16,7 +17,10 @@ CPU = torch.device("cpu")
 
 def _pair_of_nets():
     torch.manual_seed(0)
-    teacher, student = PreResNet18(3, width=8), PreResNet18(3, width=8)  # (narrower: eager on AVX2 CPUs, compile_refusal)
+    teacher, student = (
+        PreResNet18(3, width=8),
+        PreResNet18(3, width=8),
+    )  # (narrower: eager on AVX2 CPUs, compile_refusal)
     x = torch.randn(8, 3, 8, 8)
     with torch.no_grad():  # running statistics of their own, so that eval mode is not the identity
         teacher(x), student(x)
@@ -44,6 +48,7 @@ def test_a_failing_compiler_falls_back_to_eager_once_with_one_line(monkeypatch):
         def compiled(x):
             calls.append(len(x))
             raise _NoCompiler()
+
         return compiled
 
     monkeypatch.setattr(torch, "compile", broken)
@@ -54,12 +59,19 @@ def test_a_failing_compiler_falls_back_to_eager_once_with_one_line(monkeypatch):
         assert torch.equal(pair.nets[0](x), teacher(x)) and torch.equal(pair.nets[1](x), student(x))
     assert calls == [8]  # tried once, then eager for both networks
     failed = [line for line in lines if "failed" in line]
-    assert failed == ["[bkd] torch.compile failed (No working C++ compiler found); the networks "
-                      "run eager (--no_compile skips the attempt)"]
+    assert failed == [
+        "[bkd] torch.compile failed (No working C++ compiler found); the networks "
+        "run eager (--no_compile skips the attempt)"
+    ]
 
 
-@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                                   RuntimeError("CUDA error: device-side assert triggered")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("CUDA error: device-side assert triggered"),
+    ],
+)
 def test_errors_of_the_computation_are_not_compilation_failures(monkeypatch, error):
     """Out of memory or a device-side assert inside a compiled graph is raised as it is, not retried eager."""
     teacher, student = _pair_of_nets()
@@ -69,6 +81,7 @@ def test_errors_of_the_computation_are_not_compilation_failures(monkeypatch, err
         def compiled(x):
             calls.append(len(x))
             raise error
+
         return compiled
 
     monkeypatch.setattr(torch, "compile", failing)
@@ -106,8 +119,10 @@ def test_compiled_networks_match_eager_and_odd_batches_run_eager():
         for net, eager in zip(pair.nets, (teacher, student)):  # one graph serves both networks
             torch.testing.assert_close(net(x[:8]), eager(x[:8]), rtol=1e-4, atol=1e-5)
             assert torch.equal(net(x[8:]), eager(x[8:]))  # a last batch of 3: eager, not a second compilation
-    assert lines == ["[bkd] torch.compile: compiling the networks for evaluation at batch 8 (once per process: a minute "
-                     "or two the first time, seconds from the cache; --no_compile skips it)"]
+    assert lines == [
+        "[bkd] torch.compile: compiling the networks for evaluation at batch 8 (once per process: a minute "
+        "or two the first time, seconds from the cache; --no_compile skips it)"
+    ]
     assert pair.compiled is not None  # compiled, not fallen back to eager (which would also match eager)
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled a graph of its own
 
@@ -116,18 +131,26 @@ def test_training_script_with_compile_trains_as_eager_does(synthetic_root, tmp_p
     common = dict(n_epoch=2, width=8, noisy_val_freq=1, clean_test_freq=1, print_freq=1)
     out = {}
     for name, flag in (("compiled", {"compile": True}), ("eager", {})):
-        proc = run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, str(tmp_path / name), **common, **flag),
-                   cwd=str(tmp_path), timeout=600)
+        proc = run(
+            "blind_knowledge_dist_training.py",
+            *tiny_flags(synthetic_root, str(tmp_path / name), **common, **flag),
+            cwd=str(tmp_path),
+            timeout=600,
+        )
         out[name] = proc.stdout
     assert "device cpu (fp32, torch.compile)" in out["compiled"] and "torch.compile" not in out["eager"]
     assert "torch.compile failed" not in out["compiled"]  # both graphs compiled: no eager fallback behind equal numbers
     assert "compiling the networks for training at batch 32" in out["compiled"]
     assert "compiling the networks for evaluation at batch 256" in out["compiled"]  # the full set: 256 + 144 eager
-    losses = {name: [line for line in text.splitlines() if line.startswith("epoch:   0/  1\titer:")]
-              for name, text in out.items()}
+    losses = {
+        name: [line for line in text.splitlines() if line.startswith("epoch:   0/  1\titer:")]
+        for name, text in out.items()
+    }
     assert losses["compiled"][0] == losses["eager"][0]  # the same weights and batch: equal to the printed digits
-    values = {name: [float(v.split()[-1]) for line in lines[:3] for v in line.split("\t")[2:]]
-              for name, lines in losses.items()}  # then rounding compounds: to a unit of the last digit by iteration 2
+    values = {
+        name: [float(v.split()[-1]) for line in lines[:3] for v in line.split("\t")[2:]]
+        for name, lines in losses.items()
+    }  # then rounding compounds: to a unit of the last digit by iteration 2
     assert np.allclose(values["compiled"], values["eager"], atol=1.5e-5, rtol=0)  # (on an AVX2 CPU too)
     for name in out:  # the run records what it computed with
         metrics = json.load(open(tmp_path / name / "cifar10_worst_seed_0" / "metrics.json"))
@@ -179,8 +202,11 @@ def _avx2_can_be_forced():
     return platform.machine() in ("x86_64", "AMD64") and "avx2" in flags
 
 
-@pytest.mark.skipif(not _avx2_can_be_forced(), reason="needs an x86 CPU with AVX2, whose kernels can be limited to "
-                    "AVX2's (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)")
+@pytest.mark.skipif(
+    not _avx2_can_be_forced(),
+    reason="needs an x86 CPU with AVX2, whose kernels can be limited to "
+    "AVX2's (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)",
+)
 def test_a_narrow_network_asked_to_compile_on_an_avx2_cpu_runs_eager_and_says_so(synthetic_root, tmp_path):
     """On an AVX2-only CPU oneDNN's 1x1 stride-2 kernels on channels-last inputs hang, crash or compute wrong values below
     8 input channels (benchmarks/onednn_1x1.py), and a compiled graph computes convolutions channels-last: --compile at
@@ -188,14 +214,23 @@ def test_a_narrow_network_asked_to_compile_on_an_avx2_cpu_runs_eager_and_says_so
     import os
 
     # (a compile cache of its own: inductor's cache key does not tell kernels built for a forced ISA from the CPU's own)
-    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "c"))
+    env = dict(
+        os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "c")
+    )
     common = dict(n_epoch=1, width=4, noisy_val_freq=1, clean_test_freq=1, print_freq=1)
     out = {}
     for name, flag in (("compiled", {"compile": True}), ("eager", {})):
-        out[name] = run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, str(tmp_path / name), **common,
-                                                                       **flag), cwd=str(tmp_path), timeout=300, env=env).stdout
-    assert ("[bkd] --compile: a network of width 4 runs eager on this CPU without AVX-512: compiled, its shortcut "
-            "convolutions would run on oneDNN's AVX2 kernels, which fail below 8 channels (docs/performance.md)") in out["compiled"]
+        out[name] = run(
+            "blind_knowledge_dist_training.py",
+            *tiny_flags(synthetic_root, str(tmp_path / name), **common, **flag),
+            cwd=str(tmp_path),
+            timeout=300,
+            env=env,
+        ).stdout
+    assert (
+        "[bkd] --compile: a network of width 4 runs eager on this CPU without AVX-512: compiled, its shortcut "
+        "convolutions would run on oneDNN's AVX2 kernels, which fail below 8 channels (docs/performance.md)"
+    ) in out["compiled"]
     assert "compiling the networks" not in out["compiled"]
     losses = {name: [line for line in text.splitlines() if "\titer:" in line] for name, text in out.items()}
     assert losses["compiled"] == losses["eager"] and losses["eager"]  # eager both times: the same numbers

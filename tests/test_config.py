@@ -1,5 +1,6 @@
 """Each decision made once: the training defaults, the computation of a run, the resume rules, the run's images; and
 the Python API behaving like a library (the caller's random state and signal handlers left as they were)."""
+
 import random
 import signal
 from dataclasses import fields
@@ -45,8 +46,9 @@ def test_a_new_hyper_parameter_is_one_field_with_its_flag_help_and_check(monkeyp
     from bkd import config
     from bkd.utils.errors import UsageError
 
-    extended = dataclasses.make_dataclass("TrainConfig", [("gamma", float, config.option(0.5, "new factor", config.share))],
-                                          bases=(TrainConfig,))
+    extended = dataclasses.make_dataclass(
+        "TrainConfig", [("gamma", float, config.option(0.5, "new factor", config.share))], bases=(TrainConfig,)
+    )
     monkeypatch.setattr(flags, "TrainConfig", extended)
     monkeypatch.setattr(config, "TrainConfig", extended)
     parser = flags.training_parser()
@@ -81,9 +83,25 @@ def test_the_api_in_reference_mode_writes_the_checkpoints_the_command_line_write
     flags = dict(FLAGS, noisy_val_freq=1)  # validation in every epoch: the best by validation is epoch 3 here
     path = str(tmp_path / "mine.npz")
     np.savez(path, x_train=images, y_train=given)
-    run("blind_knowledge_dist_training.py", "--dataset", "custom", "--data_file", path, "--results_dir", tmp_path, "--device",
-        "cpu", "--reference", "--num_workers", "0", *[f"--{k}={v}" for k, v in flags.items()], cwd=str(tmp_path))
-    find_label_issues(images, given, device="cpu", reference=True, num_workers=0, run_dir=str(tmp_path / "api"), **flags)
+    run(
+        "blind_knowledge_dist_training.py",
+        "--dataset",
+        "custom",
+        "--data_file",
+        path,
+        "--results_dir",
+        tmp_path,
+        "--device",
+        "cpu",
+        "--reference",
+        "--num_workers",
+        "0",
+        *[f"--{k}={v}" for k, v in flags.items()],
+        cwd=str(tmp_path),
+    )
+    find_label_issues(
+        images, given, device="cpu", reference=True, num_workers=0, run_dir=str(tmp_path / "api"), **flags
+    )
     for name in ("teacher.pth.tar", "student.pth.tar", "teacher_last.pth.tar"):
         cli, api = (torch.load(tmp_path / d / name, weights_only=True) for d in ("custom_mine_seed_0", "api"))
         assert cli["epoch"] == api["epoch"] == 5, name  # the last epoch, as the original
@@ -114,7 +132,9 @@ def test_a_runs_images_and_labels_are_taken_once():
     from bkd.data.datasets import CUSTOM, DataSelection, input_dataset
 
     images, labels = make_images(40, 4, np.random.RandomState(0))
-    data = input_dataset(DataSelection(dataset=CUSTOM, arrays=from_arrays(images, labels)), TrainConfig(subset=20, val_ratio=0.1))
+    data = input_dataset(
+        DataSelection(dataset=CUSTOM, arrays=from_arrays(images, labels)), TrainConfig(subset=20, val_ratio=0.1)
+    )
     assert data.images is data.images and data.labels is data.labels  # attributes, not a copy per access
     assert np.array_equal(data.images, images[data.subset]) and np.array_equal(data.labels, labels[data.subset])
 

@@ -6,6 +6,7 @@ uninterrupted run's weights; a GPU run's checkpoints load in a CPU-only process;
 learning.py and detection.py evaluate the GPU run. The last test is the same promise at the configuration a user
 runs (width 64, compiled): benchmarks/gpu_check.py's correctness step, which the check runs before the others.
 """
+
 import json
 import os
 import signal
@@ -55,8 +56,13 @@ def test_two_identical_runs_are_bit_equal(gpu_run, synthetic_root, tmp_path):
 def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(gpu_run, synthetic_root, tmp_path):
     _, run_dir, _ = gpu_run
     flags = tiny_flags(synthetic_root, str(tmp_path), **GPU)
-    proc = subprocess.Popen([sys.executable, script(TRAIN), *flags], cwd=str(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, script(TRAIN), *flags],
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     state = os.path.join(tmp_path, "cifar10_worst_seed_0", "state.pth.tar")
     for line in proc.stdout:  # into epoch 3, with an earlier epoch's state on disk (it is written in the background)
         if line.startswith("epoch:   3/") and os.path.exists(state):
@@ -72,11 +78,18 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(gpu_run, syn
 
 def test_a_gpu_checkpoint_loads_in_a_cpu_only_process(gpu_run):
     flags, run_dir, _ = gpu_run
-    code = ("import sys, torch; c = torch.load(sys.argv[1]); s = torch.load(sys.argv[2], weights_only=True); "
-            "print(len(c['state_dict']), s['epoch'], {v.device.type for v in c['state_dict'].values()})")
+    code = (
+        "import sys, torch; c = torch.load(sys.argv[1]); s = torch.load(sys.argv[2], weights_only=True); "
+        "print(len(c['state_dict']), s['epoch'], {v.device.type for v in c['state_dict'].values()})"
+    )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    out = subprocess.run([sys.executable, "-c", code, os.path.join(run_dir, "teacher.pth.tar"),
-                          os.path.join(run_dir, "state.pth.tar")], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, os.path.join(run_dir, "teacher.pth.tar"), os.path.join(run_dir, "state.pth.tar")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     assert out.stdout.split() == ["107", "6", "{'cpu'}"]
 
 
@@ -86,24 +99,48 @@ def _accuracy(text):
 
 def test_learning_and_detection_on_the_gpu_run_and_on_a_cpu_only_process(gpu_run, synthetic_root):
     _, run_dir, _ = gpu_run
-    common = ["--run_dir", run_dir, "--noise_type", "worst", "--no_download", "--data_root", synthetic_root,
-              "--noise_path", os.path.join(synthetic_root, "CIFAR-10_human.pt")]
+    common = [
+        "--run_dir",
+        run_dir,
+        "--noise_type",
+        "worst",
+        "--no_download",
+        "--data_root",
+        synthetic_root,
+        "--noise_path",
+        os.path.join(synthetic_root, "CIFAR-10_human.pt"),
+    ]
     gpu = run("learning.py", *common, "--device", "cuda").stdout
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    cpu = subprocess.run([sys.executable, script("learning.py"), *common, "--device", "cpu"], capture_output=True, text=True,
-                         env=env, cwd=ROOT)
+    cpu = subprocess.run(
+        [sys.executable, script("learning.py"), *common, "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert cpu.returncode == 0, cpu.stderr
     assert abs(_accuracy(gpu) - _accuracy(cpu.stdout)) <= 1.0  # the same weights; other kernels may flip a near-tie
     assert "The f-score is" in run("detection.py", *common).stdout
 
 
-@pytest.mark.parametrize("extra, says", [({"amp": True}, "mixed precision"), ({"compile": True}, "torch.compile"),
-                                         ({"reference": True, "num_workers": 2}, "reference mode"),
-                                         ({"cudnn_benchmark": True, "strict_fp32": True}, "no TF32, cudnn.benchmark (nondeterministic)")])
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        ({"amp": True}, "mixed precision"),
+        ({"compile": True}, "torch.compile"),
+        ({"reference": True, "num_workers": 2}, "reference mode"),
+        ({"cudnn_benchmark": True, "strict_fp32": True}, "no TF32, cudnn.benchmark (nondeterministic)"),
+    ],
+)
 def test_other_modes_run_on_the_gpu(synthetic_root, tmp_path, extra, says):
     start = time.time()
-    out = run(TRAIN, *tiny_flags(synthetic_root, str(tmp_path), **dict(GPU, n_epoch=3, **extra)), cwd=str(tmp_path),
-              timeout=600).stdout
+    out = run(
+        TRAIN,
+        *tiny_flags(synthetic_root, str(tmp_path), **dict(GPU, n_epoch=3, **extra)),
+        cwd=str(tmp_path),
+        timeout=600,
+    ).stdout
     assert says in out and "[bkd] finished" in out, out[-2000:]
     assert "torch.compile failed" not in out
     metrics = json.load(open(os.path.join(tmp_path, "cifar10_worst_seed_0", "metrics.json")))
@@ -117,8 +154,23 @@ def test_default_configuration_is_reproducible_and_resumes_exactly(config, tmp_p
     """The configuration a user runs (width 64, compiled, TF32; and --amp): the GPU check's correctness step, two
     identical runs bit-equal and a run killed with SIGKILL mid-epoch resumed to the uninterrupted run's files."""
     out = tmp_path / "gc"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--steps", "correctness",
-                           "--configs", config, "--out", str(out), "--work_dir", str(tmp_path)], capture_output=True,
-                          text=True, timeout=900, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "gpu_check.py"),
+            "--steps",
+            "correctness",
+            "--configs",
+            config,
+            "--out",
+            str(out),
+            "--work_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     step = json.load(open(f"{out}.json"))["steps"]["correctness"]
     assert step["status"] == "passed", (step, proc.stdout[-2000:], proc.stderr[-2000:])

@@ -1,5 +1,6 @@
 """The CUDA path, checked on the CPU: what a GPU would decide is mocked (compute capability, properties), and what
 the code does with it is real. tests/test_cuda.py runs the same promises on a real GPU (skipped without one)."""
+
 import json
 import os
 import re
@@ -33,8 +34,12 @@ def _requirement_floor(name):
 
 
 def test_requirements_floor_is_what_the_code_needs():
-    code = "".join(open(os.path.join(ROOT, d, f)).read() for d in ("bkd", "utils", "data")
-                   for f in os.listdir(os.path.join(ROOT, d)) if f.endswith(".py"))
+    code = "".join(
+        open(os.path.join(ROOT, d, f)).read()
+        for d in ("bkd", "utils", "data")
+        for f in os.listdir(os.path.join(ROOT, d))
+        if f.endswith(".py")
+    )
     for api, version in NEEDS.items():
         assert api in code, f"{api} is no longer called: drop it from NEEDS"
         assert devices.MIN_TORCH >= version, api
@@ -44,8 +49,11 @@ def test_requirements_floor_is_what_the_code_needs():
 
 def test_an_older_torch_is_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.1.2+cu121")
-    with pytest.raises(UsageError, match=r"^torch 2.1.2\+cu121 is older than this project needs \(2.3\); pip install -r "
-                                         r"requirements.txt$"):
+    with pytest.raises(
+        UsageError,
+        match=r"^torch 2.1.2\+cu121 is older than this project needs \(2.3\); pip install -r "
+        r"requirements.txt$",
+    ):
         devices.resolve_device("cpu")
     assert devices.torch_version("2.11.0+cu128") == (2, 11) and devices.torch_version("2.3.0a0") == (2, 3)
 
@@ -95,14 +103,22 @@ def test_cuda_settings_are_deterministic_and_tf32_by_default_and_restored_after(
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = (cuda.determinism_settings(), cuda.tf32_settings(), cuda._tf32_state())
     with cuda.cuda_settings(CUDA):
-        assert cuda.determinism_settings() == {"cudnn_deterministic": True, "cudnn_benchmark": False,
-                                                  "deterministic_algorithms": True, "fill_uninitialized_memory": True,
-                                                  "cublas_workspace_config": ":4096:8"}
+        assert cuda.determinism_settings() == {
+            "cudnn_deterministic": True,
+            "cudnn_benchmark": False,
+            "deterministic_algorithms": True,
+            "fill_uninitialized_memory": True,
+            "cublas_workspace_config": ":4096:8",
+        }
         assert cuda.tf32_settings() == {"cudnn_conv": True, "cuda_matmul": True}
     assert (cuda.determinism_settings(), cuda.tf32_settings(), cuda._tf32_state()) == before
     with cuda.cuda_settings(CUDA, deterministic=False, tf32=False, fill_uninitialized_memory=False):
         settings = cuda.determinism_settings()
-        assert settings["cudnn_benchmark"] and not settings["cudnn_deterministic"] and not settings["deterministic_algorithms"]
+        assert (
+            settings["cudnn_benchmark"]
+            and not settings["cudnn_deterministic"]
+            and not settings["deterministic_algorithms"]
+        )
         assert not settings["fill_uninitialized_memory"]
         assert cuda.tf32_settings() == {"cudnn_conv": False, "cuda_matmul": False}
     assert (cuda.determinism_settings(), cuda.tf32_settings(), cuda._tf32_state()) == before
@@ -167,14 +183,19 @@ def test_fit_sets_the_cuda_arithmetic_before_anything_else(monkeypatch):
     output = Output()
     output.finish = lambda: finished.append(True)
     computation = resolve_computation(TrainConfig(), CUDA)
-    assert run_module.fit(run_module.Job(TrainConfig(), None, CUDA, computation), [output]) == "state" and finished == [True]
+    assert run_module.fit(run_module.Job(TrainConfig(), None, CUDA, computation), [output]) == "state" and finished == [
+        True
+    ]
     assert seen["deterministic_algorithms"] and seen["cudnn_deterministic"] and not seen["cudnn_benchmark"]
     assert seen["cublas_workspace_config"] == ":4096:8" and seen["cudnn_conv"] is True and seen["cuda_matmul"] is True
     assert not torch.are_deterministic_algorithms_enabled()  # restored
 
 
 def test_computation_decides_determinism_and_tf32_per_mode():
-    default, reference = resolve_computation(TrainConfig(), CUDA), resolve_computation(TrainConfig(reference=True), CUDA)
+    default, reference = (
+        resolve_computation(TrainConfig(), CUDA),
+        resolve_computation(TrainConfig(reference=True), CUDA),
+    )
     assert default.deterministic and default.tf32  # PyTorch's and the authors' numerics on CUDA, deterministic kernels
     assert reference.deterministic and reference.tf32  # the authors' torch 1.10 ran convolutions and products in TF32
     strict = resolve_computation(TrainConfig(strict_fp32=True), CUDA)
@@ -219,7 +240,9 @@ def test_global_average_pool_is_one_deterministic_operation(monkeypatch):
 
 # 5. the GPU's facts --------------------------------------------------------------------------------------------------
 def test_machine_info_records_the_gpu(monkeypatch):
-    props = SimpleNamespace(name="NVIDIA H200", major=9, minor=0, total_memory=150_000_000_000, multi_processor_count=132)
+    props = SimpleNamespace(
+        name="NVIDIA H200", major=9, minor=0, total_memory=150_000_000_000, multi_processor_count=132
+    )
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
@@ -228,8 +251,14 @@ def test_machine_info_records_the_gpu(monkeypatch):
     # the run's settings, although they are set only when its training starts (and were torch's defaults here)
     info = machine.machine_info(torch.device("cuda:0"), resolve_computation(TrainConfig(), CUDA))
     gpu = info["gpu"]
-    assert (gpu["name"], gpu["compute_capability"], gpu["memory_gib"], gpu["driver"], gpu["cuda"], gpu["cudnn"]) == \
-        ("NVIDIA H200", "9.0", 139.7, "570.124.06", "12.8", 91002)
+    assert (gpu["name"], gpu["compute_capability"], gpu["memory_gib"], gpu["driver"], gpu["cuda"], gpu["cudnn"]) == (
+        "NVIDIA H200",
+        "9.0",
+        139.7,
+        "570.124.06",
+        "12.8",
+        91002,
+    )
     assert gpu["determinism"]["deterministic_algorithms"] and gpu["tf32"] == {"cudnn_conv": True, "cuda_matmul": True}
     assert not torch.are_deterministic_algorithms_enabled()  # and put back
     assert info["device"] == "cuda:0" and "gpu" not in machine.machine_info(CPU)
@@ -282,11 +311,18 @@ def test_a_training_checkpoint_loads_in_a_cpu_only_process(synthetic_root, tmp_p
     run_dir = tmp_path / "cifar10_worst_seed_0"
     for name in ("teacher.pth.tar", "student_last.pth.tar", "state.pth.tar"):
         assert _storage_locations(run_dir / name) == {"cpu"}, name
-    code = ("import sys, torch; c = torch.load(sys.argv[1]); s = torch.load(sys.argv[2], weights_only=True); "
-            "print(len(c['state_dict']), s['epoch'])")  # the original's load, with no map_location
+    code = (
+        "import sys, torch; c = torch.load(sys.argv[1]); s = torch.load(sys.argv[2], weights_only=True); "
+        "print(len(c['state_dict']), s['epoch'])"
+    )  # the original's load, with no map_location
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    out = subprocess.run([sys.executable, "-c", code, str(run_dir / "teacher.pth.tar"), str(run_dir / "state.pth.tar")],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(run_dir / "teacher.pth.tar"), str(run_dir / "state.pth.tar")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     assert out.stdout.split() == ["107", "1"]
 
 
@@ -295,8 +331,13 @@ def test_a_training_checkpoint_loads_in_a_cpu_only_process(synthetic_root, tmp_p
 def one_epoch_of_two(synthetic_root, tmp_path_factory):
     results = tmp_path_factory.mktemp("resume_device")
     flags = tiny_flags(synthetic_root, str(results), n_epoch=2, noisy_val_freq=1)
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, TRAIN), *flags], cwd=str(results), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, TRAIN), *flags],
+        cwd=str(results),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("epoch 1"):  # epoch 0 is complete
             proc.kill()
@@ -321,9 +362,12 @@ def test_resuming_a_cuda_run_on_the_cpu_is_refused_naming_both_devices(one_epoch
     copy = _with_device(run_dir, tmp_path, {"type": "cuda", "name": "NVIDIA H200", "capability": "9.0"})
     proc = run(TRAIN, *flags, "--run_dir", copy, "--resume", check=False)
     assert proc.returncode == 2, proc.stderr
-    assert re.search(r"was trained on cuda \(NVIDIA H200\) and this run is on cpu \(.+\): its random streams cannot "
-                     r"continue on another kind of device; resume it on cuda \(--device\), or start a new run with "
-                     r"--overwrite", proc.stderr)
+    assert re.search(
+        r"was trained on cuda \(NVIDIA H200\) and this run is on cpu \(.+\): its random streams cannot "
+        r"continue on another kind of device; resume it on cuda \(--device\), or start a new run with "
+        r"--overwrite",
+        proc.stderr,
+    )
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -333,8 +377,11 @@ def test_resuming_on_another_model_of_the_device_continues_with_a_notice(one_epo
     assert recorded == machine.device_identity(CPU)
     copy = _with_device(run_dir, tmp_path, dict(recorded, name="Another CPU"))
     out = run(TRAIN, *flags, "--run_dir", copy, "--resume").stdout
-    assert "[bkd] resuming on cpu (" in out and "where the run trained on cpu (Another CPU): it continues, but its result " \
-        "is no longer bit-equal" in out and "[bkd] finished" in out
+    assert (
+        "[bkd] resuming on cpu (" in out
+        and "where the run trained on cpu (Another CPU): it continues, but its result is no longer bit-equal" in out
+        and "[bkd] finished" in out
+    )
 
 
 # 8. out of memory -------------------------------------------------------------------------------------------------------
@@ -351,8 +398,10 @@ def test_out_of_memory_is_one_line_naming_the_batch_sizes(synthetic_root, tmp_pa
         run_cli(training.main, tiny_flags(synthetic_root, str(tmp_path)))
     err = capsys.readouterr().err
     assert exit_info.value.code == 6 and len(err.strip().splitlines()) == 1, err
-    assert ("error: cpu ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)); lower "
-            "--batch_size (32) or --eval_batch_size (256), or free the device's memory; no epoch was completed") in err
+    assert (
+        "error: cpu ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)); lower "
+        "--batch_size (32) or --eval_batch_size (256), or free the device's memory; no epoch was completed"
+    ) in err
 
 
 # 9. the state save off the training thread ---------------------------------------------------------------------------
@@ -365,8 +414,9 @@ def _ended(epoch):
     """What RunFiles reads of a run whose epoch `epoch` just ended."""
     from bkd.state import MethodState
 
-    return SimpleNamespace(epoch=epoch, state=MethodState(), last=SimpleNamespace(lr=0.02),
-                           resume_state=lambda: {"epoch": epoch + 1})
+    return SimpleNamespace(
+        epoch=epoch, state=MethodState(), last=SimpleNamespace(lr=0.02), resume_state=lambda: {"epoch": epoch + 1}
+    )
 
 
 def test_epoch_end_does_not_wait_for_the_disk_but_the_next_one_does(tmp_path, monkeypatch):
@@ -380,7 +430,9 @@ def test_epoch_end_does_not_wait_for_the_disk_but_the_next_one_does(tmp_path, mo
         written.append((os.path.basename(path), obj["epoch"]))
 
     monkeypatch.setattr(outputs, "save_torch", slow_save)
-    monkeypatch.setattr(outputs, "save_json", lambda obj, path: written.append((os.path.basename(path), obj["epochs_completed"])))
+    monkeypatch.setattr(
+        outputs, "save_json", lambda obj, path: written.append((os.path.basename(path), obj["epochs_completed"]))
+    )
     run_dir = RunDir(str(tmp_path / "run")).open()
     data = SimpleNamespace(truly_noisy=None)
     files = outputs.RunFiles(run_dir, _job(data), {"args": {}, "data": {}}, {}, background=True)
@@ -407,8 +459,9 @@ def test_a_failed_background_write_stops_the_run_in_its_thread_and_skips_what_fo
     monkeypatch.setattr(outputs, "save_torch", full_disk)
     monkeypatch.setattr(outputs, "save_json", lambda obj, path: written.append(path))
     run_dir = RunDir(str(tmp_path / "run")).open()
-    files = outputs.RunFiles(run_dir, _job(SimpleNamespace(truly_noisy=None)), {"args": {}, "data": {}}, {},
-                             background=True)
+    files = outputs.RunFiles(
+        run_dir, _job(SimpleNamespace(truly_noisy=None)), {"args": {}, "data": {}}, {}, background=True
+    )
     files.epoch_end(_ended(0))
     with pytest.raises(RunDirError, match="No space left on device"):
         files.finish()
@@ -424,8 +477,16 @@ def test_a_run_writing_in_the_background_gives_the_files_of_one_writing_at_once(
     rng = np.random.RandomState(0)
     images, clean = make_images(120, 4, rng)
     given = flip_labels(clean, 0.2, 4, rng)
-    flags = dict(n_epoch=7, width=4, batch_size=32, lr_step=5, noisy_val_freq=2, clean_test_freq=3, eval_batch_size=64,
-                 device="cpu")
+    flags = dict(
+        n_epoch=7,
+        width=4,
+        batch_size=32,
+        lr_step=5,
+        noisy_val_freq=2,
+        clean_test_freq=3,
+        eval_batch_size=64,
+        device="cpu",
+    )
     results = {}
     for background in (False, True):
         monkeypatch.setattr(outputs, "writes_in_background", lambda device, b=background: b)
@@ -433,6 +494,10 @@ def test_a_run_writing_in_the_background_gives_the_files_of_one_writing_at_once(
     assert np.array_equal(results[True].ranked, results[False].ranked)
     for name in ("detection.npy", "agreement.npy", "pred_probs.npy", "label_issues.csv"):
         assert (tmp_path / "True" / name).read_bytes() == (tmp_path / "False" / name).read_bytes(), name
-    for name, key in (("teacher.pth.tar", "state_dict"), ("student_last.pth.tar", "state_dict"), ("state.pth.tar", "teacher")):
+    for name, key in (
+        ("teacher.pth.tar", "state_dict"),
+        ("student_last.pth.tar", "state_dict"),
+        ("state.pth.tar", "teacher"),
+    ):
         a, b = (torch.load(tmp_path / d / name, weights_only=True) for d in ("True", "False"))
         assert a["epoch"] == b["epoch"] and all(torch.equal(a[key][k], b[key][k]) for k in a[key]), name

@@ -1,4 +1,5 @@
 """Training curves in TensorBoard (bkd/curves.py)."""
+
 import os
 import signal
 import subprocess
@@ -11,8 +12,17 @@ from tests.cli import ROOT, run, script, tiny_flags
 pytest.importorskip("tensorboard", reason="tensorboard is not installed (requirements.txt installs it)")
 
 EPOCH_TAGS = {"loss/total", "loss/naive", "loss/compensation", "lr", "student_mean_top_probability", "epoch_seconds"}
-SPLIT_TAGS = {"split/otsu_threshold", "split/otsu_lower_mean", "split/otsu_upper_mean", "split/group_1_size",
-              "split/group_4_size", "detection/precision", "detection/recall", "detection/f1", "detection/auroc"}
+SPLIT_TAGS = {
+    "split/otsu_threshold",
+    "split/otsu_lower_mean",
+    "split/otsu_upper_mean",
+    "split/group_1_size",
+    "split/group_4_size",
+    "detection/precision",
+    "detection/recall",
+    "detection/f1",
+    "detection/auroc",
+}
 
 
 def _curves(run_dir):
@@ -46,8 +56,14 @@ def test_a_killed_and_resumed_run_has_every_curve_and_each_step_once(synthetic_r
     resumed writer purges from its first epoch, 5: the split's values of the killed process go with it)."""
     flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=7, overfitting_epoch=1, print_freq=1)
     env = dict(os.environ, PYTHONPATH=ROOT)
-    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_SPLITS_CURVES, script("blind_knowledge_dist_training.py"),
-                             *flags], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_THE_SPLITS_CURVES, script("blind_knowledge_dist_training.py"), *flags],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL and "[bkd] split of epoch 1" in killed.stdout, killed.stderr[-2000:]
     run_dir = os.path.join(tmp_path, "cifar10_worst_seed_0")
     assert _curves(run_dir)[0]["split/epoch"] == [5]  # on disk before the kill
@@ -85,8 +101,11 @@ def test_a_full_disk_when_the_curves_are_first_written_is_one_line_and_loses_no_
         monkeypatch.setattr(outputs, "Curves", lambda path, truly_noisy, log: Curves(str(full), truly_noisy, log))
         images, labels = np.random.RandomState(0).randint(0, 255, (60, 32, 32, 3)).astype(np.uint8), np.arange(60) % 3
         flags = dict(n_epoch=2, width=4, batch_size=16, device="cpu", run_dir=str(tmp_path / "run"))
-        with pytest.raises(RunDirError, match=r"^cannot write the TensorBoard curves in .* \(No space left on device\), "
-                                              r"so their epoch is not kept; free space or make the folder writable$"):
+        with pytest.raises(
+            RunDirError,
+            match=r"^cannot write the TensorBoard curves in .* \(No space left on device\), "
+            r"so their epoch is not kept; free space or make the folder writable$",
+        ):
             find_label_issues(images, labels, **flags)
         assert not capfd.readouterr().err  # no traceback of TensorBoard's writer thread
         assert os.listdir(full) == ["filler"]  # no empty event file
@@ -112,9 +131,18 @@ def test_without_tensorboard_a_run_says_so_once_and_trains(synthetic_root, tmp_p
     blocker.mkdir()
     (blocker / "tensorboard.py").write_text("raise ImportError('hidden by the test')\n")
     env = dict(os.environ, PYTHONPATH=str(blocker))
-    proc = subprocess.run([sys.executable, script("blind_knowledge_dist_training.py"),
-                           *tiny_flags(synthetic_root, str(tmp_path), n_epoch=1)], cwd=str(tmp_path), env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            script("blind_knowledge_dist_training.py"),
+            *tiny_flags(synthetic_root, str(tmp_path), n_epoch=1),
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("[bkd] no TensorBoard curves: the tensorboard package is not installed") == 1
 

@@ -1,4 +1,5 @@
 """Your own data (--dataset custom): both input forms end to end, the ranked label_issues.csv, and bad inputs."""
+
 import os
 
 import numpy as np
@@ -9,8 +10,26 @@ from bkd.issues import COLUMNS, read_label_issues
 from tests.cli import run
 from tests.synthetic import CUSTOM_CLASSES, write_custom
 
-TRAIN = ["--n_epoch", "8", "--width", "8", "--batch_size", "32", "--lr_step", "6", "--noisy_val_freq", "2",
-         "--clean_test_freq", "4", "--print_freq", "100", "--eval_batch_size", "256", "--device", "cpu"]
+TRAIN = [
+    "--n_epoch",
+    "8",
+    "--width",
+    "8",
+    "--batch_size",
+    "32",
+    "--lr_step",
+    "6",
+    "--noisy_val_freq",
+    "2",
+    "--clean_test_freq",
+    "4",
+    "--print_freq",
+    "100",
+    "--eval_batch_size",
+    "256",
+    "--device",
+    "cpu",
+]
 
 
 def _run_all(data_file, results, extra_detection=()):
@@ -28,7 +47,9 @@ def _check_issues(path, n, flipped, classes):
     assert sorted(r["position"] for r in rows) == list(range(n))  # complete: every training image once
     probs = [r["given_prob"] for r in rows]
     assert probs == sorted(probs)  # most suspect (lowest agreed probability of the given label) first
-    assert all(r["given_name"] == classes[r["given_label"]] and r["agreed_name"] == classes[r["agreed_label"]] for r in rows)
+    assert all(
+        r["given_name"] == classes[r["given_label"]] and r["agreed_name"] == classes[r["agreed_label"]] for r in rows
+    )
     assert all(r["flagged"] == (r["group"] == 4) for r in rows)
     top = [r["position"] for r in rows[: int(flipped.sum())]]
     precision_at_k = flipped[top].mean()
@@ -83,7 +104,9 @@ def test_image_folder_end_to_end(tmp_path):
     run_dir = os.path.join(results, "custom_images_seed_0")
     rows = _check_issues(os.path.join(run_dir, "label_issues.csv"), len(clean), flipped, sorted(CUSTOM_CLASSES))
     assert all(r["id"] == f"{r['given_name']}/{os.path.basename(r['id'])}" for r in rows)  # ids: paths in the folder
-    assert "250 training images 32x32 of 5 classes" in train and "no test set: no test accuracy" in train  # --image_size 32
+    assert (
+        "250 training images 32x32 of 5 classes" in train and "no test set: no test accuracy" in train
+    )  # --image_size 32
     assert "[bkd] the data has no test set: no test accuracy" in learn
     assert "epoch: 0\tacc on clean test_data" not in train
 
@@ -98,9 +121,24 @@ def test_other_image_sizes_use_global_pooling(tmp_path):
     path, _, _ = write_custom(str(tmp_path), n_train=100, folder=True, size=48)
     results = str(tmp_path / "results")
     os.makedirs(results)
-    out = run("blind_knowledge_dist_training.py", "--dataset", "custom", "--data_file", path, "--image_size", "48",
-              "--results_dir", results, "--n_epoch", "2", *TRAIN[2:], cwd=results).stdout
-    assert "100 training images 48x48" in out and os.path.exists(os.path.join(results, "custom_images_seed_0", "label_issues.csv"))
+    out = run(
+        "blind_knowledge_dist_training.py",
+        "--dataset",
+        "custom",
+        "--data_file",
+        path,
+        "--image_size",
+        "48",
+        "--results_dir",
+        results,
+        "--n_epoch",
+        "2",
+        *TRAIN[2:],
+        cwd=results,
+    ).stdout
+    assert "100 training images 48x48" in out and os.path.exists(
+        os.path.join(results, "custom_images_seed_0", "label_issues.csv")
+    )
 
 
 def _npz(path, **arrays):
@@ -126,20 +164,33 @@ def _bad_cases(tmp_path):
         (_npz(tmp_path / "dtype.npz", x_train=x.astype(np.float32), y_train=y), "x_train must be uint8 RGB images"),
         (_npz(tmp_path / "shape.npz", x_train=x[..., 0], y_train=y), "x_train must be uint8 RGB images (N, H, W, 3)"),
         (_npz(tmp_path / "square.npz", x_train=x[:, :, :16], y_train=y), "images must be square"),
-        (_npz(tmp_path / "outside.npz", x_train=x, y_train=np.where(y == 1, 5, 0), classes=np.array(["a", "b"])),
-         "label 5 is outside 0..1"),
+        (
+            _npz(tmp_path / "outside.npz", x_train=x, y_train=np.where(y == 1, 5, 0), classes=np.array(["a", "b"])),
+            "label 5 is outside 0..1",
+        ),
         (_npz(tmp_path / "one.npz", x_train=x, y_train=np.zeros(20, int)), "1 class(es); detection needs at least two"),
-        (_npz(tmp_path / "empty.npz", x_train=x, y_train=y * 2, classes=np.array(["a", "b", "c"])),
-         "class 1 ('b') has no training image"),
-        (_npz(tmp_path / "ids.npz", x_train=x, y_train=y, ids=np.array(["a", "b"])), "ids has 2 entries for 20 training images"),
+        (
+            _npz(tmp_path / "empty.npz", x_train=x, y_train=y * 2, classes=np.array(["a", "b", "c"])),
+            "class 1 ('b') has no training image",
+        ),
+        (
+            _npz(tmp_path / "ids.npz", x_train=x, y_train=y, ids=np.array(["a", "b"])),
+            "ids has 2 entries for 20 training images",
+        ),
         (_npz(tmp_path / "lengths.npz", x_train=x, y_train=y[:5]), "y_train must hold one integer label per image"),
         (_npz(tmp_path / "test.npz", x_train=x, y_train=y, x_test=x), "x_test and y_test come together"),
         (str(folder_no_classes), "no class sub-folders"),
         (str(folder_bad_image), f"{folder_bad_image / 'dog' / 'bad.png'}: unreadable image"),
         (str(tmp_path / "missing.npz"), "no such file or folder"),
-        (_npz(tmp_path / "huge.npz", x_train=x, y_train=np.where(y == 1, 2**31 - 1, 0)), "label 2147483647 implies 2147483648 classes"),
+        (
+            _npz(tmp_path / "huge.npz", x_train=x, y_train=np.where(y == 1, 2**31 - 1, 0)),
+            "label 2147483647 implies 2147483648 classes",
+        ),
         (_npz(tmp_path / "nothing.npz", x_train=x[:0], y_train=y[:0]), "x_train is empty"),
-        (_npz(tmp_path / "ids2d.npz", x_train=x, y_train=y, ids=np.full((20, 2), "198")), "ids must hold one identifier per image"),
+        (
+            _npz(tmp_path / "ids2d.npz", x_train=x, y_train=y, ids=np.full((20, 2), "198")),
+            "ids must hold one identifier per image",
+        ),
     ]
 
 
@@ -147,10 +198,26 @@ def test_bad_custom_data_gets_one_line_errors(tmp_path, capsys):
     from tests.test_bad_input import call
 
     for path, message in _bad_cases(tmp_path):
-        code, err = call(training, ["--dataset", "custom", "--data_file", path, "--results_dir", tmp_path / "r", "--device",
-                                    "cpu", "--n_epoch", "1"], capsys)
+        code, err = call(
+            training,
+            [
+                "--dataset",
+                "custom",
+                "--data_file",
+                path,
+                "--results_dir",
+                tmp_path / "r",
+                "--device",
+                "cpu",
+                "--n_epoch",
+                "1",
+            ],
+            capsys,
+        )
         assert code == 3 and message in err and len(err.strip().splitlines()) == 1, (path, err)
-        assert not os.path.exists(tmp_path / "r" / f"custom_{os.path.splitext(os.path.basename(path))[0]}_seed_0" / "state.pth.tar")
+        assert not os.path.exists(
+            tmp_path / "r" / f"custom_{os.path.splitext(os.path.basename(path))[0]}_seed_0" / "state.pth.tar"
+        )
 
 
 def test_image_folder_link_loop_reads_each_image_once(tmp_path):
@@ -166,8 +233,19 @@ def test_image_folder_link_loop_reads_each_image_once(tmp_path):
     counts = dict(zip(data.classes, np.bincount(data.y_train)))
     results = str(tmp_path / "results")
     os.makedirs(results)
-    out = run("blind_knowledge_dist_training.py", "--dataset", "custom", "--data_file", path, "--results_dir", results,
-              *TRAIN[2:], "--n_epoch", "1", cwd=results).stdout
+    out = run(
+        "blind_knowledge_dist_training.py",
+        "--dataset",
+        "custom",
+        "--data_file",
+        path,
+        "--results_dir",
+        results,
+        *TRAIN[2:],
+        "--n_epoch",
+        "1",
+        cwd=results,
+    ).stdout
     assert "60 training images" in out and ", ".join(f"{k} {n}" for k, n in counts.items()) in out
 
 
@@ -177,8 +255,19 @@ def test_empty_test_set_is_no_test_set(tmp_path):
     path = _npz(tmp_path / "notest.npz", x_train=x, y_train=np.arange(40) % 2, x_test=x[:0], y_test=np.zeros(0, int))
     results = str(tmp_path / "results")
     os.makedirs(results)
-    out = run("blind_knowledge_dist_training.py", "--dataset", "custom", "--data_file", path, "--results_dir", results,
-              *TRAIN[2:], "--n_epoch", "1", cwd=results).stdout
+    out = run(
+        "blind_knowledge_dist_training.py",
+        "--dataset",
+        "custom",
+        "--data_file",
+        path,
+        "--results_dir",
+        results,
+        *TRAIN[2:],
+        "--n_epoch",
+        "1",
+        cwd=results,
+    ).stdout
     assert "no test set: no test accuracy" in out and "acc on clean test_data" not in out
 
 
@@ -190,6 +279,20 @@ def test_small_images_with_a_last_training_batch_of_one(tmp_path):
     path = _npz(tmp_path / "small.npz", x_train=x, y_train=np.arange(n) % 2)
     results = str(tmp_path / "results")
     os.makedirs(results)
-    out = run("blind_knowledge_dist_training.py", "--dataset", "custom", "--data_file", path, "--results_dir", results,
-              *TRAIN[2:], "--n_epoch", "1", "--batch_size", "33", "--keep_image_size", cwd=results)
+    out = run(
+        "blind_knowledge_dist_training.py",
+        "--dataset",
+        "custom",
+        "--data_file",
+        path,
+        "--results_dir",
+        results,
+        *TRAIN[2:],
+        "--n_epoch",
+        "1",
+        "--batch_size",
+        "33",
+        "--keep_image_size",
+        cwd=results,
+    )
     assert "[bkd] finished" in out.stdout

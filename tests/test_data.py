@@ -1,4 +1,5 @@
 """Label files, image files, splits and the two input pipelines."""
+
 import os
 import pickle
 import zipfile
@@ -88,11 +89,21 @@ def test_noise_type_must_match_dataset():
         load_noisy_labels("cifar10", "bogus", None, None)
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(SHARED_DATA, "cifar-n", "CIFAR-10_human.pt")), reason="no shared CIFAR-N files")
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(SHARED_DATA, "cifar-n", "CIFAR-10_human.pt")), reason="no shared CIFAR-N files"
+)
 @pytest.mark.parametrize(
     "dataset, noise_type, rate",
-    [("cifar10", "aggre", 9.01), ("cifar10", "rand1", 17.23), ("cifar10", "rand2", 18.12), ("cifar10", "rand3", 17.64),
-     ("cifar10", "worst", 40.21), ("cifar10", "clean", 0.0), ("cifar100", "noisy100", 40.20), ("cifar100", "clean100", 0.0)],
+    [
+        ("cifar10", "aggre", 9.01),
+        ("cifar10", "rand1", 17.23),
+        ("cifar10", "rand2", 18.12),
+        ("cifar10", "rand3", 17.64),
+        ("cifar10", "worst", 40.21),
+        ("cifar10", "clean", 0.0),
+        ("cifar100", "noisy100", 40.20),
+        ("cifar100", "clean100", 0.0),
+    ],
 )
 def test_real_cifar_n_noise_rates(dataset, noise_type, rate):
     name = "CIFAR-10_human.pt" if dataset == "cifar10" else "CIFAR-100_human.pt"
@@ -104,7 +115,13 @@ def test_real_cifar_n_noise_rates(dataset, noise_type, rate):
 def test_npz_images_and_errors(tmp_path, synthetic_root):
     images = load_images("cifar10", synthetic_root, download=False)
     assert images.x_train.shape == (400, 32, 32, 3) and images.x_train.dtype == np.uint8
-    np.savez(tmp_path / "cifar10.npz", x_train=np.zeros((4, 32, 32), np.uint8), y_train=np.zeros(4), x_test=np.zeros((1, 32, 32, 3), np.uint8), y_test=np.zeros(1))
+    np.savez(
+        tmp_path / "cifar10.npz",
+        x_train=np.zeros((4, 32, 32), np.uint8),
+        y_train=np.zeros(4),
+        x_test=np.zeros((1, 32, 32, 3), np.uint8),
+        y_test=np.zeros(1),
+    )
     with pytest.raises(DataError, match=r"x_train must be uint8 \(N, 32, 32, 3\)"):
         load_images("cifar10", str(tmp_path), download=False)
     with pytest.raises(DataError, match="cifar100.npz"):  # nothing there, downloads off: says how to supply data
@@ -158,8 +175,12 @@ def test_device_loader_draws_uniform_offsets_and_fair_flips():
     ref = torch.from_numpy(base).permute(2, 0, 1).float()[None] / 255
     flips, offsets = [], []
     all_choices = [(f, i, j) for f in (False, True) for i in range(9) for j in range(9)]
-    candidates = torch.cat([augment_batch(ref, torch.tensor([f]), torch.tensor([i]), torch.tensor([j]), "constant", False)
-                            for f, i, j in all_choices])
+    candidates = torch.cat(
+        [
+            augment_batch(ref, torch.tensor([f]), torch.tensor([i]), torch.tensor([j]), "constant", False)
+            for f, i, j in all_choices
+        ]
+    )
     for x, _, _ in loader:
         dist = torch.cdist(x.flatten(1), candidates.flatten(1), compute_mode="donot_use_mm_for_euclid_dist")
         assert dist.min(1).values.max() < 1e-3  # each output is exactly one flip/offset choice

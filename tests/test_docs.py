@@ -1,10 +1,13 @@
 """The docs name only what exists: every relative link and every file path of the project in README.md and docs/."""
+
 import os
 import re
 
 from tests.cli import ROOT
 
-DOCS = ["README.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")]
+DOCS = ["README.md"] + [
+    os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")
+]
 TOP = {name for name in os.listdir(ROOT) if not name.startswith(".")} | {".ci"}
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 CODE = re.compile(r"`([^`\n]+)`")
@@ -20,8 +23,12 @@ def _anchors(path):
 def _project_path(token):
     """A token in backticks that names a file or folder of this project (not a pattern, not a run's output)."""
     token = token.split()[0].rstrip(".,:;)").split(":")[0] if token.strip() else ""
-    if any(c in token for c in "<>*{}$=") or token.startswith(("-", "results/", "../")) or "/" not in token and \
-            not token.endswith((".py", ".sh", ".txt", ".ini", ".md")):
+    if (
+        any(c in token for c in "<>*{}$=")
+        or token.startswith(("-", "results/", "../"))
+        or "/" not in token
+        and not token.endswith((".py", ".sh", ".txt", ".ini", ".md"))
+    ):
         return None
     return token if token.split("/")[0] in TOP else None
 
@@ -58,8 +65,13 @@ def test_the_readme_is_a_front_door():
     first_screen = "\n".join(text.splitlines()[:40])
     for needed in ("bash run.sh --quick", "python -m pytest -q tests", "Blind Knowledge Distillation"):
         assert needed in first_screen, needed
-    for section in ("## What a run produces", "## Where the paper lives in the code", "## The three scripts",
-                    "## Differences from the original", "## On a GPU"):
+    for section in (
+        "## What a run produces",
+        "## Where the paper lives in the code",
+        "## The three scripts",
+        "## Differences from the original",
+        "## On a GPU",
+    ):
         assert section in text, section
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
     assert ".venv/bin/python -m pytest -q tests" in ci and ".venv/bin/python -m pytest -q tests" in first_screen

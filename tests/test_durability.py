@@ -1,4 +1,5 @@
 """Resume after SIGKILL, atomic writes, signals, run-directory protection, non-finite loss."""
+
 import fcntl
 import hashlib
 import os
@@ -22,7 +23,9 @@ def digest(path):
 
 
 def run_dir_digests(run_dir):
-    return {name: digest(os.path.join(run_dir, name)) for name in sorted(os.listdir(run_dir)) if not name.startswith(".")}
+    return {
+        name: digest(os.path.join(run_dir, name)) for name in sorted(os.listdir(run_dir)) if not name.startswith(".")
+    }
 
 
 def accuracy_lines(text):
@@ -34,8 +37,9 @@ def iteration_marker(epoch, iteration, n_epoch=6):
 
 
 def start(flags, cwd):
-    return subprocess.Popen([sys.executable, script(TRAIN), *flags], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, script(TRAIN), *flags], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def read_until(proc, marker, timeout=240):
@@ -58,7 +62,9 @@ def uninterrupted(synthetic_root, tmp_path_factory):
 
 def test_sigkill_mid_epoch_then_resume_is_exact(synthetic_root, tmp_path, uninterrupted):
     ref_dir, ref_out = uninterrupted
-    flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=6, lr_step=4, noisy_val_freq=1, clean_test_freq=2, print_freq=1)
+    flags = tiny_flags(
+        synthetic_root, str(tmp_path), n_epoch=6, lr_step=4, noisy_val_freq=1, clean_test_freq=2, print_freq=1
+    )
     proc = start(flags, str(tmp_path))
     first = read_until(proc, iteration_marker(3, 2))
     proc.send_signal(signal.SIGKILL)
@@ -74,12 +80,16 @@ def test_sigkill_mid_epoch_then_resume_is_exact(synthetic_root, tmp_path, uninte
         a = torch.load(os.path.join(run_dir, name), weights_only=True)["state_dict"]
         b = torch.load(os.path.join(ref_dir, name), weights_only=True)["state_dict"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    assert np.array_equal(np.load(os.path.join(run_dir, "detection.npy")), np.load(os.path.join(ref_dir, "detection.npy")))
+    assert np.array_equal(
+        np.load(os.path.join(run_dir, "detection.npy")), np.load(os.path.join(ref_dir, "detection.npy"))
+    )
 
 
 def test_sigterm_saves_and_says_how_to_resume(synthetic_root, tmp_path, uninterrupted):
     ref_dir, _ = uninterrupted
-    flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=6, lr_step=4, noisy_val_freq=1, clean_test_freq=2, print_freq=1)
+    flags = tiny_flags(
+        synthetic_root, str(tmp_path), n_epoch=6, lr_step=4, noisy_val_freq=1, clean_test_freq=2, print_freq=1
+    )
     proc = start(flags, str(tmp_path))
     read_until(proc, iteration_marker(2, 1))
     proc.send_signal(signal.SIGTERM)
@@ -193,8 +203,27 @@ def test_launcher_relaunches_a_run_interrupted_in_epoch_0(synthetic_root, tmp_pa
     run_dir.mkdir()
     np.save(run_dir / "train_subset.npy", np.arange(4000))  # what an interrupt in epoch 0 leaves behind
     (run_dir / "training.log").write_text("epoch 0\n")
-    grid = ["run", "--seeds", "0", "--noise_types", "worst", "--results_dir", results, "--quick", "--cpu", *data_flags(synthetic_root),
-            "--subset", "200", "--n_epoch", "2", "--width", "4", "--device", "cpu", "--no_download"]
+    grid = [
+        "run",
+        "--seeds",
+        "0",
+        "--noise_types",
+        "worst",
+        "--results_dir",
+        results,
+        "--quick",
+        "--cpu",
+        *data_flags(synthetic_root),
+        "--subset",
+        "200",
+        "--n_epoch",
+        "2",
+        "--width",
+        "4",
+        "--device",
+        "cpu",
+        "--no_download",
+    ]
     proc = launch(*grid, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 done" in proc.stdout
@@ -207,7 +236,9 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_completes_an_epoch(synthe
     (run_dir / "learning.log").write_text("Best test acc selected by val is 50.0\n")
     before = run_dir_digests(run_dir)
     # a diverging new run: the old run stays, and the message says so
-    proc = run(TRAIN, *quick_flags(synthetic_root, str(tmp_path), overwrite=True, lr=1e12), cwd=str(tmp_path), check=False)
+    proc = run(
+        TRAIN, *quick_flags(synthetic_root, str(tmp_path), overwrite=True, lr=1e12), cwd=str(tmp_path), check=False
+    )
     assert proc.returncode == 5
     assert "holds the earlier run again" in proc.stderr and "keeps the last" not in proc.stderr
     assert run_dir_digests(run_dir) == before
@@ -258,8 +289,14 @@ def test_resume_refuses_other_data_or_flags(synthetic_root, tmp_path):
         assert len(got.stderr.strip().splitlines()) == 1 and "Traceback" not in got.stderr, got.stderr
     # another thread count resumes, and says the result is no longer bit-equal
     env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
-    got = subprocess.run([sys.executable, script(TRAIN), *flags, "--resume"], cwd=str(tmp_path), capture_output=True, text=True,
-                         env=env, timeout=300)
+    got = subprocess.run(
+        [sys.executable, script(TRAIN), *flags, "--resume"],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert got.returncode == 0, got.stderr
     assert "no longer bit-equal" in got.stdout
 
@@ -271,7 +308,9 @@ def test_disk_full_while_saving_keeps_the_earlier_file(tmp_path):
     with tmpfs(tmp_path / "small", "64k", "to fill a disk") as mount:
         target = mount / "detection.npy"
         save_numpy(np.zeros(100, dtype=bool), str(target))
-        with pytest.raises(RunDirError, match=r"cannot write .*detection.npy \(.* bytes free there\); the earlier file is kept"):
+        with pytest.raises(
+            RunDirError, match=r"cannot write .*detection.npy \(.* bytes free there\); the earlier file is kept"
+        ):
             save_numpy(np.zeros(200_000, dtype=bool), str(target))
         assert np.load(target).shape == (100,)
         assert [p.name for p in mount.iterdir()] == ["detection.npy"]  # no temporary file left
@@ -281,8 +320,10 @@ def test_disk_full_while_saving_keeps_the_earlier_file(tmp_path):
 def test_outputs_honour_the_umask(tmp_path, umask, mode):
     from tests.cli import ROOT
 
-    code = (f"import os, sys; os.umask({umask}); sys.path.insert(0, sys.argv[1]); from bkd.utils.files import save_json; "
-            "save_json({'a': 1}, sys.argv[2])")
+    code = (
+        f"import os, sys; os.umask({umask}); sys.path.insert(0, sys.argv[1]); from bkd.utils.files import save_json; "
+        "save_json({'a': 1}, sys.argv[2])"
+    )
     subprocess.run([sys.executable, "-c", code, ROOT, str(tmp_path / "m.json")], check=True)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == mode
 
@@ -301,14 +342,21 @@ ctypes.CDLL(None).read(read, ctypes.create_string_buffer(1), 1)
 """
 
 
-@pytest.mark.parametrize("signals, grace_s, says", [((signal.SIGTERM,), 1, "1 s after SIGTERM"),
-                                                    ((signal.SIGINT, signal.SIGINT), 600, "after a second SIGINT")])
+@pytest.mark.parametrize(
+    "signals, grace_s, says",
+    [((signal.SIGTERM,), 1, "1 s after SIGTERM"), ((signal.SIGINT, signal.SIGINT), 600, "after a second SIGINT")],
+)
 def test_a_process_stuck_in_native_code_still_stops_when_asked_with_one_line(tmp_path, signals, grace_s, says):
     import time
 
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, "-c", STUCK_IN_NATIVE_CODE, str(grace_s)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_IN_NATIVE_CODE, str(grace_s)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "stuck"
     started = time.time()
     for sig in signals:
@@ -316,6 +364,8 @@ def test_a_process_stuck_in_native_code_still_stops_when_asked_with_one_line(tmp
         time.sleep(0.3)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and time.time() - started < 20
-    assert err.strip().splitlines() == [f"error: still running {says} (inside a long native call: a kernel, a compilation or a pass), "
-                                        "so it was stopped at once; the run directory keeps epochs 0..2: run the same "
-                                        "command with --resume"]
+    assert err.strip().splitlines() == [
+        f"error: still running {says} (inside a long native call: a kernel, a compilation or a pass), "
+        "so it was stopped at once; the run directory keeps epochs 0..2: run the same "
+        "command with --resume"
+    ]

@@ -1,4 +1,5 @@
 """Issue-by-issue edges where a user could lose a result or be told something untrue (docs/reliability.md)."""
+
 import fcntl
 import json
 import os
@@ -16,10 +17,15 @@ from tests.test_bad_input import _copy_run, _detection_argv, _learning_argv, cal
 # 1. evaluations of one run at once ------------------------------------------------------------------------------------
 def test_two_evaluations_started_together_both_keep_their_results(finished_run, synthetic_root, tmp_path):
     run_dir = _copy_run(finished_run, tmp_path)
-    procs = [subprocess.Popen([sys.executable, script(name), *argv], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for name, argv in (("learning.py", _learning_argv(synthetic_root, run_dir)),
-                                ("detection.py", _detection_argv(synthetic_root, run_dir)))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script(name), *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, argv in (
+            ("learning.py", _learning_argv(synthetic_root, run_dir)),
+            ("detection.py", _detection_argv(synthetic_root, run_dir)),
+        )
+    ]
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
@@ -27,7 +33,9 @@ def test_two_evaluations_started_together_both_keep_their_results(finished_run, 
     assert metrics["learning"]["best_test_acc"] is not None and metrics["detection"]["f1"] is not None
 
 
-def test_an_evaluation_runs_beside_another_and_leaves_its_half_written_file(finished_run, synthetic_root, tmp_path, capsys):
+def test_an_evaluation_runs_beside_another_and_leaves_its_half_written_file(
+    finished_run, synthetic_root, tmp_path, capsys
+):
     """Another evaluation holds the run's lock (shared) and is writing metrics.json: this one neither refuses ("still
     training") nor sweeps the other's temporary file."""
     run_dir = _copy_run(finished_run, tmp_path)
@@ -42,8 +50,10 @@ def test_an_evaluation_runs_beside_another_and_leaves_its_half_written_file(fini
 
 def test_metrics_updates_from_processes_at_once_lose_nothing(tmp_path):
     path = str(tmp_path / "metrics.json")
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from bkd.utils.files import update_json\n"
-            "for i in range(40): update_json(sys.argv[2], {f'{sys.argv[3]}_{i}': i})")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from bkd.utils.files import update_json\n"
+        "for i in range(40): update_json(sys.argv[2], {f'{sys.argv[3]}_{i}': i})"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code, ROOT, path, name]) for name in ("a", "b", "c")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     assert len(json.load(open(path))) == 3 * 40
@@ -51,10 +61,16 @@ def test_metrics_updates_from_processes_at_once_lose_nothing(tmp_path):
 
 # 2. a finished run without the files the evaluations never read ------------------------------------------------------
 @pytest.mark.parametrize("module", [learning, detection])
-@pytest.mark.parametrize("removed, code, says", [("state.pth.tar", 0, None),  # a finished run's resume state, to save space
-                                                 ("metrics.json", 3, "metrics.json is missing")])
-def test_an_evaluation_needs_only_the_files_it_reads(module, removed, code, says, finished_run, synthetic_root, tmp_path,
-                                                     capsys):
+@pytest.mark.parametrize(
+    "removed, code, says",
+    [
+        ("state.pth.tar", 0, None),  # a finished run's resume state, to save space
+        ("metrics.json", 3, "metrics.json is missing"),
+    ],
+)
+def test_an_evaluation_needs_only_the_files_it_reads(
+    module, removed, code, says, finished_run, synthetic_root, tmp_path, capsys
+):
     run_dir = _copy_run(finished_run, tmp_path)
     os.remove(os.path.join(run_dir, removed))
     argv = (_learning_argv if module is learning else _detection_argv)(synthetic_root, run_dir)
@@ -77,12 +93,28 @@ def test_image_folder_names_that_are_not_utf8_train_to_the_end_and_are_written_e
     results = str(tmp_path / "results")
     data = ["--dataset", "custom", "--data_file", path, "--device", "cpu", "--results_dir", results]
     env = dict(os.environ, PYTHONIOENCODING="utf-8")  # a strict UTF-8 standard output: the names are printed as stored
-    proc = subprocess.run([sys.executable, script("blind_knowledge_dist_training.py"), *data, "--n_epoch", "2", "--width",
-                           "4", "--batch_size", "16"], cwd=str(tmp_path), capture_output=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            script("blind_knowledge_dist_training.py"),
+            *data,
+            "--n_epoch",
+            "2",
+            "--width",
+            "4",
+            "--batch_size",
+            "16",
+        ],
+        cwd=str(tmp_path),
+        capture_output=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert b"Kl\xe4sse" in proc.stdout  # (the start-up line counts the images of each class by name)
-    detection = subprocess.run([sys.executable, script("detection.py"), *data], cwd=str(tmp_path), capture_output=True,
-                               timeout=300, env=env)
+    detection = subprocess.run(
+        [sys.executable, script("detection.py"), *data], cwd=str(tmp_path), capture_output=True, timeout=300, env=env
+    )
     assert detection.returncode == 0 and b"(Kl\xe4sse): " in detection.stdout, detection.stderr.decode(errors="replace")
     issues = os.path.join(results, "custom_images_seed_0", "label_issues.csv")
     raw = open(issues, "rb").read()
@@ -112,7 +144,9 @@ def test_a_run_that_cannot_start_is_reported_failed_and_the_others_go_on(synthet
     results = str(tmp_path / "results")
     os.makedirs(results)
     open(os.path.join(results, "cifar10_aggre_seed_0"), "w").close()  # a regular file where the run's folder goes
-    proc = launch("run", *grid_flags(results, seeds=(0,)), "--cpu", "--threads", "1", *GRID_TINY, *data_flags(synthetic_root))
+    proc = launch(
+        "run", *grid_flags(results, seeds=(0,)), "--cpu", "--threads", "1", *GRID_TINY, *data_flags(synthetic_root)
+    )
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "interrupted" not in proc.stdout
     assert "cifar10_aggre_seed_0: FAILED to start (File exists" in proc.stdout
@@ -143,9 +177,18 @@ def test_launcher_status_and_summary_on_a_damaged_or_read_only_results_folder(sy
 # 5. standard output on a full disk -------------------------------------------------------------------------------------
 def test_standard_output_on_a_full_disk_is_one_line_and_says_what_the_run_holds(synthetic_root, tmp_path):
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, script("blind_knowledge_dist_training.py"),
-                               *tiny_flags(synthetic_root, str(tmp_path), n_epoch=1)], cwd=str(tmp_path), stdout=full,
-                              stderr=subprocess.PIPE, text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                script("blind_knowledge_dist_training.py"),
+                *tiny_flags(synthetic_root, str(tmp_path), n_epoch=1),
+            ],
+            cwd=str(tmp_path),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot write standard output (No space left on device)" in lines[0]
@@ -155,12 +198,24 @@ def test_standard_output_on_a_full_disk_is_one_line_and_says_what_the_run_holds(
 # 6. an unwritable compile cache ----------------------------------------------------------------------------------------
 def test_an_unwritable_compile_cache_runs_with_another_and_says_so(synthetic_root, tmp_path):
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR="/proc/no_such_folder")
-    proc = subprocess.run([sys.executable, script("blind_knowledge_dist_training.py"),
-                           *tiny_flags(synthetic_root, str(tmp_path), n_epoch=1), "--no_compile"], cwd=str(tmp_path),
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            script("blind_knowledge_dist_training.py"),
+            *tiny_flags(synthetic_root, str(tmp_path), n_epoch=1),
+            "--no_compile",
+        ],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert "[bkd] torch's compile cache cannot be created (No such file or directory: /proc/no_such_folder); this run " \
-           "caches in" in proc.stdout
+    assert (
+        "[bkd] torch's compile cache cannot be created (No such file or directory: /proc/no_such_folder); this run "
+        "caches in" in proc.stdout
+    )
 
 
 def test_no_writable_compile_cache_at_all_is_one_line_naming_the_variable(monkeypatch):
@@ -170,7 +225,9 @@ def test_no_writable_compile_cache_at_all_is_one_line_naming_the_variable(monkey
     from bkd.utils.compile_cache import usable_compile_cache
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/proc/no_such_folder")
-    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    monkeypatch.setattr(
+        tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+    )
     with pytest.raises(UsageError, match="set TORCHINDUCTOR_CACHE_DIR to a writable folder"):
         with usable_compile_cache(print):
             pass
@@ -194,7 +251,9 @@ def test_the_api_refuses_images_of_two_sizes_in_one_line():
     from bkd.utils.errors import DataError
 
     images = [np.zeros((32, 32, 3), np.uint8), np.zeros((48, 48, 3), np.uint8)] * 10
-    with pytest.raises(DataError, match=r"^images: a list of images of 2 shapes \(\(32, 32, 3\), \(48, 48, 3\)\); give"):
+    with pytest.raises(
+        DataError, match=r"^images: a list of images of 2 shapes \(\(32, 32, 3\), \(48, 48, 3\)\); give"
+    ):
         find_label_issues(images, [0, 1] * 10)
 
 
@@ -210,23 +269,49 @@ def test_the_api_reuses_a_command_line_run_of_the_same_data_and_flags(tmp_path):
     np.savez(path, **{k: arrays[k] for k in ("x_train", "y_train", "classes", "ids")})
     results = str(tmp_path / "results")
     flags = dict(n_epoch=2, width=4, batch_size=16)
-    proc = subprocess.run([sys.executable, script("blind_knowledge_dist_training.py"), "--dataset", "custom", "--data_file",
-                           path, "--device", "cpu", "--results_dir", results,
-                           *[w for k, v in flags.items() for w in (f"--{k}", str(v))]],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            script("blind_knowledge_dist_training.py"),
+            "--dataset",
+            "custom",
+            "--data_file",
+            path,
+            "--device",
+            "cpu",
+            "--results_dir",
+            results,
+            *[w for k, v in flags.items() for w in (f"--{k}", str(v))],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     run_dir = os.path.join(results, "custom_mine_seed_0")
-    result = find_label_issues(arrays["x_train"], arrays["y_train"], classes=arrays["classes"], ids=arrays["ids"],
-                               device="cpu", run_dir=run_dir, **flags)
+    result = find_label_issues(
+        arrays["x_train"],
+        arrays["y_train"],
+        classes=arrays["classes"],
+        ids=arrays["ids"],
+        device="cpu",
+        run_dir=run_dir,
+        **flags,
+    )
     assert np.array_equal(result.flagged, np.load(os.path.join(run_dir, "detection.npy")))
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--lr", "inf"], "--lr inf must be a finite number"),
-    (["--momentum", "nan"], "--momentum nan must be a finite number"),
-    (["--dataset", "custom", "--noise_type", "worst"], "--noise_type worst picks a CIFAR-N label set; --dataset custom "
-                                                         "trains on the data's own labels: drop it"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "inf"], "--lr inf must be a finite number"),
+        (["--momentum", "nan"], "--momentum nan must be a finite number"),
+        (
+            ["--dataset", "custom", "--noise_type", "worst"],
+            "--noise_type worst picks a CIFAR-N label set; --dataset custom trains on the data's own labels: drop it",
+        ),
+    ],
+)
 def test_flag_values_that_cannot_be_meant_are_refused(flags, message, synthetic_root, tmp_path, capsys):
     import blind_knowledge_dist_training as training
 
@@ -265,8 +350,22 @@ def test_a_run_directory_name_too_long_points_to_run_dir(tmp_path, capsys):
     path, _, _ = write_custom(str(tmp_path))
     long_path = str(tmp_path / ("x" * 250 + ".npz"))
     os.rename(path, long_path)
-    code, err = call(training, ["--dataset", "custom", "--data_file", long_path, "--n_epoch", "1", "--device", "cpu",
-                                "--results_dir", str(tmp_path / "results")], capsys)
+    code, err = call(
+        training,
+        [
+            "--dataset",
+            "custom",
+            "--data_file",
+            long_path,
+            "--n_epoch",
+            "1",
+            "--device",
+            "cpu",
+            "--results_dir",
+            str(tmp_path / "results"),
+        ],
+        capsys,
+    )
     assert code == 4 and "File name too long" in err and "--run_dir names it in fewer characters" in err, err
     assert "--results_dir" not in err.split("File name too long")[1]
 
@@ -297,8 +396,14 @@ def test_the_apis_refusal_of_a_busy_run_directory_speaks_python(tmp_path):
     with open(run_dir / ".lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RunDirError, match="give another run_dir$") as refused:
-            find_label_issues(np.zeros((40, 32, 32, 3), np.uint8), np.arange(40) % 4, n_epoch=1, width=4, device="cpu",
-                              run_dir=str(run_dir))
+            find_label_issues(
+                np.zeros((40, 32, 32, 3), np.uint8),
+                np.arange(40) % 4,
+                n_epoch=1,
+                width=4,
+                device="cpu",
+                run_dir=str(run_dir),
+            )
     assert "--" not in str(refused.value)
 
 
@@ -320,8 +425,9 @@ def test_photos_are_read_upright_as_their_orientation_tag_says(tmp_path):
 
 # 6. a hand-edited metrics.json of the wrong type ---------------------------------------------------------------------
 @pytest.mark.parametrize("module", [learning, detection])
-def test_a_metrics_json_edited_to_the_wrong_type_is_one_line_naming_it(module, finished_run, synthetic_root, tmp_path,
-                                                                       capsys):
+def test_a_metrics_json_edited_to_the_wrong_type_is_one_line_naming_it(
+    module, finished_run, synthetic_root, tmp_path, capsys
+):
     import shutil
 
     run_dir = str(tmp_path / "cifar10_worst_seed_0")  # where the launcher's Run below looks
@@ -357,10 +463,23 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_an_evaluation_stopped_by_sigterm_says_what_it_kept(finished_run, synthetic_root, tmp_path):
     run_dir = _copy_run(finished_run, tmp_path)
     before = open(os.path.join(run_dir, "metrics.json")).read()
-    proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_THE_TEST_PASS, script("learning.py"),
-                           *_learning_argv(synthetic_root, run_dir)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SIGTERM_IN_THE_TEST_PASS,
+            script("learning.py"),
+            *_learning_argv(synthetic_root, run_dir),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 130, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"error: SIGTERM received: learning.py stopped before writing its result "
-                                                f"({run_dir}/metrics.json is as it was); run it again"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: SIGTERM received: learning.py stopped before writing its result "
+        f"({run_dir}/metrics.json is as it was); run it again"
+    ]
     assert open(os.path.join(run_dir, "metrics.json")).read() == before

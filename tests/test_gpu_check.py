@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py works before any GPU time is spent: its first steps rehearsed on the CPU, a stopped check keeps
 what it finished, and the pieces that decide its figures (steady-state timing, CUDA graphs' outputs, projection)."""
+
 import json
 import os
 import re
@@ -37,8 +38,13 @@ def test_a_stopped_rehearsal_keeps_its_finished_steps_and_stops_its_children(tmp
     work.mkdir()
     common = ["--out", out, "--work_dir", str(work)]
     # stopped (SIGTERM, as `timeout` does) once correctness has passed, in the throughput step
-    proc = subprocess.Popen(CHECK + common + ["--modes", "reference", "--configs", "default"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        CHECK + common + ["--modes", "reference", "--configs", "default"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(out + ".json"):
@@ -60,7 +66,10 @@ def test_a_stopped_rehearsal_keeps_its_finished_steps_and_stops_its_children(tmp
     assert steps["throughput"]["modes"]["reference"]["status"] == "interrupted (SIGTERM)"
     assert "real_data" not in steps and "## Correctness (bit-equal)" in open(out + ".md").read()
     log = open(out + ".log").read()  # each child's output, as it ended
-    assert "==== correctness_default_killed (stopped on purpose" in log and "==== correctness_default_resumed (passed" in log
+    assert (
+        "==== correctness_default_killed (stopped on purpose" in log
+        and "==== correctness_default_resumed (passed" in log
+    )
     assert not _processes_with(str(work)), "the stopped check left children running"
 
 
@@ -71,15 +80,23 @@ def test_slow_compiles_give_the_first_answers_and_skip_the_rest_saying_why(tmp_p
     out, work, budget = str(tmp_path / "gc"), tmp_path / "work", 200
     work.mkdir()
     started = time.time()
-    proc = subprocess.run(CHECK + ["--out", out, "--work_dir", str(work), "--simulate_compile_s", "40", "--budget_s",
-                                   str(budget)], cwd=ROOT, capture_output=True, text=True, timeout=budget + 120)
+    proc = subprocess.run(
+        CHECK + ["--out", out, "--work_dir", str(work), "--simulate_compile_s", "40", "--budget_s", str(budget)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=budget + 120,
+    )
     assert time.time() - started < budget + 30, "the check overran its budget"
     steps = json.load(open(out + ".json"))["steps"]
     assert steps["correctness"]["configs"]["default"]["status"] == "passed", steps["correctness"]
     modes = steps["throughput"]["modes"]
     assert modes["reference"]["status"] == "measured" and modes["default"]["status"] == "measured", modes
-    records = [r for step in steps.values() for r in [step] + list((step.get("configs") or step.get("modes") or
-                                                                  step.get("runs") or {}).values())]
+    records = [
+        r
+        for step in steps.values()
+        for r in [step] + list((step.get("configs") or step.get("modes") or step.get("runs") or {}).values())
+    ]
     statuses = [str(r.get("status")) for r in records]
     assert not [s for s in statuses if s.startswith(("timed out", "failed"))], statuses
     assert [s for s in statuses if re.match(r"skipped: \d+ s left, needs ~\d+ s$", s)], statuses
@@ -90,9 +107,21 @@ def _check(tmp_path, **args):
     """A Check on the CPU, in this process, as main() makes it."""
     import argparse
 
-    defaults = dict(out=str(tmp_path / "gc"), work_dir=str(tmp_path), budget_s=300, jobs=1, simulate_compile_s=0,
-                    tiny=True, configs=list(gpu_check.CORRECTNESS), argv=[], started=time.time(), modes=None,
-                    real_data=str(tmp_path), device="cpu", warmup_epochs=15)
+    defaults = dict(
+        out=str(tmp_path / "gc"),
+        work_dir=str(tmp_path),
+        budget_s=300,
+        jobs=1,
+        simulate_compile_s=0,
+        tiny=True,
+        configs=list(gpu_check.CORRECTNESS),
+        argv=[],
+        started=time.time(),
+        modes=None,
+        real_data=str(tmp_path),
+        device="cpu",
+        warmup_epochs=15,
+    )
     return gpu_check.Check(argparse.Namespace(**dict(defaults, **args)), torch.device("cpu"))
 
 
@@ -103,14 +132,25 @@ def test_a_run_that_times_out_is_reported_so_and_erases_no_other_configurations_
     configs = check.items("correctness", "configs")
     configs["amp"] = {"status": "passed"}  # finished earlier in the call
     # the runs a and b pass at once; the run to kill never reaches its epoch: it times out, which is not the kill
-    monkeypatch.setattr(check, "script", lambda mode, run_dir, *flags: [
-        sys.executable, "-c", "import time; time.sleep(60)" if run_dir.endswith("killed") else "pass"])
+    monkeypatch.setattr(
+        check,
+        "script",
+        lambda mode, run_dir, *flags: [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(60)" if run_dir.endswith("killed") else "pass",
+        ],
+    )
     check.correctness(["default"])
     assert configs["default"]["status"] == "failed: the run to kill timed out after 2 s (killed with its process group)"
     assert configs["amp"] == {"status": "passed"}
-    monkeypatch.setattr(check, "script", lambda mode, run_dir, *flags: [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(
+        check, "script", lambda mode, run_dir, *flags: [sys.executable, "-c", "import time; time.sleep(60)"]
+    )
     check.correctness(["default"])
-    assert configs["default"]["status"].startswith("failed: run a timed out after 2 s") and configs["amp"] == {"status": "passed"}
+    assert configs["default"]["status"].startswith("failed: run a timed out after 2 s") and configs["amp"] == {
+        "status": "passed"
+    }
     assert gpu_check.summarize(configs) == "failed: default"
     assert not gpu_check.Child.RUNNING
 
@@ -137,6 +177,7 @@ def test_every_mode_is_flags_the_training_script_takes():
 
 def test_iterations_are_timed_in_steady_state_from_one_iterator():
     """The PIL loader starts its workers when an iterator is made: warm-up and timed iterations share one."""
+
     class Loader:
         num_samples, batch_size, iterators = 100, 10, 0
 
@@ -177,15 +218,26 @@ def test_cuda_graph_outputs_are_copied_out_before_the_next_call():
 
 
 def test_achieved_tflops_are_measured_against_the_precisions_peak():
-    assert gpu_check.training_flops(64, 128, 10) == pytest.approx(852.2e9, rel=1e-3)  # both networks, forward + backward
+    assert gpu_check.training_flops(64, 128, 10) == pytest.approx(
+        852.2e9, rel=1e-3
+    )  # both networks, forward + backward
     assert gpu_check.peak_tflops("NVIDIA H200", "tf32") == 495 and gpu_check.peak_tflops("NVIDIA H200", "fp32") == 67
     assert gpu_check.peak_tflops("NVIDIA RTX 9999", "bf16") is None
 
 
 def test_projection_counts_the_full_set_passes_and_evaluations_of_each_mode():
-    figures = dict(first_batch_s=0.5, iterations_per_epoch=100, warmup_iteration_s=0.01, robust_iteration_s=0.02,
-                   full_set_pass_s=3.0, val_pass_s=1.0, test_pass_s=2.0, state_host_copy_s=0.1, state_write_s=0.4,
-                   device="cuda")
+    figures = dict(
+        first_batch_s=0.5,
+        iterations_per_epoch=100,
+        warmup_iteration_s=0.01,
+        robust_iteration_s=0.02,
+        full_set_pass_s=3.0,
+        val_pass_s=1.0,
+        test_pass_s=2.0,
+        state_host_copy_s=0.1,
+        state_write_s=0.4,
+        device="cuda",
+    )
     ref = gpu_check.project(dict(figures, loader="torchvision"), warmup_epochs=15)
     new = gpu_check.project(dict(figures, loader="device"), warmup_epochs=15)
     # training passes: 15 x (0.5 + 1.0 + 0.1) + 285 x (0.5 + 2.0 + 0.1); 31 evaluations of 3 s; on CUDA the write is
@@ -215,7 +267,9 @@ def test_the_real_data_files_hold_the_quick_subset_and_the_whole_test_set(tmp_pa
 def test_a_child_past_its_limit_is_killed_with_everything_it_started(tmp_path):
     """A timed-out step (pytest, run.sh) must not leave its training running on the GPU: its whole process group goes."""
     seconds = str(300 + os.getpid() % 1000)  # an argument no other process has
-    child = gpu_check.Child("slow", ["bash", "-c", f"sleep {seconds} & sleep {seconds}; true"], str(tmp_path), timeout=2)
+    child = gpu_check.Child(
+        "slow", ["bash", "-c", f"sleep {seconds} & sleep {seconds}; true"], str(tmp_path), timeout=2
+    )
     deadline = time.time() + 10
     sleepers = []
     while len(sleepers) < 2 and time.time() < deadline:

@@ -8,6 +8,7 @@ checkpoint stops training and requeues the task) and one the rude way (`scontrol
 warning, restarted). Every run must finish, every epoch must be completed exactly once, and every output
 must equal the local launcher's. It skips only where SLURM cannot be started (not root, no apt).
 """
+
 import fcntl
 import json
 import os
@@ -77,9 +78,15 @@ def test_grids_and_flag_routing():
     challenge = make_grid("challenge")
     assert len(challenge) == 20 and {r.dataset for r in challenge if r.noise_type == "noisy100"} == {"cifar100"}
     assert sorted({r.seed for r in challenge}) == [0, 1, 2, 3, 4]
-    assert [r.name for r in make_grid(seeds=[3], noise_types=["noisy100"], preset="quick")] == ["cifar100_noisy100_seed_3_quick"]
-    assert make_grid(noise_types=["noisy100"], dataset="cifar10")[0].name == "cifar10_noisy100_seed_0"  # fails in training
-    train, evaluation = split_flags(["--n_epoch", "3", "--noise_path", "x.pt", "--width", "4", "--device", "cpu", "--reference"])
+    assert [r.name for r in make_grid(seeds=[3], noise_types=["noisy100"], preset="quick")] == [
+        "cifar100_noisy100_seed_3_quick"
+    ]
+    assert (
+        make_grid(noise_types=["noisy100"], dataset="cifar10")[0].name == "cifar10_noisy100_seed_0"
+    )  # fails in training
+    train, evaluation = split_flags(
+        ["--n_epoch", "3", "--noise_path", "x.pt", "--width", "4", "--device", "cpu", "--reference"]
+    )
     assert train == ["--n_epoch", "3", "--noise_path", "x.pt", "--width", "4", "--device", "cpu", "--reference"]
     assert evaluation == ["--n_epoch", "3", "--noise_path", "x.pt", "--device", "cpu", "--reference"]  # not --width
 
@@ -123,7 +130,9 @@ def test_status_and_summary_of_a_partly_failed_grid(local_grid):
     failed = [r for r in per_seed if r["state"] == "failed"]
     assert len(failed) == 1 and failed[0]["seed"] == 1 and failed[0]["F1"] == ""
     metrics = json.load(open(os.path.join(results, "cifar10_worst_seed_0", "metrics.json")))
-    assert [r for r in per_seed if r["label set"] == "worst" and r["seed"] == 0][0]["F1"] == f"{metrics['detection']['f1']:.3f}"
+    assert [r for r in per_seed if r["label set"] == "worst" and r["seed"] == 0][0][
+        "F1"
+    ] == f"{metrics['detection']['f1']:.3f}"
 
 
 def test_launching_again_skips_finished_runs_retries_the_failed_one_and_leaves_running_ones(local_grid, synthetic_root):
@@ -146,10 +155,20 @@ def test_launching_again_skips_finished_runs_retries_the_failed_one_and_leaves_r
 
 def test_ctrl_c_stops_every_run_and_the_next_launch_resumes(synthetic_root, tmp_path):
     results = str(tmp_path)
-    flags = ["run", *grid_flags(results, seeds=(0,)), "--cpu", "--parallel", "2", "--threads", "1", *GRID_TINY,
-             *data_flags(synthetic_root)]
-    proc = subprocess.Popen([sys.executable, "-m", "launch", *flags], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    flags = [
+        "run",
+        *grid_flags(results, seeds=(0,)),
+        "--cpu",
+        "--parallel",
+        "2",
+        "--threads",
+        "1",
+        *GRID_TINY,
+        *data_flags(synthetic_root),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch", *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     logs = [os.path.join(results, f"cifar10_{t}_seed_0", "training.log") for t in ("aggre", "worst")]
     deadline = time.time() + 240
     while time.time() < deadline and not all(os.path.exists(p) and "epoch 2\n" in open(p).read() for p in logs):
@@ -234,8 +253,22 @@ def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, loca
     env = cluster
     slurm_results, (local_results, _) = str(tmp_path / "slurm"), local_grid
     grid = grid_flags(slurm_results)
-    submitted = launch("run", *grid, "--slurm", "--gpus", 0, "--cpus", 1, "--mem_gb", 0.5, "--time_min", 60,
-                       *GRID_TINY, *data_flags(synthetic_root), env=env)
+    submitted = launch(
+        "run",
+        *grid,
+        "--slurm",
+        "--gpus",
+        0,
+        "--cpus",
+        1,
+        "--mem_gb",
+        0.5,
+        "--time_min",
+        60,
+        *GRID_TINY,
+        *data_flags(synthetic_root),
+        env=env,
+    )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     assert submitted.stdout.count("submitted as job") == 4
 
@@ -244,8 +277,20 @@ def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, loca
     for name, command in ((polite, ["scancel", "--signal=USR2"]), (rude, ["scontrol", "requeue"])):
         _wait_for(lambda: "epoch 2\n" in _log(slurm_results, name), 240, f"{name} to reach epoch 2")
         subprocess.run(command + [_job(slurm_results, name)], env=env, check=True, timeout=30)
-    relaunch = launch("run", *grid, "--slurm", "--gpus", 0, "--cpus", 1, "--mem_gb", 0.5, *GRID_TINY, *data_flags(synthetic_root),
-                      env=env)  # idempotent: nothing is submitted twice
+    relaunch = launch(
+        "run",
+        *grid,
+        "--slurm",
+        "--gpus",
+        0,
+        "--cpus",
+        1,
+        "--mem_gb",
+        0.5,
+        *GRID_TINY,
+        *data_flags(synthetic_root),
+        env=env,
+    )  # idempotent: nothing is submitted twice
     assert "submitted as job" not in relaunch.stdout, relaunch.stdout
 
     from launch.grid import make_grid, status
@@ -270,7 +315,9 @@ def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, loca
     complete_local_grid(local_results, synthetic_root)
     for name in RUNS:
         a, b = os.path.join(slurm_results, name), os.path.join(local_results, name)
-        assert open(os.path.join(a, "detection.npy"), "rb").read() == open(os.path.join(b, "detection.npy"), "rb").read(), name
+        assert (
+            open(os.path.join(a, "detection.npy"), "rb").read() == open(os.path.join(b, "detection.npy"), "rb").read()
+        ), name
         for ckpt in ("teacher_last.pth.tar", "student_last.pth.tar", "teacher.pth.tar"):
             x = torch.load(os.path.join(a, ckpt), weights_only=True)["state_dict"]
             y = torch.load(os.path.join(b, ckpt), weights_only=True)["state_dict"]
@@ -281,14 +328,17 @@ def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, loca
         assert np.array_equal(np.load(os.path.join(a, "agreement.npy")), np.load(os.path.join(b, "agreement.npy")))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "--parallel", "-1"], "--parallel -1 must be at least 1"),
-    (["run", "--threads", "0"], "--threads 0 must be at least 1"),
-    (["run", "--noise_types", "bogus"], "'bogus' is unknown"),
-    (["run", "--dataset", "custom"], "the launcher runs CIFAR-N grids"),
-    (["status"], "no such directory"),
-    (["summary"], "no such directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--parallel", "-1"], "--parallel -1 must be at least 1"),
+        (["run", "--threads", "0"], "--threads 0 must be at least 1"),
+        (["run", "--noise_types", "bogus"], "'bogus' is unknown"),
+        (["run", "--dataset", "custom"], "the launcher runs CIFAR-N grids"),
+        (["status"], "no such directory"),
+        (["summary"], "no such directory"),
+    ],
+)
 def test_launcher_refuses_bad_input_and_creates_nothing(args, message, tmp_path):
     results = tmp_path / "results"
     proc = launch(*args, "--results_dir", results)
@@ -299,8 +349,22 @@ def test_launcher_refuses_bad_input_and_creates_nothing(args, message, tmp_path)
 def test_sequential_failure_reason_is_in_the_run_log(synthetic_root, tmp_path):
     results = str(tmp_path)
     missing = os.path.join(results, "none.pt")  # found missing only when the training loads its labels
-    proc = launch("run", "--seeds", "0", "--noise_types", "worst", "--results_dir", results, "--cpu", *data_flags(synthetic_root),
-                  "--device", "cpu", "--no_download", "--noise_path", missing)
+    proc = launch(
+        "run",
+        "--seeds",
+        "0",
+        "--noise_types",
+        "worst",
+        "--results_dir",
+        results,
+        "--cpu",
+        *data_flags(synthetic_root),
+        "--device",
+        "cpu",
+        "--no_download",
+        "--noise_path",
+        missing,
+    )
     assert proc.returncode == 3, proc.stdout + proc.stderr
     log = os.path.join(results, "cifar10_worst_seed_0", "training.log")
     assert f"see {log}" in proc.stdout

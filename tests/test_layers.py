@@ -1,4 +1,5 @@
 """The project's layers: each module imports only from layers below it (README, 'Project layout')."""
+
 import ast
 import os
 
@@ -6,8 +7,17 @@ from tests.cli import ROOT
 
 # (module prefix: layer); a module's layer is its longest prefix's. bkd's own modules are the method's layer, above the
 # packages inside bkd that they build on.
-LAYERS = {"bkd.utils": 0, "bkd.models": 0, "bkd.data": 1, "bkd": 2, "flags": 3, "launch": 4,
-          "blind_knowledge_dist_training": 5, "learning": 5, "detection": 5}
+LAYERS = {
+    "bkd.utils": 0,
+    "bkd.models": 0,
+    "bkd.data": 1,
+    "bkd": 2,
+    "flags": 3,
+    "launch": 4,
+    "blind_knowledge_dist_training": 5,
+    "learning": 5,
+    "detection": 5,
+}
 
 
 def _layer(module):
@@ -19,7 +29,11 @@ def _layer(module):
     return None
 
 
-FOLDERS = {"bkd.utils": "utils", "bkd.models": "models", "bkd.data": "data"}  # packages of bkd at the top (pyproject.toml)
+FOLDERS = {
+    "bkd.utils": "utils",
+    "bkd.models": "models",
+    "bkd.data": "data",
+}  # packages of bkd at the top (pyproject.toml)
 
 
 def _files(name):
@@ -51,8 +65,12 @@ def test_no_module_imports_upward():
 
 
 def test_every_package_has_a_layer():
-    packages = {".".join(os.path.relpath(root, ROOT).split(os.sep)) for top in ("bkd", *FOLDERS.values())
-                for root, dirs, files in os.walk(os.path.join(ROOT, top)) if "__init__.py" in files}
+    packages = {
+        ".".join(os.path.relpath(root, ROOT).split(os.sep))
+        for top in ("bkd", *FOLDERS.values())
+        for root, dirs, files in os.walk(os.path.join(ROOT, top))
+        if "__init__.py" in files
+    }
     named = {next((k for k, v in FOLDERS.items() if v == p), p) for p in packages}
     assert named <= set(LAYERS)
 
@@ -78,8 +96,12 @@ def _parameters(path):
 
 def test_the_loops_functions_take_few_parameters():
     """The run's context is one object (bkd.run.Run), whose steps take the epoch: no loop function threads more."""
-    wide = [f"{path}: {name}({', '.join(names)})" for path in LOOP for name, names in _parameters(path)
-            if len(names) > MAX_PARAMETERS]
+    wide = [
+        f"{path}: {name}({', '.join(names)})"
+        for path in LOOP
+        for name, names in _parameters(path)
+        if len(names) > MAX_PARAMETERS
+    ]
     assert not wide, wide
 
 
@@ -87,7 +109,9 @@ def test_no_comment_cites_a_document_outside_the_repository():
     """References resolve in the repository: the paper (arXiv 2211.11355) or a page in docs/, never an outside spec."""
     import re
 
-    outside = re.compile(r"\bspec(\s+section|\s+\d|'s\b|\.md)|bkd-sp" + "ec|shared/" + "docs", re.IGNORECASE)  # (split: not
+    outside = re.compile(
+        r"\bspec(\s+section|\s+\d|'s\b|\.md)|bkd-sp" + "ec|shared/" + "docs", re.IGNORECASE
+    )  # (split: not
     # matching this line)
     hits = []
     for folder, _, files in os.walk(ROOT):
@@ -96,26 +120,45 @@ def test_no_comment_cites_a_document_outside_the_repository():
         for name in files:
             if name.endswith((".py", ".md", ".sh")):
                 path = os.path.join(folder, name)
-                hits += [f"{os.path.relpath(path, ROOT)}:{i}" for i, line in enumerate(open(path, errors="replace"), 1)
-                         if outside.search(line)]
+                hits += [
+                    f"{os.path.relpath(path, ROOT)}:{i}"
+                    for i, line in enumerate(open(path, errors="replace"), 1)
+                    if outside.search(line)
+                ]
     assert not hits, hits
 
 
-PRODUCT = ("bkd", "models", "data", "utils", "launch", "flags.py", "blind_knowledge_dist_training.py", "learning.py",
-           "detection.py")
+PRODUCT = (
+    "bkd",
+    "models",
+    "data",
+    "utils",
+    "launch",
+    "flags.py",
+    "blind_knowledge_dist_training.py",
+    "learning.py",
+    "detection.py",
+)
 MAX_PRODUCT_PARAMETERS = 7
 
 
 def _product_files():
     for entry in PRODUCT:
         path = os.path.join(ROOT, entry)
-        yield from ([path] if entry.endswith(".py") else
-                    [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".py")])
+        yield from (
+            [path]
+            if entry.endswith(".py")
+            else [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".py")]
+        )
 
 
 def test_no_function_of_the_product_takes_more_than_seven_parameters():
-    wide = [f"{os.path.relpath(path, ROOT)}: {name}({', '.join(names)})" for path in _product_files()
-            for name, names in _parameters(os.path.relpath(path, ROOT)) if len(names) > MAX_PRODUCT_PARAMETERS]
+    wide = [
+        f"{os.path.relpath(path, ROOT)}: {name}({', '.join(names)})"
+        for path in _product_files()
+        for name, names in _parameters(os.path.relpath(path, ROOT))
+        if len(names) > MAX_PRODUCT_PARAMETERS
+    ]
     assert not wide, wide
 
 
@@ -131,10 +174,18 @@ def test_the_lower_layers_are_imported_by_one_name_only():
     bare = []
     for path in _python_files():
         for node in ast.walk(ast.parse(open(path).read())):
-            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
-            bare += [f"{os.path.relpath(path, ROOT)}: {name}" for name in names
-                     if name.split(".")[0] in ("models", "data", "utils")]
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
+            bare += [
+                f"{os.path.relpath(path, ROOT)}: {name}"
+                for name in names
+                if name.split(".")[0] in ("models", "data", "utils")
+            ]
     assert not bare, bare
 
 
@@ -145,8 +196,14 @@ def test_a_lower_layer_refuses_its_bare_name_from_the_repository_root():
     for name in ("models", "data.cifar", "utils.files"):
         proc = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True)
         package = name.split(".")[0]
-        assert proc.returncode == 1 and (f"ImportError: import bkd.{package}, not {package}: the repository's {package}/ "
-                                         f"folder is the package bkd.{package}") in proc.stderr, proc.stderr
+        assert (
+            proc.returncode == 1
+            and (
+                f"ImportError: import bkd.{package}, not {package}: the repository's {package}/ "
+                f"folder is the package bkd.{package}"
+            )
+            in proc.stderr
+        ), proc.stderr
 
 
 USERS_FOLDER = """
@@ -174,5 +231,7 @@ def test_the_api_works_from_a_folder_holding_its_own_utils_data_models_and_flags
         (tmp_path / f"{name}.py").write_text(f"MINE = {name!r}\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = f"root = {ROOT!r}\n" + USERS_FOLDER
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("True"), proc.stderr[-3000:]

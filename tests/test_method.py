@@ -1,4 +1,5 @@
 """The pieces of the method against hand-computed values."""
+
 import math
 
 import numpy as np
@@ -6,8 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bkd.method import (agreement, assign_groups, compensation_loss, detect_overfitting_epoch, first_detectable_epoch, one_hot,
-                        otsu, predict, robust_targets, teacher_loss)
+from bkd.method import (
+    agreement,
+    assign_groups,
+    compensation_loss,
+    detect_overfitting_epoch,
+    first_detectable_epoch,
+    one_hot,
+    otsu,
+    predict,
+    robust_targets,
+    teacher_loss,
+)
 from bkd.utils.metrics import detection_scores
 
 

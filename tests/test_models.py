@@ -1,4 +1,5 @@
 """The network and its checkpoints."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """Nothing silently wrong: evaluations check what they evaluate, images are read as they are, every failure is one
 true line (and creates nothing), and no message gives false or unsafe advice."""
+
 import json
 import os
 import shutil
@@ -63,12 +64,27 @@ def test_evaluations_refuse_other_labels_of_the_same_images(aggre_run, synthetic
     torch.save(other, path)
     before = _unchanged(os.path.join(run_dir, "metrics.json"))
     for script_name in ("learning.py", "detection.py"):
-        proc = run(script_name, "--noise_type", "aggre", "--run_dir", run_dir, "--data_root", synthetic_root, "--noise_path",
-                   path, "--no_download", "--device", "cpu", check=False)
+        proc = run(
+            script_name,
+            "--noise_type",
+            "aggre",
+            "--run_dir",
+            run_dir,
+            "--data_root",
+            synthetic_root,
+            "--noise_path",
+            path,
+            "--no_download",
+            "--device",
+            "cpu",
+            check=False,
+        )
         line = _one_line(proc, 3)
         assert f"the training labels (label file or --noise_path) differ from those of the run in {run_dir}" in line
-        assert line.endswith("evaluate it with the data and flags it was trained with (--data_root, --noise_path, "
-                             "--data_file, --subset, --seed)")
+        assert line.endswith(
+            "evaluate it with the data and flags it was trained with (--data_root, --noise_path, "
+            "--data_file, --subset, --seed)"
+        )
     assert _unchanged(os.path.join(run_dir, "metrics.json")) == before
 
 
@@ -111,15 +127,20 @@ def test_sixteen_bit_and_float_images_are_read_by_their_range(tmp_path):
     from bkd.utils.errors import DataError
 
     root = _folder(tmp_path)
-    Image.fromarray(np.full((32, 32), 32896, dtype=np.uint16)).save(root / "cat" / "wide.png")  # 16-bit: 32896 = 128 * 257
+    Image.fromarray(np.full((32, 32), 32896, dtype=np.uint16)).save(
+        root / "cat" / "wide.png"
+    )  # 16-bit: 32896 = 128 * 257
     Image.fromarray(np.full((32, 32), 0.25, dtype=np.float32)).save(root / "dog" / "float.tif")
     data = load_custom(str(root))
     ids = list(data.ids)
     assert (data.x_train[ids.index(os.path.join("cat", "wide.png"))] == 128).all()  # was 255: clipped to white
     assert (data.x_train[ids.index(os.path.join("dog", "float.tif"))] == 64).all()  # was 0: black
     Image.fromarray(np.full((32, 32), 7.5e5, dtype=np.float32)).save(root / "dog" / "huge.tif")
-    with pytest.raises(DataError, match=r"huge.tif: a F image with values in 750000..750000, outside the 16-bit or 0..1 "
-                                        r"range it would be read by; convert it to an 8-bit image$"):
+    with pytest.raises(
+        DataError,
+        match=r"huge.tif: a F image with values in 750000..750000, outside the 16-bit or 0..1 "
+        r"range it would be read by; convert it to an 8-bit image$",
+    ):
         load_custom(str(root))
 
 
@@ -155,8 +176,10 @@ def test_small_images_are_resized_to_32_unless_kept(tmp_path):
     assert "the images are 8x8: resized to 32x32 (bilinear)" in custom_source(data).banner[1]
     kept = load_custom(path, keep_size=True)
     assert kept.x_train.shape[1:] == (8, 8, 3)
-    assert "trained at 8x8 (--keep_image_size): PreResNet18's three stride-2 stages leave 1x1 maps" in \
-        custom_source(kept).banner[1]
+    assert (
+        "trained at 8x8 (--keep_image_size): PreResNet18's three stride-2 stages leave 1x1 maps"
+        in custom_source(kept).banner[1]
+    )
     assert from_arrays(small, y).x_train.shape[1] == 32 and from_arrays(small, y, keep_size=True).x_train.shape[1] == 8
 
 
@@ -173,8 +196,12 @@ def test_a_failed_split_leaves_none_of_its_files(tmp_path, monkeypatch):
     x, y = make_images(80, 4, np.random.RandomState(0))
     run_dir = tmp_path / "run"
     with pytest.raises(RunDirError, match="No space left"):
-        find_label_issues(x, y, device="cpu", run_dir=str(run_dir), n_epoch=2, width=2, batch_size=32, eval_batch_size=64)
-    assert not [n for n in ("detection.npy", "agreement.npy", "pred_probs.npy", "label_issues.csv") if (run_dir / n).exists()]
+        find_label_issues(
+            x, y, device="cpu", run_dir=str(run_dir), n_epoch=2, width=2, batch_size=32, eval_batch_size=64
+        )
+    assert not [
+        n for n in ("detection.npy", "agreement.npy", "pred_probs.npy", "label_issues.csv") if (run_dir / n).exists()
+    ]
 
 
 def test_detection_refuses_split_files_that_metrics_json_does_not_record(aggre_run, synthetic_root, tmp_path):
@@ -183,17 +210,26 @@ def test_detection_refuses_split_files_that_metrics_json_does_not_record(aggre_r
     shutil.copytree(run_dir, copy)
     path = os.path.join(copy, "metrics.json")
     metrics = json.load(open(path))
-    json.dump(dict(metrics, split_epoch=None), open(path, "w"))  # as if killed between the split's files and the epoch's
+    json.dump(
+        dict(metrics, split_epoch=None), open(path, "w")
+    )  # as if killed between the split's files and the epoch's
     proc = run("detection.py", "--noise_type", "aggre", "--run_dir", copy, *data_flags(synthetic_root), check=False)
-    assert "metrics.json records no split, so detection.npy, agreement.npy, pred_probs.npy, label_issues.csv cannot be " \
-           "trusted" in _one_line(proc, 3)
+    assert (
+        "metrics.json records no split, so detection.npy, agreement.npy, pred_probs.npy, label_issues.csv cannot be "
+        "trusted" in _one_line(proc, 3)
+    )
 
 
 # 6. unfinished runs ---------------------------------------------------------------------------------------------------
 def test_evaluations_say_a_run_is_unfinished_instead_of_scoring_its_first_epoch(synthetic_root, tmp_path):
     flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=4)
-    proc = subprocess.Popen([sys.executable, script(TRAIN), *flags], cwd=str(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, script(TRAIN), *flags],
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("epoch 1"):
             proc.kill()
@@ -201,10 +237,20 @@ def test_evaluations_say_a_run_is_unfinished_instead_of_scoring_its_first_epoch(
     proc.wait()
     run_dir = os.path.join(tmp_path, "cifar10_worst_seed_0")
     for script_name in ("learning.py", "detection.py"):
-        out = run(script_name, "--run_dir", run_dir, "--noise_type", "worst", *data_flags(synthetic_root), "--no_download",
-                  check=False)
-        assert (f"{run_dir} holds an unfinished run (epochs 0..0 of 0..3 completed): finish it with its training command "
-                "and --resume, then run this again") in _one_line(out, 4)
+        out = run(
+            script_name,
+            "--run_dir",
+            run_dir,
+            "--noise_type",
+            "worst",
+            *data_flags(synthetic_root),
+            "--no_download",
+            check=False,
+        )
+        assert (
+            f"{run_dir} holds an unfinished run (epochs 0..0 of 0..3 completed): finish it with its training command "
+            "and --resume, then run this again"
+        ) in _one_line(out, 4)
 
 
 def test_evaluations_put_back_the_run_an_interrupted_overwrite_replaced(aggre_run, synthetic_root, tmp_path):
@@ -217,9 +263,20 @@ def test_evaluations_put_back_the_run_an_interrupted_overwrite_replaced(aggre_ru
         if not name.startswith("."):
             os.replace(copy / name, previous / name)
     (copy / ".incomplete").write_text("")
-    out = run("learning.py", "--run_dir", copy, "--noise_type", "aggre", *data_flags(synthetic_root), "--no_download",
-              "--device", "cpu").stdout
-    assert "[bkd] an earlier --overwrite stopped before the new run completed an epoch; the run it replaced is back" in out
+    out = run(
+        "learning.py",
+        "--run_dir",
+        copy,
+        "--noise_type",
+        "aggre",
+        *data_flags(synthetic_root),
+        "--no_download",
+        "--device",
+        "cpu",
+    ).stdout
+    assert (
+        "[bkd] an earlier --overwrite stopped before the new run completed an epoch; the run it replaced is back" in out
+    )
     assert "Best test acc selected by val is" in out and not previous.exists()
 
 
@@ -243,8 +300,26 @@ def test_label_issues_csv_names_positions_in_the_data_with_a_subset(tmp_path):
 
     x, y = make_images(200, 4, np.random.RandomState(0))
     path = _npz(tmp_path / "mine.npz", x_train=x, y_train=y, ids=np.array([f"img{i}" for i in range(200)]))
-    run(TRAIN, "--dataset", "custom", "--data_file", path, "--results_dir", tmp_path, "--device", "cpu", "--subset", "120",
-        "--n_epoch", "1", "--width", "2", "--batch_size", "32", cwd=str(tmp_path))
+    run(
+        TRAIN,
+        "--dataset",
+        "custom",
+        "--data_file",
+        path,
+        "--results_dir",
+        tmp_path,
+        "--device",
+        "cpu",
+        "--subset",
+        "120",
+        "--n_epoch",
+        "1",
+        "--width",
+        "2",
+        "--batch_size",
+        "32",
+        cwd=str(tmp_path),
+    )
     run_dir = tmp_path / "custom_mine_seed_0"
     rows = read_label_issues(str(run_dir / "label_issues.csv"))
     subset = np.load(run_dir / "train_subset.npy")
@@ -255,14 +330,34 @@ def test_label_issues_csv_names_positions_in_the_data_with_a_subset(tmp_path):
 # 8. the launcher on a grid trained with other flags -----------------------------------------------------------------
 def test_relaunching_a_finished_grid_with_other_flags_says_so_and_overwrite_retrains(synthetic_root, tmp_path):
     results = str(tmp_path)
-    grid = ["run", "--seeds", "0", "--noise_types", "aggre", "--results_dir", results, "--cpu", "--threads", "1",
-            "--width", "4", "--batch_size", "32", "--device", "cpu", "--no_download", *data_flags(synthetic_root)]
+    grid = [
+        "run",
+        "--seeds",
+        "0",
+        "--noise_types",
+        "aggre",
+        "--results_dir",
+        results,
+        "--cpu",
+        "--threads",
+        "1",
+        "--width",
+        "4",
+        "--batch_size",
+        "32",
+        "--device",
+        "cpu",
+        "--no_download",
+        *data_flags(synthetic_root),
+    ]
     launch(*grid, "--n_epoch", "2", check_code=0)
     metrics = os.path.join(results, "cifar10_aggre_seed_0", "metrics.json")
     before = _unchanged(metrics)
     again = launch(*grid, "--n_epoch", "3", check_code=0).stdout
-    assert ("== cifar10_aggre_seed_0: already finished, trained with other flags (--n_epoch 2 where this launch asks 3); "
-            "kept as it is: add --overwrite to train it again with this launch's flags") in again
+    assert (
+        "== cifar10_aggre_seed_0: already finished, trained with other flags (--n_epoch 2 where this launch asks 3); "
+        "kept as it is: add --overwrite to train it again with this launch's flags"
+    ) in again
     assert "1 finished run(s) were trained with other flags and kept as they are (cifar10_aggre_seed_0)" in again
     assert _unchanged(metrics) == before
     assert "already finished; skipped" in launch(*grid, "--n_epoch", "2", check_code=0).stdout  # the same flags
@@ -271,9 +366,11 @@ def test_relaunching_a_finished_grid_with_other_flags_says_so_and_overwrite_retr
 
 
 def test_launcher_refuses_bad_flags_in_one_line_creating_nothing(tmp_path):
-    for flags, message in ((["--parallel", "x"], "error: argument --parallel: invalid int value: 'x'"),
-                           (["--n_epochs", "2"], "error: unrecognized arguments: --n_epochs 2"),
-                           (["--batch_size", "1"], "error: --batch_size 1: BatchNorm cannot train on batches of one image")):
+    for flags, message in (
+        (["--parallel", "x"], "error: argument --parallel: invalid int value: 'x'"),
+        (["--n_epochs", "2"], "error: unrecognized arguments: --n_epochs 2"),
+        (["--batch_size", "1"], "error: --batch_size 1: BatchNorm cannot train on batches of one image"),
+    ):
         proc = launch("run", "--results_dir", str(tmp_path / "results"), "--cpu", *flags)
         assert message in _one_line(proc, 2)
     assert not (tmp_path / "results").exists()
@@ -291,9 +388,12 @@ def test_a_failed_torch_save_is_one_line_keeping_the_earlier_file(tmp_path, monk
         raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0\nsecond line")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(RunDirError, match=r"cannot write .*state.pth.tar \(torch.save could not write it: \[enforce fail at "
-                                          r"inline_container.cc:626\] . unexpected pos 64 vs 0; .* bytes free there\); "
-                                          r"the earlier file is kept"):
+    with pytest.raises(
+        RunDirError,
+        match=r"cannot write .*state.pth.tar \(torch.save could not write it: \[enforce fail at "
+        r"inline_container.cc:626\] . unexpected pos 64 vs 0; .* bytes free there\); "
+        r"the earlier file is kept",
+    ):
         save_torch({"epoch": 2}, path)
     assert torch.load(path, weights_only=True) == {"epoch": 1} and os.listdir(tmp_path) == ["state.pth.tar"]
 
@@ -315,15 +415,24 @@ def test_the_api_checks_values_as_the_command_line_does():
     from bkd.utils.errors import UsageError
 
     x, y = make_images(20, 2, np.random.RandomState(0))
-    for flags, message in ((dict(seed=-1), r"^--seed -1 must be in 0..2\*\*32-1"), (dict(val_ratio=1.0), r"^--val_ratio 1.0"),
-                           (dict(subset=-3), r"^--subset -3 must be 0 or positive"), (dict(batch_size=1), r"^--batch_size 1")):
+    for flags, message in (
+        (dict(seed=-1), r"^--seed -1 must be in 0..2\*\*32-1"),
+        (dict(val_ratio=1.0), r"^--val_ratio 1.0"),
+        (dict(subset=-3), r"^--subset -3 must be 0 or positive"),
+        (dict(batch_size=1), r"^--batch_size 1"),
+    ):
         with pytest.raises(UsageError, match=message):
             find_label_issues(x, y, device="cpu", **flags)
 
 
 def test_ctrl_c_while_starting_is_one_line(synthetic_root, tmp_path):
-    proc = subprocess.Popen([sys.executable, script(TRAIN), *tiny_flags(synthetic_root, str(tmp_path))], cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, script(TRAIN), *tiny_flags(synthetic_root, str(tmp_path))],
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.3)  # importing torch
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -332,16 +441,22 @@ def test_ctrl_c_while_starting_is_one_line(synthetic_root, tmp_path):
 
 
 def test_a_closed_standard_output_stops_quietly_saying_what_the_run_holds(synthetic_root, tmp_path):
-    proc = subprocess.Popen([sys.executable, script(TRAIN), *tiny_flags(synthetic_root, str(tmp_path))], cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, script(TRAIN), *tiny_flags(synthetic_root, str(tmp_path))],
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     head = [proc.stdout.readline() for _ in range(2)]  # `| head -2`
     proc.stdout.close()
     err = proc.stderr.read()
     proc.wait(timeout=120)
     assert head[0] == "Current device is cpu\n"
     assert proc.returncode == 141 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("error: standard output was closed (the pipe's reader ended), so the run stopped as a Unix tool "
-                          "does; ")
+    assert err.startswith(
+        "error: standard output was closed (the pipe's reader ended), so the run stopped as a Unix tool does; "
+    )
 
 
 def test_a_batch_size_of_one_is_refused_in_one_line(synthetic_root, tmp_path):
@@ -360,9 +475,11 @@ def test_npz_problems_are_named_without_unsafe_advice(tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text("file,label\na.png,0\n")
     np.save(tmp_path / "single.npy", x)
-    for path, message in ((objects, "array 'classes' holds Python objects, not numbers or text"),
-                          (str(csv), "not an .npz archive (a text or CSV file?)"),
-                          (str(tmp_path / "single.npy"), "a single .npy array, not an .npz archive")):
+    for path, message in (
+        (objects, "array 'classes' holds Python objects, not numbers or text"),
+        (str(csv), "not an .npz archive (a text or CSV file?)"),
+        (str(tmp_path / "single.npy"), "a single .npy array, not an .npz archive"),
+    ):
         with pytest.raises(DataError) as err:
             load_custom(path)
         assert message in str(err.value)
@@ -382,8 +499,11 @@ def test_labels_with_a_gap_are_asked_to_be_renumbered():
     from bkd.utils.errors import DataError
 
     x, _ = make_images(30, 3, np.random.RandomState(0))
-    with pytest.raises(DataError, match=r"labels must be 0..C-1 with an image for each, but no image has label 2 \(of 0..3\); "
-                                        r"renumber them"):
+    with pytest.raises(
+        DataError,
+        match=r"labels must be 0..C-1 with an image for each, but no image has label 2 \(of 0..3\); "
+        r"renumber them",
+    ):
         from_arrays(x, np.array([0, 1, 3] * 10))
 
 
@@ -399,6 +519,22 @@ def test_a_refused_start_creates_nothing(synthetic_root, tmp_path):
 def test_custom_runs_are_announced_by_their_data_file(tmp_path):
     x, y = make_images(60, 2, np.random.RandomState(0))
     path = _npz(tmp_path / "pets.npz", x_train=x, y_train=y)
-    out = run(TRAIN, "--dataset", "custom", "--data_file", path, "--results_dir", tmp_path, "--device", "cpu", "--n_epoch",
-              "1", "--width", "2", "--batch_size", "32", cwd=str(tmp_path)).stdout
+    out = run(
+        TRAIN,
+        "--dataset",
+        "custom",
+        "--data_file",
+        path,
+        "--results_dir",
+        tmp_path,
+        "--device",
+        "cpu",
+        "--n_epoch",
+        "1",
+        "--width",
+        "2",
+        "--batch_size",
+        "32",
+        cwd=str(tmp_path),
+    ).stdout
     assert "[bkd] custom data" in out and "pets.npz (its given labels), seed 0:" in out and "custom clean" not in out

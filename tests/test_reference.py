@@ -4,6 +4,7 @@
   plain transcription of the authors' order of operations (docs/method.md).
 * The tiny golden trace replays through the real command line (skips without ../shared/data).
 """
+
 import json
 import os
 
@@ -84,10 +85,18 @@ def test_engine_iteration_is_the_originals_computation_bit_for_bit(robust):
             mean_max, agree, losses = out.mean_top_student, out.label_prob["agreement"], t.outputs[0].losses
         else:
             t.nets.train()
-            mean_max, agree, losses = _spec_epoch(t.teacher, t.student, t.loaders["train"].loader, t.optimizer, 10, groups,
-                                                  config.alphas)
-        results.append((mean_max, agree, losses, [p.detach().clone() for p in t.teacher.parameters()] +
-                        [p.detach().clone() for p in t.student.parameters()]))
+            mean_max, agree, losses = _spec_epoch(
+                t.teacher, t.student, t.loaders["train"].loader, t.optimizer, 10, groups, config.alphas
+            )
+        results.append(
+            (
+                mean_max,
+                agree,
+                losses,
+                [p.detach().clone() for p in t.teacher.parameters()]
+                + [p.detach().clone() for p in t.student.parameters()],
+            )
+        )
     (m1, a1, l1, w1), (m2, a2, l2, w2) = results
     assert m1 == m2
     assert torch.equal(a1, a2)
@@ -97,11 +106,16 @@ def test_engine_iteration_is_the_originals_computation_bit_for_bit(robust):
 
 TRACES = sorted(name for name in os.listdir(GOLDEN) if name.endswith(".json")) if os.path.isdir(GOLDEN) else []
 SUITE_REPLAY_LIMIT_S = 300  # a trace whose recorded training took longer does not fit the suite's 10 minutes
-DATA = [os.path.join(SHARED_DATA, "cifar10-jpeg", "cifar10.npz"), os.path.join(SHARED_DATA, "cifar-n", "CIFAR-10_human.pt")]
+DATA = [
+    os.path.join(SHARED_DATA, "cifar10-jpeg", "cifar10.npz"),
+    os.path.join(SHARED_DATA, "cifar-n", "CIFAR-10_human.pt"),
+]
 
 
-@pytest.mark.skipif(not TRACES or not all(map(os.path.exists, DATA)),
-                    reason="needs ../shared/data (reference-traces/*.json, cifar10.npz, CIFAR-10_human.pt)")
+@pytest.mark.skipif(
+    not TRACES or not all(map(os.path.exists, DATA)),
+    reason="needs ../shared/data (reference-traces/*.json, cifar10.npz, CIFAR-10_human.pt)",
+)
 @pytest.mark.parametrize("name", TRACES or ["none"])
 def test_golden_trace_replays(name, tmp_path):
     """--reference through the real command line reproduces each golden trace of the authors' script and its logs.
@@ -118,13 +132,17 @@ def test_golden_trace_replays(name, tmp_path):
     with open(path) as fh:
         recorded_s = json.load(fh)["run"]["wall_total_s"]
     if recorded_s > SUITE_REPLAY_LIMIT_S and not os.environ.get("BKD_LONG_REPLAYS"):
-        pytest.skip(f"{name}: the authors' training took {recorded_s:.0f} s, beyond the suite's budget; BKD_LONG_REPLAYS=1 "
-                    f"runs it here, or python benchmarks/reference_check.py --trace {path}")
+        pytest.skip(
+            f"{name}: the authors' training took {recorded_s:.0f} s, beyond the suite's budget; BKD_LONG_REPLAYS=1 "
+            f"runs it here, or python benchmarks/reference_check.py --trace {path}"
+        )
     result = replay(path, str(tmp_path))
     ours, theirs, floats = result["ours"], result["theirs"], result["floats"]
     mine, recorded = result["cpu"]
-    print(f"{name}: this CPU {mine}, the trace's {recorded}: " + ("every float demanded" if floats else
-                                                                  "floats not demanded, data and schedule are"))
+    print(
+        f"{name}: this CPU {mine}, the trace's {recorded}: "
+        + ("every float demanded" if floats else "floats not demanded, data and schedule are")
+    )
     first = next(compare(ours, theirs, floats=floats), None)
     assert first is None, "first difference at {}: {} ours {!r}, theirs {!r}".format(*first)
     assert len(ours["iterations"]) == len(theirs["iterations"]) > 0
@@ -140,10 +158,24 @@ def test_golden_trace_replays(name, tmp_path):
 def test_compare_reports_the_first_difference_with_its_place():
     from benchmarks.traces import compare, compare_logs
 
-    row = {"epoch": 0, "iter": 0, "batch": 2, "index_sha256": "a", "img_sha256": "b", "labels_sha256": "c",
-           "target_sha256": "d", "loss": 1.0, "naive_loss": 0.5, "compensation_loss": 0.5}
-    theirs = {"config": {"subset_size": 4}, "iterations": [row, dict(row, iter=1)],
-              "epochs": [{"epoch": 0, "lr": 0.02, "mean_max_student_prob": 0.1}], "checkpoints": []}
+    row = {
+        "epoch": 0,
+        "iter": 0,
+        "batch": 2,
+        "index_sha256": "a",
+        "img_sha256": "b",
+        "labels_sha256": "c",
+        "target_sha256": "d",
+        "loss": 1.0,
+        "naive_loss": 0.5,
+        "compensation_loss": 0.5,
+    }
+    theirs = {
+        "config": {"subset_size": 4},
+        "iterations": [row, dict(row, iter=1)],
+        "epochs": [{"epoch": 0, "lr": 0.02, "mean_max_student_prob": 0.1}],
+        "checkpoints": [],
+    }
     ours = json.loads(json.dumps(theirs))
     assert next(compare(ours, theirs), None) is None
     ours["iterations"][1]["loss"] = 1.0000001
@@ -162,15 +194,20 @@ def test_same_numbers_compares_every_value_but_wall_clock_times():
     except wall-clock times and the names of files; a flag only one side records is listed, not failed."""
     from benchmarks.same_numbers import compare_runs
 
-    trace = {"config": {"argv": ["--trace", "a.json"], "seed": 0, "args_as_parsed": {"lr": 0.02}},
-             "iterations": [{"epoch": 0, "loss": 1.0}], "epochs": [{"epoch": 0, "wall_s": 3.0, "lr": 0.02}],
-             "run": {"t_start": 1.0}}
+    trace = {
+        "config": {"argv": ["--trace", "a.json"], "seed": 0, "args_as_parsed": {"lr": 0.02}},
+        "iterations": [{"epoch": 0, "loss": 1.0}],
+        "epochs": [{"epoch": 0, "wall_s": 3.0, "lr": 0.02}],
+        "run": {"t_start": 1.0},
+    }
     run = (trace, "epoch: 0\ttime elapsed: 0h 0m 3s\n", {"detection.npy": b"x"})
     other = json.loads(json.dumps(trace))
     other["epochs"][0]["wall_s"], other["run"]["t_start"], other["config"]["argv"] = 9.0, 2.0, ["--trace", "b.json"]
     other["config"]["args_as_parsed"]["strict_fp32"] = False  # a flag added since
-    assert compare_runs(run, (other, "epoch: 0\ttime elapsed: 0h 0m 9s\n", {"detection.npy": b"x"})) == \
-        ([], [("config.args_as_parsed.strict_fp32", "(absent)", False)])
+    assert compare_runs(run, (other, "epoch: 0\ttime elapsed: 0h 0m 9s\n", {"detection.npy": b"x"})) == (
+        [],
+        [("config.args_as_parsed.strict_fp32", "(absent)", False)],
+    )
     other["iterations"][0]["loss"] = 1.0000001
     diffs, _ = compare_runs(run, (other, run[1], {"detection.npy": b"y"}))
     assert diffs == [("iterations[0].loss", 1.0, 1.0000001), ("detection.npy", "bytes", "other bytes")]

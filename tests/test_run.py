@@ -1,4 +1,5 @@
 """bkd.run: the deferred full-set pass (default mode) gives the statistic the epoch itself would have given."""
+
 import json
 import os
 
@@ -24,7 +25,9 @@ def test_deferred_full_set_pass_equals_the_pass_in_its_epoch():
     t.calc_noise_probability(3, weights=snapshot)  # epoch 3's pass, run later
     for key in ("full", "full_agreed", "full_agreed_prob", "full_probs"):
         assert np.array_equal(in_epoch[key], t.state.stats[3][key]), key
-    assert all(torch.equal(after["teacher"][k], t.teacher.state_dict()[k]) for k in after["teacher"])  # weights restored
+    assert all(
+        torch.equal(after["teacher"][k], t.teacher.state_dict()[k]) for k in after["teacher"]
+    )  # weights restored
     t.state.stats[5] = {}
     t.calc_noise_probability(5, weights=snapshot)
     assert not np.array_equal(in_epoch["full"], t.state.stats[5]["full"])  # another epoch draws other augmentations
@@ -32,10 +35,15 @@ def test_deferred_full_set_pass_equals_the_pass_in_its_epoch():
 
 def test_default_mode_runs_the_full_set_pass_once(synthetic_root, tmp_path):
     trace = tmp_path / "trace.json"
-    run("blind_knowledge_dist_training.py", *tiny_flags(synthetic_root, str(tmp_path), n_epoch=9, overfitting_epoch=3,
-                                                        trace=str(trace)), cwd=str(tmp_path))
+    run(
+        "blind_knowledge_dist_training.py",
+        *tiny_flags(synthetic_root, str(tmp_path), n_epoch=9, overfitting_epoch=3, trace=str(trace)),
+        cwd=str(tmp_path),
+    )
     recorded = json.load(open(trace))
-    assert [r["epoch"] for r in recorded["epochs"] if "full_agreement_sha256" in r] == []  # no pass in any warm-up epoch
+    assert [
+        r["epoch"] for r in recorded["epochs"] if "full_agreement_sha256" in r
+    ] == []  # no pass in any warm-up epoch
     assert recorded["overfitting"]["epoch"] == 3 and recorded["overfitting"]["found_at_epoch"] == 5
     agreement = np.load(os.path.join(tmp_path, "cifar10_worst_seed_0", "agreement.npy"))
     from bkd.utils.hashing import array_sha256

@@ -1,4 +1,5 @@
 """The method's memory across epochs: warm-up records, the split, and a weights-only round trip."""
+
 import io
 
 import numpy as np
@@ -31,7 +32,14 @@ def test_split_happens_at_the_peak_with_that_epochs_statistics():
     state = MethodState()
     at, found, recorded = _warmup(state, [0.1, 0.2, 0.3, 0.6, 0.5, 0.4], np.random.RandomState(0))
     assert (at, found) == (5, 3) and state.overfit_epoch == 3
-    assert 5 not in recorded and sorted(state.stats) == [e for e in range(6) if may_still_pick(e, at)] == [0, 1, 2, 3, 4, 5]
+    assert 5 not in recorded and sorted(state.stats) == [e for e in range(6) if may_still_pick(e, at)] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
     detected = state.split_at(3)
     assert not state.warmup and state.split_epoch == 3
     train, full = recorded[3]
@@ -60,7 +68,11 @@ def test_state_round_trips_through_weights_only_load():
     restored = MethodState.from_state_dict(torch.load(buffer, weights_only=True))
     assert restored.split == state.split and restored.val_acc == state.val_acc
     assert np.array_equal(restored.groups, state.groups) and np.array_equal(restored.detected, state.detected)
-    assert all(np.array_equal(restored.stats[e]["full"], state.stats[e]["full"]) for e in state.stats if "full" in state.stats[e])
+    assert all(
+        np.array_equal(restored.stats[e]["full"], state.stats[e]["full"])
+        for e in state.stats
+        if "full" in state.stats[e]
+    )
 
 
 def test_the_rule_only_picks_epochs_whose_statistics_are_kept():

@@ -53,8 +53,11 @@ def test_mypy_resolves_every_layer_at_the_repository_root(tmp_path, installed):
         cmd.insert(1, "--no-site-packages")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "import-not-found" not in proc.stdout, proc.stdout
-    revealed = [line.split('Revealed type is "', 1)[1].rstrip('"') for line in proc.stdout.splitlines()
-                if "Revealed type is" in line]
+    revealed = [
+        line.split('Revealed type is "', 1)[1].rstrip('"')
+        for line in proc.stdout.splitlines()
+        if "Revealed type is" in line
+    ]
     _check_revealed(revealed, "mypy")
 
 
@@ -65,11 +68,19 @@ def test_pyright_resolves_every_layer_at_the_repository_root(tmp_path, installed
     if shutil.which("node") is None:
         pytest.skip("pyright runs on Node.js, which is not installed here")
     python = sys.executable if installed else sys._base_executable
-    proc = subprocess.run([pyright, "--outputjson", "--pythonpath", python, _probe(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [pyright, "--outputjson", "--pythonpath", python, _probe(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     report = json.loads(proc.stdout)
     errors = [d["message"] for d in report["generalDiagnostics"] if d["severity"] == "error"]
     assert not errors, errors
-    revealed = [d["message"].split('" is "', 1)[1].rstrip('"') for d in report["generalDiagnostics"]
-                if d["message"].startswith("Type of ")]
+    revealed = [
+        d["message"].split('" is "', 1)[1].rstrip('"')
+        for d in report["generalDiagnostics"]
+        if d["message"].startswith("Type of ")
+    ]
     _check_revealed(revealed, "pyright")

@@ -1,4 +1,5 @@
 """Model checkpoints in the original's format ({'state_dict', 'epoch'}, plus the architecture), as CPU tensors."""
+
 import os
 
 from bkd.utils.errors import DataError, first_line
@@ -39,7 +40,9 @@ def load_model(path, build):
     except Exception as err:
         raise DataError(f"{path}: unreadable checkpoint ({first_line(err)}); truncated or not a checkpoint") from None
     weights = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
         raise DataError(f"{path}: not a model checkpoint (no 'state_dict' of named tensors)")
     try:
         num_classes = int(ckpt.get("num_classes") or weights["linear.weight"].shape[0])
@@ -51,5 +54,7 @@ def load_model(path, build):
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         first = first_line(err)
-        raise DataError(f"{path}: weights do not fit PreResNet18(num_classes={num_classes}, width={width}) ({first})") from None
+        raise DataError(
+            f"{path}: weights do not fit PreResNet18(num_classes={num_classes}, width={width}) ({first})"
+        ) from None
     return model, ckpt

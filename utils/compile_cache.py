@@ -1,4 +1,5 @@
 """torch's compile cache: a folder torch's compiler can write, for a run."""
+
 import contextlib
 import os
 
@@ -49,12 +50,18 @@ def usable_compile_cache(log):
     try:
         os.environ[COMPILE_CACHE_ENV] = tempfile.mkdtemp(prefix="bkd_torchinductor_")
     except OSError as err:
-        raise UsageError(f"torch's compile cache cannot be created ({reason}) and no temporary folder can be "
-                         f"({err.strerror}); set {COMPILE_CACHE_ENV} to a writable folder") from None
+        raise UsageError(
+            f"torch's compile cache cannot be created ({reason}) and no temporary folder can be "
+            f"({err.strerror}); set {COMPILE_CACHE_ENV} to a writable folder"
+        ) from None
     from bkd.utils import logfmt
 
-    log(logfmt.ours(f"torch's compile cache cannot be created ({reason}); this run caches in "
-                    f"{os.environ[COMPILE_CACHE_ENV]} ({COMPILE_CACHE_ENV} sets another)"))
+    log(
+        logfmt.ours(
+            f"torch's compile cache cannot be created ({reason}); this run caches in "
+            f"{os.environ[COMPILE_CACHE_ENV]} ({COMPILE_CACHE_ENV} sets another)"
+        )
+    )
     try:
         yield
     finally:

@@ -1,11 +1,14 @@
 """The CUDA arithmetic of a run: TF32 and determinism, set before its first CUDA operation and restored after it."""
+
 import contextlib
 import os
 
 import torch
 import torch.utils.deterministic  # noqa: F401 (fill_uninitialized_memory, in cuda_settings)
 
-CUBLAS_WORKSPACE = ":4096:8"  # what torch.use_deterministic_algorithms needs of cuBLAS (PyTorch's reproducibility notes)
+CUBLAS_WORKSPACE = (
+    ":4096:8"  # what torch.use_deterministic_algorithms needs of cuBLAS (PyTorch's reproducibility notes)
+)
 
 
 def _read(owner, name):
@@ -41,8 +44,10 @@ def _set_tf32(enabled):
 
 
 def _tf32_state():
-    return ([_read(owner, name) for owner, name in _legacy_tf32_flags()],
-            [getattr(owner, name) for owner, name in _precision_settings()])
+    return (
+        [_read(owner, name) for owner, name in _legacy_tf32_flags()],
+        [getattr(owner, name) for owner, name in _precision_settings()],
+    )
 
 
 def _restore_tf32(state):
@@ -56,19 +61,28 @@ def _restore_tf32(state):
 
 
 def determinism_settings():
-    return {"cudnn_deterministic": torch.backends.cudnn.deterministic, "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-            "fill_uninitialized_memory": torch.utils.deterministic.fill_uninitialized_memory,
-            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+    return {
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "fill_uninitialized_memory": torch.utils.deterministic.fill_uninitialized_memory,
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
 
 
 def cuda_arithmetic(deterministic=True, tf32=True, fill_uninitialized_memory=True):
     """The CUDA settings of a run, as cuda_settings applies them and metrics.json records them (gpu_info's keys)."""
     workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG") or (CUBLAS_WORKSPACE if deterministic else None)
-    return {"tf32": {"cudnn_conv": tf32, "cuda_matmul": tf32},
-            "determinism": {"cudnn_deterministic": deterministic, "cudnn_benchmark": not deterministic,
-                            "deterministic_algorithms": deterministic,
-                            "fill_uninitialized_memory": fill_uninitialized_memory, "cublas_workspace_config": workspace}}
+    return {
+        "tf32": {"cudnn_conv": tf32, "cuda_matmul": tf32},
+        "determinism": {
+            "cudnn_deterministic": deterministic,
+            "cudnn_benchmark": not deterministic,
+            "deterministic_algorithms": deterministic,
+            "fill_uninitialized_memory": fill_uninitialized_memory,
+            "cublas_workspace_config": workspace,
+        },
+    }
 
 
 @contextlib.contextmanager
@@ -87,8 +101,14 @@ def cuda_settings(device, deterministic=True, tf32=True, fill_uninitialized_memo
         yield
         return
     fill = torch.utils.deterministic  # (fill_uninitialized_memory: torch 2.1+)
-    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
-             os.environ.get("CUBLAS_WORKSPACE_CONFIG"), _tf32_state(), fill.fill_uninitialized_memory)
+    saved = (
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        _tf32_state(),
+        fill.fill_uninitialized_memory,
+    )
     wanted = cuda_arithmetic(deterministic, tf32, fill_uninitialized_memory)
     try:
         if wanted["determinism"]["cublas_workspace_config"] is not None:

@@ -1,4 +1,5 @@
 """Errors a user can fix, each printed as one line with its exit code (see README, 'Exit codes')."""
+
 import os
 import signal
 import sys
@@ -9,7 +10,9 @@ EXIT_RUN_DIR = 4  # run directory in use, already holding a run, or unwritable
 EXIT_DIVERGED = 5  # non-finite loss
 EXIT_MEMORY = 6  # the device ran out of memory
 EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM; resumable with --resume
-EXIT_OUTPUT_CLOSED = 141  # standard output closed (`| head`): 128 + SIGPIPE, what a shell reports for a Unix tool so stopped
+EXIT_OUTPUT_CLOSED = (
+    141  # standard output closed (`| head`): 128 + SIGPIPE, what a shell reports for a Unix tool so stopped
+)
 
 
 class BKDError(Exception):
@@ -53,6 +56,7 @@ def interrupt_quietly_while_starting():
     """Ctrl-C or SIGTERM while a script imports its libraries (seconds for torch): one line instead of a traceback or a
     silent exit 143. Called first thing when a script runs (never on import); run_cli hands both to Python's own
     handling (KeyboardInterrupt), until the script installs its own."""
+
     def starting(signum, frame):
         os.write(2, b"error: interrupted while starting: nothing was started and nothing was written\n")
         os._exit(EXIT_INTERRUPTED)
@@ -64,6 +68,7 @@ def interrupt_quietly_while_starting():
 def stop_on_signals(kept):
     """SIGINT and SIGTERM end an evaluation at once with one line (exit 130) saying what it `kept`, instead of a
     traceback or a silent exit 143. Its result is written last, atomically: until then there is nothing to keep."""
+
     def stop(signum, frame):
         raise Interrupted(f"{signal.Signals(signum).name} received: {kept}")
 

@@ -1,4 +1,5 @@
 """Atomic file writes: a kill at any moment, or a full disk, leaves the old complete file or the new complete one."""
+
 import errno
 import json
 import os
@@ -41,16 +42,20 @@ def atomic_path(path):
         os.replace(tmp, path)
     except UnicodeError as err:  # a name or label in the data that is no text: not the disk's fault
         kept = "the earlier file is kept" if os.path.exists(path) else "nothing was written"
-        raise RunDirError(f"cannot write {portable(path)} ({first_line(err)}); {kept}; rename the files or classes of "
-                          "the data to valid UTF-8") from None
+        raise RunDirError(
+            f"cannot write {portable(path)} ({first_line(err)}); {kept}; rename the files or classes of "
+            "the data to valid UTF-8"
+        ) from None
     except OSError as err:
         kept = "the earlier file is kept" if os.path.exists(path) else "nothing was written"
         try:
             free = f"; {shutil.disk_usage(directory).free:,} bytes free there"
         except OSError:
             free = ""
-        raise RunDirError(f"cannot write {portable(path)} ({err.strerror or err}{free}); {kept}; free space or make "
-                          f"{portable(directory)} writable") from None
+        raise RunDirError(
+            f"cannot write {portable(path)} ({err.strerror or err}{free}); {kept}; free space or make "
+            f"{portable(directory)} writable"
+        ) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
@@ -120,10 +125,14 @@ def read_json_object(path):
         with open(path) as fh:
             data = json.load(fh)
     except (OSError, ValueError) as err:
-        raise DataError(f"{portable(path)}: not readable JSON ({getattr(err, 'strerror', None) or err}); it is truncated "
-                        "or damaged: repair it, or move it aside to start a new one") from None
+        raise DataError(
+            f"{portable(path)}: not readable JSON ({getattr(err, 'strerror', None) or err}); it is truncated "
+            "or damaged: repair it, or move it aside to start a new one"
+        ) from None
     if not isinstance(data, dict):
-        raise DataError(f"{portable(path)}: holds a JSON {type(data).__name__}, not an object; move it aside to start a new one")
+        raise DataError(
+            f"{portable(path)}: holds a JSON {type(data).__name__}, not an object; move it aside to start a new one"
+        )
     return data
 
 
@@ -136,8 +145,9 @@ def update_json(path, updates):
     try:
         fh = open(lock, "a+")
     except OSError as err:
-        raise RunDirError(f"cannot write {portable(path)} ({err.strerror}); make {portable(os.path.dirname(lock))} "
-                          "writable") from None
+        raise RunDirError(
+            f"cannot write {portable(path)} ({err.strerror}); make {portable(os.path.dirname(lock))} writable"
+        ) from None
     with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
         data = read_json_object(path)

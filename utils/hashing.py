@@ -1,4 +1,5 @@
 """sha256 digests of files and of arrays' raw bytes: the project's one hashing helper."""
+
 import hashlib
 
 import numpy as np

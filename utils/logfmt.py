@@ -4,6 +4,7 @@
 parsers of their logs keep working; every line this project adds starts with `[bkd] `.
 Epoch numbers are 0-based, as in the original.
 """
+
 import numpy as np
 
 OURS = "[bkd] "
@@ -48,8 +49,10 @@ def epoch_start(epoch):
 
 
 def iteration(epoch, n_epoch, i, last_iter, loss, naive, comp):
-    return (f"epoch: {epoch:3.0f}/{n_epoch - 1:3.0f}\titer: {i:3.0f}/{last_iter:3.0f}\tloss: {loss:8.5f}"
-            f"\tnaive_loss: {naive:8.5f}\tcompensation_l2_loss: {comp:8.5f}")
+    return (
+        f"epoch: {epoch:3.0f}/{n_epoch - 1:3.0f}\titer: {i:3.0f}/{last_iter:3.0f}\tloss: {loss:8.5f}"
+        f"\tnaive_loss: {naive:8.5f}\tcompensation_l2_loss: {comp:8.5f}"
+    )
 
 
 def overfitting_block(overfit_epoch):
@@ -82,8 +85,10 @@ END_SAVE = "models saved - end of training"
 
 
 def elapsed(epoch, seconds):
-    return (f"epoch: {epoch}\ttime elapsed: {seconds // 3600:.0f}h {(seconds % 3600) // 60:.0f}m "
-            f"{(seconds % 3600) % 60:.0f}s")
+    return (
+        f"epoch: {epoch}\ttime elapsed: {seconds // 3600:.0f}h {(seconds % 3600) // 60:.0f}m "
+        f"{(seconds % 3600) % 60:.0f}s"
+    )
 
 
 # --- learning.py and detection.py -----------------------------------------------------------
@@ -92,8 +97,13 @@ def learning(acc):
 
 
 def detection(flagged, truly_noisy, precision, recall, fscore):
-    return [f"{flagged}", f"{truly_noisy}", f"precision is {precision}", f"recall is {recall}", f"The f-score is {fscore}"]
-
+    return [
+        f"{flagged}",
+        f"{truly_noisy}",
+        f"precision is {precision}",
+        f"recall is {recall}",
+        f"The f-score is {fscore}",
+    ]
 
 
 def quiet(*lines):

@@ -1,4 +1,5 @@
 """What a result comes from besides the code: the CPU (its kind decides float rounding), threads, versions, the GPU."""
+
 import os
 import platform
 import sys
@@ -33,8 +34,12 @@ def cpu_kind():
     their blocking follow the CPU model, not only the instruction set), and torch's kernel capability."""
     info = _cpuinfo()
     number = lambda key: int(info[key]) if info.get(key, "").isdigit() else None  # noqa: E731
-    return {"vendor": info.get("vendor_id"), "family": number("cpu family"), "model": number("model"),
-            "capability": torch.backends.cpu.get_cpu_capability()}
+    return {
+        "vendor": info.get("vendor_id"),
+        "family": number("cpu family"),
+        "model": number("model"),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def device_identity(device):
@@ -45,8 +50,12 @@ def device_identity(device):
         return {"type": "cuda", "name": torch.cuda.get_device_name(index), "capability": f"{major}.{minor}"}
     if device.type == "cpu":
         kind = cpu_kind()
-        return {"type": "cpu", "name": cpu_model(), "capability": kind["capability"],
-                "model": f"{kind['vendor']} family {kind['family']} model {kind['model']}"}
+        return {
+            "type": "cpu",
+            "name": cpu_model(),
+            "capability": kind["capability"],
+            "model": f"{kind['vendor']} family {kind['family']} model {kind['model']}",
+        }
     return {"type": device.type, "name": device.type}
 
 
@@ -58,8 +67,12 @@ def _driver_version():
     import subprocess
 
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -93,14 +106,21 @@ def machine_info(device=None, computation=None):
         "cpu_model": cpu_model(),
         "cpu_kind": cpu_kind(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
-                            for name in ("avx512_bf16", "amx_tile")},
+        "cpu_native_bf16": {
+            name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
+            for name in ("avx512_bf16", "amx_tile")
+        },
         "cpu_count": os.cpu_count(),
         "num_threads": torch.get_num_threads(),
         "num_interop_threads": torch.get_num_interop_threads(),
         "platform": platform.platform(),
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": version("torchvision"),
-                     "numpy": np.__version__, "PIL": version("pillow")},
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "torchvision": version("torchvision"),
+            "numpy": np.__version__,
+            "PIL": version("pillow"),
+        },
     }
     if device is not None:
         info["device"] = str(device)

@@ -1,4 +1,5 @@
 """Scores of the two challenge tasks."""
+
 import numpy as np
 
 
@@ -45,10 +46,13 @@ def ranking_scores(label_prob, truly_noisy):
 
 def ranking_line(scores):
     """The ranking scores as one readable sentence (for a `[bkd] ` line)."""
+
     def fmt(value):
         return "n/a" if value is None else f"{value:.3f}"
 
     at = ", ".join(f"{k} {fmt(scores[f'precision_at_{k}'])}" for k in PRECISION_AT)
-    return (f"ranking by agreed probability: AUROC {fmt(scores['auroc'])}, average precision {fmt(scores['average_precision'])}, "
-            f"precision at top {at}; noise rate {scores['noise_rate']:.3f}, so flagging every label scores F1 "
-            f"{scores['flag_all_f1']:.3f} (the floor)")
+    return (
+        f"ranking by agreed probability: AUROC {fmt(scores['auroc'])}, average precision {fmt(scores['average_precision'])}, "
+        f"precision at top {at}; noise rate {scores['noise_rate']:.3f}, so flagging every label scores F1 "
+        f"{scores['flag_all_f1']:.3f} (the floor)"
+    )

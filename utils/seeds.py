@@ -1,4 +1,5 @@
 """Seeds and random number generator states: the run seeds the original's three generators; resume restores them."""
+
 import contextlib
 import random
 
@@ -22,8 +23,12 @@ def preserved_global_rng():
 
     (Seeding torch seeds CUDA too, lazily, at its first use: so where CUDA is present its state is read here, which
     starts CUDA, and put back after.)"""
-    state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    state = (
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
     try:
         yield
     finally:
