@@ -1,4 +1,5 @@
-"""Detection task: score a run's detection.npy (docs/method.md, 'The split'), or summarise it for data without clean labels.
+"""Detection task: score a run's detection.npy (docs/method.md, 'The split'), or summarise it for data without clean
+labels.
 
 CIFAR-N: the original's start-up lines and its five lines (number flagged, number truly noisy,
 precision, recall, F-score), then ours, prefixed `[bkd] `.

@@ -134,7 +134,8 @@ def base_parser(description, prog=None, print_freq=EVAL_PRINT_FREQ):
         "--data_file",
         type=str,
         default=None,
-        help="--dataset custom: an .npz array file or an image folder (default <data_root>/custom.npz; docs/custom-data.md)",
+        help="--dataset custom: an .npz array file or an image folder (default <data_root>/custom.npz; "
+        "docs/custom-data.md)",
     )
     p.add_argument(
         "--image_size", type=int, default=32, help="--dataset custom with an image folder: resize images to this size"

@@ -1,6 +1,7 @@
 """Does bf16 autocast (--amp) change the method's outcome? The quick preset in fp32 and with --amp, side by side.
 
-    python benchmarks/amp_validation.py [--seeds 0 1 2] [--noise_types worst aggre] [--out benchmarks/results/amp_validation]
+    python benchmarks/amp_validation.py [--seeds 0 1 2] [--noise_types worst aggre] \
+        [--out benchmarks/results/amp_validation]
 
 For CIFAR-10N `worst` and `aggre`, seeds 0-2, the quick preset runs twice through the launcher (training,
 learning.py, detection.py): in fp32 (the default) and with --amp. Reports per run and per label set (mean ±
@@ -20,13 +21,12 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import SHARED, cifar10n_flags  # noqa: E402
-
-from bkd.utils.devices import cpu_native_bf16  # noqa: E402
-from bkd.report import COLUMNS, load_run, markdown, mean_std  # noqa: E402
-from launch.grid import make_grid  # noqa: E402
-from bkd.utils.files import save_json  # noqa: E402
-from bkd.utils.machine import machine_info  # noqa: E402
+from benchmarks import SHARED, cifar10n_flags
+from bkd.report import COLUMNS, load_run, markdown, mean_std
+from bkd.utils.devices import cpu_native_bf16
+from bkd.utils.files import save_json
+from bkd.utils.machine import machine_info
+from launch.grid import make_grid
 
 PRECISIONS = {"fp32": [], "bf16 (--amp)": ["--amp"]}
 

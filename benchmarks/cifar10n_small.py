@@ -23,20 +23,20 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from bkd.data.cifar import DATASETS  # noqa: E402
-from bkd.data.loaders import DeviceLoader, LoaderSpec  # noqa: E402
-from bkd.config import TrainConfig  # noqa: E402
-from bkd.data.datasets import DataSelection, input_dataset  # noqa: E402
-from bkd.models import PreResNet18  # noqa: E402
-from flags import PRESETS  # noqa: E402
-from bkd.utils.metrics import detection_scores  # noqa: E402
-from bkd.utils.files import portable  # noqa: E402
-from bkd.utils.machine import machine_info  # noqa: E402
-from bkd.utils.seeds import set_global_seeds  # noqa: E402
+from bkd.config import TrainConfig
+from bkd.data.cifar import DATASETS
+from bkd.data.datasets import DataSelection, input_dataset
+from bkd.data.loaders import DeviceLoader, LoaderSpec
+from bkd.models import PreResNet18
+from bkd.utils.files import portable
+from bkd.utils.machine import machine_info
+from bkd.utils.metrics import detection_scores
+from bkd.utils.seeds import set_global_seeds
+from flags import PRESETS
 
 INFO = DATASETS["cifar10"]
 AUG = {"pad_mode": INFO["pad_mode"], "flip_first": INFO["flip_first"]}
@@ -188,7 +188,8 @@ def run_label_set(label_set, args, runs_dir, log=print):
 
 def table(results):
     lines = [
-        "| label set (noise) | method | test acc, best val (%) | test acc, last (%) | precision | recall | F1 | wall time |",
+        "| label set (noise) | method | test acc, best val (%) | test acc, last (%) | precision | recall | F1 "
+        "| wall time |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -205,7 +206,8 @@ def table(results):
             + f" | {b['seconds']:.0f} s |"
         )
         lines.append(
-            f"| {head} | cross-entropy | {c['test_acc_best_val']:.2f} | {c['test_acc_last']:.2f} | | | | {c['seconds']:.0f} s |"
+            f"| {head} | cross-entropy | {c['test_acc_best_val']:.2f} | {c['test_acc_last']:.2f} | | | "
+            f"| {c['seconds']:.0f} s |"
         )
         d = r["cleanlab"]["detection"]
         lines.append(

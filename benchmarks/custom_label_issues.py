@@ -25,17 +25,16 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import SHARED  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bkd.issues import read_label_issues  # noqa: E402
-from bkd.config import TrainConfig  # noqa: E402
-from bkd.data.datasets import CIFAR10_CLASSES, DataSelection, input_dataset  # noqa: E402
-from flags import PRESETS  # noqa: E402
-from bkd.utils.files import portable, save_json  # noqa: E402
-from bkd.utils.metrics import PRECISION_AT, detection_scores, ranking_scores  # noqa: E402
-from bkd.utils.machine import machine_info  # noqa: E402
+from benchmarks import SHARED
+from bkd.config import TrainConfig
+from bkd.data.datasets import CIFAR10_CLASSES, DataSelection, input_dataset
+from bkd.issues import read_label_issues
+from bkd.utils.files import portable, save_json
+from bkd.utils.machine import machine_info
+from bkd.utils.metrics import PRECISION_AT, detection_scores, ranking_scores
+from flags import PRESETS
 
 
 def main():

@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bkd.report import COLUMNS, markdown  # noqa: E402  (numpy only: no matplotlib needed)
-from bkd.utils.files import atomic_path, save_json, save_torch  # noqa: E402
+from bkd.report import COLUMNS, markdown  # (numpy only: no matplotlib needed)
+from bkd.utils.files import atomic_path, save_json, save_torch
 
 TRAIN = os.path.join(ROOT, "blind_knowledge_dist_training.py")
 PREPARED = os.path.join(ROOT, ".gpu_data")  # --prepare_data's default folder (git-ignored; the GPU call carries it)
@@ -161,7 +161,7 @@ TINY_QUICK = [
 ]  # the real-data step at the CPU rehearsal's size
 
 
-# --- children: each in a process group of its own, its output in a file, killed with its group at its deadline ---------
+# --- children: each in a process group of its own, its output in a file, killed with its group at its deadline --------
 @dataclass(eq=False)
 class Child:
     name: str
@@ -371,7 +371,7 @@ def write_synthetic(root, run):
     return ["--data_root", root, "--noise_path", os.path.join(root, "CIFAR-10_human.pt")]
 
 
-# --- throughput: one mode in a process of its own ------------------------------------------------------------------------
+# --- throughput: one mode in a process of its own ---------------------------------------------------------------------
 class Steps:
     """`n` batches from a running iterator of `loader`, as train takes a loader: a pass's start-up (the PIL
     loader starts its workers) is timed apart, and the iterations in steady state."""
@@ -433,13 +433,13 @@ def measure_mode(name, device_name, size, result_path):
     import torch
 
     from bkd.config import TrainConfig, resolve_computation
+    from bkd.data.loaders import LoaderSpec, make_loader
     from bkd.engine import evaluate
     from bkd.method import group_alphas
     from bkd.run import Job, Run
-    from bkd.data.loaders import LoaderSpec, make_loader
-    from bkd.utils.logfmt import quiet
     from bkd.utils.cuda import cuda_settings
     from bkd.utils.devices import resolve_device
+    from bkd.utils.logfmt import quiet
     from bkd.utils.seeds import set_global_seeds
 
     spec = MODES[name]
@@ -514,7 +514,10 @@ def measure_mode(name, device_name, size, result_path):
             t.nets, Steps(t.loaders["test"], iter(t.loaders["test"]), 2), autograd=t.computation.eval_autograd
         )  # the evaluation graph
         for view in ("val", "test"):
-            phase(f"{view}_pass_s", lambda: evaluate(t.nets, t.loaders[view], autograd=t.computation.eval_autograd))
+            phase(
+                f"{view}_pass_s",
+                lambda view=view: evaluate(t.nets, t.loaders[view], autograd=t.computation.eval_autograd),
+            )
         if name == "default-eager":  # eager: another batch size costs no compilation
             sweep = result["test_pass_s_by_eval_batch"] = {}
             for batch in EVAL_BATCHES:
@@ -522,7 +525,7 @@ def measure_mode(name, device_name, size, result_path):
                     data.x_test, data.y_test, LoaderSpec(batch, device, data.info["mean"], data.info["std"])
                 )
                 evaluate(t.nets, Steps(loader, iter(loader), 1))
-                sweep[batch] = timed(lambda: evaluate(t.nets, loader))[0]
+                sweep[batch] = timed(lambda loader=loader: evaluate(t.nets, loader))[0]
                 save_json(result, result_path)
         t.state.stats[0] = {}
         phase("full_set_pass_s", lambda: t.calc_noise_probability(0))
@@ -541,7 +544,8 @@ def measure_mode(name, device_name, size, result_path):
 
 
 def project(r, warmup_epochs):
-    """Seconds per warm-up and per robust epoch, and the projected 300-epoch schedule (SCHEDULE), from one mode's figures.
+    """Seconds per warm-up and per robust epoch, and the projected 300-epoch schedule (SCHEDULE), from one mode's
+    figures.
 
     A training pass is its start plus its iterations; a state is saved after every epoch (on CUDA the training
     thread only makes the host copy, the write goes on beside the next epoch); the reference mode runs the
@@ -1134,7 +1138,8 @@ def summary_lines(report):
 def machine_line(m):
     gpu = m.get("gpu")
     where = (
-        f"{gpu['name']} (compute capability {gpu['compute_capability']}, {gpu['memory_gib']} GiB, driver {gpu['driver']}, "
+        f"{gpu['name']} (compute capability {gpu['compute_capability']}, {gpu['memory_gib']} GiB, "
+        f"driver {gpu['driver']}, "
         f"CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']})"
         if gpu
         else f"{m['cpu_model']} ({m['cpu_capability']})"

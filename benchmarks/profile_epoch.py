@@ -21,20 +21,19 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import SHARED  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from bkd.config import TrainConfig, resolve_computation  # noqa: E402
-from bkd.engine import evaluate  # noqa: E402
-from bkd.method import group_alphas  # noqa: E402
-from bkd.run import Job, Run  # noqa: E402
-from bkd.utils.logfmt import quiet  # noqa: E402
-from bkd.data.datasets import DataSelection, input_dataset  # noqa: E402
-from flags import PRESETS  # noqa: E402
-from bkd.utils.files import save_json, save_torch  # noqa: E402
-from bkd.utils.machine import machine_info  # noqa: E402
-from bkd.utils.seeds import set_global_seeds  # noqa: E402
+from benchmarks import SHARED
+from bkd.config import TrainConfig, resolve_computation
+from bkd.data.datasets import DataSelection, input_dataset
+from bkd.engine import evaluate
+from bkd.method import group_alphas
+from bkd.run import Job, Run
+from bkd.utils.files import save_json, save_torch
+from bkd.utils.logfmt import quiet
+from bkd.utils.machine import machine_info
+from bkd.utils.seeds import set_global_seeds
+from flags import PRESETS
 
 
 def timed(fn):
@@ -60,7 +59,9 @@ def profile(data, mode):
     t.state.stats[0] = {}
     seconds["full-set pass"] = timed(lambda: t.calc_noise_probability(0))
     for view in ("val", "test"):
-        seconds[f"{view} pass"] = timed(lambda: evaluate(t.nets, t.loaders[view], autograd=t.computation.eval_autograd))
+        seconds[f"{view} pass"] = timed(
+            lambda view=view: evaluate(t.nets, t.loaders[view], autograd=t.computation.eval_autograd)
+        )
     groups = np.random.RandomState(0).randint(1, 5, len(data.train_pos))
     t.sample_alpha = group_alphas(groups, config.alphas, "cpu")
     seconds["training pass, robust"] = timed(t.train)

@@ -30,10 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import SHARED, cifar10n_flags  # noqa: E402
-
-from bkd.utils.files import portable, save_json  # noqa: E402
-from bkd.utils.machine import machine_info  # noqa: E402
+from benchmarks import SHARED, cifar10n_flags
 from benchmarks.traces import (
     DATA_CONFIG,
     DATA_ITERATION,
@@ -42,8 +39,12 @@ from benchmarks.traces import (
     describe_cpu,
     same_cpu_kind,
     trace_machine,
-)  # noqa: E402
-from bkd.utils.machine import cpu_kind  # noqa: E402
+)
+from bkd.utils.files import portable, save_json
+from bkd.utils.machine import (
+    cpu_kind,
+    machine_info,
+)
 
 LOGS = ("training", "learning", "detection")
 
@@ -81,7 +82,7 @@ def replay(trace_path, workdir, shared=SHARED, floats=None):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.cpu_count()))
     env.pop("MKL_NUM_THREADS", None)
     argv = theirs["config"]["argv"]
-    golden = dict(zip(argv[::2], argv[1::2]))
+    golden = dict(zip(argv[::2], argv[1::2], strict=True))
     common = ["--dataset", golden["--dataset"], "--noise_type", golden["--noise_type"], "--seed", golden["--seed"]]
     out, walls = {}, {}
     for name, script, flags in (
@@ -271,7 +272,7 @@ def main(argv=None):
             "trace": portable(trace),
             "machine": machine_info(),
             "floats_demanded": result["floats"],
-            "rows": [dict(zip(("field", "ours", "theirs", "result"), r[:4])) for r in rows],
+            "rows": [dict(zip(("field", "ours", "theirs", "result"), r[:4], strict=False)) for r in rows],
             "wall_s": result["walls"],
             "their_training_wall_s": theirs_wall,
             "passed": not failed,

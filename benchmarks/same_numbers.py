@@ -23,8 +23,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import SHARED, cifar10n_flags  # noqa: E402
-from benchmarks.traces import comparable_log  # noqa: E402
+from benchmarks import SHARED, cifar10n_flags
+from benchmarks.traces import comparable_log
 
 BEFORE = "3f3e1e9"  # the last commit before the training loop's redesign (issue 32)
 TINY = [
@@ -101,7 +101,7 @@ def differences(before, after, place=""):
             elif not NOT_COMPARED.match(where):
                 yield where, before.get(key, "(absent)"), after.get(key, "(absent)")
     elif isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
-        for i, (b, a) in enumerate(zip(before, after)):
+        for i, (b, a) in enumerate(zip(before, after, strict=False)):
             yield from differences(b, a, f"{place}[{i}]")
     elif before != after or type(before) is not type(after):
         yield place, before, after
@@ -114,7 +114,7 @@ def compare_runs(before, after):
     for where, b, a in differences(trace_b, trace_a):  # config: a flag added since is recorded on one side only
         (notes if where.startswith("config.") and "(absent)" in (b, a) else diffs).append((where, b, a))
     log_b, log_a = comparable_log(out_b), comparable_log(out_a)
-    for i, (b, a) in enumerate(zip(log_b, log_a)):
+    for i, (b, a) in enumerate(zip(log_b, log_a, strict=False)):
         if b != a:
             diffs.append((f"stdout line {i + 1}", b, a))
             break
@@ -130,8 +130,8 @@ def main(argv=None):
     p.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=list(RUNS), help="which tiny runs")
     p.add_argument("--shared", default=SHARED, help="the shared data folder (cifar10-jpeg/, cifar-n/)")
     args = p.parse_args(argv)
-    from bkd.utils.machine import cpu_kind, cpu_model
     from bkd.utils.devices import cpu_native_bf16
+    from bkd.utils.machine import cpu_kind, cpu_model
 
     runs = [r for r in args.runs if r != "amp" or cpu_native_bf16()]
     print(

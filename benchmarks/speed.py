@@ -22,11 +22,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import SHARED, cifar10n_flags  # noqa: E402
-
-from bkd.utils.devices import cpu_native_bf16  # noqa: E402
-from bkd.utils.files import save_json  # noqa: E402
-from bkd.utils.machine import machine_info  # noqa: E402
+from benchmarks import SHARED, cifar10n_flags
+from bkd.utils.devices import cpu_native_bf16
+from bkd.utils.files import save_json
+from bkd.utils.machine import machine_info
 
 # name: (flags, compilation cache), in the order they run; "empty" starts a new cache, "filled" reuses it
 MODES = {

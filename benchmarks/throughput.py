@@ -22,12 +22,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from bkd.data.cifar import DATASETS  # noqa: E402
-from bkd.data.loaders import LoaderSpec, make_loader  # noqa: E402
-from bkd.utils.machine import machine_info  # noqa: E402
+from bkd.data.cifar import DATASETS
+from bkd.data.loaders import LoaderSpec, make_loader
+from bkd.utils.machine import machine_info
 
 INFO = DATASETS["cifar10"]
 AUG = {"pad_mode": INFO["pad_mode"], "flip_first": INFO["flip_first"]}
@@ -66,7 +66,7 @@ def case_pipeline(kind, n, batch_size, workers, repeats=3):
         pass
     start = time.perf_counter()
     for _ in range(repeats):
-        for batch in ld:
+        for _batch in ld:
             pass
     seconds = time.perf_counter() - start
     return {"images_per_second": repeats * n / seconds}
@@ -171,7 +171,8 @@ def main():
         ("    same, PIL pipeline with the new arithmetic: s", f"{b_mid:.2f}", f"{b_new:.2f}", f"{b_mid / b_new:.2f}x"),
         (
             "(b) peak RSS, MiB (main + largest worker)",
-            f"{results['epoch_torchvision']['peak_rss_mib']:.0f} + {results['epoch_torchvision']['peak_worker_rss_mib']:.0f}",
+            f"{results['epoch_torchvision']['peak_rss_mib']:.0f} + "
+            f"{results['epoch_torchvision']['peak_worker_rss_mib']:.0f}",
             f"{results['epoch_device']['peak_rss_mib']:.0f}",
             "",
         ),

@@ -102,7 +102,8 @@ GOLDEN_CPU_KIND = {"vendor": "GenuineIntel", "family": 6, "model": 207, "capabil
 
 
 def trace_machine(trace):
-    """(CPU kind, thread count) a trace was recorded with (utils.machine.cpu_kind: vendor, family, model, capability)."""
+    """(CPU kind, thread count) a trace was recorded with (utils.machine.cpu_kind: vendor, family, model,
+    capability)."""
     config = trace["config"]
     machine = config.get("machine")
     if machine is None:
@@ -156,7 +157,7 @@ def comparable_log(text, floats=True):
 def compare_logs(ours, theirs, floats=True):
     """(line number, our line, their line) of the first difference of two logs, or None."""
     a, b = comparable_log(ours, floats), comparable_log(theirs, floats)
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i + 1, x, y
     if len(a) != len(b):

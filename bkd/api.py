@@ -16,8 +16,8 @@ reuses it. The caller's global random generators (random, numpy, torch) and sign
 """
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -60,17 +60,17 @@ class LabelIssues:
     flagged: np.ndarray
     pred_probs: np.ndarray
     group: np.ndarray
-    overfit_epoch: Optional[int]
+    overfit_epoch: int | None
 
 
 def find_label_issues(
     images: np.ndarray,
     labels: np.ndarray,
     *,
-    classes: Optional[Sequence[str]] = None,
-    ids: Optional[Sequence[str]] = None,
+    classes: Sequence[str] | None = None,
+    ids: Sequence[str] | None = None,
     device: str = "auto",
-    run_dir: Optional[str] = None,
+    run_dir: str | None = None,
     verbose: bool = False,
     **flags,
 ) -> LabelIssues:

@@ -192,8 +192,9 @@ def compile_refusal(config, device):
 
 
 def compiles(config, device=None):
-    """--compile / --no_compile as asked; by default, for networks from COMPILE_MIN_WIDTH channels; never with --reference,
-    nor where compile_refusal says why not on `device` (None: the flags alone, as the launcher compares them)."""
+    """--compile / --no_compile as asked; by default, for networks from COMPILE_MIN_WIDTH channels; never with
+    --reference, nor where compile_refusal says why not on `device` (None: the flags alone, as the launcher compares
+    them)."""
     if config.reference:
         return False
     asked = config.compile if config.compile is not None else config.width >= COMPILE_MIN_WIDTH

@@ -77,7 +77,8 @@ def latest_forceable_epoch(n_epoch):
     return latest if latest >= 0 and first_detectable_epoch(latest) <= n_epoch - 1 else None
 
 
-# The deferred full-set pass of an epoch (default mode) draws its augmentation from that epoch's own seed, whenever it runs.
+# The deferred full-set pass of an epoch (default mode) draws its augmentation from that epoch's own seed, whenever it
+# runs.
 FULL_PASS_SEED_BASE = 1_000_003
 
 

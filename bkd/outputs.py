@@ -11,14 +11,14 @@ import os
 
 import numpy as np
 
+from bkd import rundir as rd
 from bkd.curves import Curves
 from bkd.issues import write_label_issues
-from bkd import rundir as rd
 from bkd.utils import logfmt
 from bkd.utils.checkpoint import model_checkpoint
 from bkd.utils.files import BackgroundWriter, save_json, save_numpy, save_torch
-from bkd.utils.metrics import detection_scores
 from bkd.utils.machine import machine_info
+from bkd.utils.metrics import detection_scores
 
 
 class Output:
@@ -30,7 +30,8 @@ class Output:
 
     def save_models(self, run, kind, best):
         """kind: 'best_val' (a new best validation accuracy) or 'end_of_training' (after the last epoch); `best`: these
-        weights are (now) the best-by-validation checkpoint (the reference mode's end save is too, as the original's)."""
+        weights are (now) the best-by-validation checkpoint (the reference mode's end save is too, as the
+        original's)."""
 
     def split(self, run):
         """The Otsu split of `run.state.split_epoch` is made: training groups fixed, detection decided."""
@@ -89,7 +90,7 @@ class RunFiles(Output):
         if kind == "end_of_training":
             pairs.append((rd.TEACHER_LAST, rd.STUDENT_LAST))
         for pair in pairs:
-            for name, net in zip(pair, (run.teacher, run.student)):
+            for name, net in zip(pair, (run.teacher, run.student), strict=True):
                 checkpoint = model_checkpoint(net, run.epoch, self.data.info["num_classes"], run.config.width)
                 self.writer.submit(save_torch, checkpoint, self.run.file(name))
 

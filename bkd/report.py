@@ -80,14 +80,14 @@ def plot_run(run_dir, truly_noisy=None):
         subsets = [("all samples", np.ones(len(p), bool))]
         if truly_noisy is not None:
             subsets = [("truly clean labels", ~truly_noisy), ("truly noisy labels", truly_noisy)]
-        for ax, (title, mask) in zip(axes[0], subsets):
+        for ax, (title, mask) in zip(axes[0], subsets, strict=True):
             data = [p[mask & (groups == g)] for g in (1, 2, 3, 4)]
             ax.hist(
                 data,
                 bins=bins,
                 stacked=True,
                 color=[GROUP_COLOURS[g] for g in (1, 2, 3, 4)],
-                label=[f"G{g} ({len(d)})" for g, d in zip((1, 2, 3, 4), data)],
+                label=[f"G{g} ({len(d)})" for g, d in zip((1, 2, 3, 4), data, strict=True)],
             )
             for value, style, label in (
                 (split["threshold"], "-", "threshold"),
@@ -103,7 +103,7 @@ def plot_run(run_dir, truly_noisy=None):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key, label in (("val_acc", "noisy validation"), ("test_acc", "clean test")):
         if m.get(key):
-            epochs, acc = zip(*m[key])
+            epochs, acc = zip(*m[key], strict=True)
             ax.plot(epochs, acc, marker="o", ms=3, label=label)
     if m.get("split_epoch") is not None:
         ax.axvline(m["split_epoch"], color="red", ls="--", lw=1, label="split")
@@ -154,7 +154,8 @@ COLUMN_NAMES = [name for name, _, _ in COLUMNS]
 
 
 def summary_values(runs):
-    """Each column over the runs (metrics.json dicts): mean ± sample std, and how many runs have a value where not all."""
+    """Each column over the runs (metrics.json dicts): mean ± sample std, and how many runs have a value where not
+    all."""
     row = {}
     for column, get, digits in COLUMNS:
         values = [get(m) for m in runs if get(m) is not None]

@@ -15,16 +15,17 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import numpy as np
 import torch
 
 from bkd.config import Computation, TrainConfig, compile_refusal
 from bkd.data.cifar import DATASETS
-from bkd.data.loaders import LoaderSpec, make_loader
 from bkd.data.datasets import RunData
+from bkd.data.loaders import LoaderSpec, make_loader
 from bkd.engine import CPU_CHANNELS_LAST_MIN_WIDTH, CompiledPair, Nets, Precision, evaluate, progress, use_channels_last
 from bkd.method import (
     agreement,
@@ -37,10 +38,12 @@ from bkd.method import (
     robust_targets,
     teacher_loss,
 )
-from bkd.state import MethodState
 from bkd.models import PreResNet18
+from bkd.state import MethodState
 from bkd.utils import logfmt
 from bkd.utils.checkpoint import host_copy
+from bkd.utils.compile_cache import usable_compile_cache
+from bkd.utils.cuda import cuda_settings
 from bkd.utils.errors import (
     EXIT_INTERRUPTED,
     DataError,
@@ -52,9 +55,7 @@ from bkd.utils.errors import (
     report_and_exit,
 )
 from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
-from bkd.utils.cuda import cuda_settings
 from bkd.utils.seeds import rng_state, set_global_seeds, set_rng_state
-from bkd.utils.compile_cache import usable_compile_cache
 
 if TYPE_CHECKING:
     from bkd.outputs import Output
@@ -364,7 +365,7 @@ class Run:
             self.sample_alpha is None,
             lr,
             (sum_max_student / n).item(),
-            dict(zip(("teacher", "student", "agreement"), probs)),
+            dict(zip(("teacher", "student", "agreement"), probs, strict=True)),
             (sums / n).tolist(),
         )
 
@@ -459,7 +460,8 @@ class Run:
         self.tell("split")
 
     def validate_and_test(self):
-        """Noisy validation (a new best is a checkpoint) and clean test accuracy, at e % freq == 0 and the last epoch."""
+        """Noisy validation (a new best is a checkpoint) and clean test accuracy, at e % freq == 0 and the last
+        epoch."""
         c, state, epoch, log, last = self.config, self.state, self.epoch, self.log, self.at_last_epoch
         autograd = self.computation.eval_autograd
         if epoch % c.noisy_val_freq == 0 or last:
@@ -481,7 +483,8 @@ class Run:
 
     def end_of_training(self):
         """The last epoch's weights; the best-by-validation ones stay, where the original overwrote them (README,
-        'Differences from the original'; the reference mode's end save is also the best checkpoint, as the original's)."""
+        'Differences from the original'; the reference mode's end save is also the best checkpoint, as the
+        original's)."""
         overwrites = self.computation.end_save_overwrites_best
         if not overwrites and self.state.best_val == 0.0:  # never a validation accuracy above 0
             self.log(logfmt.ours("no validation accuracy above 0; the best-by-validation weights are the last epoch's"))

@@ -184,7 +184,8 @@ class RunDir:
             pass
 
     def epoch_completed(self):
-        """The new run has a complete epoch on disk: no leftovers to mark, and no earlier run to keep for --overwrite."""
+        """The new run has a complete epoch on disk: no leftovers to mark, and no earlier run to keep for
+        --overwrite."""
         if self.has(INCOMPLETE):
             os.remove(self.file(INCOMPLETE))
         if self._replaced:

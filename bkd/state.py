@@ -5,8 +5,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from bkd.utils.checkpoint import convert
 from bkd.method import assign_groups, detect_overfitting_epoch, first_detectable_epoch, may_still_pick, otsu
+from bkd.utils.checkpoint import convert
 
 
 @dataclass

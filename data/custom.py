@@ -1,4 +1,5 @@
-"""Your own labelled images (`--dataset custom`): a prepared array file, or an image folder with one sub-folder per class.
+"""Your own labelled images (`--dataset custom`): a prepared array file, or an image folder with one sub-folder per
+class.
 
 Array file (`.npz`): `x_train` (N, S, S, 3) uint8 RGB, `y_train` (N,) the given labels (0..C-1),
 and optionally `x_test` / `y_test`, `classes` (C names) and `ids` (N identifiers, e.g. file names).

@@ -136,13 +136,14 @@ def custom_source(custom):
     """Your own data (a checked data.custom.CustomData) as a RunData: classes and normalisation from the data."""
     mean, std = custom.normalisation()
     info = dict(num_classes=custom.num_classes, mean=mean, std=std, pad_mode="reflect", flip_first=True)
-    counts = ", ".join(f"{name} {n}" for name, n in zip(custom.classes, np.bincount(custom.y_train)))
+    counts = ", ".join(f"{name} {n}" for name, n in zip(custom.classes, np.bincount(custom.y_train), strict=False))
     source = custom.source if custom.source == "arrays" else portable(os.path.abspath(custom.source))
     size = f"{custom.image_size}x{custom.image_size}"
     skipped = custom.skipped or {}
     hidden = (
         (
-            f", skipped {skipped.get('files', 0)} hidden file(s) and {skipped.get('folders', 0)} hidden folder(s) (names "
+            f", skipped {skipped.get('files', 0)} hidden file(s) and {skipped.get('folders', 0)} hidden folder(s) "
+            "(names "
             "starting with '.')"
         )
         if any(skipped.values())

@@ -99,7 +99,7 @@ class DeviceLoader:
         starts = list(range(0, n, b))
         if self.merge_single and len(starts) > 1 and n - starts[-1] == 1:
             starts.pop()
-        return list(zip(starts, starts[1:] + [n]))
+        return list(zip(starts, starts[1:] + [n], strict=True))
 
     def __len__(self):
         return len(self._bounds())

@@ -20,7 +20,7 @@ def stratified_subset(labels, size, seed):
     take = np.floor(exact).astype(int)
     for k in np.argsort(-(exact - take), kind="stable")[: size - take.sum()]:
         take[k] += 1
-    chosen = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, take)]
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, take, strict=True)]
     return np.sort(np.concatenate(chosen))
 
 

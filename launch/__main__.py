@@ -18,11 +18,10 @@ import argparse
 import os
 import sys
 
+from bkd.utils.errors import EXIT_USAGE, UsageError
 from flags import Parser  # one-line errors (exit 2), for the launcher and each of its commands
 from launch.grid import GRIDS, make_grid
 from launch.local import print_status, report, run_local, slots
-from bkd.utils.errors import EXIT_USAGE, UsageError
-
 
 RUN_SELECTORS = ("--dataset", "--noise_type", "--seed", "--results_dir", "--run_dir", "--preset")
 
@@ -105,7 +104,8 @@ def split_flags(extra):
 
 
 def check_training_flags(runs, train_flags):
-    """The flags passed on to training, checked as training checks them, before anything is created: one line, exit 2."""
+    """The flags passed on to training, checked as training checks them, before anything is created: one line,
+    exit 2."""
     from bkd.config import check_config
     from flags import parse, training_config, training_parser
 
@@ -129,7 +129,8 @@ def check_grid_args(args):
 
     if args.dataset == "custom":
         return (
-            "the launcher runs CIFAR-N grids; train your own data with blind_knowledge_dist_training.py --dataset custom, "
+            "the launcher runs CIFAR-N grids; train your own data with blind_knowledge_dist_training.py "
+            "--dataset custom, "
             "then learning.py and detection.py (docs/custom-data.md)"
         )
     if args.dataset is not None and args.dataset not in DATASETS:
@@ -173,7 +174,8 @@ def main(argv=None):
     clash = [t for t in extra if t.split("=", 1)[0] in RUN_SELECTORS]
     if clash:
         print(
-            f"error: {clash[0]} selects runs; use the launcher's --seeds, --noise_types, --dataset, --results_dir, --quick "
+            f"error: {clash[0]} selects runs; use the launcher's --seeds, --noise_types, --dataset, --results_dir, "
+            "--quick "
             "(see python -m launch run --help)",
             file=sys.stderr,
         )

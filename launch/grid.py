@@ -16,8 +16,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from bkd.data.labels import NOISE_TYPES
 from bkd import rundir as rd
+from bkd.data.labels import NOISE_TYPES
 from bkd.utils.errors import DataError
 from bkd.utils.files import read_json_object, save_json
 

@@ -11,8 +11,8 @@ import queue
 import signal
 import threading
 
+from bkd.utils.errors import EXIT_RUN_DIR, BKDError, first_line
 from launch.grid import Pipeline, status
-from bkd.utils.errors import BKDError, EXIT_RUN_DIR, first_line
 
 
 def visible_gpus():
@@ -180,7 +180,8 @@ def report(runs, outcomes, log=print):
     other = [run.name for run in runs if outcomes[run.name].get("other_flags")]
     if other:
         log(
-            f"   {len(other)} finished run(s) were trained with other flags and kept as they are ({', '.join(other)}): add "
+            f"   {len(other)} finished run(s) were trained with other flags and kept as they are "
+            f"({', '.join(other)}): add "
             "--overwrite to train them again with this launch's flags"
         )
     if failed:
@@ -213,6 +214,7 @@ def print_status(runs, log=print, job_states=None):
         elif job and state in ("interrupted", "trained") and job_states.get(job) in ("RUNNING", "COMPLETING"):
             state = "running"
         log(
-            f"{r['run']:<{width}}  {state:<12} {epoch:>9}  {job:<12} {r['detail'] or (r['log'] if state == 'failed' else '')}"
+            f"{r['run']:<{width}}  {state:<12} {epoch:>9}  {job:<12} "
+            f"{r['detail'] or (r['log'] if state == 'failed' else '')}"
         )
     return rows

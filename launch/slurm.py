@@ -13,8 +13,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from launch.grid import Pipeline, read_json, status, write_record
 from bkd.utils.files import save_json
+from launch.grid import Pipeline, read_json, status, write_record
 
 JOBS_FILE = "launch_slurm.json"  # <results_dir>/launch_slurm.json: run name -> job id of the last submission
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING")  # SLURM states of a job not yet ended
@@ -105,8 +105,8 @@ def submit(runs, train_flags, eval_flags, resources, log=print):
         os.makedirs(run.path, exist_ok=True)
         write_record(run, failed=None)
     jobs = executor.map_array(RunTask(train_flags, eval_flags), todo)
-    ids = {run.name: job.job_id for run, job in zip(todo, jobs)}
-    for run, job in zip(todo, jobs):
+    ids = {run.name: job.job_id for run, job in zip(todo, jobs, strict=True)}
+    for run, job in zip(todo, jobs, strict=True):
         write_record(run, job_id=job.job_id)
         log(f"== {run.name}: submitted as job {job.job_id}")
     save_jobs(runs, ids)

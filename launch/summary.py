@@ -5,9 +5,9 @@ import os
 from collections import defaultdict
 
 from bkd.report import COLUMN_NAMES, load_run, markdown, summary_values
-from launch.grid import status
 from bkd.utils.errors import RunDirError, first_line
 from bkd.utils.files import atomic_path
+from launch.grid import status
 
 
 def grid_summary(runs):

@@ -1,9 +1,8 @@
 """PreResNet18 of the CIFAR-N challenge baseline (docs/method.md, 'The networks and the optimiser').
 
-Stem conv3x3 -> BN -> ReLU, four stages of two pre-activation basic blocks,
-4x4 average pooling (at other image sizes: over the whole last map, by the same operation) and a linear head. Unlike He et al.'s PreAct-ResNet there
-is no BN-ReLU after the last stage, and the 1x1 projection shortcut is applied
-to the block's pre-activated input.
+Stem conv3x3 -> BN -> ReLU, four stages of two pre-activation basic blocks, 4x4 average pooling (at other image
+sizes: over the whole last map, by the same operation) and a linear head. Unlike He et al.'s PreAct-ResNet there is
+no BN-ReLU after the last stage, and the 1x1 projection shortcut is applied to the block's pre-activated input.
 """
 
 import torch.nn as nn

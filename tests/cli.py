@@ -1,5 +1,6 @@
 """Run the project's scripts as a user types them; a small real disk for the tests that fill one."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -117,7 +118,8 @@ def local_grid_flags(results, data_root):
 
 @contextmanager
 def tmpfs(path, size, purpose):
-    """A real tmpfs of `size` mounted at `path` for the test (root only: skipped elsewhere, saying why), unmounted after."""
+    """A real tmpfs of `size` mounted at `path` for the test (root only: skipped elsewhere, saying why), unmounted
+    after."""
     import pytest
 
     path.mkdir()
@@ -129,3 +131,11 @@ def tmpfs(path, size, purpose):
         yield path
     finally:
         subprocess.run(["umount", "--lazy", str(path)])  # (lazy: a file a failed test left open does not keep it)
+
+
+def digests(folder):
+    return {
+        n: hashlib.sha256(open(os.path.join(folder, n), "rb").read()).hexdigest()
+        for n in sorted(os.listdir(folder))
+        if not n.startswith(".")
+    }

@@ -26,6 +26,21 @@ def synthetic_root(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(scope="module")
+def finished_run(synthetic_root, tmp_path_factory):
+    """A completed tiny run whose files must survive every bad invocation."""
+    from tests.cli import digests, run, tiny_flags
+
+    results = str(tmp_path_factory.mktemp("finished"))
+    run(
+        "blind_knowledge_dist_training.py",
+        *tiny_flags(synthetic_root, results, n_epoch=2, noisy_val_freq=1),
+        cwd=results,
+    )
+    run_dir = os.path.join(results, "cifar10_worst_seed_0")
+    return run_dir, digests(run_dir)
+
+
 # The longest modules first, so that the pytest-xdist workers (pytest.ini: one module per worker at a time)
 # start on them together instead of finishing one of them alone at the end.
 LONGEST_FIRST = (

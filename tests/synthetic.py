@@ -86,7 +86,7 @@ def write_custom(root, n_train=300, n_test=100, flip_rate=0.2, folder=False, siz
         )
         return path, clean, given != clean
     path = os.path.join(root, "images")
-    for i, (img, label) in enumerate(zip(x, given)):
+    for i, (img, label) in enumerate(zip(x, given, strict=True)):
         os.makedirs(os.path.join(path, CUSTOM_CLASSES[label]), exist_ok=True)
         Image.fromarray(img).save(os.path.join(path, CUSTOM_CLASSES[label], f"img_{i:04d}.png"))
     # ImageFolder's order: classes sorted by name, files sorted within a class

@@ -1,6 +1,5 @@
 """Every bad input is refused with one line naming the value and the fix, and loses nothing."""
 
-import hashlib
 import os
 import shutil
 import urllib.request
@@ -12,16 +11,8 @@ import torch
 import blind_knowledge_dist_training as training
 import detection
 import learning
-from tests.cli import run, tiny_flags, tmpfs
 from bkd.utils.errors import DataError, run_cli
-
-
-def digests(folder):
-    return {
-        n: hashlib.sha256(open(os.path.join(folder, n), "rb").read()).hexdigest()
-        for n in sorted(os.listdir(folder))
-        if not n.startswith(".")
-    }
+from tests.cli import digests, tiny_flags, tmpfs
 
 
 def call(module, argv, capsys):
@@ -31,19 +22,6 @@ def call(module, argv, capsys):
         raise SystemExit(0)
     err = capsys.readouterr().err
     return exit_info.value.code, err
-
-
-@pytest.fixture(scope="module")
-def finished_run(synthetic_root, tmp_path_factory):
-    """A completed tiny run whose files must survive every bad invocation."""
-    results = str(tmp_path_factory.mktemp("finished"))
-    run(
-        "blind_knowledge_dist_training.py",
-        *tiny_flags(synthetic_root, results, n_epoch=2, noisy_val_freq=1),
-        cwd=results,
-    )
-    run_dir = os.path.join(results, "cifar10_worst_seed_0")
-    return run_dir, digests(run_dir)
 
 
 def bad_label_file(tmp_path, synthetic_root, kind):

@@ -116,7 +116,7 @@ def test_compiled_networks_match_eager_and_odd_batches_run_eager():
     pair = CompiledPair(teacher, student, {True: 4, False: 8}, lines.append)
     x = torch.randn(11, 3, 8, 8)
     with torch.no_grad():
-        for net, eager in zip(pair.nets, (teacher, student)):  # one graph serves both networks
+        for net, eager in zip(pair.nets, (teacher, student), strict=True):  # one graph serves both networks
             torch.testing.assert_close(net(x[:8]), eager(x[:8]), rtol=1e-4, atol=1e-5)
             assert torch.equal(net(x[8:]), eager(x[8:]))  # a last batch of 3: eager, not a second compilation
     assert lines == [
@@ -192,7 +192,8 @@ def test_the_backward_compiles_with_the_forward_where_a_failure_can_still_fall_b
 
 
 def _avx2_can_be_forced():
-    """An x86 CPU with AVX2, where ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2 give an AVX2-only CPU's kernels."""
+    """An x86 CPU with AVX2, where ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2 give an AVX2-only CPU's
+    kernels."""
     import platform
 
     try:
@@ -208,9 +209,10 @@ def _avx2_can_be_forced():
     "AVX2's (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)",
 )
 def test_a_narrow_network_asked_to_compile_on_an_avx2_cpu_runs_eager_and_says_so(synthetic_root, tmp_path):
-    """On an AVX2-only CPU oneDNN's 1x1 stride-2 kernels on channels-last inputs hang, crash or compute wrong values below
-    8 input channels (benchmarks/onednn_1x1.py), and a compiled graph computes convolutions channels-last: --compile at
-    width 4 died in its first iteration there (exit -6, -11, or a hang). Forced to AVX2's kernels on any such CPU."""
+    """On an AVX2-only CPU oneDNN's 1x1 stride-2 kernels on channels-last inputs hang, crash or compute wrong values
+    below 8 input channels (benchmarks/onednn_1x1.py), and a compiled graph computes convolutions channels-last:
+    --compile at width 4 died in its first iteration there (exit -6, -11, or a hang). Forced to AVX2's kernels on any
+    such CPU."""
     import os
 
     # (a compile cache of its own: inductor's cache key does not tell kernels built for a forced ISA from the CPU's own)
@@ -241,7 +243,7 @@ def test_compile_refusal_names_the_narrow_network_on_a_cpu_without_avx512(monkey
     from bkd.utils import devices
 
     for capability, refused in (("AVX2", True), ("DEFAULT", True), ("AVX512", False)):
-        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda capability=capability: capability)
         narrow = TrainConfig(width=4, compile=True)
         assert (bkd_config.compile_refusal(narrow, CPU) is not None) is (refused and devices.cpu_kernels_avx2_at_most())
         assert resolve_computation(narrow, CPU).compile is not bkd_config.compile_refusal(narrow, CPU)

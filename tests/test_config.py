@@ -119,7 +119,7 @@ def test_the_api_leaves_the_callers_random_state_and_signal_handlers_and_is_dete
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     first = find_label_issues(images, given, device="cpu", **FLAGS)
     after = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    assert after[0] == before[0] and all(np.array_equal(a, b) for a, b in zip(after[1], before[1]))
+    assert after[0] == before[0] and all(np.array_equal(a, b) for a, b in zip(after[1], before[1], strict=True))
     assert torch.equal(after[2], before[2])
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
     random.random(), np.random.rand(), torch.rand(3)  # the caller draws on: the next call is still the same run

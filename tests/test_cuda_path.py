@@ -15,9 +15,9 @@ import torch
 
 from bkd import resume
 from bkd.config import TrainConfig, resolve_computation, resolve_precision
-from tests.cli import ROOT, run, tiny_flags
 from bkd.utils import cuda, devices, machine
 from bkd.utils.errors import UsageError
+from tests.cli import ROOT, run, tiny_flags
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 TRAIN = "blind_knowledge_dist_training.py"
@@ -143,7 +143,7 @@ def test_tf32_reads_the_same_through_torchs_legacy_and_new_settings(tf32):
     try:
         b.cudnn.conv.fp32_precision = b.cuda.matmul.fp32_precision = "ieee"
         with pytest.raises(RuntimeError, match="mix of the legacy and new APIs"):
-            b.cudnn.allow_tf32
+            _ = b.cudnn.allow_tf32
     finally:
         cuda._restore_tf32(saved)
 
@@ -264,10 +264,10 @@ def test_machine_info_records_the_gpu(monkeypatch):
     assert info["device"] == "cuda:0" and "gpu" not in machine.machine_info(CPU)
 
 
-# 6. checkpoints in host memory -----------------------------------------------------------------------------------------
+# 6. checkpoints in host memory ----------------------------------------------------------------------------------------
 def test_checkpoints_and_resume_states_are_host_copies_that_training_does_not_change():
-    from tests.synthetic import tiny_run
     from bkd.utils.checkpoint import model_checkpoint
+    from tests.synthetic import tiny_run
 
     t = tiny_run(TrainConfig(width=2, batch_size=16, eval_batch_size=32), n=64)
     state = t.resume_state()
@@ -384,7 +384,7 @@ def test_resuming_on_another_model_of_the_device_continues_with_a_notice(one_epo
     )
 
 
-# 8. out of memory -------------------------------------------------------------------------------------------------------
+# 8. out of memory -----------------------------------------------------------------------------------------------------
 def test_out_of_memory_is_one_line_naming_the_batch_sizes(synthetic_root, tmp_path, monkeypatch, capsys):
     import blind_knowledge_dist_training as training
     from bkd.models.resnet import ResNet

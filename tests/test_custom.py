@@ -230,7 +230,7 @@ def test_image_folder_link_loop_reads_each_image_once(tmp_path):
     data = load_custom(path)
     assert len(data.y_train) == 60 and len(set(data.ids)) == 60
     assert not any("self" in i for i in data.ids)
-    counts = dict(zip(data.classes, np.bincount(data.y_train)))
+    counts = dict(zip(data.classes, np.bincount(data.y_train), strict=False))
     results = str(tmp_path / "results")
     os.makedirs(results)
     out = run(

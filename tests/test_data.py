@@ -13,8 +13,8 @@ from bkd.data.cifar import load_images
 from bkd.data.labels import load_noisy_labels, safe_load
 from bkd.data.loaders import DeviceLoader, LoaderSpec, TorchvisionLoader, augment_batch, torchvision_transform
 from bkd.data.split import stratified_subset, train_val_split
-from tests.conftest import SHARED_DATA
 from bkd.utils.errors import DataError, UsageError
+from tests.conftest import SHARED_DATA
 
 CIFAR10 = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
 
@@ -148,8 +148,8 @@ def test_stratified_subset_keeps_class_shares():
 
 @pytest.mark.parametrize("pad_mode, flip_first", [("reflect", True), ("constant", False)])
 def test_batched_augmentation_equals_torchvision_pixels(pad_mode, flip_first):
-    from PIL import Image
     import torchvision.transforms.functional as TF
+    from PIL import Image
 
     images = np.random.RandomState(0).randint(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
@@ -202,12 +202,12 @@ def test_loaders_agree_without_augmentation_and_are_seeded():
     spec = LoaderSpec(32, "cpu", CIFAR10["mean"], CIFAR10["std"])
     dev = DeviceLoader(images, labels, spec)
     tv = TorchvisionLoader(images, labels, replace(spec, num_workers=0, kind="torchvision"))
-    for (xa, ya, ia), (xb, yb, ib) in zip(dev, tv):
+    for (xa, ya, ia), (xb, yb, ib) in zip(dev, tv, strict=True):
         assert torch.allclose(xa, xb, atol=1e-6) and torch.equal(ya, yb) and torch.equal(ia, ib)
     aug = {"pad_mode": "reflect", "flip_first": True}
     a = [b[0] for b in DeviceLoader(images, labels, replace(spec, shuffle=True, augment=aug, seed=5))]
     b = [b[0] for b in DeviceLoader(images, labels, replace(spec, shuffle=True, augment=aug, seed=5))]
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
     assert torchvision_transform(CIFAR10["mean"], CIFAR10["std"], aug).transforms[1].padding_mode == "reflect"
 
 

@@ -147,7 +147,7 @@ def test_atomic_save_survives_sigkill_during_writes(tmp_path):
 
     target = str(tmp_path / "ckpt.pth.tar")
     rng = np.random.RandomState(0)
-    for attempt in range(4):
+    for _attempt in range(4):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, ROOT, target])
         deadline = time.time() + 60
         while not os.path.exists(target):
@@ -333,7 +333,8 @@ def test_outputs_honour_the_umask(tmp_path, umask, mode):
 STUCK_IN_NATIVE_CODE = """
 import ctypes, os, signal, sys
 from bkd.run import StopFlag
-StopFlag(lambda: "the run directory keeps epochs 0..2: run the same command with --resume", grace_s=float(sys.argv[1])).install()
+kept = "the run directory keeps epochs 0..2: run the same command with --resume"
+StopFlag(lambda: kept, grace_s=float(sys.argv[1])).install()
 for sig in (signal.SIGINT, signal.SIGTERM):
     signal.siginterrupt(sig, False)
 read, write = os.pipe()

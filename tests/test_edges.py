@@ -11,7 +11,7 @@ import pytest
 import detection
 import learning
 from tests.cli import ROOT, script, tiny_flags
-from tests.test_bad_input import _copy_run, _detection_argv, _learning_argv, call, finished_run  # noqa: F401 (fixture)
+from tests.test_bad_input import _copy_run, _detection_argv, _learning_argv, call
 
 
 # 1. evaluations of one run at once ------------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def test_an_evaluation_needs_only_the_files_it_reads(
         assert says in err and "completed no epoch" not in err and len(err.strip().splitlines()) == 1, err
 
 
-# 3. names in any encoding ----------------------------------------------------------------------------------------------
+# 3. names in any encoding ---------------------------------------------------------------------------------------------
 def test_image_folder_names_that_are_not_utf8_train_to_the_end_and_are_written_exactly(tmp_path):
     from bkd.issues import read_label_issues
     from tests.synthetic import write_custom
@@ -137,7 +137,7 @@ def test_a_name_that_cannot_be_written_is_one_line_and_keeps_the_earlier_file(tm
     assert path.read_text() == "earlier" and os.listdir(tmp_path) == ["table.csv"]
 
 
-# 4. the launcher tells failures from interruptions ---------------------------------------------------------------------
+# 4. the launcher tells failures from interruptions --------------------------------------------------------------------
 def test_a_run_that_cannot_start_is_reported_failed_and_the_others_go_on(synthetic_root, tmp_path):
     from tests.cli import GRID_TINY, data_flags, grid_flags, launch
 
@@ -174,7 +174,7 @@ def test_launcher_status_and_summary_on_a_damaged_or_read_only_results_folder(sy
         assert "FAILED to start (Read-only file system" in run_.stdout and "interrupted" not in run_.stdout
 
 
-# 5. standard output on a full disk -------------------------------------------------------------------------------------
+# 5. standard output on a full disk ------------------------------------------------------------------------------------
 def test_standard_output_on_a_full_disk_is_one_line_and_says_what_the_run_holds(synthetic_root, tmp_path):
     with open("/dev/full", "w") as full:
         proc = subprocess.run(
@@ -195,7 +195,7 @@ def test_standard_output_on_a_full_disk_is_one_line_and_says_what_the_run_holds(
     assert "holds no result: run the same command to start again" in lines[0]
 
 
-# 6. an unwritable compile cache ----------------------------------------------------------------------------------------
+# 6. an unwritable compile cache ---------------------------------------------------------------------------------------
 def test_an_unwritable_compile_cache_runs_with_another_and_says_so(synthetic_root, tmp_path):
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR="/proc/no_such_folder")
     proc = subprocess.run(
@@ -221,8 +221,8 @@ def test_an_unwritable_compile_cache_runs_with_another_and_says_so(synthetic_roo
 def test_no_writable_compile_cache_at_all_is_one_line_naming_the_variable(monkeypatch):
     import tempfile
 
-    from bkd.utils.errors import UsageError
     from bkd.utils.compile_cache import usable_compile_cache
+    from bkd.utils.errors import UsageError
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/proc/no_such_folder")
     monkeypatch.setattr(
@@ -243,7 +243,7 @@ def test_an_os_error_of_the_run_itself_passes_through_the_compile_cache_check():
             raise BrokenPipeError(32, "Broken pipe")
 
 
-# 7. one line each ------------------------------------------------------------------------------------------------------
+# 7. one line each -----------------------------------------------------------------------------------------------------
 def test_the_api_refuses_images_of_two_sizes_in_one_line():
     import numpy as np
 
@@ -407,7 +407,7 @@ def test_the_apis_refusal_of_a_busy_run_directory_speaks_python(tmp_path):
     assert "--" not in str(refused.value)
 
 
-# 8. EXIF orientation ---------------------------------------------------------------------------------------------------
+# 8. EXIF orientation --------------------------------------------------------------------------------------------------
 def test_photos_are_read_upright_as_their_orientation_tag_says(tmp_path):
     import numpy as np
     from PIL import Image

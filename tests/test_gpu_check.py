@@ -1,5 +1,6 @@
-"""benchmarks/gpu_check.py works before any GPU time is spent: its first steps rehearsed on the CPU, a stopped check keeps
-what it finished, and the pieces that decide its figures (steady-state timing, CUDA graphs' outputs, projection)."""
+"""benchmarks/gpu_check.py works before any GPU time is spent: its first steps rehearsed on the CPU, a stopped check
+keeps what it finished, and the pieces that decide its figures (steady-state timing, CUDA graphs' outputs,
+projection)."""
 
 import json
 import os
@@ -33,7 +34,8 @@ def _processes_with(text):
 
 
 def test_a_stopped_rehearsal_keeps_its_finished_steps_and_stops_its_children(tmp_path):
-    """The first answers on the CPU (tests/test_gpu_check_steps.py runs the later steps), stopped in the throughput step."""
+    """The first answers on the CPU (tests/test_gpu_check_steps.py runs the later steps), stopped in the throughput
+    step."""
     out, work = str(tmp_path / "gc"), tmp_path / "work"
     work.mkdir()
     common = ["--out", out, "--work_dir", str(work)]
@@ -265,7 +267,8 @@ def test_the_real_data_files_hold_the_quick_subset_and_the_whole_test_set(tmp_pa
 
 
 def test_a_child_past_its_limit_is_killed_with_everything_it_started(tmp_path):
-    """A timed-out step (pytest, run.sh) must not leave its training running on the GPU: its whole process group goes."""
+    """A timed-out step (pytest, run.sh) must not leave its training running on the GPU: its whole process group
+    goes."""
     seconds = str(300 + os.getpid() % 1000)  # an argument no other process has
     child = gpu_check.Child(
         "slow", ["bash", "-c", f"sleep {seconds} & sleep {seconds}; true"], str(tmp_path), timeout=2

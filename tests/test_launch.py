@@ -275,7 +275,7 @@ def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, loca
     # While they train: USR2 (pre-emption / time-out warning) to one task, `scontrol requeue` to another.
     polite, rude = RUNS[0], RUNS[3]
     for name, command in ((polite, ["scancel", "--signal=USR2"]), (rude, ["scontrol", "requeue"])):
-        _wait_for(lambda: "epoch 2\n" in _log(slurm_results, name), 240, f"{name} to reach epoch 2")
+        _wait_for(lambda name=name: "epoch 2\n" in _log(slurm_results, name), 240, f"{name} to reach epoch 2")
         subprocess.run(command + [_job(slurm_results, name)], env=env, check=True, timeout=30)
     relaunch = launch(
         "run",

@@ -223,7 +223,8 @@ print(sorted(result.ranked.tolist()) == list(range(40)))
 
 def test_the_api_works_from_a_folder_holding_its_own_utils_data_models_and_flags(tmp_path):
     """Only the package bkd is installed (pyproject.toml): a user's own data.py, utils.py, models.py and flags.py stay
-    theirs, and bkd's lower layers are its own. Run as a user runs it: from their folder, the repository not on the path."""
+    theirs, and bkd's lower layers are its own. Run as a user runs it: from their folder, the repository not on the
+    path."""
     import subprocess
     import sys
 

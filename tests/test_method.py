@@ -99,7 +99,8 @@ def test_otsu_split_of_bimodal_sample():
 
 
 def test_otsu_split_is_the_per_cut_definition_in_float32():
-    """Every cut scored one by one in float32 from the definition (docs/method.md, 'The split'); the first best cut wins."""
+    """Every cut scored one by one in float32 from the definition (docs/method.md, 'The split'); the first best cut
+    wins."""
     values = torch.from_numpy(np.random.RandomState(3).beta(0.7, 1.4, 500).astype(np.float32))
     counts = torch.histc(values, 1000, 0, 1)
     mu, best, best_s = values.mean(), -math.inf, None

@@ -5,8 +5,8 @@ import torch
 
 from bkd.models import PreResNet18
 from bkd.utils.checkpoint import load_model, model_checkpoint
-from bkd.utils.files import save_torch
 from bkd.utils.errors import DataError
+from bkd.utils.files import save_torch
 
 
 def n_params(model):
@@ -41,7 +41,9 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     save_torch(model_checkpoint(model, epoch=7, num_classes=10, width=8), path)
     loaded, ckpt = load_model(path, lambda c, w: PreResNet18(c, w))
     assert ckpt["epoch"] == 7 and set(ckpt) >= {"state_dict", "epoch"}
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
     with pytest.raises(DataError, match="checkpoint not found"):
         load_model(str(tmp_path / "none.pth.tar"), lambda c, w: PreResNet18(c, w))
     truncated = tmp_path / "t.pth.tar"

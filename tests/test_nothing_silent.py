@@ -185,8 +185,7 @@ def test_small_images_are_resized_to_32_unless_kept(tmp_path):
 
 # 5. a split's files together or not at all ----------------------------------------------------------------------------
 def test_a_failed_split_leaves_none_of_its_files(tmp_path, monkeypatch):
-    from bkd import find_label_issues
-    from bkd import outputs
+    from bkd import find_label_issues, outputs
     from bkd.utils.errors import RunDirError
 
     def full_disk(path, *args):
@@ -280,7 +279,7 @@ def test_evaluations_put_back_the_run_an_interrupted_overwrite_replaced(aggre_ru
     assert "Best test acc selected by val is" in out and not previous.exists()
 
 
-# 7. the API with a subset says which images it ranked ------------------------------------------------------------------
+# 7. the API with a subset says which images it ranked -----------------------------------------------------------------
 def test_api_with_a_subset_returns_the_positions_it_used(tmp_path):
     from bkd import find_label_issues
 
@@ -376,7 +375,7 @@ def test_launcher_refuses_bad_flags_in_one_line_creating_nothing(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-# tracebacks where one line is promised ---------------------------------------------------------------------------------
+# tracebacks where one line is promised --------------------------------------------------------------------------------
 def test_a_failed_torch_save_is_one_line_keeping_the_earlier_file(tmp_path, monkeypatch):
     from bkd.utils.errors import RunDirError
     from bkd.utils.files import save_torch

@@ -101,7 +101,7 @@ def test_engine_iteration_is_the_originals_computation_bit_for_bit(robust):
     assert m1 == m2
     assert torch.equal(a1, a2)
     assert l1 == l2 and len(l1) == 3
-    assert all(torch.equal(x, y) for x, y in zip(w1, w2))
+    assert all(torch.equal(x, y) for x, y in zip(w1, w2, strict=True))
 
 
 TRACES = sorted(name for name in os.listdir(GOLDEN) if name.endswith(".json")) if os.path.isdir(GOLDEN) else []

@@ -39,7 +39,7 @@ def _tool(module):
 
 def _check_revealed(revealed, tool):
     assert len(revealed) == len(EXPECTED), revealed
-    for shown, expected in zip(revealed, EXPECTED):
+    for shown, expected in zip(revealed, EXPECTED, strict=True):
         returned = shown.rsplit("->", 1)[-1]  # a function's return type; all of it for pyright's type[C]
         assert expected in returned and "Any" not in returned and "Unknown" not in returned, (tool, revealed)
 

@@ -30,7 +30,8 @@ def model_checkpoint(model, epoch, num_classes, width):
 
 
 def load_model(path, build):
-    """Load a checkpoint (model_checkpoint, written with utils.files.save_torch) into `build(num_classes, width)`; clear errors on bad files."""
+    """Load a checkpoint (model_checkpoint, written with utils.files.save_torch) into `build(num_classes, width)`;
+    clear errors on bad files."""
     import torch  # here, so that the launcher's bookkeeping imports this module without torch
 
     if not os.path.exists(path):

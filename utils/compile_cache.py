@@ -9,9 +9,9 @@ COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def _compile_cache_dir():
-    """The folder torch's compiler caches in, created as torch creates it (raises OSError where it cannot be). As torch's
-    torch/_inductor/runtime/cache_dir_utils.py resolves it, without importing torch's compiler: an import that fails
-    there leaves it half imported for the rest of the process."""
+    """The folder torch's compiler caches in, created as torch creates it (raises OSError where it cannot be). As
+    torch's torch/_inductor/runtime/cache_dir_utils.py resolves it, without importing torch's compiler: an import
+    that fails there leaves it half imported for the rest of the process."""
     import getpass
     import re
     import tempfile

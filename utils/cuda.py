@@ -52,10 +52,10 @@ def _tf32_state():
 
 def _restore_tf32(state):
     legacy, precisions = state
-    for (owner, name), value in zip(_legacy_tf32_flags(), legacy):
+    for (owner, name), value in zip(_legacy_tf32_flags(), legacy, strict=True):
         if value is not None:
             setattr(owner, name, value)
-    for (owner, name), value in zip(_precision_settings(), precisions):
+    for (owner, name), value in zip(_precision_settings(), precisions, strict=True):
         if getattr(owner, name) != value:
             setattr(owner, name, value)
 

@@ -51,14 +51,15 @@ def cuda_index(device):
 
 
 def cpu_native_bf16():
-    """AVX-512 BF16 or AMX, with torch's AVX-512 kernels: the CPUs where bf16 autocast pays (elsewhere it runs many times
-    slower than fp32; also where ATEN_CPU_CAPABILITY=avx2 limits torch to the kernels of an AVX2-only CPU)."""
+    """AVX-512 BF16 or AMX, with torch's AVX-512 kernels: the CPUs where bf16 autocast pays (elsewhere it runs many
+    times slower than fp32; also where ATEN_CPU_CAPABILITY=avx2 limits torch to the kernels of an AVX2-only CPU)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks) and not cpu_kernels_avx2_at_most()
 
 
 def cpu_kernels_avx2_at_most():
-    """An x86 CPU whose kernels are AVX2's at most (torch's capability: a CPU without AVX-512, or ATEN_CPU_CAPABILITY)."""
+    """An x86 CPU whose kernels are AVX2's at most (torch's capability: a CPU without AVX-512, or
+    ATEN_CPU_CAPABILITY)."""
     return platform.machine().lower() in (
         "x86_64",
         "amd64",

@@ -122,7 +122,8 @@ def _report(message, code):
 
 def report_and_exit(message, code):
     """From any thread: `message` on standard error (and standard output where that is a log file of its own), then end
-    the process at once with `code`, as _report's line would say it; no cleanup runs (a process stuck in native code)."""
+    the process at once with `code`, as _report's line would say it; no cleanup runs (a process stuck in native
+    code)."""
     lines = [(sys.stderr, message)] + [(sys.stdout, f"[bkd] {message}")] * _stdout_is_separate_file()
     for stream, line in lines:
         try:

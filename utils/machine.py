@@ -79,7 +79,8 @@ def _driver_version():
 
 
 def gpu_info(device):
-    """The GPU facts a CUDA result depends on: model, compute capability, memory, driver, CUDA, cuDNN, TF32, determinism."""
+    """The GPU facts a CUDA result depends on: model, compute capability, memory, driver, CUDA, cuDNN, TF32,
+    determinism."""
     index = cuda_index(device)
     props = torch.cuda.get_device_properties(index)
     return {
@@ -97,9 +98,10 @@ def gpu_info(device):
 
 
 def machine_info(device=None, computation=None):
-    """What a result depends on beyond the code: CPU type (float rounding differs between CPU kernels), threads, versions,
-    and on CUDA the GPU, its driver and libraries, TF32 and determinism settings: as torch reads them now, or those a
-    run with `computation` (its `deterministic` and `tf32`) computes with, which cuda_settings sets when it starts."""
+    """What a result depends on beyond the code: CPU type (float rounding differs between CPU kernels), threads,
+    versions, and on CUDA the GPU, its driver and libraries, TF32 and determinism settings: as torch reads them now,
+    or those a run with `computation` (its `deterministic` and `tf32`) computes with, which cuda_settings sets when it
+    starts."""
     from importlib.metadata import version  # not `import torchvision`: that takes seconds
 
     info = {

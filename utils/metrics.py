@@ -52,7 +52,8 @@ def ranking_line(scores):
 
     at = ", ".join(f"{k} {fmt(scores[f'precision_at_{k}'])}" for k in PRECISION_AT)
     return (
-        f"ranking by agreed probability: AUROC {fmt(scores['auroc'])}, average precision {fmt(scores['average_precision'])}, "
+        f"ranking by agreed probability: AUROC {fmt(scores['auroc'])}, "
+        f"average precision {fmt(scores['average_precision'])}, "
         f"precision at top {at}; noise rate {scores['noise_rate']:.3f}, so flagging every label scores F1 "
         f"{scores['flag_all_f1']:.3f} (the floor)"
     )
