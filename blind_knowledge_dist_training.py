@@ -11,11 +11,15 @@ if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a t
 
     interrupt_quietly_while_starting()
 
+import argparse
 import os
 import time
+from collections.abc import Sequence
+
+import torch
 
 from bkd import resume
-from bkd.config import check_config, resolve_computation
+from bkd.config import TrainConfig, check_config, resolve_computation
 from bkd.data.datasets import input_dataset
 from bkd.outputs import RunFiles
 from bkd.run import Job, Saved, StopFlag, fit
@@ -34,16 +38,17 @@ from bkd.utils.errors import (
     run_cli,
 )
 from bkd.utils.files import portable
-from flags import data_selection, parse, run_dir_path, training_config, training_parser
+from flags import Parser, data_selection, parse, run_dir_path, training_config, training_parser
 
 PATH_FLAGS = ("data_root", "noise_path", "results_dir", "run_dir", "trace")
 
 
-def build_parser():
+def build_parser() -> Parser:
     return training_parser()
 
 
-def log(message=""):
+def log(message: str = "") -> None:
+    """A line of standard output (the run's training.log), flushed; a failing file system is one line (exit 4)."""
     try:
         print(message, flush=True)
     except BrokenPipeError:
@@ -54,7 +59,7 @@ def log(message=""):
         ) from None
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse(build_parser(), argv)
     config = training_config(args)
     check_config(config)  # the training values (shared with the Python API)
@@ -74,7 +79,7 @@ def main(argv=None):
         run.close()
 
 
-def train(args, config, device, run):
+def train(args: argparse.Namespace, config: TrainConfig, device: torch.device, run: RunDir) -> None:
     """Data, resume state, files and trace around one bkd.run.fit."""
     started = time.time()  # (bkd.run.fit seeds python, numpy and torch before the first random draw)
     stop = StopFlag(
@@ -104,7 +109,7 @@ def train(args, config, device, run):
     log(logfmt.ours(setup_line(args, job, run)))
     if saved is not None:
         log(logfmt.ours(f"resumed {portable(run.path)} after epoch {saved['epoch'] - 1} of 0..{config.n_epoch - 1}"))
-    state = fit(job, outputs, resume=saved and Saved(run.file(STATE), saved), stop=stop)
+    state = fit(job, outputs, resume=Saved(run.file(STATE), saved) if saved else None, stop=stop)
     log(
         logfmt.ours(
             f"finished: best noisy validation accuracy {state.best_val:.2f} % at epoch {state.best_epoch}; "
@@ -113,7 +118,8 @@ def train(args, config, device, run):
     )
 
 
-def setup_line(args, job, run):
+def setup_line(args: argparse.Namespace, job: Job, run: RunDir) -> str:
+    """The [bkd] line saying what this run trains on, how and where."""
     data, device, computation, selection = job.data, job.device, job.computation, data_selection(args)
     arithmetic = [
         computation.precision if computation.precision == "fp32" else f"{computation.precision} mixed precision"

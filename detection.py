@@ -12,7 +12,10 @@ if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a t
 
     interrupt_quietly_while_starting()
 
+import argparse
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,10 +26,10 @@ from bkd.utils.errors import DataError, first_line, run_cli, stop_on_signals
 from bkd.utils.files import update_json
 from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
 from bkd.utils.seeds import set_global_seeds
-from flags import base_parser, data_selection, parse, run_dir_path, training_config
+from flags import Parser, base_parser, data_selection, parse, run_dir_path, training_config
 
 
-def build_parser():
+def build_parser() -> Parser:
     p = base_parser("Score the label-noise detection of a BKD run (precision, recall, F1).")
     p.add_argument(
         "--true_labels",
@@ -37,7 +40,8 @@ def build_parser():
     return p
 
 
-def load_detection(path, expected_len):
+def load_detection(path: str, expected_len: int) -> np.ndarray:
+    """detection.npy, checked: one boolean per image of the run."""
     if not os.path.exists(path):
         raise DataError(f"{path}: not found; train this run first (blind_knowledge_dist_training.py writes it)")
     try:
@@ -55,7 +59,7 @@ def load_detection(path, expected_len):
     return flagged
 
 
-def load_true_labels(path, given, num_classes):
+def load_true_labels(path: str, given: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Audited labels: (mask of audited images, truly noisy among them)."""
     try:
         truth = np.load(path, allow_pickle=False)
@@ -77,7 +81,7 @@ def load_true_labels(path, given, num_classes):
     return audited, given[audited] != truth[audited]
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse(build_parser(), argv)
     config = training_config(args)
     set_global_seeds(config.seed)
@@ -90,7 +94,8 @@ def main(argv=None):
         score(args, run_dir, metrics)
 
 
-def score(args, run_dir, metrics):
+def score(args: argparse.Namespace, run_dir: str, metrics: dict[str, Any]) -> None:
+    """Score (or, without clean labels, summarise) the run's detection into metrics.json."""
     check_split(run_dir, metrics)
     data = evaluated_data(data_selection(args), training_config(args), run_dir, metrics, images=False)
     flagged = load_detection(os.path.join(run_dir, rd.DETECTION), len(data.labels))
@@ -119,7 +124,7 @@ def score(args, run_dir, metrics):
     update_json(os.path.join(run_dir, rd.METRICS), {"detection": s})
 
 
-def load_agreement(path, expected_len):
+def load_agreement(path: str, expected_len: int) -> np.ndarray | None:
     """agreement.npy (the ranking statistic), or None with a [bkd] notice when the run has none usable."""
     try:
         label_prob = np.load(path, allow_pickle=False)
@@ -132,7 +137,7 @@ def load_agreement(path, expected_len):
     return label_prob
 
 
-def per_class(flagged, given, classes):
+def per_class(flagged: np.ndarray, given: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Print and return how many labels are flagged, overall and per given class."""
     print(
         logfmt.ours(

@@ -3,9 +3,11 @@
 import argparse
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
+from typing import Any, NoReturn
 
-from bkd.config import DEFAULTS, TrainConfig, check_values
+from bkd.config import DEFAULTS, TrainConfig, check_values, value_type
 from bkd.data.cifar import DATA_ROOT_ENV, DATASETS, default_data_root
 from bkd.data.datasets import CUSTOM, DataSelection
 from bkd.data.labels import NOISE_TYPES, check_noise_type
@@ -18,7 +20,7 @@ EVAL_PRINT_FREQ = (
 )
 
 # Small-scale presets. Explicit flags still win over a preset's values.
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     # CPU-sized run of the real pipeline (docs/results.md): a stratified subset, a narrower
     # network, fewer epochs with the step decay at the same relative point.
@@ -29,21 +31,21 @@ PRESETS = {
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit code 2), which knows its flags' names and which of them are TrainConfig's."""
 
-    def __init__(self, *args, **kwargs):
-        self.option_names = set()  # every --flag it accepts (the launcher checks the flags it passes on)
-        self.config_defaults = {}  # TrainConfig field -> this script's default (presets and flags go first)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.option_names: set[str] = set()  # every --flag it accepts (the launcher checks the flags it passes on)
+        self.config_defaults: dict[str, Any] = {}  # TrainConfig field -> this script's default (presets, flags first)
         super().__init__(*args, **kwargs)
 
-    def add_argument(self, *names, **kwargs):
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
         self.option_names.update(name for name in names if name.startswith("-"))
         return super().add_argument(*names, **kwargs)
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
-def add_config_flags(parser, names, defaults=None):
+def add_config_flags(parser: Parser, names: Sequence[str], defaults: Mapping[str, Any] | None = None) -> None:
     """TrainConfig's fields `names` as flags, each with its type and help text from the dataclass (bkd/config.py). The
     flags' own default is argparse.SUPPRESS: parse() fills what was not given from the preset, then the default."""
     config_fields = {f.name: f for f in fields(TrainConfig)}
@@ -56,7 +58,8 @@ def add_config_flags(parser, names, defaults=None):
         )
         if default is not None and default is not False:
             help += f" (default: {default})"
-        if f.type is bool and f.default is None:  # on (--name), off (--no_name), or not given: the run decides
+        kind = value_type(f)
+        if kind is bool and f.default is None:  # on (--name), off (--no_name), or not given: the run decides
             parser.add_argument(f"--{name}", action="store_const", const=True, default=argparse.SUPPRESS, help=help)
             parser.add_argument(
                 f"--no_{name}",
@@ -66,30 +69,23 @@ def add_config_flags(parser, names, defaults=None):
                 default=argparse.SUPPRESS,
                 help=f"the opposite of --{name}",
             )
-        elif f.type is bool:
+        elif kind is bool:
             parser.add_argument(f"--{name}", action="store_true", default=argparse.SUPPRESS, help=help)
         else:
             parser.add_argument(
                 f"--{name}",
-                type=f.type,
+                type=kind,
                 default=argparse.SUPPRESS,
                 help=help,
                 choices=getattr(f.metadata["check"], "choices", None),
             )
 
 
-COMMON = (
-    "lr",
-    "val_ratio",
-    "n_epoch",
-    "seed",
-    "print_freq",
-    "num_workers",
-    "reference",
-)  # every script of the original
+# every script of the original
+COMMON = ("lr", "val_ratio", "n_epoch", "seed", "print_freq", "num_workers", "reference")
 
 
-def base_parser(description, prog=None, print_freq=EVAL_PRINT_FREQ):
+def base_parser(description: str, prog: str | None = None, print_freq: int = EVAL_PRINT_FREQ) -> Parser:
     """The flags every script of the original accepts, with the original's defaults."""
     p = Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_config_flags(p, COMMON, {"print_freq": print_freq})
@@ -148,13 +144,14 @@ def base_parser(description, prog=None, print_freq=EVAL_PRINT_FREQ):
     return p
 
 
-def training_parser():
+def training_parser() -> Parser:
     """blind_knowledge_dist_training.py's flags: every TrainConfig field, and ours (the launcher checks with it)."""
+    # the training script's (100; the evaluations' is 50, as the original)
     p = base_parser(
         "Blind Knowledge Distillation training (teacher + student).",
         prog="blind_knowledge_dist_training.py",
         print_freq=DEFAULTS.print_freq,
-    )  # the training script's (100; the evaluations' is 50, as the original)
+    )
     add_config_flags(p, [f.name for f in fields(TrainConfig) if f.name not in COMMON])
     p.add_argument(
         "--resume", action="store_true", help="continue the run in the run directory from its last completed epoch"
@@ -166,12 +163,12 @@ def training_parser():
     return p
 
 
-def training_config(args):
+def training_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed flags (the evaluations parse some of its fields: the others keep their defaults)."""
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
 
 
-def data_selection(args):
+def data_selection(args: argparse.Namespace) -> DataSelection:
     """The DataSelection of parsed flags: the one value that picks a run's data (bkd.data.datasets)."""
     return DataSelection(
         dataset=args.dataset,
@@ -185,7 +182,7 @@ def data_selection(args):
     )
 
 
-def run_dir_path(args):
+def run_dir_path(args: argparse.Namespace) -> str:
     """--run_dir, or <results_dir>/<dataset>_<noise_type>_seed_<seed>[_<preset>] (custom data: named after its file or
     folder, e.g. results/custom_pets_seed_0)."""
     if args.run_dir:
@@ -196,7 +193,7 @@ def run_dir_path(args):
     return os.path.join(args.results_dir, run_dir_name(args.dataset, labels, args.seed, args.preset))
 
 
-def parse(parser, argv=None):
+def parse(parser: Parser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse once; fill the TrainConfig values not given from the chosen preset, then the script's defaults; check the
     values every script takes."""
     args = parser.parse_args(argv)

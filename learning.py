@@ -9,11 +9,16 @@ if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a t
 
     interrupt_quietly_while_starting()
 
+import argparse
 import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
 
 from bkd import rundir as rd
 from bkd.config import ORIGINAL_TEST_BATCH, resolve_evaluation
-from bkd.data.loaders import LoaderSpec, make_loader
+from bkd.data.loaders import Loader, LoaderSpec, make_loader
 from bkd.engine import Nets, Precision, evaluate
 from bkd.evaluations import evaluated_data, evaluating
 from bkd.models import PreResNet18
@@ -24,10 +29,10 @@ from bkd.utils.devices import resolve_device
 from bkd.utils.errors import DataError, run_cli, stop_on_signals
 from bkd.utils.files import update_json
 from bkd.utils.seeds import set_global_seeds
-from flags import base_parser, data_selection, parse, run_dir_path, training_config
+from flags import Parser, base_parser, data_selection, parse, run_dir_path, training_config
 
 
-def build_parser():
+def build_parser() -> Parser:
     p = base_parser("Evaluate a BKD run on the clean test set (agreement of teacher and student).")
     p.add_argument(
         "--eval_batch_size",
@@ -38,7 +43,7 @@ def build_parser():
     return p
 
 
-def load_pair(run_dir, teacher_name, student_name, device):
+def load_pair(run_dir: str, teacher_name: str, student_name: str, device: torch.device) -> tuple[Nets, dict[str, Any]]:
     """The pair of checkpoints as Nets (fp32, NCHW) on `device`, and the teacher's checkpoint."""
     build = lambda num_classes, width: PreResNet18(num_classes, width)  # noqa: E731
     teacher, t_ckpt = load_model(os.path.join(run_dir, teacher_name), build)
@@ -51,7 +56,7 @@ def load_pair(run_dir, teacher_name, student_name, device):
     return Nets(teacher.to(device), student.to(device), Precision(device)), t_ckpt
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse(build_parser(), argv)
     config = training_config(args)
     set_global_seeds(config.seed)
@@ -66,7 +71,8 @@ def main(argv=None):
         evaluate_run(args, device, run_dir, metrics)
 
 
-def evaluate_run(args, device, run_dir, metrics):
+def evaluate_run(args: argparse.Namespace, device: torch.device, run_dir: str, metrics: dict[str, Any]) -> None:
+    """The run's test accuracy (best-by-validation and last pair) into metrics.json."""
     selection = data_selection(args)
     data = evaluated_data(selection, training_config(args), run_dir, metrics)
     print(logfmt.BUILDING)
@@ -84,7 +90,7 @@ def evaluate_run(args, device, run_dir, metrics):
             f"{run_dir}: checkpoints have {ckpt['state_dict']['linear.weight'].shape[0]} classes, "
             f"--dataset {args.dataset} has {num_classes}"
         )
-    if data.x_test is None:
+    if data.x_test is None or data.y_test is None:
         print(logfmt.ours("the data has no test set: no test accuracy"))
         update_json(
             os.path.join(run_dir, rd.METRICS), {"learning": {"best_epoch": ckpt.get("epoch"), "best_test_acc": None}}
@@ -104,7 +110,7 @@ def evaluate_run(args, device, run_dir, metrics):
         evaluate_pairs(run_dir, (nets, ckpt), test_loader, computation.eval_autograd)
 
 
-def evaluate_pairs(run_dir, best, test_loader, autograd):
+def evaluate_pairs(run_dir: str, best: tuple[Nets, dict[str, Any]], test_loader: Loader, autograd: bool) -> None:
     """The best-by-validation pair (the original's line), then the last epoch's (ours), into metrics.json."""
     nets, ckpt = best
     best_acc = evaluate(nets, test_loader, autograd=autograd, description="test").accuracy

@@ -90,11 +90,8 @@ MODES = {
     ),
 }
 CORRECTNESS = {"default": (), "amp": ("--amp",)}  # width 64 and compiled by default; flags added to the run's
-EVAL_BATCHES = (
-    256,
-    1024,
-    4096,
-)  # the default mode's test pass at other evaluation batch sizes (the default: 1024 on CUDA)
+# the default mode's test pass at other evaluation batch sizes (the default: 1024 on CUDA)
+EVAL_BATCHES = (256, 1024, 4096)
 
 # Throughput sizes, and the sizes of the short runs of the smoke and correctness steps (width and batches as at full
 # scale on the GPU, so that the smoke runs compile the very graphs the later steps use).
@@ -133,16 +130,11 @@ PEAK_TFLOPS = {
     "H100": {"fp32": 67, "tf32": 495, "bf16": 990, "fp16": 990},
     "A100": {"fp32": 19.5, "tf32": 156, "bf16": 312, "fp16": 312},
 }
-STEPS = (
-    "machine",
-    "correctness",
-    "throughput",
-    "real_data",
-    "cuda_tests",
-    "smoke",
-)  # (the report's order; PLAN runs them)
+# (the report's order; PLAN runs them)
+STEPS = ("machine", "correctness", "throughput", "real_data", "cuda_tests", "smoke")
 SIMULATED_COMPILE_ENV = "BKD_GPU_CHECK_SIMULATED_COMPILE_S"  # --simulate_compile_s: a slow compile, for the tests
 QUICK_RUN = "cifar10_worst_seed_0_quick"
+# the real-data step at the CPU rehearsal's size
 TINY_QUICK = [
     "--subset",
     "500",
@@ -158,7 +150,7 @@ TINY_QUICK = [
     "5",
     "--print_freq",
     "50",
-]  # the real-data step at the CPU rehearsal's size
+]
 
 
 # --- children: each in a process group of its own, its output in a file, killed with its group at its deadline --------
@@ -510,9 +502,8 @@ def measure_mode(name, device_name, size, result_path):
         result["iterations_per_epoch"] = len(train)
         result["train_tflops"] = result["flops_per_iteration"] / result["warmup_iteration_s"] / 1e12
         t.loaders["train"] = train
-        evaluate(
-            t.nets, Steps(t.loaders["test"], iter(t.loaders["test"]), 2), autograd=t.computation.eval_autograd
-        )  # the evaluation graph
+        # the evaluation graph
+        evaluate(t.nets, Steps(t.loaders["test"], iter(t.loaders["test"]), 2), autograd=t.computation.eval_autograd)
         for view in ("val", "test"):
             phase(
                 f"{view}_pass_s",
@@ -756,9 +747,8 @@ class Check:
         dirs = {k: os.path.join(self.work, "correctness", config, k) for k in ("a", "b", "killed")}
         cmd = {k: self.script(None, d, *extra) for k, d in dirs.items()}  # as a user runs it: compiled from width 16
         start = time.time()
-        a, why = self.launch(
-            f"correctness_{config}_a", cmd["a"], self.kind_of("run", mode)
-        )  # compiles, fills the cache
+        # compiles, fills the cache
+        a, why = self.launch(f"correctness_{config}_a", cmd["a"], self.kind_of("run", mode))
         if a is None:
             return {"status": why}
         self.wait(a)

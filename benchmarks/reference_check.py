@@ -41,10 +41,7 @@ from benchmarks.traces import (
     trace_machine,
 )
 from bkd.utils.files import portable, save_json
-from bkd.utils.machine import (
-    cpu_kind,
-    machine_info,
-)
+from bkd.utils.machine import cpu_kind, machine_info
 
 LOGS = ("training", "learning", "detection")
 

@@ -18,6 +18,7 @@ reuses it. The caller's global random generators (random, numpy, torch) and sign
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +26,11 @@ from bkd import resume
 from bkd import rundir as rd
 from bkd.config import TrainConfig, check_config, resolve_computation
 from bkd.data.custom import from_arrays
-from bkd.data.datasets import CUSTOM, DataSelection, input_dataset
+from bkd.data.datasets import CUSTOM, DataSelection, RunData, input_dataset
 from bkd.issues import rank_label_issues
 from bkd.outputs import RunFiles
 from bkd.run import Job, Saved, StopFlag, fit
+from bkd.state import MethodState
 from bkd.utils.devices import resolve_device
 from bkd.utils.errors import DataError, UsageError
 from bkd.utils.logfmt import quiet
@@ -39,18 +41,26 @@ from bkd.utils.seeds import preserved_global_rng
 class LabelIssues:
     """What find_label_issues found: every array but `ranked` has one entry per image of `positions`, in that order.
 
-    Attributes:
-        positions: (n,) int, indices into the caller's images of the images BKD used (all of them, in order, unless
-            `subset` was given).
-        ranked: (n,) int, indices into the caller's images, most suspect label first (ascending `label_quality`, ties
-            in the images' order): the order of label_issues.csv.
-        label_quality: (n,) float32, the probability teacher and student agree on the given label (pA[y]).
-        suggested_label: (n,) int, the label teacher and student agree on (argmax of the agreement).
-        flagged: (n,) bool, Otsu group 4 of the agreement: BKD's decision that the given label is wrong (detection.npy).
-        pred_probs: (n, C) float32, the agreement probabilities, for cleanlab's filter and rank functions.
-        group: (n,) int, the Otsu trust group, 1 (most trusted) to 4 (flagged).
-        overfit_epoch: the epoch whose statistics were split (0-based), or None where the run found no peak of the
-            student's confidence and split its last epoch.
+    Attributes
+    ----------
+    positions : (n,) int ndarray
+        Indices into the caller's images of the images BKD used (all of them, in order, unless `subset` was given).
+    ranked : (n,) int ndarray
+        Indices into the caller's images, most suspect label first (ascending `label_quality`, ties in the images'
+        order): the order of label_issues.csv.
+    label_quality : (n,) float32 ndarray
+        The probability teacher and student agree on the given label (pA[y]).
+    suggested_label : (n,) int ndarray
+        The label teacher and student agree on (argmax of the agreement).
+    flagged : (n,) bool ndarray
+        Otsu group 4 of the agreement: BKD's decision that the given label is wrong (detection.npy).
+    pred_probs : (n, C) float32 ndarray
+        The agreement probabilities, for cleanlab's filter and rank functions.
+    group : (n,) int ndarray
+        The Otsu trust group, 1 (most trusted) to 4 (flagged).
+    overfit_epoch : int or None
+        The epoch whose statistics were split (0-based), or None where the run found no peak of the student's
+        confidence and split its last epoch.
     """
 
     positions: np.ndarray
@@ -72,35 +82,48 @@ def find_label_issues(
     device: str = "auto",
     run_dir: str | None = None,
     verbose: bool = False,
-    **flags,
+    **flags: Any,
 ) -> LabelIssues:
     """Train BKD on (images, labels) and rank every label from most to least suspect.
 
-    Args:
-        images: (N, H, W, 3) uint8 RGB images of one size (a list of such arrays too). Images smaller than 32 pixels
-            are resized to 32 unless keep_image_size=True.
-        labels: (N,) int, the given label of each image, 0..C-1.
-        classes: C class names (default: "0".."C-1"); label_issues.csv shows them.
-        ids: N identifiers of the images, e.g. file names (default: their positions); label_issues.csv shows them.
-        device: "auto" (default: CUDA when present, else the CPU), "cpu", "cuda" or "cuda:N".
-        run_dir: a run directory to write the usual outputs into (default None: nothing is written). A second call
-            with the same data and arguments resumes an unfinished run there, or reads a finished one back.
-        verbose: print the training's log lines (default False).
-        **flags: the training script's flags by name, with its defaults: bkd.config.TrainConfig's fields, e.g. n_epoch
-            (300), width (64), lr_step (150), batch_size (128), seed (0), val_ratio (0.1), subset (0: all), and
-            keep_image_size (False: images smaller than 32 pixels are resized to 32).
+    Parameters
+    ----------
+    images : (N, H, W, 3) uint8 ndarray, or a list of (H, W, 3) uint8 arrays
+        RGB images of one size. Images smaller than 32 pixels are resized to 32 unless keep_image_size=True.
+    labels : (N,) int array-like
+        The given label of each image, 0..C-1.
+    classes : sequence of C str, optional
+        Class names (default "0".."C-1"); label_issues.csv shows them.
+    ids : sequence of N str, optional
+        Identifiers of the images, e.g. file names (default: their positions); label_issues.csv shows them.
+    device : str, default "auto"
+        "auto" (CUDA when present, else the CPU), "cpu", "cuda" or "cuda:N".
+    run_dir : str, optional
+        A run directory to write the usual outputs into (default None: nothing is written). A second call with the
+        same data and arguments resumes an unfinished run there, or reads a finished one back.
+    verbose : bool, default False
+        Print the training's log lines.
+    **flags
+        The training script's flags by name, with its defaults: bkd.config.TrainConfig's fields, e.g. n_epoch (300),
+        width (64), lr_step (150), batch_size (128), seed (0), val_ratio (0.1), subset (0: all), and keep_image_size
+        (False: images smaller than 32 pixels are resized to 32). A NumPy integer or float is taken as a number.
 
-    Returns:
-        A LabelIssues.
+    Returns
+    -------
+    LabelIssues
+        The ranking, the suggested labels, BKD's decisions and the agreement probabilities.
 
-    Raises:
-        bkd.utils.errors.UsageError: an unknown argument or a bad value (one line naming it and the fix).
-        bkd.utils.errors.DataError: images or labels that cannot be trained on, or a run_dir of other data.
-        bkd.utils.errors.RunDirError: a run_dir in use, or not writable.
+    Raises
+    ------
+    bkd.utils.errors.UsageError
+        An unknown argument, or a value of the wrong type or out of range (one line naming it and the fix).
+    bkd.utils.errors.DataError
+        Images or labels that cannot be trained on, or a run_dir of other data.
+    bkd.utils.errors.RunDirError
+        A run_dir in use, or not writable.
     """
-    keep_image_size = flags.pop(
-        "keep_image_size", False
-    )  # (the training script's flag of that name: not a TrainConfig field)
+    # (the training script's flag of that name: not a TrainConfig field)
+    keep_image_size = flags.pop("keep_image_size", False)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(flags) - known)
     if unknown:
@@ -110,22 +133,23 @@ def find_label_issues(
         )
     config = TrainConfig(**flags)
     check_config(config)
-    device = resolve_device(device)
+    where = resolve_device(device)
     selection = DataSelection(
         dataset=CUSTOM,
         keep_image_size=keep_image_size,
         arrays=from_arrays(images, labels, classes, ids, keep_size=keep_image_size),
     )
     data = input_dataset(selection, config)
-    job = Job(config, data, device, resolve_computation(config, device), print if verbose else quiet)
+    job = Job(config, data, where, resolve_computation(config, where), print if verbose else quiet)
     with preserved_global_rng():  # the run seeds the global generators; the caller's come back as they were
         if run_dir is None:
             return _result(data, fit(job, stop=StopFlag()))
         return _in_run_dir(run_dir, job, selection)
 
 
-def _result(data, state):
+def _result(data: RunData, state: MethodState) -> LabelIssues:
     split = state.split_result()
+    assert split is not None  # (every run ends split: at its overfitting epoch, or at its last)
     if split.probs is None:  # a finished run of an earlier version, whose resume state kept no agreement probabilities
         raise DataError(
             "the run directory holds a run of an earlier version of this project, which kept no agreement "
@@ -144,7 +168,7 @@ def _result(data, state):
     )
 
 
-def _in_run_dir(path, job, selection):
+def _in_run_dir(path: str, job: Job, selection: DataSelection) -> LabelIssues:
     """With a run directory: resume it (the same data and arguments), write its files, read the result back."""
     run = rd.RunDir(path)
     identity = resume.identity(job, selection)
@@ -155,7 +179,7 @@ def _in_run_dir(path, job, selection):
     run.open(resume=saved is not None, elsewhere="give another run_dir")
     try:
         files = RunFiles(run, job, identity, {"api": True, **identity["args"]})
-        state = fit(job, [files], resume=saved and Saved(run.file(rd.STATE), saved), stop=StopFlag())
+        state = fit(job, [files], resume=Saved(run.file(rd.STATE), saved) if saved else None, stop=StopFlag())
     finally:
         run.close()
     return _result(job.data, state)

@@ -8,49 +8,60 @@ autograd, its end-of-training overwrite, its CIFAR-100 validation normalisation 
 """
 
 import math
-from dataclasses import dataclass, field, fields
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 from bkd.utils.errors import UsageError
+
+if TYPE_CHECKING:  # (the launcher imports this module without torch)
+    import torch
 
 SEED_LIMIT = 2**32  # numpy's seed range
 
 
 # The checks of single values: each returns what is wrong with `value` of flag `name`, or None.
-def positive(name, value):
+Check = Callable[[str, Any], str | None]
+
+
+def positive(name: str, value: float) -> str | None:
     return None if value > 0 else f"--{name} {value} must be positive"
 
 
-def non_negative(name, value):
+def non_negative(name: str, value: float) -> str | None:
     return None if value >= 0 else f"--{name} {value} must be 0 or positive"
 
 
-def share(name, value):
+def share(name: str, value: float) -> str | None:
     return None if 0 <= value <= 1 else f"--{name} {value} must be in [0, 1]"
 
 
-def batch(name, value):
+def batch(name: str, value: int) -> str | None:
     return positive(name, value) or (
         None if value >= 2 else f"--{name} {value}: BatchNorm cannot train on batches of one image; give 2 or more"
     )
 
 
-def validation_share(name, value):
+def validation_share(name: str, value: float) -> str | None:
     return None if 0 <= value < 1 else f"--{name} {value} must be in [0, 1); 0 = no validation set (challenge setting)"
 
 
-def seed_range(name, value):
+def seed_range(name: str, value: int) -> str | None:
     return None if 0 <= value < SEED_LIMIT else f"--{name} {value} must be in 0..2**32-1 (numpy's seed range)"
 
 
-def one_of(*choices):
-    def check(name, value):
-        return None if value in choices else f"--{name} {value!r} is unknown; use {' or '.join(choices)}"
+class one_of:  # (a check, named as the others)
+    """The check that a value is one of `choices` (which the flag's argparse choices are too)."""
 
-    check.choices = choices
-    return check
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def __call__(self, name: str, value: str) -> str | None:
+        return None if value in self.choices else f"--{name} {value!r} is unknown; use {' or '.join(self.choices)}"
 
 
-def option(default, help, check=None):
+def option(default: Any, help: str, check: Check | None = None) -> Any:
     """A TrainConfig field: its default, its flag's help text, and the check of its value (None: any value of its
     type; a float must always be finite)."""
     return field(default=default, metadata={"help": help, "check": check})
@@ -94,7 +105,7 @@ class TrainConfig:
         "capability 8.0+; a CPU with AVX-512 BF16 or AMX), fp16 with gradient scaling on older GPUs; "
         "opt-in: it changed the outcome against fp32 on the quick preset",
     )
-    compile: bool = option(
+    compile: bool | None = option(
         None,
         "torch.compile both networks (default: from --width 16, where it pays; eager if it "
         "fails); --no_compile: run the networks eager",
@@ -111,7 +122,7 @@ class TrainConfig:
         "CUDA, as PyTorch's and the authors' torch: 10-bit mantissa products, several times "
         "faster on Ampere and newer)",
     )
-    overfitting_epoch: int = option(
+    overfitting_epoch: int | None = option(
         None,
         "skip the confidence rule and split at this (0-based) epoch, acted upon when "
         "the rule could first have found it",
@@ -127,11 +138,19 @@ class TrainConfig:
     )
 
     @property
-    def alphas(self):
+    def alphas(self) -> tuple[float, float, float, float]:
         return (self.alpha1, self.alpha2, self.alpha3, self.alpha4)
 
 
 DEFAULTS = TrainConfig()  # the original's defaults (and ours for our flags)
+
+
+def value_type(f: Field[Any]) -> type:
+    """The type of a TrainConfig field's values: `int` for `int | None` (None: the run decides, or not given)."""
+    if isinstance(f.type, types.UnionType):
+        return next(t for t in f.type.__args__ if t is not type(None))
+    assert isinstance(f.type, type), f.type  # (annotations are types here: no `from __future__ import annotations`)
+    return f.type
 
 
 @dataclass(frozen=True)
@@ -141,7 +160,7 @@ class Computation:
     loader: str = "device"
     eval_batch_size: int = 256
     channels_last: bool = True  # requested; the CPU may still refuse narrow networks (bkd.engine.use_channels_last)
-    sgd_foreach: bool = True  # None: PyTorch's default (the original's call)
+    sgd_foreach: bool | None = True  # None: PyTorch's default (the original's call)
     eval_autograd: bool = False  # the original evaluates with autograd on
     end_save_overwrites_best: bool = False  # the original overwrites the best-by-validation checkpoint at the end
     legacy_cifar100_val_norm: bool = False
@@ -154,11 +173,11 @@ class Computation:
     tf32: bool = True  # CUDA: TF32 in convolutions and matrix products (PyTorch's and the authors' torch 1.10 default)
 
     @property
-    def name(self):
+    def name(self) -> str:
         return "reference mode" if self.eval_autograd else f"loader {self.loader}"
 
     @property
-    def amp(self):
+    def amp(self) -> bool:
         return self.precision != "fp32"
 
 
@@ -171,7 +190,7 @@ COMPILE_MIN_WIDTH = 16
 AVX2_COMPILE_MIN_WIDTH = 8  # the block of oneDNN's AVX2 1x1 kernels (bkd/engine.py, CPU_CHANNELS_LAST_MIN_WIDTH)
 
 
-def compile_refusal(config, device):
+def compile_refusal(config: TrainConfig, device: "torch.device | None") -> str | None:
     """Why the networks run eager although the flags compile them, or None. On an x86 CPU without AVX-512, a network
     narrower than 8 channels: inductor computes its convolutions channels-last on a CPU, and oneDNN's AVX2 kernels of
     the first shortcut convolution then hang, crash or compute wrong values (docs/performance.md)."""
@@ -191,7 +210,7 @@ def compile_refusal(config, device):
     )
 
 
-def compiles(config, device=None):
+def compiles(config: TrainConfig, device: "torch.device | None" = None) -> bool:
     """--compile / --no_compile as asked; by default, for networks from COMPILE_MIN_WIDTH channels; never with
     --reference, nor where compile_refusal says why not on `device` (None: the flags alone, as the launcher compares
     them)."""
@@ -204,7 +223,7 @@ def compiles(config, device=None):
 REFERENCE_CLASHES = ("amp", "compile", "detach_robust_target", "strict_fp32")  # the reference mode decides these itself
 
 
-def check_values(values):
+def check_values(values: Mapping[str, Any]) -> None:
     """One line naming the first bad value of `values` (TrainConfig names: the flags' and the API's alike)."""
     for f in fields(TrainConfig):
         if f.name not in values or values[f.name] is None:
@@ -217,7 +236,7 @@ def check_values(values):
             raise UsageError(problem)
 
 
-def check_config(config):
+def check_config(config: TrainConfig) -> None:
     """check_values of every field, then what depends on several of them."""
     check_values(vars(config))
     clash = [f"--{name}" for name in REFERENCE_CLASHES if getattr(config, name)]
@@ -227,7 +246,8 @@ def check_config(config):
         check_overfitting_epoch(config.overfitting_epoch, config.n_epoch)
 
 
-def check_overfitting_epoch(epoch, n_epoch):
+def check_overfitting_epoch(epoch: int, n_epoch: int) -> None:
+    """One line where --overfitting_epoch could not be acted upon within the run's epochs."""
     from bkd.method import first_detectable_epoch, latest_forceable_epoch
 
     if epoch < 0 or first_detectable_epoch(epoch) >= n_epoch:
@@ -239,15 +259,13 @@ def check_overfitting_epoch(epoch, n_epoch):
         )
 
 
-def resolve_precision(device, amp):
+def resolve_precision(device: "torch.device", amp: bool) -> str:
     """fp32 without --amp. With it: bf16 where the device has it natively (CUDA compute capability 8.0 or newer; a CPU
     with AVX-512 BF16 or AMX), fp16 with gradient scaling on older GPUs; refused elsewhere in one line."""
     if not amp:
         return "fp32"
-    from bkd.utils.devices import (
-        cpu_native_bf16,
-        cuda_native_bf16,
-    )  # (here: the launcher imports this module without torch)
+    # (here: the launcher imports this module without torch)
+    from bkd.utils.devices import cpu_native_bf16, cuda_native_bf16
 
     if device.type == "cuda":
         return "bf16" if cuda_native_bf16(device) else "fp16"
@@ -263,7 +281,7 @@ def resolve_precision(device, amp):
     raise UsageError(f"--amp: mixed precision is not supported on {device.type}; drop --amp")
 
 
-def resolve_computation(config, device):
+def resolve_computation(config: TrainConfig, device: "torch.device") -> Computation:
     """The run's computation on `device`, from its flags: called once per run (training script, Python API)."""
     if device.type != "cuda":
         for name in ("cudnn_benchmark", "strict_fp32"):
@@ -297,14 +315,15 @@ def resolve_computation(config, device):
     )
 
 
-def default_eval_batch(device):
+def default_eval_batch(device: "torch.device") -> int:
+    """The evaluation batch size where --eval_batch_size is 0."""
     return 1024 if device.type == "cuda" else 256
 
 
 ORIGINAL_TEST_BATCH = 64  # the original's learning.py evaluates at batch 64
 
 
-def resolve_evaluation(reference, eval_batch_size):
+def resolve_evaluation(reference: bool, eval_batch_size: int) -> Computation:
     """learning.py's test pass: the original's (PIL loader, batch 64, autograd on, TF32) with `reference`, else ours."""
     if reference:
         return Computation(

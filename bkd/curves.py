@@ -16,39 +16,50 @@ no empty event file behind.
 """
 
 import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from bkd.utils import logfmt
 from bkd.utils.errors import RunDirError
 from bkd.utils.files import portable
+from bkd.utils.logfmt import Log
 from bkd.utils.metrics import detection_scores
 
+if TYPE_CHECKING:
+    from bkd.state import MethodState, Split
 
-def _quiet_writer_threads():
+
+def _quiet_writer_threads() -> None:
     """TensorBoard's writer thread re-raises a failed write (a full disk) as it dies, which Python prints as a thread's
     traceback; the same error reaches the caller at its next write or flush (Curves._write says it in one line)."""
-    import threading
-
     previous = threading.excepthook
     if getattr(previous, "bkd_quiet", False):
         return
 
-    def hook(args):
+    def hook(args: threading.ExceptHookArgs) -> None:
         if type(args.thread).__name__ != "_AsyncWriterThread" or not issubclass(args.exc_type, OSError):
             previous(args)
 
-    hook.bkd_quiet = True
+    hook.bkd_quiet = True  # type: ignore[attr-defined]
     threading.excepthook = hook
 
 
 class Curves:
     """TensorBoard's writer for one run directory, or nothing (with one notice) where tensorboard is not installed."""
 
-    def __init__(self, path, truly_noisy, log=print):
+    def __init__(self, path: str, truly_noisy: np.ndarray | None, log: Log = print) -> None:
         self.path, self.truly_noisy, self.log = path, truly_noisy, log
-        self.writer = None
-        self._open = None  # makes the writer at the first value: a resumed finished run writes no file
+        self.writer: Any = None  # torch.utils.tensorboard.SummaryWriter
+        self._open: Callable[[], Any] | None = (
+            None  # makes the writer at the first value: a resumed finished run writes no file
+        )
 
-    def start(self, start_epoch):
+    def start(self, start_epoch: int) -> None:
+        """The run starts at `start_epoch`: the writer opens at the first value (purging what a stopped run wrote
+        from that step on)."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # (torch raises it when the tensorboard package is missing)
@@ -60,11 +71,12 @@ class Curves:
         _quiet_writer_threads()
 
     @property
-    def writing(self):
+    def writing(self) -> bool:
         """A writer is open or can be (tensorboard is installed and the run started)."""
         return self.writer is not None or self._open is not None
 
-    def epoch(self, epoch, lr, state):
+    def epoch(self, epoch: int, lr: float, state: "MethodState") -> None:
+        """The curves of a completed epoch."""
         if not self.writing:
             return
         loss, naive, comp = state.losses[-1]
@@ -80,28 +92,32 @@ class Curves:
         }
         self._write(epoch, {tag: value for tag, value in values.items() if value is not None})
 
-    def split(self, epoch, state, split):
+    def split(self, epoch: int, state: "MethodState", split: "Split") -> None:
         """The split made in `epoch` (of the statistics of split.epoch)."""
         if not self.writing:
             return
-        values = {"split/epoch": split.epoch}
+        full_split, groups = state.full_split, state.groups
+        assert full_split is not None and groups is not None  # (made with the split)
+        values: dict[str, float] = {"split/epoch": split.epoch}
         if state.overfit_epoch is not None:
             values["split/overfitting_epoch"] = state.overfit_epoch
         for key, tag in (("threshold", "threshold"), ("mu1", "lower_mean"), ("mu2", "upper_mean")):
-            values[f"split/otsu_{tag}"] = state.full_split[key]
+            values[f"split/otsu_{tag}"] = full_split[key]
         for group in range(1, 5):
-            values[f"split/group_{group}_size"] = int((state.groups == group).sum())
+            values[f"split/group_{group}_size"] = int((groups == group).sum())
         if self.truly_noisy is not None and self.truly_noisy.any():
             scores = detection_scores(split.detected, self.truly_noisy)
             values.update({f"detection/{key}": scores[key] for key in ("precision", "recall", "f1")})
-            if (state.ranking or {}).get("auroc") is not None:
-                values["detection/auroc"] = state.ranking["auroc"]
+            auroc = (state.ranking or {}).get("auroc")
+            if auroc is not None:
+                values["detection/auroc"] = auroc
         self._write(epoch, values, histogram=("split/agreement_of_given_labels", split.label_prob))
 
-    def _write(self, step, scalars, histogram=None):
+    def _write(self, step: int, scalars: dict[str, float], histogram: tuple[str, np.ndarray] | None = None) -> None:
         """Write and flush (a kill keeps what was written); a failure is one line, and leaves no empty event file."""
         try:
             if self.writer is None:
+                assert self._open is not None  # (called only while `writing`)
                 self.writer = self._open()
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, step)
@@ -115,7 +131,7 @@ class Curves:
                 "their epoch is not kept; free space or make the folder writable"
             ) from None
 
-    def _abandon(self):
+    def _abandon(self) -> None:
         """After a failed write: close the writer quietly, and remove the event files nothing reached (the writer makes
         its file at its first write, even one that fails)."""
         writer, self.writer, self._open = self.writer, None, None
@@ -129,7 +145,8 @@ class Curves:
             if name.startswith("events.out.tfevents.") and os.path.getsize(path) == 0:
                 os.remove(path)
 
-    def close(self):
+    def close(self) -> None:
+        """Close the writer (its files are complete)."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -8,14 +8,22 @@ recorded, or a pass ends.
 import contextlib
 import functools
 import sys
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch._functorch import config as functorch_config
 
-from bkd.method import agreement, label_probability
+from bkd.data.loaders import Loader
+from bkd.method import agreement, label_probability, predict
 from bkd.utils import logfmt
 from bkd.utils.errors import first_line
+from bkd.utils.logfmt import Log
+
+T = TypeVar("T")
+Forward = Callable[[torch.Tensor], torch.Tensor]  # a network's forward pass, compiled or not
 
 
 class Precision:
@@ -24,17 +32,19 @@ class Precision:
 
     DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    def __init__(self, device, name="fp32"):
+    def __init__(self, device: torch.device, name: str = "fp32") -> None:
         self.device_type, self.name, self.dtype = device.type, name, self.DTYPES[name]
         self.enabled = name != "fp32"
         self.scaler = torch.amp.GradScaler(device.type, enabled=name == "fp16")
 
-    def autocast(self):
+    def autocast(self) -> AbstractContextManager[Any]:
+        """The forward passes' autocast (nothing in fp32)."""
         if not self.enabled:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
-    def step(self, loss, optimizer):
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """One optimiser step on `loss` (scaled in fp16)."""
         optimizer.zero_grad()
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
@@ -50,7 +60,7 @@ class Precision:
 CPU_CHANNELS_LAST_MIN_WIDTH = 16
 
 
-def use_channels_last(requested, device, width):
+def use_channels_last(requested: bool, device: torch.device, width: int) -> bool:
     """Channels-last when requested, except on a CPU with a network too narrow for oneDNN's 1x1 kernels."""
     return requested and (device.type != "cpu" or width >= CPU_CHANNELS_LAST_MIN_WIDTH)
 
@@ -65,18 +75,21 @@ class CompiledPair:
     eager from then on, and `log` gets one [bkd] line saying so.
     """
 
-    def __init__(self, teacher, student, batch_sizes, log):
+    def __init__(
+        self, teacher: torch.nn.Module, student: torch.nn.Module, batch_sizes: dict[bool, int], log: Log
+    ) -> None:
         self.modules = (teacher, student)
         self.batch_sizes = batch_sizes  # {True: training batch size, False: evaluation batch size}
         self.log = log
-        self.announced = set()
+        self.announced: set[str] = set()
+        self.compiled: tuple[Callable[..., Any], ...] | None
         try:
             self.compiled = tuple(torch.compile(net, dynamic=False) for net in self.modules)
         except Exception as err:  # torch.compile unsupported here (platform, Python version)
             self._fall_back(err)
         self.nets = tuple(functools.partial(self, which) for which in (0, 1))
 
-    def _fall_back(self, err):
+    def _fall_back(self, err: BaseException) -> None:
         self.compiled = None
         self.log(
             logfmt.ours(
@@ -84,7 +97,7 @@ class CompiledPair:
             )
         )
 
-    def __call__(self, which, x):
+    def __call__(self, which: int, x: torch.Tensor) -> torch.Tensor:
         net = self.modules[which]
         if self.compiled is None or len(x) != self.batch_sizes[net.training]:
             return net(x)
@@ -101,7 +114,7 @@ class CompiledPair:
             # A graph's backward is compiled at its first backward pass by default, outside this try, where a failure
             # would end the run instead of falling back. functorch's (private) force_non_lazy_backward_lowering
             # compiles it here, with the forward (tests/test_compile.py shows the difference).
-            with functorch_config.patch(**NON_LAZY_BACKWARD):
+            with functorch_config.patch(NON_LAZY_BACKWARD):
                 return self.compiled[which](x)
         except Exception as err:
             if not compilation_failed(err):  # out of memory, a device-side assert, ...: not the compiler's, not retried
@@ -111,18 +124,18 @@ class CompiledPair:
 
 
 # (a torch without the setting compiles the backward lazily: a failure there is not caught)
-NON_LAZY_BACKWARD = (
+NON_LAZY_BACKWARD: dict[str, Any] = (
     {"force_non_lazy_backward_lowering": True} if hasattr(functorch_config, "force_non_lazy_backward_lowering") else {}
 )
 
 
-def compilation_failed(err):
+def compilation_failed(err: BaseException) -> bool:
     """Did torch.compile fail (an error of dynamo, inductor or triton: a graph it cannot trace, a compiler missing or
     failing)? An error of the computation itself (out of memory, a device-side assert) is not a compilation failure."""
     return any(kind.__module__.startswith(("torch._dynamo", "torch._inductor", "triton")) for kind in type(err).__mro__)
 
 
-def progress(iterable, description, total=None):
+def progress(iterable: Iterable[T], description: str, total: int | None = None) -> Iterable[T]:
     """A tqdm bar on stderr when stderr is a terminal; the plain iterable otherwise (never in a log)."""
     if not sys.stderr.isatty():
         return iterable
@@ -131,15 +144,28 @@ def progress(iterable, description, total=None):
     return tqdm(iterable, desc=description, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
+def show(bar: Iterable[Any], **values: str) -> None:
+    """Values beside a progress bar (nothing where `progress` gave no bar)."""
+    if hasattr(bar, "set_postfix"):
+        bar.set_postfix(**values)
+
+
 class Nets:
     """Teacher and student as a run calls them: the two modules, the functions that run their forward passes (the
     modules, or CompiledPair.nets), the arithmetic (Precision) and whether inputs go channels-last."""
 
-    def __init__(self, teacher, student, precision, channels_last=False, forward=None):
+    def __init__(
+        self,
+        teacher: torch.nn.Module,
+        student: torch.nn.Module,
+        precision: Precision,
+        channels_last: bool = False,
+        forward: Sequence[Forward] | None = None,
+    ) -> None:
         self.teacher, self.student, self.precision, self.channels_last = teacher, student, precision, channels_last
         self.forward = forward or (teacher, student)
 
-    def __call__(self, x):
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(teacher logits, student logits) of a batch, in float32. Both forward passes run before either output is
         read (a CUDA graph's outputs are copied out by its caller: benchmarks/gpu_check.py)."""
         if self.channels_last:
@@ -148,12 +174,14 @@ class Nets:
             zt, zs = self.forward[0](x), self.forward[1](x)
         return zt.float(), zs.float()
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> None:
+        """Both networks in training (or, mode=False, evaluation) mode."""
         self.teacher.train(mode)
         self.student.train(mode)
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
+        """Where the networks' weights are."""
         return next(self.teacher.parameters()).device
 
 
@@ -165,10 +193,12 @@ class Pass:
     label_prob: torch.Tensor  # the agreed probability of the sample's label, pA[y] (float32)
     agreed: torch.Tensor  # the label teacher and student agree on, argmax pA
     agreed_prob: torch.Tensor  # its agreed probability, max pA
-    probs: torch.Tensor = None  # (N, C) agreement probabilities, with keep_probs=True
+    probs: torch.Tensor | None = None  # (N, C) agreement probabilities, with keep_probs=True
 
 
-def evaluate(nets, loader, autograd=False, description="evaluation", keep_probs=False):
+def evaluate(
+    nets: Nets, loader: Loader, autograd: bool = False, description: str = "evaluation", keep_probs: bool = False
+) -> Pass:
     """Eval-mode pass of `nets` over `loader`. `autograd=True` keeps autograd on, as the original's evaluation does."""
     nets.train(False)
     device = nets.device
@@ -182,7 +212,7 @@ def evaluate(nets, loader, autograd=False, description="evaluation", keep_probs=
             zt, zs = nets(x)
             pa = agreement(zt.softmax(dim=1), zs.softmax(dim=1)).detach()
             top_prob, top = pa.max(dim=1)
-            correct += (pa.argmax(dim=1) == y).sum()
+            correct += (predict(pa) == y).sum()
             label_prob[idx], agreed[idx], agreed_prob[idx] = label_probability(pa, y), top, top_prob
             if keep_probs:
                 if probs is None:

@@ -5,7 +5,9 @@ result into metrics.json under utils.files.update_json's lock), a training of it
 """
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,12 +16,17 @@ from bkd.resume import check_same_data
 from bkd.utils import logfmt
 from bkd.utils.errors import DataError, RunDirError, first_line
 from bkd.utils.files import read_json_object
+from bkd.utils.logfmt import Log
+
+if TYPE_CHECKING:
+    from bkd.config import TrainConfig
+    from bkd.data.datasets import DataSelection, RunData
 
 TRAINING = "still training (its lock is held); wait until it finishes, then run this again"
 
 
 @contextmanager
-def evaluating(run_dir, needs, log=print):
+def evaluating(run_dir: str, needs: Sequence[str], log: Log = print) -> Iterator[dict[str, Any]]:
     """The directory holds a finished run with the files this evaluation `needs`, and its metrics.json can take results;
     yields that metrics.json, the run's lock held shared. An --overwrite killed before its new run completed an epoch is
     undone first (the run it replaced is put back, with a notice), as the next training would."""
@@ -41,7 +48,7 @@ def evaluating(run_dir, needs, log=print):
         run.close()
 
 
-def check_finished(run, metrics, needs):
+def check_finished(run: rd.RunDir, metrics: dict[str, Any], needs: Sequence[str]) -> None:
     """One line if the directory holds no finished run with the files an evaluation `needs`: exit 4 where it holds no
     run or an unfinished one, exit 3 naming a file that is missing or damaged. The resume state is not needed."""
     if run.has(rd.INCOMPLETE) or not (metrics or run.existing_artefacts()):
@@ -76,7 +83,7 @@ def check_finished(run, metrics, needs):
         )
 
 
-def check_split(run_dir, metrics):
+def check_split(run_dir: str, metrics: dict[str, Any]) -> None:
     """detection.py: a split recorded (metrics.json is written after the split's files, with its epoch)."""
     if metrics.get("split_epoch") is None:
         present = [name for name in rd.SPLIT_FILES if os.path.exists(os.path.join(run_dir, name))]
@@ -87,7 +94,7 @@ def check_split(run_dir, metrics):
         )
 
 
-def saved_subset(run_dir):
+def saved_subset(run_dir: str) -> np.ndarray | None:
     """The subset a run used (train_subset.npy), or None for the whole training set; checked against the data by
     bkd.data.datasets.input_dataset."""
     path = os.path.join(run_dir, rd.SUBSET)
@@ -107,7 +114,9 @@ def saved_subset(run_dir):
     return subset
 
 
-def evaluated_data(selection, config, run_dir, metrics, images=True):
+def evaluated_data(
+    selection: "DataSelection", config: "TrainConfig", run_dir: str, metrics: dict[str, Any], images: bool = True
+) -> "RunData":
     """learning.py's and detection.py's data: the run's (its subset), checked to be the data it was trained on, with the
     original's start-up lines printed. Without `images`, labels only (training checked them against the images), with
     the whole run as the "training split", as the original's detection.py loads it."""
@@ -124,7 +133,9 @@ def evaluated_data(selection, config, run_dir, metrics, images=True):
     return data
 
 
-def check_run_data(run_dir, metrics, selection, fingerprint):
+def check_run_data(
+    run_dir: str, metrics: dict[str, Any], selection: "DataSelection", fingerprint: dict[str, Any]
+) -> None:
     """The evaluation's data is the run's: its data set and label set, then its data's fingerprint (exit 3)."""
     config = metrics.get("config") or {}
     keys = ("dataset", "noise_type") if not selection.custom else ("dataset",)  # custom data: no label sets

@@ -6,10 +6,16 @@ student agree on the given label (pA[y] of the full-set pass at the split), the 
 """
 
 import csv
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from bkd.utils.files import atomic_path
+
+if TYPE_CHECKING:
+    from bkd.data.datasets import RunData
+    from bkd.state import Split
 
 COLUMNS = (
     "rank",
@@ -27,11 +33,12 @@ COLUMNS = (
 
 
 # Label-issue ranking: ascending agreed probability of the given label (ties keep the data's order).
-def rank_label_issues(given_prob):
+def rank_label_issues(given_prob: ArrayLike) -> np.ndarray:
+    """Indices of the images, most suspect label first (lowest pA[y]; ties in the data's order)."""
     return np.argsort(np.asarray(given_prob), kind="stable")
 
 
-def write_label_issues(path, split, data):
+def write_label_issues(path: str, split: "Split", data: "RunData") -> np.ndarray:
     """Write the ranked table of `split` (a bkd.state.Split: one entry per image of the run) over `data` (its
     bkd.data.datasets.RunData: the given labels, class names, ids, and the images' positions in the source, which the
     table shows: x_train's indices, or the folder's sorted order)."""
@@ -63,7 +70,7 @@ def write_label_issues(path, split, data):
     return order
 
 
-def read_label_issues(path):
+def read_label_issues(path: str) -> list[dict[str, Any]]:
     """The rows of a label_issues.csv as a list of dicts (numbers converted)."""
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         rows = list(csv.DictReader(fh))

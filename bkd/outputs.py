@@ -8,6 +8,7 @@
 
 import copy
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,32 +19,40 @@ from bkd.utils import logfmt
 from bkd.utils.checkpoint import model_checkpoint
 from bkd.utils.files import BackgroundWriter, save_json, save_numpy, save_torch
 from bkd.utils.machine import machine_info
+
+if TYPE_CHECKING:
+    import torch
+
+    from bkd.run import Job, Run, Step
+    from bkd.state import MethodState, Split
 from bkd.utils.metrics import detection_scores
 
 
 class Output:
-    def start(self, run, start_epoch):
+    """What hears a run's events (RunFiles, bkd.trace.Trace): each event a no-op here."""
+
+    def start(self, run: "Run", start_epoch: int) -> None:
         """Data, networks and loaders are ready; training starts at `start_epoch` (> 0: resumed)."""
 
-    def iteration(self, run, step):
+    def iteration(self, run: "Run", step: "Step") -> None:
         """A training iteration ended (a bkd.run.Step)."""
 
-    def save_models(self, run, kind, best):
+    def save_models(self, run: "Run", kind: str, best: bool) -> None:
         """kind: 'best_val' (a new best validation accuracy) or 'end_of_training' (after the last epoch); `best`: these
         weights are (now) the best-by-validation checkpoint (the reference mode's end save is too, as the
         original's)."""
 
-    def split(self, run):
+    def split(self, run: "Run") -> None:
         """The Otsu split of `run.state.split_epoch` is made: training groups fixed, detection decided."""
 
-    def epoch_end(self, run):
+    def epoch_end(self, run: "Run") -> None:
         """Epoch `run.epoch` is complete; `run.resume_state()` continues the run from here."""
 
-    def finish(self):
+    def finish(self) -> None:
         """The run stops, finished or not: whatever is pending is completed (or its error raised)."""
 
 
-def writes_in_background(device):
+def writes_in_background(device: "torch.device") -> bool:
     """On a GPU the training thread mostly waits for the device, and an epoch takes seconds: the files are written on a
     thread of their own. On a CPU the writer would compete with the training for the same cores, and an epoch takes
     far longer than its files: they are written at once."""
@@ -69,14 +78,21 @@ class RunFiles(Output):
     an interrupt or an error waits for them (`finish`).
     """
 
-    def __init__(self, run_dir, job, identity, flags, background=None):
+    def __init__(
+        self,
+        run_dir: rd.RunDir,
+        job: "Job",
+        identity: dict[str, Any],
+        flags: dict[str, Any],
+        background: bool | None = None,
+    ) -> None:
         self.run, self.data, self.log = run_dir, job.data, job.log
         self.identity = identity  # what a resumed run must match (bkd.resume.identity)
         self.flags, self.machine = flags, machine_info(job.device, job.computation)  # for metrics.json
         self.writer = BackgroundWriter(writes_in_background(job.device) if background is None else background)
         self.curves = Curves(run_dir.path, job.data.truly_noisy, job.log)
 
-    def start(self, run, start_epoch):
+    def start(self, run: "Run", start_epoch: int) -> None:
         if start_epoch == 0:
             self.run.start_fresh()  # leftovers go, an --overwritten run goes aside: only now that everything is ready
             if len(self.data.subset) != len(self.data.given):
@@ -85,7 +101,7 @@ class RunFiles(Output):
             self.log(logfmt.ours(notice))
         self.curves.start(start_epoch)
 
-    def save_models(self, run, kind, best):
+    def save_models(self, run: "Run", kind: str, best: bool) -> None:
         pairs = [(rd.TEACHER, rd.STUDENT)] if best else []
         if kind == "end_of_training":
             pairs.append((rd.TEACHER_LAST, rd.STUDENT_LAST))
@@ -94,18 +110,19 @@ class RunFiles(Output):
                 checkpoint = model_checkpoint(net, run.epoch, self.data.info["num_classes"], run.config.width)
                 self.writer.submit(save_torch, checkpoint, self.run.file(name))
 
-    def split(self, run):
+    def split(self, run: "Run") -> None:
         result = run.state.split_result()
-        self.writer.submit(self._write_split, result)
+        assert result is not None and result.probs is not None  # (the split this process just made)
+        self.writer.submit(self._write_split, result, result.probs)
         self.curves.split(run.epoch, run.state, result)
 
-    def _write_split(self, split):
+    def _write_split(self, split: "Split", probs: np.ndarray) -> None:
         """The split's files, all or none: a failed write removes those written before it. (metrics.json, written
         with the epoch's resume state after them, records the split: the evaluations trust the files only then.)"""
         try:
             save_numpy(split.detected, self.run.file(rd.DETECTION))
             save_numpy(split.label_prob, self.run.file(rd.AGREEMENT))
-            save_numpy(split.probs, self.run.file(rd.PRED_PROBS))
+            save_numpy(probs, self.run.file(rd.PRED_PROBS))
             write_label_issues(self.run.file(rd.LABEL_ISSUES), split, self.data)
         except BaseException:
             for name in rd.SPLIT_FILES:
@@ -113,24 +130,25 @@ class RunFiles(Output):
                     os.remove(self.run.file(name))
             raise
 
-    def epoch_end(self, run):
+    def epoch_end(self, run: "Run") -> None:
         self.writer.drain()  # the previous epoch's files are on disk (or their error is raised here)
         self.curves.epoch(run.epoch, run.last.lr, run.state)  # before the state: an epoch on disk has its curves
         metrics = copy.deepcopy(self.metrics(run.state, run.epoch + 1))  # the training goes on changing the state
         self.writer.submit(self._write_epoch, dict(run.resume_state(), **self.identity), metrics)
 
-    def _write_epoch(self, resume_state, metrics):
+    def _write_epoch(self, resume_state: dict[str, Any], metrics: dict[str, Any]) -> None:
         save_torch(resume_state, self.run.file(rd.STATE))
         save_json(metrics, self.run.file(rd.METRICS))
         self.run.epoch_completed()
 
-    def finish(self):
+    def finish(self) -> None:
         try:
             self.writer.drain()
         finally:
             self.curves.close()
 
-    def metrics(self, state, epochs_done):
+    def metrics(self, state: "MethodState", epochs_done: int) -> dict[str, Any]:
+        """metrics.json after `epochs_done` epochs."""
         truly_noisy = self.data.truly_noisy
         detection = None
         if state.detected is not None and truly_noisy is not None:

@@ -10,24 +10,26 @@ With --summary: `<prefix>.md` and `<prefix>.csv`, one row per (dataset, label se
 mean ± std over seeds.
 """
 
-import argparse
 import csv
 import json
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 GROUP_COLOURS = {1: "#1a9850", 2: "#91cf60", 3: "#fc8d59", 4: "#d73027"}
 
 
-def load_run(run_dir):
+def load_run(run_dir: str) -> dict[str, Any]:
+    """A run's metrics.json."""
     with open(os.path.join(run_dir, "metrics.json")) as fh:
         return json.load(fh)
 
 
-def confidence_figure(m, name):
+def confidence_figure(m: dict[str, Any], name: str) -> Any:
     """The student's mean top probability per epoch (0-based, as the logs and split_epoch), the split epoch marked."""
     import matplotlib.pyplot as plt
 
@@ -53,7 +55,7 @@ def confidence_figure(m, name):
     return fig
 
 
-def plot_run(run_dir, truly_noisy=None):
+def plot_run(run_dir: str, truly_noisy: np.ndarray | None = None) -> list[str]:
     """Write the three figures of a run; returns their paths ([] without matplotlib)."""
     try:
         import matplotlib
@@ -113,7 +115,7 @@ def plot_run(run_dir, truly_noisy=None):
     return paths
 
 
-def _save(fig, run_dir, filename):
+def _save(fig: Any, run_dir: str, filename: str) -> str:
     path = os.path.join(run_dir, filename)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -125,11 +127,14 @@ def _save(fig, run_dir, filename):
 
 # The summary's columns, one set for every summary (this module's and the launcher's, launch/summary.py):
 # (column, value of a run's metrics.json, decimals): epochs whole, accuracies in % to 2 decimals, scores to 3.
-def _detection(key):
+Metric = Callable[[dict[str, Any]], Any]  # a value of a run's metrics.json
+
+
+def _detection(key: str) -> Metric:
     return lambda m: (m.get("detection") or {}).get(key)
 
 
-COLUMNS = [
+COLUMNS: list[tuple[str, Metric, int]] = [
     ("overfit epoch", lambda m: m.get("overfit_epoch"), 0),
     ("test acc, best val (%)", lambda m: (m.get("learning") or {}).get("best_test_acc"), 2),
     (
@@ -153,7 +158,7 @@ COLUMNS = [
 COLUMN_NAMES = [name for name, _, _ in COLUMNS]
 
 
-def summary_values(runs):
+def summary_values(runs: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Each column over the runs (metrics.json dicts): mean ± sample std, and how many runs have a value where not
     all."""
     row = {}
@@ -165,9 +170,9 @@ def summary_values(runs):
     return row
 
 
-def summarise(run_dirs):
+def summarise(run_dirs: Sequence[str]) -> list[dict[str, Any]]:
     """Rows of mean ± std over seeds, one per (dataset, noise type, preset)."""
-    groups = defaultdict(list)
+    groups: defaultdict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for run_dir in run_dirs:
         m = load_run(run_dir)
         c = m["config"]
@@ -180,14 +185,16 @@ def summarise(run_dirs):
     ]
 
 
-def mean_std(values, digits):
+def mean_std(values: Sequence[float], digits: int) -> str:
+    """'mean ± sample std' to `digits` decimals ('n/a' without values, the mean alone for one)."""
     if not values:
         return "n/a"
-    values = np.asarray(values, dtype=float)
-    return f"{values.mean():.{digits}f}" + (f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else "")
+    array = np.asarray(values, dtype=float)
+    return f"{array.mean():.{digits}f}" + (f" ± {array.std(ddof=1):.{digits}f}" if len(array) > 1 else "")
 
 
-def write_summary(rows, prefix):
+def write_summary(rows: Sequence[dict[str, Any]], prefix: str) -> str:
+    """<prefix>.csv and <prefix>.md of `rows`; returns the markdown table."""
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     header = list(rows[0])
     with open(prefix + ".csv", "w", newline="") as fh:
@@ -200,18 +207,19 @@ def write_summary(rows, prefix):
     return "\n".join(lines)
 
 
-def markdown(rows, header):
+def markdown(rows: Sequence[dict[str, Any]], header: Sequence[str]) -> list[str]:
+    """The lines of a markdown table of `rows` under `header`."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(str(r.get(h, "")) for h in header) + " |" for r in rows
     ]
 
 
-def _truth(run_dir, m):
+def _truth(run_dir: str, m: dict[str, Any]) -> np.ndarray | None:
     """The true noise mask of a run's images when its label file is at hand, else None."""
     c = m["config"]
     try:
         from bkd.data.labels import load_noisy_labels
-        from bkd.rundir import saved_subset
+        from bkd.evaluations import saved_subset
 
         noisy, clean = load_noisy_labels(c["dataset"], c["noise_type"], c.get("noise_path"), download=False)
     except Exception:
@@ -222,7 +230,10 @@ def _truth(run_dir, m):
     return noisy != clean
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
+    """python -m bkd.report: plots of runs, and a summary table over them."""
+    import argparse  # (the command line stays here: every other function takes plain values)
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (holding metrics.json)")
     p.add_argument("--summary", help="write <SUMMARY>.md and <SUMMARY>.csv over all runs")

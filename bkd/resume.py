@@ -10,10 +10,17 @@ compare a finished run's recorded settings and data by the same functions.
 """
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 from bkd.utils import logfmt
 from bkd.utils.errors import DataError, UsageError, first_line
+from bkd.utils.logfmt import Log
 from bkd.utils.machine import describe_device, device_identity
+
+if TYPE_CHECKING:
+    from bkd.config import TrainConfig
+    from bkd.data.datasets import DataSelection
+    from bkd.run import Job
 
 NOT_COMPARED = ("print_freq",)  # changes what is printed, not what is computed
 PIL_ONLY = ("num_workers",)  # the PIL workers' random streams depend on their number; the device loader has none
@@ -27,7 +34,8 @@ class Advice:
     restart: str
     api: bool = False
 
-    def flag(self, name, value):
+    def flag(self, name: str, value: Any) -> str:
+        """How the caller gives `name` = `value`: `--name value` or `name=value`."""
         return f"{name}={value!r}" if self.api else f"--{name} {value}"
 
 
@@ -35,12 +43,12 @@ SCRIPT = Advice("resume with the same flags", "start a new run with --overwrite"
 API = Advice("call with the same arguments", "give another run_dir", api=True)
 
 
-def uses_pil_workers(config):
+def uses_pil_workers(config: "TrainConfig") -> bool:
     """The PIL loader (the reference mode's too), whose random streams depend on the number of its workers."""
     return config.reference or config.loader == "torchvision"
 
 
-def run_args(config, compile_resolved, selection):
+def run_args(config: "TrainConfig", compile_resolved: bool, selection: "DataSelection") -> dict[str, Any]:
     """The settings that make a run what it is: every training value that changes the computation (torch.compile as
     resolved), plus what picks the data (`selection`: a bkd.data.datasets.DataSelection)."""
     args = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in NOT_COMPARED}
@@ -52,7 +60,7 @@ def run_args(config, compile_resolved, selection):
     return args
 
 
-def differing_args(recorded, args):
+def differing_args(recorded: dict[str, Any], args: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(name, recorded value, this value) of every setting in both that differs, in `args`' order."""
     return [(key, recorded[key], value) for key, value in args.items() if key in recorded and recorded[key] != value]
 
@@ -67,7 +75,9 @@ FINGERPRINT_NAMES = {
 }
 
 
-def check_same_data(recorded, fingerprint, fix, what="the run being resumed"):
+def check_same_data(
+    recorded: dict[str, Any], fingerprint: dict[str, Any], fix: str, what: str = "the run being resumed"
+) -> None:
     """One line naming what differs between a recorded fingerprint and this data's, and how to `fix` it (exit 3)."""
     for key, name in FINGERPRINT_NAMES.items():
         if key in fingerprint and recorded.get(key) != fingerprint[key]:
@@ -76,7 +86,7 @@ def check_same_data(recorded, fingerprint, fix, what="the run being resumed"):
             )
 
 
-def identity(job, selection):
+def identity(job: "Job", selection: "DataSelection") -> dict[str, Any]:
     """What a resume state records about the run of `job` (a bkd.run.Job) on the data `selection` picked, and what a
     resumed run must match."""
     import torch
@@ -89,7 +99,7 @@ def identity(job, selection):
     }
 
 
-def load(path, advice=SCRIPT):
+def load(path: str, advice: Advice = SCRIPT) -> dict[str, Any]:
     """The resume state at `path` (CPU tensors), or one line saying why it cannot be one (exit 3)."""
     import torch
 
@@ -111,7 +121,7 @@ def load(path, advice=SCRIPT):
     return saved
 
 
-def check(saved, current, path, advice=SCRIPT, log=print):
+def check(saved: dict[str, Any], current: dict[str, Any], path: str, advice: Advice = SCRIPT, log: Log = print) -> None:
     """Refuse, in one line, to resume `saved` as a run of another identity; say what continues without bit-equality."""
     differ = differing_args(saved["args"], current["args"])
     if differ:
@@ -132,7 +142,10 @@ def check(saved, current, path, advice=SCRIPT, log=print):
         )
 
 
-def check_device(recorded, current, path, advice=SCRIPT, log=print):
+def check_device(
+    recorded: dict[str, Any], current: dict[str, Any], path: str, advice: Advice = SCRIPT, log: Log = print
+) -> None:
+    """Refuse another kind of device in one line; say that another model continues without bit-equality."""
     if recorded.get("type") != current["type"]:
         raise UsageError(
             f"{path} was trained on {describe_device(recorded)} and this run is on {describe_device(current)}: "

@@ -17,7 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,8 +26,17 @@ import torch
 from bkd.config import Computation, TrainConfig, compile_refusal
 from bkd.data.cifar import DATASETS
 from bkd.data.datasets import RunData
-from bkd.data.loaders import LoaderSpec, make_loader
-from bkd.engine import CPU_CHANNELS_LAST_MIN_WIDTH, CompiledPair, Nets, Precision, evaluate, progress, use_channels_last
+from bkd.data.loaders import DeviceLoader, Loader, LoaderSpec, make_loader
+from bkd.engine import (
+    CPU_CHANNELS_LAST_MIN_WIDTH,
+    CompiledPair,
+    Nets,
+    Precision,
+    evaluate,
+    progress,
+    show,
+    use_channels_last,
+)
 from bkd.method import (
     agreement,
     compensation_loss,
@@ -54,11 +64,14 @@ from bkd.utils.errors import (
     first_line,
     report_and_exit,
 )
+from bkd.utils.logfmt import Log
 from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
 from bkd.utils.seeds import rng_state, set_global_seeds, set_rng_state
 
 if TYPE_CHECKING:
     from bkd.outputs import Output
+
+Weights = dict[str, dict[str, torch.Tensor]]  # {"teacher": state dict, "student": state dict}
 
 
 @dataclass
@@ -70,7 +83,7 @@ class Job:
     data: RunData
     device: torch.device
     computation: Computation
-    log: Callable = print
+    log: Log = print
     started: float = field(default_factory=time.time)
 
 
@@ -78,7 +91,7 @@ class Saved(NamedTuple):
     """A resume state (bkd.resume.load) and the file it was read from."""
 
     path: str
-    state: dict
+    state: dict[str, Any]
 
 
 class Step(NamedTuple):
@@ -102,8 +115,8 @@ class EpochResult:
     warmup: bool  # a warm-up pass (one-hot targets), else a robust one
     lr: float  # the learning rate it trained at
     mean_top_student: float  # mean over the training split of max_c pS (a float32 sum, as the original)
-    label_prob: dict  # "teacher", "student", "agreement": pT[y], pS[y], pA[y] of each training sample, (N,) tensors
-    losses: list  # [loss, naive, compensation], means over the epoch
+    label_prob: dict[str, torch.Tensor]  # "teacher", "student", "agreement": pT[y], pS[y], pA[y] per training sample
+    losses: list[float]  # [loss, naive, compensation], means over the epoch
 
 
 class StopFlag:
@@ -120,28 +133,31 @@ class StopFlag:
     GRACE_S = 30.0  # an iteration, a pass's start or a pending write takes less; a hung kernel or a compilation longer
     SECOND_S = 3.0
 
-    def __init__(self, describe=None, grace_s=GRACE_S):
-        self.signal = None
+    def __init__(self, describe: Callable[[], str] | None = None, grace_s: float = GRACE_S) -> None:
+        self.signal: int | None = None
         self.describe, self.grace_s = describe, grace_s
-        self._signals, self._signum, self._deadline = 0, None, None
+        self._signals, self._signum = 0, 0
+        self._deadline: float | None = None
 
-    def install(self):
+    def install(self) -> "StopFlag":
+        """Handle SIGINT and SIGTERM from now on (the main thread's handlers) and start the watchdog."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handler)
         self._start_watchdog()
         return self
 
-    def _handler(self, signum, frame):
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is not None:  # second signal: stop now
             raise KeyboardInterrupt
         self.signal = signum
 
-    def check(self, where):
+    def check(self, where: str) -> None:
+        """Raise Interrupted, naming `where` the run stopped, if a signal came."""
         if self.signal is not None:
             name = signal.Signals(self.signal).name
             raise Interrupted(f"{name} received during {where}")  # the caller says what the run directory holds
 
-    def _start_watchdog(self):
+    def _start_watchdog(self) -> None:
         read, write = os.pipe()
         os.set_blocking(write, False)
         try:
@@ -152,7 +168,7 @@ class StopFlag:
             return
         threading.Thread(target=self._watch, args=(read,), name="bkd-stop-watchdog", daemon=True).start()
 
-    def _watch(self, read):
+    def _watch(self, read: int) -> None:
         while True:
             ready = select.select(
                 [read], [], [], None if self._deadline is None else max(0.0, self._deadline - time.time())
@@ -167,7 +183,7 @@ class StopFlag:
             elif self._deadline is not None and time.time() >= self._deadline:
                 self._stop_now()
 
-    def _stop_now(self):
+    def _stop_now(self) -> None:
         name = signal.Signals(self._signum).name
         after = f"{self.grace_s:.0f} s after {name}" if self._signals == 1 else f"after a second {name}"
         message = (
@@ -183,20 +199,33 @@ class StopFlag:
 
 
 def fit(
-    job: "Job", outputs: Sequence["Output"] = (), resume: Optional["Saved"] = None, stop: Optional["StopFlag"] = None
+    job: Job, outputs: Sequence["Output"] = (), resume: Saved | None = None, stop: StopFlag | None = None
 ) -> MethodState:
     """Train teacher and student as `job` says, every epoch from the first (or the one after `resume`'s).
 
-    Args:
-        job: the run's values, data, device, computation and log (a Job).
-        outputs: what hears the run's events and writes its files (bkd.outputs.Output: RunFiles, Trace); default none.
-        resume: a Saved resume state (bkd.resume.load) to continue after its epoch; default None, a fresh run.
-        stop: a StopFlag the loop checks between iterations; default None, one that SIGINT/SIGTERM set.
+    Parameters
+    ----------
+    job : Job
+        The run's values, data, device, computation and log.
+    outputs : sequence of bkd.outputs.Output, default ()
+        What hears the run's events and writes its files (RunFiles, Trace). Every output hears `finish()` last,
+        however the run ends.
+    resume : Saved, optional
+        A resume state (bkd.resume.load) to continue after its epoch; None (the default) starts a fresh run.
+    stop : StopFlag, optional
+        What the loop checks between iterations; None (the default): one that SIGINT and SIGTERM set.
 
-    Returns:
-        The MethodState: the overfitting epoch, the split (split_result()), accuracies and histories.
+    Returns
+    -------
+    MethodState
+        The overfitting epoch, the split (`split_result()`), accuracies and histories.
 
-    Every output hears `finish()` last, however the run ends.
+    Raises
+    ------
+    bkd.utils.errors.OutOfMemory
+        The device ran out of memory (one line naming the batch sizes to lower).
+    bkd.utils.errors.Interrupted, bkd.utils.errors.DivergedError
+        A stop was asked for, or the loss was not finite.
     """
     try:
         # a compile cache that can be written, and the CUDA arithmetic, before the run's first CUDA operation
@@ -221,13 +250,16 @@ class Run:
     """Everything one run works with, built in the original's order: teacher, then student, one SGD over both, its
     StepLR, then the loaders; the method's state; the epoch in progress and what its training pass measured."""
 
-    def __init__(self, job, outputs=()):
+    def __init__(self, job: Job, outputs: Sequence["Output"] = ()) -> None:
         self.job, self.config, self.computation, self.log = job, job.config, job.computation, job.log
         self.outputs = tuple(outputs)
         self.state = MethodState()
-        self.epoch, self.last = 0, None  # the epoch in progress; its training pass (EpochResult)
-        self.sample_alpha = None  # per-sample alpha of the robust phase (None in warm-up)
-        self.snapshots = {}  # epoch -> weights the overfitting rule may still pick (the deferred full-set pass)
+        self.epoch = 0  # the epoch in progress
+        self.last: EpochResult  # its training pass (set by train())
+        self.sample_alpha: torch.Tensor | None = None  # per-sample alpha of the robust phase (None in warm-up)
+        self.snapshots: dict[
+            int, Weights
+        ] = {}  # epoch -> weights the overfitting rule may still pick (the deferred full-set pass)
         self.stop = StopFlag()
         c, log, device = job.config, job.log, job.device
         log(logfmt.BUILDING)
@@ -274,13 +306,13 @@ class Run:
         self.loaders = build_loaders(job)
 
     # --- the loop ---------------------------------------------------------------------------------------------------
-    def loop(self, resume=None, stop=None):
+    def loop(self, resume: Saved | None = None, stop: StopFlag | None = None) -> MethodState:
         """Every epoch from the first (or the one after `resume`'s) to the last; returns the MethodState."""
         start = self.restore(resume) if resume is not None else 0
         c, state, log = self.config, self.state, self.log
         self.tell("start", start)
         self.stop = stop or self.stop.install()
-        if not state.warmup:
+        if state.groups is not None:  # resumed in the robust phase
             self.sample_alpha = group_alphas(state.groups, c.alphas, self.job.device)
         for epoch in range(start, c.n_epoch):
             self.epoch, began = epoch, time.time()
@@ -309,22 +341,23 @@ class Run:
         return state
 
     @property
-    def at_last_epoch(self):
+    def at_last_epoch(self) -> bool:
+        """The epoch in progress is the run's last."""
         return self.epoch == self.config.n_epoch - 1
 
-    def tell(self, event, *args):
+    def tell(self, event: str, *args: Any) -> None:
         """Every output hears `event` (bkd.outputs.Output), in the order given (the run's files first)."""
         for output in self.outputs:
             getattr(output, event)(self, *args)
 
-    def train(self):
+    def train(self) -> EpochResult:
         """One pass over the training split in the original's order of work (docs/method.md, 'One iteration'):
         warm-up when there are no groups yet, else the robust phase with each sample's group alpha."""
         c, epoch, loader, nets = self.config, self.epoch, self.loaders["train"], self.nets
         nets.train()
         device, n = self.job.device, loader.num_samples
         probs = torch.zeros(3, n, device=device)  # pT[y], pS[y], pA[y] by sample index
-        sum_max_student = 0  # running float32 sum of max_c pS, as the original
+        sum_max_student: Any = 0  # running float32 sum of max_c pS, as the original (a tensor from the first batch)
         sums = torch.zeros(3, device=device)  # loss, naive, comp, weighted by batch size (our epoch summary)
         first_bad = torch.tensor(-1, device=device)
         last_iter = n // c.batch_size  # the original prints len(train set) // batch size as the last iteration
@@ -355,8 +388,7 @@ class Run:
                 _check_finite(first_bad, epoch)
                 printed = i
                 self.log(logfmt.iteration(epoch, c.n_epoch, i, last_iter, loss.item(), naive.item(), comp.item()))
-                if bar is not loader:
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                show(bar, loss=f"{loss.item():.4f}")
         _check_finite(first_bad, epoch)
         if printed != i:
             self.log(logfmt.iteration(epoch, c.n_epoch, i, last_iter, loss.item(), naive.item(), comp.item()))
@@ -369,7 +401,7 @@ class Run:
             (sums / n).tolist(),
         )
 
-    def after_warmup_epoch(self):
+    def after_warmup_epoch(self) -> None:
         """The overfitting rule on the student's confidence so far; at its peak, the split; else the full-set pass.
 
         The original runs the full-set pass in every warm-up epoch, in case the rule later picks that epoch
@@ -406,26 +438,30 @@ class Run:
             )
             self.split_dataset(epoch)
 
-    def calc_noise_probability(self, epoch, weights=None):
+    def calc_noise_probability(self, epoch: int, weights: "Weights | None" = None) -> None:
         """The full-set statistic of `epoch`: both networks in eval mode over every image of the run, with the training
         augmentation; with `weights` (a snapshot of that epoch) instead of the current ones, restored after."""
         self.stop.check(f"epoch {epoch}, full-set pass")
         current = self.weights() if weights is not None else None
         if weights is not None:
             self.load_weights(weights)
-        if self.computation.defer_full_pass:
-            self.loaders["full"].reseed(full_pass_seed(self.config.seed, epoch))  # that epoch's draws, whenever it runs
-        full = evaluate(self.nets, self.loaders["full"], description="full set", keep_probs=True)
+        loader = self.loaders["full"]
+        if self.computation.defer_full_pass:  # (the device loader's: its augmentation can be re-drawn)
+            assert isinstance(loader, DeviceLoader)
+            loader.reseed(full_pass_seed(self.config.seed, epoch))  # that epoch's draws, whenever it runs
+        full = evaluate(self.nets, loader, description="full set", keep_probs=True)
         if current is not None:
             self.load_weights(current)
+        assert full.probs is not None  # (keep_probs)
         self.state.add_full_stat(
             epoch, *(v.cpu().numpy() for v in (full.label_prob, full.agreed, full.agreed_prob, full.probs))
         )
 
-    def split_dataset(self, epoch):
+    def split_dataset(self, epoch: int) -> None:
         """Otsu split of `epoch`'s statistics: the training groups of the robust phase, and detection.npy."""
         state, log = self.state, self.log
         detected = state.split_at(epoch)
+        assert state.groups is not None and state.split is not None and state.full_split is not None  # (split_at's)
         self.sample_alpha = group_alphas(state.groups, self.config.alphas, self.job.device)
         for which, result in (("training split", state.split), ("full set", state.full_split)):
             if state.overfit_epoch is None:  # the fallback: not the original's split, so not its lines
@@ -459,7 +495,7 @@ class Run:
             log(logfmt.ours(ranking_line(state.ranking)))
         self.tell("split")
 
-    def validate_and_test(self):
+    def validate_and_test(self) -> None:
         """Noisy validation (a new best is a checkpoint) and clean test accuracy, at e % freq == 0 and the last
         epoch."""
         c, state, epoch, log, last = self.config, self.state, self.epoch, self.log, self.at_last_epoch
@@ -481,7 +517,7 @@ class Run:
                 state.best_test, state.best_test_epoch = acc, epoch
             log(logfmt.test(epoch, acc, state.best_test, state.best_test_epoch))
 
-    def end_of_training(self):
+    def end_of_training(self) -> None:
         """The last epoch's weights; the best-by-validation ones stay, where the original overwrote them (README,
         'Differences from the original'; the reference mode's end save is also the best checkpoint, as the
         original's)."""
@@ -493,18 +529,19 @@ class Run:
         self.log(logfmt.END_SAVE)
 
     # --- weights and the resume state -------------------------------------------------------------------------------
-    def weights(self):
+    def weights(self) -> "Weights":
         """A copy of both networks' weights (on their device)."""
         return {
             name: {k: v.detach().clone() for k, v in net.state_dict().items()}
             for name, net in (("teacher", self.teacher), ("student", self.student))
         }
 
-    def load_weights(self, weights):
+    def load_weights(self, weights: "Weights") -> None:
+        """Both networks' weights from a copy (weights(), or a resume state's)."""
         self.teacher.load_state_dict(weights["teacher"])
         self.student.load_state_dict(weights["student"])
 
-    def resume_state(self):
+    def resume_state(self) -> dict[str, Any]:
         """Everything needed to continue after the epoch just completed exactly (with the same data, flags and thread
         count), as a copy in host memory: CPU tensors only, which a CPU-only machine can read, and which the training
         goes on without."""
@@ -523,7 +560,7 @@ class Run:
             }
         )
 
-    def restore(self, saved):
+    def restore(self, saved: Saved) -> int:
         """Load a Saved resume state; returns the epoch to continue with. Another structure is one line (exit 3)."""
         device, state = self.job.device, saved.state
         try:
@@ -547,11 +584,12 @@ class Run:
             ) from None
 
 
-def build_loaders(job):
+def build_loaders(job: Job) -> dict[str, Loader]:
     """The full training set (detection, with the training augmentation), the training split, the noisy validation
     split and the clean test set, built in the original's order."""
     config, data, computation = job.config, job.data, job.computation
     info, x = data.info, data.images
+    assert x is not None  # (a run trains on images: only detection.py loads labels alone)
     base = LoaderSpec(
         computation.eval_batch_size,
         job.device,
@@ -563,9 +601,8 @@ def build_loaders(job):
     )
     augmented = replace(base, augment={"pad_mode": info["pad_mode"], "flip_first": info["flip_first"]})
     val = base
-    if (
-        data.name == "cifar100" and computation.legacy_cifar100_val_norm
-    ):  # the original's defect (README, 'Differences')
+    # the original's defect (README, 'Differences')
+    if data.name == "cifar100" and computation.legacy_cifar100_val_norm:
         val = replace(base, mean=DATASETS["cifar10"]["mean"], std=DATASETS["cifar10"]["std"])
     loaders = {"full": make_loader(x, data.labels, augmented)}
     if computation.loader == "torchvision" and len(data.train_pos) % config.batch_size == 1 and x.shape[1] < 16:
@@ -575,15 +612,16 @@ def build_loaders(job):
         )
     train = replace(augmented, batch_size=config.batch_size, shuffle=True, merge_single=True)
     loaders["train"] = make_loader(x[data.train_pos], data.labels[data.train_pos], train)
+    # --val_ratio 0: select on the training loader
     loaders["val"] = (
         make_loader(x[data.val_pos], data.labels[data.val_pos], val) if len(data.val_pos) else loaders["train"]
-    )  # --val_ratio 0: select on the training loader
-    if data.x_test is not None:
+    )
+    if data.x_test is not None and data.y_test is not None:
         loaders["test"] = make_loader(data.x_test, data.y_test, base)
     return loaders
 
 
-def _check_finite(first_bad, epoch):
+def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
     bad = int(first_bad)
     if bad >= 0:
         raise DivergedError(

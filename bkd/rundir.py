@@ -7,6 +7,8 @@ import errno
 import fcntl
 import os
 import shutil
+from collections.abc import Sequence
+from typing import IO, Any
 
 from bkd.utils.errors import DataError, RunDirError
 
@@ -41,7 +43,8 @@ INCOMPLETE = ".incomplete"  # a run that has not completed its first epoch: its 
 CURVES_PREFIX = "events.out.tfevents."  # TensorBoard's event files (bkd/curves.py writes them into the run directory)
 
 
-def run_dir_name(dataset, noise_type, seed, preset="default"):
+def run_dir_name(dataset: str, noise_type: str, seed: int, preset: str | None = "default") -> str:
+    """<dataset>_<noise_type>_seed_<seed>[_<preset>]: a run directory's name, as results/ and the launcher use it."""
     name = f"{dataset}_{noise_type}_seed_{seed}"
     return name if preset in (None, "default") else f"{name}_{preset}"
 
@@ -58,27 +61,30 @@ class RunDir:
     they are moved back (at once, or by the next command after a kill).
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         self.path = path
-        self._lock = None
+        self._lock: IO[str] | None = None
         self._created = False  # this process made the directory: a refusal before any file of the run removes it
-        self.notices = []  # `[bkd] ` lines for the log: what opening found and did
+        self.notices: list[str] = []  # `[bkd] ` lines for the log: what opening found and did
         self._replaced = False  # an earlier run waits in .previous/ until the new one completes an epoch
 
-    def file(self, name):
+    def file(self, name: str) -> str:
+        """The path of the run's file `name`."""
         return os.path.join(self.path, name)
 
-    def has(self, name):
+    def has(self, name: str) -> bool:
+        """The run directory holds `name`."""
         return os.path.exists(self.file(name))
 
-    def existing_artefacts(self, names=RUN_ARTEFACTS):
+    def existing_artefacts(self, names: Sequence[str] = RUN_ARTEFACTS) -> list[str]:
+        """Which of `names` the directory holds, in that order."""
         return [name for name in names if self.has(name)]
 
-    def curve_files(self):
+    def curve_files(self) -> list[str]:
         """The run's TensorBoard event files (bkd/curves.py)."""
         return sorted(name for name in os.listdir(self.path) if name.startswith(CURVES_PREFIX))
 
-    def replaced_files(self):
+    def replaced_files(self) -> list[str]:
         """What --overwrite moves aside: the run's files, its curves and the records about it, except the record of a
         launcher that is running this very training (it holds the pipeline lock)."""
         records = (
@@ -89,16 +95,18 @@ class RunDir:
         return self.existing_artefacts(RUN_ARTEFACTS + records) + self.curve_files()
 
     @property
-    def started(self):
+    def started(self) -> bool:
         """True once an epoch completed: the resume state exists."""
         return self.has(STATE)
 
     @property
-    def restartable(self):
+    def restartable(self) -> bool:
         """No completed epoch, and nothing but what an unfinished run of ours leaves behind."""
         return not self.started and (self.has(INCOMPLETE) or self.existing_artefacts() in ([], [SUBSET]))
 
-    def open(self, resume=False, overwrite=False, elsewhere="use another --seed/--results_dir"):
+    def open(
+        self, resume: bool = False, overwrite: bool = False, elsewhere: str = "use another --seed/--results_dir"
+    ) -> "RunDir":
         """Lock the directory for a training (creating it; a refusal leaves nothing created: see close). `elsewhere`:
         how the caller picks another directory (the command line's flags, or the API's run_dir)."""
         if resume and not os.path.isdir(self.path):
@@ -124,7 +132,7 @@ class RunDir:
             raise
         return self
 
-    def acquire(self, busy, shared=False):
+    def acquire(self, busy: str, shared: bool = False) -> None:
         """The directory's lock: exclusive for a training (which then clears what a killed one left), shared by the
         evaluations of a finished run, which may run together but never beside its training."""
         self._lock = open(self.file(".lock"), "a+")
@@ -148,7 +156,7 @@ class RunDir:
                 f"the run it replaced is back in {self.path}"
             )
 
-    def _check_for(self, resume, overwrite):
+    def _check_for(self, resume: bool, overwrite: bool) -> None:
         files = ", ".join(self.existing_artefacts())
         if resume and not self.started:
             if not self.restartable:
@@ -163,7 +171,7 @@ class RunDir:
                 "--overwrite to replace it, or another --results_dir"
             )
 
-    def start_fresh(self):
+    def start_fresh(self) -> None:
         """Make room for a new run, once it is ready to start: leftovers go, anything else goes aside (--overwrite)."""
         files = self.existing_artefacts()
         if self.restartable:
@@ -183,7 +191,7 @@ class RunDir:
         with open(self.file(INCOMPLETE), "w"):
             pass
 
-    def epoch_completed(self):
+    def epoch_completed(self) -> None:
         """The new run has a complete epoch on disk: no leftovers to mark, and no earlier run to keep for
         --overwrite."""
         if self.has(INCOMPLETE):
@@ -192,19 +200,18 @@ class RunDir:
             shutil.rmtree(self.file(PREVIOUS))
             self._replaced = False
 
-    def restore_previous(self):
+    def restore_previous(self) -> None:
         """Move the run kept in .previous/ back in place of a new run that completed no epoch."""
         previous = self.file(PREVIOUS)
-        for name in (
-            self.existing_artefacts() + self.curve_files() + [INCOMPLETE] * self.has(INCOMPLETE)
-        ):  # (records: below)
+        # (records: below)
+        for name in self.existing_artefacts() + self.curve_files() + [INCOMPLETE] * self.has(INCOMPLETE):
             os.remove(self.file(name))
         for name in os.listdir(previous):
             os.replace(os.path.join(previous, name), self.file(name))
         os.rmdir(previous)
         self._replaced = False
 
-    def describe(self):
+    def describe(self) -> str:
         """What the run directory holds now, and how to go on: for messages after a stop."""
         if self._replaced and not self.started:
             self.restore_previous()
@@ -219,7 +226,9 @@ class RunDir:
             return f"{self.path} {kept}: run the same command with --resume to continue"
         return f"no epoch was completed, so {self.path} holds no result: run the same command to start again"
 
-    def close(self):
+    def close(self) -> None:
+        """Release the lock (putting back an --overwritten run whose replacement completed no epoch); a directory this
+        process made and left empty goes."""
         if self._replaced and not self.started:
             self.restore_previous()
         if self._lock is not None:
@@ -229,14 +238,17 @@ class RunDir:
             self._lock = None
 
 
-def recorded_progress(metrics):
+def recorded_progress(metrics: dict[str, Any]) -> tuple[int | None, int | None]:
     """(epochs completed, n_epoch) as a run's metrics.json records them, each None where it is not a whole number (a
     file of an unfinished or a hand-edited run): the evaluations and the launcher read a run's progress by this."""
-    values = metrics.get("epochs_completed"), (metrics.get("config") or {}).get("n_epoch")
-    return tuple(v if isinstance(v, int) and not isinstance(v, bool) else None for v in values)
+
+    def whole(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    return whole(metrics.get("epochs_completed")), whole((metrics.get("config") or {}).get("n_epoch"))
 
 
-def lock_held(path):
+def lock_held(path: str) -> bool:
     """True if another process holds an flock on `path`."""
     if not os.path.exists(path):
         return False
@@ -251,7 +263,7 @@ def lock_held(path):
     return False
 
 
-def check_writable(folder, fix):
+def check_writable(folder: str, fix: str) -> None:
     """One line (exit 4) if a file cannot be created in `folder`, ending with how to `fix` it."""
     probe = os.path.join(folder, ".write_test")
     try:

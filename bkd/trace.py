@@ -10,6 +10,7 @@ import io
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,8 +21,12 @@ from bkd.utils.files import read_json_object, save_json
 from bkd.utils.hashing import array_sha256, file_sha256
 from bkd.utils.machine import machine_info
 
+if TYPE_CHECKING:
+    from bkd.data.datasets import DataSelection, RunData
+    from bkd.run import Run, Step
 
-def state_sha256(module):
+
+def state_sha256(module: torch.nn.Module) -> str:
     """One sha256 over the bytes of every state-dict value, in state-dict order (names not hashed)."""
     return array_sha256(*module.state_dict().values())
 
@@ -30,10 +35,10 @@ class Trace(Output):
     """Records a run's trace from its events (after the files: bkd.outputs); written atomically after every epoch, so a
     killed run keeps one, and a resumed run keeps what its completed epochs recorded."""
 
-    def __init__(self, path, flags, selection, data):
+    def __init__(self, path: str, flags: dict[str, Any], selection: "DataSelection", data: "RunData") -> None:
         """`flags`: the command line's values by name (recorded as parsed); `selection`: what picked `data`."""
         self.path, self.flags, self.selection, self.data = path, flags, selection, data
-        self.trace = {
+        self.trace: dict[str, Any] = {
             "config": {},
             "iterations": [],
             "epochs": [],
@@ -45,7 +50,7 @@ class Trace(Output):
         }
         self.epoch_began = time.time()
 
-    def start(self, run, start_epoch):
+    def start(self, run: "Run", start_epoch: int) -> None:
         if start_epoch == 0:
             init = (state_sha256(run.teacher), state_sha256(run.student))  # nothing has trained them yet
             self.trace["config"].update(run_config(self.flags, self.selection, self.data, init))
@@ -61,7 +66,7 @@ class Trace(Output):
                 self.trace[key] = [r for r in old[key] if r["epoch"] < start_epoch]
         self.epoch_began = time.time()
 
-    def iteration(self, run, step):
+    def iteration(self, run: "Run", step: "Step") -> None:
         self.trace["iterations"].append(
             {
                 "epoch": step.epoch,
@@ -77,7 +82,7 @@ class Trace(Output):
             }
         )
 
-    def save_models(self, run, kind, best):
+    def save_models(self, run: "Run", kind: str, best: bool) -> None:
         self.trace["checkpoints"].append(
             {
                 "kind": kind,
@@ -87,8 +92,9 @@ class Trace(Output):
             }
         )
 
-    def split(self, run):
-        state, epoch = run.state, run.state.split_epoch
+    def split(self, run: "Run") -> None:
+        state, epoch, detected = run.state, run.state.split_epoch, run.state.detected
+        assert epoch is not None and detected is not None  # (the split just made)
         found_at = run.epoch if state.overfit_epoch is not None else None
         stats = state.stats[epoch]
         self.trace["overfitting"] = {
@@ -100,21 +106,25 @@ class Trace(Output):
         if found_at is None:  # no peak: the last epoch was split (not in the original)
             self.trace["overfitting"]["fallback_split_epoch"] = epoch
         buffer = io.BytesIO()
-        np.save(buffer, state.detected)  # the bytes np.save writes to detection.npy
+        np.save(buffer, detected)  # the bytes np.save writes to detection.npy
         digest = hashlib.sha256(buffer.getvalue()).hexdigest()
         self.trace["detection_sha256"] = digest
         self.trace["detection"] = {
             "file_sha256": digest,
-            "array_sha256": array_sha256(state.detected),
-            "sum": int(state.detected.sum()),
-            "len": len(state.detected),
-            "dtype": str(state.detected.dtype),
+            "array_sha256": array_sha256(detected),
+            "sum": int(detected.sum()),
+            "len": len(detected),
+            "dtype": str(detected.dtype),
         }
 
-    def epoch_end(self, run):
+    def epoch_end(self, run: "Run") -> None:
         state, epoch, last = run.state, run.epoch, run.last
         warmup = last.warmup
-        row = {"epoch": epoch, "lr": last.lr, "mean_max_student_prob": last.mean_top_student if warmup else None}
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": last.lr,
+            "mean_max_student_prob": last.mean_top_student if warmup else None,
+        }
         if warmup and state.overfit_epoch is not None:  # found in this epoch: the last of the warm-up
             row["overfitting_epoch_found"] = state.overfit_epoch
         for key, which in (("val_acc", "val"), ("test_acc", "test")):
@@ -140,7 +150,9 @@ class Trace(Output):
         self.epoch_began = time.time()
 
 
-def run_config(flags, selection, data, init_hashes):
+def run_config(
+    flags: dict[str, Any], selection: "DataSelection", data: "RunData", init_hashes: tuple[str, str]
+) -> dict[str, Any]:
     """The trace's `config`: the run's flags and environment, and hashes of its data and initial weights."""
     from bkd.data.cifar import local_images
     from bkd.utils.files import portable
@@ -173,7 +185,8 @@ def run_config(flags, selection, data, init_hashes):
     }
 
 
-def _split_record(stat, split, groups):
+def _split_record(stat: np.ndarray, split: dict[str, float] | None, groups: np.ndarray | None) -> dict[str, Any]:
+    assert split is not None and groups is not None  # (the split just made)
     record = {
         "p_sha256": array_sha256(np.asarray(stat, dtype=np.float32)),
         "p_len": len(stat),

@@ -2,13 +2,14 @@
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bkd.data.npz import read_npz
 from bkd.utils.errors import DataError, UsageError
 
-DATASETS = {
+DATASETS: dict[str, dict[str, Any]] = {
     # name: classes, normalisation mean / std, padding of the random crop, flip before crop
     "cifar10": dict(
         num_classes=10,
@@ -30,11 +31,13 @@ DATASETS = {
 DATA_ROOT_ENV = "BKD_DATA_ROOT"
 
 
-def default_data_root():
+def default_data_root() -> str:
+    """--data_root's default: $BKD_DATA_ROOT, or ~/data."""
     return os.environ.get(DATA_ROOT_ENV, "~/data")
 
 
-def dataset_info(name):
+def dataset_info(name: str) -> dict[str, Any]:
+    """DATASETS[name], or one line naming the data sets there are."""
     if name not in DATASETS:
         raise UsageError(f"--dataset {name!r} is unknown; use one of {', '.join(DATASETS)}")
     return DATASETS[name]
@@ -55,11 +58,11 @@ class ImageSet:
     )
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return DATASETS[self.name]["num_classes"]
 
 
-def local_images(name, data_root):
+def local_images(name: str, data_root: str) -> str | None:
     """The prepared array file or torchvision folder of `name` under `data_root`, or None if neither is there."""
     data_root = os.path.expanduser(data_root)
     for path in (os.path.join(data_root, f"{name}.npz"), os.path.join(data_root, dataset_info(name)["folder"])):
@@ -68,7 +71,7 @@ def local_images(name, data_root):
     return None
 
 
-def load_images(name, data_root, download=True):
+def load_images(name: str, data_root: str, download: bool = True) -> ImageSet:
     """Load `<data_root>/<name>.npz` if present, else torchvision's dataset (downloading it if allowed)."""
     info = dataset_info(name)
     data_root = os.path.expanduser(data_root)
@@ -81,12 +84,12 @@ def load_images(name, data_root, download=True):
     return images
 
 
-def _load_npz(name, path):
-    arrays = read_npz(path, ("x_train", "y_train", "x_test", "y_test"), doc="docs/data.md")
-    return ImageSet(name, source=path, **arrays)
+def _load_npz(name: str, path: str) -> ImageSet:
+    a = read_npz(path, ("x_train", "y_train", "x_test", "y_test"), doc="docs/data.md")
+    return ImageSet(name, a["x_train"], a["y_train"], a["x_test"], a["y_test"], source=path)
 
 
-def _load_torchvision(name, data_root, download):
+def _load_torchvision(name: str, data_root: str, download: bool) -> ImageSet:
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -113,7 +116,7 @@ def _load_torchvision(name, data_root, download):
     )
 
 
-def _check(images, num_classes):
+def _check(images: ImageSet, num_classes: int) -> None:
     for split in ("train", "test"):
         x, y = getattr(images, f"x_{split}"), getattr(images, f"y_{split}")
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):

@@ -12,6 +12,7 @@ labels: detection ranks and flags the given ones.
 """
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,25 +26,27 @@ MIN_SIZE = 32  # smaller images are resized to this size by default: at 8x8 the 
 
 @dataclass
 class CustomData:
+    """Your images and their given labels, checked (no clean labels)."""
+
     x_train: np.ndarray
     y_train: np.ndarray
-    x_test: np.ndarray  # or None: no test set, no test accuracy
-    y_test: np.ndarray
-    classes: list
+    x_test: np.ndarray | None  # None: no test set, no test accuracy
+    y_test: np.ndarray | None
+    classes: list[str]
     ids: np.ndarray
     source: str
-    skipped: dict = None  # image folders: hidden files and folders skipped, {"files": n, "folders": m}
-    resized_from: int = None  # the images' own size, where it was below MIN_SIZE and they were resized to it
+    skipped: dict[str, int] | None = None  # image folders: hidden files and folders skipped, {"files": n, "folders": m}
+    resized_from: int | None = None  # the images' own size, where it was below MIN_SIZE and they were resized to it
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return len(self.classes)
 
     @property
-    def image_size(self):
+    def image_size(self) -> int:
         return self.x_train.shape[1]
 
-    def normalisation(self):
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of the training images in [0, 1], for Normalize."""
         pixels = self.x_train.reshape(-1, 3)
         mean = pixels.mean(axis=0, dtype=np.float64) / 255
@@ -51,7 +54,7 @@ class CustomData:
         return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
 
 
-def load_custom(path, image_size=32, keep_size=False):
+def load_custom(path: str, image_size: int = 32, keep_size: bool = False) -> CustomData:
     """The data at `path` (an .npz file or an image folder), checked, at `image_size` for a folder (at least MIN_SIZE
     unless `keep_size`) and at its own size for an .npz file (resized to MIN_SIZE if smaller, unless `keep_size`)."""
     if os.path.isdir(path):
@@ -66,7 +69,14 @@ def load_custom(path, image_size=32, keep_size=False):
     return _at_least_min_size(_check(data), keep_size)
 
 
-def from_arrays(images, labels, classes=None, ids=None, test=None, keep_size=False):
+def from_arrays(
+    images: np.ndarray | Sequence[np.ndarray],
+    labels: np.ndarray | Sequence[int],
+    classes: Sequence[str] | None = None,
+    ids: Sequence[str] | None = None,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+    keep_size: bool = False,
+) -> CustomData:
     """Your data as arrays (the Python API): checked as an .npz file's arrays would be. `test`: (x_test, y_test)."""
     shapes = sorted({np.shape(image) for image in images}, key=str) if isinstance(images, (list, tuple)) else []
     if len(shapes) > 1:
@@ -82,7 +92,7 @@ def from_arrays(images, labels, classes=None, ids=None, test=None, keep_size=Fal
     return _at_least_min_size(_check(_from_dict(arrays, "arrays")), keep_size)
 
 
-def _at_least_min_size(d, keep_size):
+def _at_least_min_size(d: CustomData, keep_size: bool) -> CustomData:
     """Images smaller than MIN_SIZE, resized to it (bilinear), unless `keep_size`."""
     size = d.image_size
     if keep_size or size >= MIN_SIZE:
@@ -94,17 +104,19 @@ def _at_least_min_size(d, keep_size):
     return d
 
 
-def _resize(images, size):
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
-    return np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR)) for img in images])
+    return np.stack(
+        [np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR)) for img in images]
+    )
 
 
-def _load_npz(path):
+def _load_npz(path: str) -> CustomData:
     return _from_dict(read_npz(path, ("x_train", "y_train"), ("x_test", "y_test", "classes", "ids")), path)
 
 
-def _from_dict(arrays, path):
+def _from_dict(arrays: dict[str, np.ndarray], path: str) -> CustomData:
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(
             f"{path}: x_test and y_test come together; it has only {'x_test' if 'x_test' in arrays else 'y_test'}"
@@ -112,8 +124,10 @@ def _from_dict(arrays, path):
     y = arrays["y_train"]
     if len(arrays["x_train"]) == 0 or y.size == 0:
         raise DataError(f"{path}: x_train is empty (no training images); docs/custom-data.md")
-    classes = arrays.get("classes")
-    if classes is None:
+    named = arrays.get("classes")
+    if named is not None:
+        classes = [str(c) for c in named]
+    else:
         top = int(y.max()) + 1 if np.issubdtype(y.dtype, np.integer) else 0
         if top > len(y):  # every class needs an image: more classes than images cannot be
             raise DataError(
@@ -124,21 +138,21 @@ def _from_dict(arrays, path):
     ids = arrays.get("ids")
     if ids is not None and ids.ndim != 1:
         raise DataError(f"{path}: ids must hold one identifier per image (1-D), got shape {ids.shape}")
-    x_test, y_test = arrays.get("x_test"), arrays.get("y_test")
-    if x_test is not None and len(x_test) == 0 and y_test.size == 0:
+    x_test, y_test = arrays.get("x_test"), arrays.get("y_test")  # both or neither (above)
+    if x_test is not None and y_test is not None and len(x_test) == 0 and y_test.size == 0:
         x_test = y_test = None  # an empty test set is no test set
     return CustomData(
         arrays["x_train"],
         y,
         x_test,
         y_test,
-        [str(c) for c in classes],
+        classes,
         np.arange(len(y)).astype(str) if ids is None else ids.astype(str),
         path,
     )
 
 
-def _load_folder(path, image_size):
+def _load_folder(path: str, image_size: int) -> CustomData:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     classes, hidden_folders = _class_folders(path)
@@ -156,11 +170,11 @@ def _load_folder(path, image_size):
     return CustomData(images, labels, None, None, classes, ids, path, skipped=skipped)
 
 
-def _hidden(name):
+def _hidden(name: str) -> bool:
     return name.startswith(".")  # .ipynb_checkpoints, macOS's ._name.png and .DS_Store, thumbnails: never data
 
 
-def _class_folders(path):
+def _class_folders(path: str) -> tuple[list[str], int]:
     """The class sub-folders, sorted (torchvision's order), without hidden ones; and how many hidden ones there were."""
     try:
         names = sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
@@ -169,7 +183,9 @@ def _class_folders(path):
     return [n for n in names if not _hidden(n)], sum(map(_hidden, names))
 
 
-def _image_files(path, classes, extensions):
+def _image_files(
+    path: str, classes: Sequence[str], extensions: tuple[str, ...]
+) -> tuple[list[tuple[str, int]], dict[str, int]]:
     """(file, class index) of every image under <path>/<class>/, in torchvision's order (sorted walk), and the hidden
     files and folders skipped on the way.
 
@@ -177,9 +193,12 @@ def _image_files(path, classes, extensions):
     folder, a link to another class's folder) is skipped, so no image is read twice.
     """
     class_roots = {os.path.realpath(os.path.join(path, name)) for name in classes}
-    samples, seen, skipped = [], set(), {"files": 0, "folders": 0}
+    samples: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    skipped = {"files": 0, "folders": 0}
     for index, name in enumerate(classes):
-        folders, own = [], os.path.realpath(os.path.join(path, name))
+        folders: list[tuple[str, list[str]]] = []
+        own = os.path.realpath(os.path.join(path, name))
         for root, dirs, files in os.walk(os.path.join(path, name), followlinks=True):
             real = os.path.realpath(root)
             if real in seen or (real in class_roots and real != own):
@@ -194,7 +213,7 @@ def _image_files(path, classes, extensions):
     return samples, skipped
 
 
-def _read_image(file, size):
+def _read_image(file: str, size: int) -> np.ndarray:
     """One image as (size, size, 3) uint8 RGB. 16-bit images are scaled from 0..65535, floating-point ones from 0..1 (or
     0..255 where they exceed 1): Pillow's conversion to RGB would clip the one to white and the other to black."""
     from PIL import Image, ImageOps
@@ -204,14 +223,14 @@ def _read_image(file, size):
             img = ImageOps.exif_transpose(opened)  # upright, as photo viewers show it (docs/custom-data.md)
             if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
                 img = Image.fromarray(_eight_bits(np.asarray(img), img.mode, file))
-            return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+            return np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
     except DataError:
         raise
     except Exception as err:
         raise DataError(f"{file}: unreadable image ({first_line(err)}); remove or replace it") from None
 
 
-def _eight_bits(values, mode, file):
+def _eight_bits(values: np.ndarray, mode: str, file: str) -> np.ndarray:
     values = values.astype(np.float64)
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if not np.isfinite(values).all():
@@ -230,7 +249,7 @@ def _eight_bits(values, mode, file):
     return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
 
 
-def _check(d):
+def _check(d: CustomData) -> CustomData:
     src = d.source
     x, y = d.x_train, d.y_train
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
@@ -262,7 +281,7 @@ def _check(d):
         raise DataError(f"{src}: class {empty} ({d.classes[empty]!r}) has no training image; drop it or add images")
     if len(d.ids) != len(y):
         raise DataError(f"{src}: ids has {len(d.ids)} entries for {len(y)} training images")
-    if d.x_test is not None:
+    if d.x_test is not None and d.y_test is not None:  # (both or neither: _from_dict)
         if d.x_test.dtype != np.uint8 or d.x_test.shape[1:] != x.shape[1:]:
             raise DataError(
                 f"{src}: x_test must be uint8 {x.shape[1:]} like x_train, got {d.x_test.dtype} {d.x_test.shape}"

@@ -10,6 +10,7 @@ need to know (classes, normalisation, padding, image size), with the original's 
 
 import os
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,7 +23,20 @@ from bkd.utils.errors import DataError
 from bkd.utils.files import portable
 from bkd.utils.hashing import array_sha256
 
+
+class ImageChoice(Protocol):
+    """What input_dataset reads of a run's values (bkd.config.TrainConfig, the layer above, has them)."""
+
+    @property
+    def subset(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def val_ratio(self) -> float: ...
+
+
 CUSTOM = "custom"  # --dataset custom: your own labelled images
+_NOT_CHOSEN = np.zeros(0, dtype=np.int64)  # a RunData's images of the run, until `use` chooses them
 
 
 @dataclass(frozen=True)
@@ -32,23 +46,24 @@ class DataSelection:
     dataset: str = "cifar10"  # cifar10, cifar100 or custom
     noise_type: str = "clean"  # the CIFAR-N label set (data/labels.py: NOISE_TYPES); CIFAR only
     data_root: str = "~/data"  # the CIFAR images: <data_root>/<dataset>.npz or torchvision's folders
-    noise_path: str = None  # the CIFAR-N label file (None: ./data/<file>, downloaded if missing)
+    noise_path: str | None = None  # the CIFAR-N label file (None: ./data/<file>, downloaded if missing)
     download: bool = True  # images and label files may be downloaded
-    data_file: str = None  # custom: an .npz file or an image folder (None: <data_root>/custom.npz)
+    data_file: str | None = None  # custom: an .npz file or an image folder (None: <data_root>/custom.npz)
     image_size: int = 32  # custom image folder: images are resized to this size
     keep_image_size: bool = False  # custom: images smaller than 32 pixels are trained at their size
-    arrays: CustomData = field(default=None, compare=False, repr=False)  # custom data given as arrays (the Python API)
+    # custom data given as arrays (the Python API)
+    arrays: CustomData | None = field(default=None, compare=False, repr=False)
 
     @property
-    def custom(self):
+    def custom(self) -> bool:
         return self.dataset == CUSTOM
 
     @property
-    def custom_file(self):
+    def custom_file(self) -> str:
         """--data_file, or <data_root>/custom.npz."""
         return os.path.expanduser(self.data_file or os.path.join(self.data_root, DEFAULT_FILE))
 
-    def identity(self):
+    def identity(self) -> dict[str, Any]:
         """What of the selection a resumed run (bkd.resume) and a relaunched grid must find again, besides the data's
         fingerprint. Custom data has no label set, and only an image folder is resized to image_size (None: does not
         apply)."""
@@ -73,25 +88,28 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 @dataclass
 class RunData:
-    name: str  # cifar10, cifar100 or custom
-    x_train: np.ndarray  # every training image of the source (N, S, S, 3) uint8
-    given: np.ndarray  # the label each source training image is trained with (the "noisy" label)
-    clean: np.ndarray  # the clean label per source training image, or None (custom data)
-    x_test: np.ndarray  # or None
-    y_test: np.ndarray
-    info: dict  # num_classes, mean, std, pad_mode, flip_first
-    classes: list  # class names
-    ids: np.ndarray  # an identifier per source training image
-    subset: np.ndarray = None  # indices of the images this run uses
-    train_pos: np.ndarray = None  # positions (in the subset) used for training
-    val_pos: np.ndarray = None  # positions used for noisy validation
-    banner: list = field(default_factory=list)  # the original's start-up lines about the data (or ours for custom)
-    label_path: str = None  # the CIFAR-N label file
-    images: np.ndarray = None  # the images of the run (the subset, or all; source order): the "full set" of detection
-    labels: np.ndarray = None  # the given label of each image of the run (subset order)
-    truly_noisy: np.ndarray = None  # per image of the run: given label != clean label; None without clean labels
+    """A run's data: its source (training images and labels, test set, what the networks need to know) and, once
+    `use` chose them, the run's images, labels and validation split."""
 
-    def use(self, subset, train_pos, val_pos):
+    name: str  # cifar10, cifar100 or custom
+    x_train: np.ndarray | None  # every training image of the source (N, S, S, 3) uint8; None: loaded without images
+    given: np.ndarray  # the label each source training image is trained with (the "noisy" label)
+    clean: np.ndarray | None  # the clean label per source training image; None without clean labels (custom data)
+    x_test: np.ndarray | None  # None: no test set
+    y_test: np.ndarray | None
+    info: dict[str, Any]  # num_classes, mean, std, pad_mode, flip_first
+    classes: list[str]  # class names
+    ids: np.ndarray  # an identifier per source training image
+    subset: np.ndarray = field(default_factory=lambda: _NOT_CHOSEN)  # indices of the images this run uses
+    train_pos: np.ndarray = field(default_factory=lambda: _NOT_CHOSEN)  # positions (in the subset) used for training
+    val_pos: np.ndarray = field(default_factory=lambda: _NOT_CHOSEN)  # positions used for noisy validation
+    banner: list[str] = field(default_factory=list)  # the original's start-up lines about the data (ours for custom)
+    label_path: str | None = None  # the CIFAR-N label file
+    images: np.ndarray | None = None  # the images of the run (the subset, or all; source order): detection's full set
+    labels: np.ndarray = field(default_factory=lambda: _NOT_CHOSEN)  # the given label of each image of the run
+    truly_noisy: np.ndarray | None = None  # per image of the run: given label != clean label; None without clean labels
+
+    def use(self, subset: np.ndarray, train_pos: np.ndarray, val_pos: np.ndarray) -> None:
         """The run's images: `subset` of the source (indices), split into training and validation positions. The
         run's images, labels and noise mask are taken once, here."""
         self.subset, self.train_pos, self.val_pos = subset, train_pos, val_pos
@@ -99,7 +117,7 @@ class RunData:
         self.labels = self.given[subset]
         self.truly_noisy = None if self.clean is None else self.labels != self.clean[subset]
 
-    def fingerprint(self):
+    def fingerprint(self) -> dict[str, Any]:
         """What a resumed run (and an evaluation) must find again: the images and labels it trains on, its subset,
         split and test set. Loaded without images (detection.py), it has no `images` and `test`."""
         found = {
@@ -114,11 +132,14 @@ class RunData:
         return found
 
 
-def cifar_classes(dataset):
+def cifar_classes(dataset: str) -> list[str]:
+    """CIFAR-10's class names; CIFAR-100's class numbers."""
     return CIFAR10_CLASSES if dataset == "cifar10" else [str(c) for c in range(DATASETS[dataset]["num_classes"])]
 
 
-def input_dataset(selection, config, subset=None, with_images=True):
+def input_dataset(
+    selection: DataSelection, config: ImageChoice, subset: np.ndarray | None = None, with_images: bool = True
+) -> RunData:
     """The run's data: `selection`'s source, the stratified subset of config.subset images (or `subset`, indices: a
     run's saved train_subset.npy) drawn with config.seed, and the noisy validation split of config.val_ratio.
     Without images (detection.py): labels only, CIFAR only."""
@@ -132,7 +153,7 @@ def input_dataset(selection, config, subset=None, with_images=True):
     return choose_images(data, config.subset, config.seed, config.val_ratio, subset)
 
 
-def custom_source(custom):
+def custom_source(custom: CustomData) -> RunData:
     """Your own data (a checked data.custom.CustomData) as a RunData: classes and normalisation from the data."""
     mean, std = custom.normalisation()
     info = dict(num_classes=custom.num_classes, mean=mean, std=std, pad_mode="reflect", flip_first=True)
@@ -153,7 +174,7 @@ def custom_source(custom):
         logfmt.ours(
             f"custom data {source}: {len(custom.y_train)} training images {size} of {custom.num_classes} "
             f"classes ({counts}), "
-            + (f"{len(custom.y_test)} test images" if custom.x_test is not None else "no test set: no test accuracy")
+            + (f"{len(custom.y_test)} test images" if custom.y_test is not None else "no test set: no test accuracy")
             + hidden
         )
     ]
@@ -188,7 +209,7 @@ def custom_source(custom):
     )
 
 
-def cifar_source(selection, with_images=True):
+def cifar_source(selection: DataSelection, with_images: bool = True) -> RunData:
     """A CIFAR image set with a CIFAR-N label set, as a RunData (without images: labels only)."""
     name = selection.dataset
     images = load_images(name, selection.data_root, download=selection.download) if with_images else None
@@ -219,7 +240,9 @@ def cifar_source(selection, with_images=True):
     )
 
 
-def choose_images(data, subset_size, seed, val_ratio, subset=None):
+def choose_images(
+    data: RunData, subset_size: int, seed: int, val_ratio: float, subset: np.ndarray | None = None
+) -> RunData:
     """The run's images: the stratified subset (or `subset`, or all) and the noisy validation split."""
     if subset is None:
         # stratified by the official (CIFAR) or given (custom) labels, so every label set of a seed uses the same images
@@ -233,7 +256,7 @@ def choose_images(data, subset_size, seed, val_ratio, subset=None):
     return data
 
 
-def _check_subset(subset, num_images):
+def _check_subset(subset: np.ndarray, num_images: int) -> None:
     if subset.min() < 0 or subset.max() >= num_images or len(np.unique(subset)) != len(subset):
         raise DataError(
             f"the run's saved subset: indices outside 0..{num_images - 1} or repeated: it does not belong to this data "

@@ -6,6 +6,7 @@ import pickle
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -25,14 +26,8 @@ NOISE_TYPES = {
     "noisy100": ("cifar100", "noisy_label"),
 }
 LABEL_FILES = {
-    "cifar10": (
-        "CIFAR-10_human.pt",
-        "873e69c39cb9b5e97fb6bae2d60bb59b38a5cbc31d2b868f7903dcb2b9dd2310",
-    ),
-    "cifar100": (
-        "CIFAR-100_human.pt",
-        "bd2d80409754d420292d622e15e25248ba21e37d27429efac49c8da723f44394",
-    ),
+    "cifar10": ("CIFAR-10_human.pt", "873e69c39cb9b5e97fb6bae2d60bb59b38a5cbc31d2b868f7903dcb2b9dd2310"),
+    "cifar100": ("CIFAR-100_human.pt", "bd2d80409754d420292d622e15e25248ba21e37d27429efac49c8da723f44394"),
 }
 URL_BASE = "https://raw.githubusercontent.com/UCSC-REAL/cifar-10-100n/main/data/"
 DEFAULT_DIR = "./data"
@@ -47,7 +42,8 @@ _ALLOWED_GLOBALS = {
 }
 
 
-def check_noise_type(dataset, noise_type):
+def check_noise_type(dataset: str, noise_type: str) -> None:
+    """One line (exit 2) where `noise_type` is no CIFAR-N label set of `dataset`."""
     if noise_type not in NOISE_TYPES:
         raise UsageError(f"--noise_type {noise_type!r} is unknown; use one of {', '.join(NOISE_TYPES)}")
     owner = NOISE_TYPES[noise_type][0]
@@ -59,16 +55,16 @@ def check_noise_type(dataset, noise_type):
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays are allowed)")
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: object) -> NoReturn:
         raise pickle.UnpicklingError("holds torch tensors; a CIFAR-N file holds numpy arrays")
 
 
-def safe_load(path):
+def safe_load(path: str) -> dict[str, Any]:
     """Read a CIFAR-N .pt file (torch's zip format holding a pickled dict of numpy arrays).
 
     Only numpy array reconstruction is allowed, so no code from the file runs.
@@ -94,11 +90,12 @@ def safe_load(path):
     return obj
 
 
-def default_label_path(dataset):
+def default_label_path(dataset: str) -> str:
+    """./data/<the data set's CIFAR-N file>, as the original."""
     return os.path.join(DEFAULT_DIR, LABEL_FILES[dataset][0])
 
 
-def download_label_file(dataset, path):
+def download_label_file(dataset: str, path: str) -> None:
     """Download the official CIFAR-N file to `path`, verifying its sha256 before it lands."""
     filename, expected = LABEL_FILES[dataset]
     url = URL_BASE + filename
@@ -124,7 +121,8 @@ def download_label_file(dataset, path):
             os.remove(tmp)
 
 
-def resolve_label_path(dataset, noise_path, download=True):
+def resolve_label_path(dataset: str, noise_path: str | None, download: bool = True) -> str:
+    """--noise_path, or the default path (downloaded there where missing and allowed)."""
     if noise_path:
         if not os.path.exists(noise_path):
             raise DataError(f"--noise_path {noise_path}: no such file")
@@ -139,7 +137,7 @@ def resolve_label_path(dataset, noise_path, download=True):
     return path
 
 
-def validate_label_sets(raw, path, num_images, num_classes):
+def validate_label_sets(raw: dict[str, Any], path: str, num_images: int, num_classes: int) -> dict[str, np.ndarray]:
     """The integer label sets of a loaded CIFAR-N dict, checked: one label per training image, in range."""
     if "clean_label" not in raw:
         raise DataError(f"{path}: no 'clean_label' entry (keys: {', '.join(map(str, raw))}); is it a CIFAR-N file?")
@@ -166,13 +164,17 @@ class LabelFile:
     key: str  # the label set's key in the file, e.g. worse_label
 
 
-def load_noisy_labels(dataset, noise_type, noise_path, image_labels=None, download=True):
+def load_noisy_labels(
+    dataset: str, noise_type: str, noise_path: str | None, image_labels: np.ndarray | None = None, download: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(noisy, clean) label arrays for `noise_type`; see load_label_file."""
     labels = load_label_file(dataset, noise_type, noise_path, image_labels, download)
     return labels.noisy, labels.clean
 
 
-def load_label_file(dataset, noise_type, noise_path, image_labels=None, download=True):
+def load_label_file(
+    dataset: str, noise_type: str, noise_path: str | None, image_labels: np.ndarray | None = None, download: bool = True
+) -> LabelFile:
     """The label set `noise_type` of a CIFAR-N file, checked.
 
     With `image_labels` (the image set's official training labels) the file must

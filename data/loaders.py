@@ -11,7 +11,9 @@ padding, CIFAR-100 crops with zero padding then flips). `index` is the position
 of the image within the split, which addresses per-sample statistics.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,16 +22,29 @@ import torch.nn.functional as F
 PAD = 4
 CROP = 32
 
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # normalised images, labels, indices within the split
+
+
+class Loader(Protocol):
+    """What the run and the evaluation read of an input pipeline (DeviceLoader, TorchvisionLoader)."""
+
+    @property
+    def num_samples(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Batch]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
 
 @dataclass(frozen=True)
 class LoaderSpec:
     """How a loader turns images into batches of (normalised images, labels, indices) on a device."""
 
     batch_size: int
-    device: object  # torch.device or its name: where the batches go (the device loader keeps its images there)
-    mean: tuple  # per-channel normalisation, as torchvision's Normalize
-    std: tuple
-    augment: dict = None  # the training augmentation, {"pad_mode": ..., "flip_first": ...}; None: none
+    device: torch.device | str  # where the batches go (the device loader keeps its images there)
+    mean: tuple[float, ...]  # per-channel normalisation, as torchvision's Normalize
+    std: tuple[float, ...]
+    augment: dict[str, Any] | None = None  # the training augmentation, {"pad_mode": ..., "flip_first": ...}
     shuffle: bool = False
     merge_single: bool = False  # device loader: a last batch of one image joins the batch before it
     seed: int = 0  # device loader: the seed of its generator
@@ -37,14 +52,16 @@ class LoaderSpec:
     kind: str = "device"  # "device" (DeviceLoader) or "torchvision" (TorchvisionLoader)
 
 
-def pad_images(x, pad_mode):
+def pad_images(x: torch.Tensor, pad_mode: str) -> torch.Tensor:
     """Pad a uint8 batch (N, C, H, W) by 4 pixels on each side ('reflect' or 'constant' = zeros)."""
     if pad_mode == "constant":
         return F.pad(x, (PAD, PAD, PAD, PAD))
     return F.pad(x.float(), (PAD, PAD, PAD, PAD), mode="reflect").to(x.dtype)
 
 
-def crop_flip(padded, flip, offset_y, offset_x, flip_first):
+def crop_flip(
+    padded: torch.Tensor, flip: torch.Tensor, offset_y: torch.Tensor, offset_x: torch.Tensor, flip_first: bool
+) -> torch.Tensor:
     """Random horizontal flip and SxS crop of padded images (B, C, S+8, S+8), as two gathers (rows, columns).
 
     `flip` (B,) bool, `offset_y`/`offset_x` (B,) ints in 0..8: the top/left corner of
@@ -63,15 +80,10 @@ def crop_flip(padded, flip, offset_y, offset_x, flip_first):
     return out.gather(3, cols[:, None, None, :].expand(batch, channels, size, size))
 
 
-def augment_batch(x, flip, offset_y, offset_x, pad_mode, flip_first):
-    """Flip and padded random crop of an unpadded batch (B, C, 32, 32), in the dataset's order."""
-    return crop_flip(pad_images(x, pad_mode), flip, offset_y, offset_x, flip_first)
-
-
 class DeviceLoader:
     """Device-resident split: uint8 NHWC numpy images -> normalised float batches on `spec.device`."""
 
-    def __init__(self, images, labels, spec):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, spec: LoaderSpec) -> None:
         self.device = torch.device(spec.device)
         # A last batch of one image goes with the batch before it: BatchNorm cannot train on one image
         # when the last stage's maps are 1x1 (8x8 inputs), and a lone image makes a noisy step anyway.
@@ -91,20 +103,20 @@ class DeviceLoader:
         self.generator.manual_seed(spec.seed)
 
     @property
-    def num_samples(self):
+    def num_samples(self) -> int:
         return len(self.labels)
 
-    def _bounds(self):
+    def _bounds(self) -> list[tuple[int, int]]:
         n, b = self.num_samples, self.batch_size
         starts = list(range(0, n, b))
         if self.merge_single and len(starts) > 1 and n - starts[-1] == 1:
             starts.pop()
         return list(zip(starts, starts[1:] + [n], strict=True))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._bounds())
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Batch]:
         n, g, dev = self.num_samples, self.generator, self.device
         order = torch.randperm(n, generator=g, device=dev) if self.shuffle else torch.arange(n, device=dev)
         for start, stop in self._bounds():
@@ -118,18 +130,21 @@ class DeviceLoader:
                 x = crop_flip(x, flip, oy, ox, self.augment["flip_first"])
             yield torch.addcmul(self.shift, x.float(), self.scale), self.labels[idx], idx
 
-    def reseed(self, seed):
+    def reseed(self, seed: int) -> None:
         """Draw the next pass's augmentation from `seed`: the same draws whenever that pass runs."""
         self.generator.manual_seed(seed)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
+        """Its generator's state (resume)."""
         return {"generator": self.generator.get_state()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
 
 
-def torchvision_transform(mean, std, augment=None, size=CROP):
+def torchvision_transform(
+    mean: tuple[float, ...], std: tuple[float, ...], augment: dict[str, Any] | None = None, size: int = CROP
+) -> Any:
     """The original's per-image transform (PIL -> tensor)."""
     from torchvision import transforms
 
@@ -145,13 +160,13 @@ def torchvision_transform(mean, std, augment=None, size=CROP):
 class IndexedImages(torch.utils.data.Dataset):
     """Map-style dataset of uint8 HWC images returning (transform(PIL image), label, index)."""
 
-    def __init__(self, images, labels, transform):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Any) -> None:
         self.images, self.labels, self.transform = images, np.asarray(labels), transform
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         from PIL import Image
 
         return self.transform(Image.fromarray(self.images[index])), int(self.labels[index]), index
@@ -160,7 +175,7 @@ class IndexedImages(torch.utils.data.Dataset):
 class TorchvisionLoader:
     """The original-style pipeline: PIL transforms in `spec.num_workers` DataLoader processes."""
 
-    def __init__(self, images, labels, spec):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, spec: LoaderSpec) -> None:
         self.device = torch.device(spec.device)
         dataset = IndexedImages(
             images, labels, torchvision_transform(spec.mean, spec.std, spec.augment, size=images.shape[1])
@@ -175,10 +190,10 @@ class TorchvisionLoader:
         self.num_samples = len(dataset)
         self.batch_size = spec.batch_size
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Batch]:
         for x, y, idx in self.loader:
             yield (
                 x.to(self.device, non_blocking=True),
@@ -186,14 +201,14 @@ class TorchvisionLoader:
                 idx.to(self.device, non_blocking=True),
             )
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {}  # its randomness comes from torch's global generator, saved with the run
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
 
-def make_loader(images, labels, spec):
+def make_loader(images: np.ndarray, labels: np.ndarray, spec: LoaderSpec) -> Loader:
     """The loader `spec.kind` of (images, labels): DeviceLoader or TorchvisionLoader."""
     if spec.kind == "device":
         return DeviceLoader(images, labels, spec)

@@ -1,5 +1,7 @@
 """Reading a prepared array file (.npz) safely: plain arrays only, and one line saying what else the file is."""
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from bkd.utils.errors import DataError, first_line
@@ -7,7 +9,9 @@ from bkd.utils.errors import DataError, first_line
 ZIP, NPY = b"PK\x03\x04", b"\x93NUMPY"
 
 
-def read_npz(path, required, optional=(), doc="docs/custom-data.md"):
+def read_npz(
+    path: str, required: Sequence[str], optional: Sequence[str] = (), doc: str = "docs/custom-data.md"
+) -> dict[str, np.ndarray]:
     """{name: array} of the `required` arrays (all) and the `optional` ones (where present) of the .npz file at `path`.
     Never unpickles: an object array, a single .npy array or a file of another kind is named in one line (exit 3)."""
     with open(path, "rb") as fh:
@@ -36,7 +40,7 @@ def read_npz(path, required, optional=(), doc="docs/custom-data.md"):
         raise DataError(f"{path}: not a readable .npz array file ({first_line(err)}); {doc}") from None
 
 
-def _array(archive, key, path, doc):
+def _array(archive: np.lib.npyio.NpzFile, key: str, path: str, doc: str) -> np.ndarray:
     try:
         return archive[key]
     except ValueError:  # numpy refuses an object array without pickle (and we never load one with it)

@@ -1,11 +1,12 @@
 """Which training images a run uses: the optional stratified subset, and the noisy validation split."""
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from bkd.utils.errors import UsageError
 
 
-def stratified_subset(labels, size, seed):
+def stratified_subset(labels: ArrayLike, size: int, seed: int) -> np.ndarray:
     """`size` indices (sorted, original order) with the classes of `labels` in proportion, seeded.
 
     Used by small-scale runs; the per-class counts are floor(size * share) plus
@@ -24,7 +25,7 @@ def stratified_subset(labels, size, seed):
     return np.sort(np.concatenate(chosen))
 
 
-def train_val_split(num_images, val_ratio, seed):
+def train_val_split(num_images: int, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Noisy validation split, as the original draws it: a permutation right after seeding numpy with `seed`; the
     first int(val_ratio * N) positions (`val_ratio` in [0, 1), checked with the flags: bkd.config) are validation,
     the rest training."""

@@ -17,16 +17,18 @@ a second writer on a running one. `run.sh` calls `python -m launch run`.
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 
 from bkd.utils.errors import EXIT_USAGE, UsageError
 from flags import Parser  # one-line errors (exit 2), for the launcher and each of its commands
-from launch.grid import GRIDS, make_grid
+from launch.grid import GRIDS, Run, make_grid
 from launch.local import print_status, report, run_local, slots
 
 RUN_SELECTORS = ("--dataset", "--noise_type", "--seed", "--results_dir", "--run_dir", "--preset")
 
 
-def grid_parser(p):
+def grid_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags that pick a grid's runs, on `p`."""
     p.add_argument(
         "--grid", choices=sorted(GRIDS), default="original", help="which runs (default: the authors' run.sh)"
     )
@@ -38,7 +40,7 @@ def grid_parser(p):
     return p
 
 
-def build_parser():
+def build_parser() -> Parser:
     p = Parser(
         prog="python -m launch",
         description=__doc__,
@@ -89,12 +91,13 @@ def build_parser():
     return p
 
 
-def split_flags(extra):
+def split_flags(extra: Sequence[str]) -> tuple[list[str], list[str]]:
     """Extra flags -> (training flags, the subset learning.py and detection.py accept)."""
     from flags import base_parser
 
     accepted = base_parser("").option_names
-    evaluation, keep = [], False
+    evaluation: list[str] = []
+    keep = False
     for token in extra:
         if token.startswith("--"):
             keep = token.split("=", 1)[0] in accepted
@@ -103,7 +106,7 @@ def split_flags(extra):
     return list(extra), evaluation
 
 
-def check_training_flags(runs, train_flags):
+def check_training_flags(runs: Sequence[Run], train_flags: Sequence[str]) -> None:
     """The flags passed on to training, checked as training checks them, before anything is created: one line,
     exit 2."""
     from bkd.config import check_config
@@ -116,13 +119,14 @@ def check_training_flags(runs, train_flags):
             raise UsageError("--resume: the launcher resumes every unfinished run itself; drop it")
 
 
-def runs_of(args):
+def runs_of(args: argparse.Namespace) -> list[Run]:
+    """The runs the flags pick."""
     return make_grid(
         args.grid, args.seeds, args.noise_types, args.dataset, args.results_dir, "quick" if args.quick else "default"
     )
 
 
-def check_grid_args(args):
+def check_grid_args(args: argparse.Namespace) -> str | None:
     """One line naming the bad value, or None."""
     from bkd.data.cifar import DATASETS
     from bkd.data.labels import NOISE_TYPES, check_noise_type
@@ -150,7 +154,8 @@ def check_grid_args(args):
     return None
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m launch run | status | summary; returns the exit code."""
     args, extra = build_parser().parse_known_args(argv)
     if extra and args.command != "run":
         print(f"error: unknown flags {' '.join(extra)} (see python -m launch {args.command} --help)", file=sys.stderr)
@@ -218,7 +223,8 @@ def main(argv=None):
     return report(runs, outcomes)
 
 
-def grid_args(args):
+def grid_args(args: argparse.Namespace) -> list[str]:
+    """The flags that pick the same grid again (for the line saying how to follow it)."""
     out = ["--grid", args.grid, "--results_dir", args.results_dir]
     if args.seeds is not None:
         out += ["--seeds", *map(str, args.seeds)]

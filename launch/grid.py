@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bkd import rundir as rd
 from bkd.data.labels import NOISE_TYPES
@@ -29,7 +31,7 @@ STEPS = (  # name, script, log file, open mode
 )
 RECORD = "launch.json"  # the launcher's notes on a run: last failure, SLURM job id, step times
 PIPELINE_LOCK = rd.PIPELINE_LOCK
-GRIDS = {
+GRIDS: dict[str, tuple[tuple[int, ...], tuple[tuple[str, str], ...]]] = {
     # the authors' run.sh: one seed, CIFAR-10N aggre, worst, rand1
     "original": ((0,), (("cifar10", "aggre"), ("cifar10", "worst"), ("cifar10", "rand1"))),
     # the challenge's scoring: 5 seeds per label set
@@ -43,6 +45,8 @@ INTERRUPTED = 130
 
 @dataclass(frozen=True)
 class Run:
+    """One run of a grid: what selects it in all three scripts, and its run directory."""
+
     dataset: str
     noise_type: str
     seed: int
@@ -50,17 +54,17 @@ class Run:
     preset: str = "default"
 
     @property
-    def name(self):
+    def name(self) -> str:
         return rd.run_dir_name(self.dataset, self.noise_type, self.seed, self.preset)
 
     @property
-    def path(self):
+    def path(self) -> str:
         return os.path.join(self.results_dir, self.name)
 
-    def file(self, name):
+    def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
-    def flags(self):
+    def flags(self) -> list[str]:
         """The flags that select this run in all three scripts."""
         return [
             "--dataset",
@@ -76,21 +80,28 @@ class Run:
         ]
 
 
-def make_grid(grid="original", seeds=None, noise_types=None, dataset=None, results_dir="results", preset="default"):
+def make_grid(
+    grid: str = "original",
+    seeds: Sequence[int] | None = None,
+    noise_types: Sequence[str] | None = None,
+    dataset: str | None = None,
+    results_dir: str = "results",
+    preset: str = "default",
+) -> list[Run]:
     """The runs of a grid: its seeds and label sets, or the ones given (a label set's dataset unless `dataset`)."""
-    grid_seeds, pairs = GRIDS[grid]
+    grid_seeds, grid_pairs = GRIDS[grid]
+    pairs = list(grid_pairs)
     if noise_types:
         pairs = [(dataset or NOISE_TYPES.get(nt, ("cifar10",))[0], nt) for nt in noise_types]
     elif dataset:
         pairs = [(d, nt) for d, nt in pairs if d == dataset]
-    seeds = list(
-        dict.fromkeys(int(s) for s in (seeds if seeds is not None else grid_seeds))
-    )  # each once (`--seeds 0 0`)
+    # each once (`--seeds 0 0`)
+    seeds = list(dict.fromkeys(int(s) for s in (seeds if seeds is not None else grid_seeds)))
     return [Run(d, nt, s, results_dir, preset) for s in seeds for d, nt in dict.fromkeys(pairs)]
 
 
 # --- a run's state on disk ----------------------------------------------------------------------
-def read_json(path):
+def read_json(path: str) -> dict[str, Any] | None:
     """The JSON object in `path`, or None where it is missing, damaged or no object: a status reports what it can."""
     try:
         return read_json_object(path) or None
@@ -98,19 +109,20 @@ def read_json(path):
         return None
 
 
-def write_record(run, **fields):
+def write_record(run: Run, **fields: Any) -> None:
+    """Merge `fields` into the run's launch.json."""
     record = read_json(run.file(RECORD)) or {}
     record.update(fields)
     save_json(record, run.file(RECORD))
 
 
-def progress(run):
+def progress(run: Run) -> tuple[int | None, int | None]:
     """(last completed epoch or None, n_epoch or None) from the run's metrics.json."""
     done, n_epoch = rd.recorded_progress(read_json(run.file(rd.METRICS)) or {})
     return (done - 1 if done else None), n_epoch
 
 
-def _contains(path, text):
+def _contains(path: str, text: str) -> bool:
     try:
         with open(path) as fh:
             return text in fh.read()
@@ -118,7 +130,7 @@ def _contains(path, text):
         return False
 
 
-def recorded_differences(run, train_flags):
+def recorded_differences(run: Run, train_flags: Sequence[str]) -> list[tuple[str, Any, Any]]:
     """What a finished run was trained with that this launch asks otherwise: (flag, recorded, asked now) for each
     setting that changes what a run computes (bkd.resume.run_args), from its metrics.json."""
     from bkd.config import compiles
@@ -131,16 +143,19 @@ def recorded_differences(run, train_flags):
     return differing_args(recorded, run_args(config, compiles(config), data_selection(args)))
 
 
-def describe_differences(differences):
+def describe_differences(differences: Sequence[tuple[str, Any, Any]]) -> str:
+    """recorded_differences in words."""
     return ", ".join(f"--{name} {recorded} where this launch asks {asked}" for name, recorded, asked in differences)
 
 
-def training_finished(run):
+def training_finished(run: Run) -> bool:
+    """The run's metrics.json records its last epoch."""
     last, n_epoch = progress(run)
     return last is not None and n_epoch is not None and last == n_epoch - 1
 
 
-def finished(run):
+def finished(run: Run) -> bool:
+    """Trained, and both evaluations wrote their results."""
     return (
         training_finished(run)
         and _contains(run.file("learning.log"), "Best test acc selected by val is")
@@ -148,12 +163,12 @@ def finished(run):
     )
 
 
-def status(run):
+def status(run: Run) -> dict[str, Any]:
     """dict(state: done | running | failed | trained | interrupted | not started, epoch: last completed, log, job_id,
     detail). `trained`: the training finished, its evaluations did not run (the next launch runs them)."""
     record = read_json(run.file(RECORD)) or {}
     last, n_epoch = progress(run)
-    info = {
+    info: dict[str, Any] = {
         "run": run.name,
         "epoch": last,
         "n_epoch": n_epoch,
@@ -185,14 +200,23 @@ class Pipeline:
     training then stops at its next iteration, keeping the last completed epoch (exit 130).
     """
 
-    def __init__(self, run, train_flags=(), eval_flags=(), python=sys.executable, env=None, capture_stderr=False):
+    def __init__(
+        self,
+        run: Run,
+        train_flags: Sequence[str] = (),
+        eval_flags: Sequence[str] = (),
+        python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
+        capture_stderr: bool = False,
+    ) -> None:
         self.run, self.python, self.env = run, python, env
         self.train_flags, self.eval_flags = list(train_flags), list(eval_flags)
         self.capture_stderr = capture_stderr
-        self.child = None
+        self.child: subprocess.Popen[bytes] | None = None
         self.stopped = False
 
-    def stop(self, sig=signal.SIGTERM):
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop after the step in progress (which gets `sig`), and start no other."""
         self.stopped = True
         child = self.child
         if child is not None and child.poll() is None:
@@ -201,7 +225,7 @@ class Pipeline:
             except ProcessLookupError:
                 pass
 
-    def __call__(self):
+    def __call__(self) -> dict[str, Any]:
         """Returns dict(outcome: done | skipped | running | failed | interrupted, step, exit_code, log)."""
         run = self.run
         os.makedirs(run.path, exist_ok=True)
@@ -232,7 +256,7 @@ class Pipeline:
             write_record(run, finished=time.time())
             return {"outcome": "done", "log": run.file("training.log")}
 
-    def _step(self, script, flags, log_path, mode, step):
+    def _step(self, script: str, flags: Sequence[str], log_path: str, mode: str, step: str) -> int:
         if self.stopped:
             return INTERRUPTED
         stderr = open(self.run.file(f"{step}.stderr"), "w") if self.capture_stderr else None

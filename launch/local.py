@@ -10,12 +10,16 @@ import os
 import queue
 import signal
 import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
 
 from bkd.utils.errors import EXIT_RUN_DIR, BKDError, first_line
-from launch.grid import Pipeline, status
+from bkd.utils.logfmt import Log
+from launch.grid import Pipeline, Run, status
 
 
-def visible_gpus():
+def visible_gpus() -> list[str]:
     """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else every device torch sees."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
@@ -28,7 +32,9 @@ def visible_gpus():
         return []
 
 
-def slots(parallel=None, per_gpu=1, cpu=False, threads=None):
+def slots(
+    parallel: int | None = None, per_gpu: int = 1, cpu: bool = False, threads: int | None = None
+) -> list[dict[str, str]]:
     """One environment per run that may go at once."""
     gpus = [] if cpu else visible_gpus()
     if gpus:
@@ -43,21 +49,29 @@ def slots(parallel=None, per_gpu=1, cpu=False, threads=None):
     return envs
 
 
-def run_local(runs, train_flags=(), eval_flags=(), envs=None, log=print):
+def run_local(
+    runs: Sequence[Run],
+    train_flags: Sequence[str] = (),
+    eval_flags: Sequence[str] = (),
+    envs: Sequence[dict[str, str]] | None = None,
+    log: Log = print,
+) -> dict[str, dict[str, Any]]:
     """Run every unfinished run of `runs`, as many at once as `envs` (slots(): one environment per run that may go at
     once; default one run at a time); returns {run name: outcome dict}. Interrupts stop all runs cleanly."""
     envs = envs or slots()
-    free = queue.Queue()
+    free: queue.Queue[dict[str, str]] = queue.Queue()
     for env in envs:
         free.put(env)
     sequential = len(envs) == 1
-    todo = queue.Queue()
+    todo: queue.Queue[Run] = queue.Queue()
     for run in runs:
         todo.put(run)
-    outcomes, active, lock = {}, {}, threading.Lock()
+    outcomes: dict[str, dict[str, Any]] = {}
+    active: dict[str, Pipeline] = {}
+    lock = threading.Lock()
     interrupted = threading.Event()
 
-    def worker():
+    def worker() -> None:
         while not interrupted.is_set():
             try:
                 run = todo.get_nowait()
@@ -87,7 +101,7 @@ def run_local(runs, train_flags=(), eval_flags=(), envs=None, log=print):
             if sequential and outcome["outcome"] == "done":
                 show_results(run, log)
 
-    def stop_all(signum, frame):
+    def stop_all(signum: int, frame: FrameType | None) -> None:
         first = not interrupted.is_set()
         interrupted.set()
         with lock:
@@ -116,7 +130,7 @@ def run_local(runs, train_flags=(), eval_flags=(), envs=None, log=print):
     return outcomes
 
 
-def start(pipeline):
+def start(pipeline: Pipeline) -> dict[str, Any]:
     """A run's outcome; one that cannot even start (its path is a file, its folder read-only) has failed, saying why."""
     try:
         return pipeline()
@@ -131,7 +145,7 @@ def start(pipeline):
         }
 
 
-def show_results(run, log):
+def show_results(run: Run, log: Log) -> None:
     """A finished run's evaluation logs, when runs go one at a time (as the original's run.sh showed them)."""
     for name in ("learning.log", "detection.log"):
         with open(run.file(name)) as fh:
@@ -139,7 +153,8 @@ def show_results(run, log):
     log(f"== {run.name}: outputs in {run.path}")
 
 
-def describe(outcome):
+def describe(outcome: dict[str, Any]) -> str:
+    """A run's outcome in words."""
     kind = outcome["outcome"]
     if kind == "failed" and outcome.get("reason"):
         return f"FAILED to start ({outcome['reason']})"
@@ -161,9 +176,9 @@ def describe(outcome):
     return "done"
 
 
-def report(runs, outcomes, log=print):
+def report(runs: Sequence[Run], outcomes: dict[str, dict[str, Any]], log: Log = print) -> int:
     """The final report; returns the exit code (0 all finished, 130 interrupted, else the first failure's code)."""
-    counts = {}
+    counts: dict[str, int] = {}
     for run in runs:
         counts[outcomes[run.name]["outcome"]] = counts.get(outcomes[run.name]["outcome"], 0) + 1
     log("== grid: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" of {len(runs)} runs")
@@ -196,7 +211,10 @@ def report(runs, outcomes, log=print):
     return 0
 
 
-def print_status(runs, log=print, job_states=None):
+def print_status(
+    runs: Sequence[Run], log: Log = print, job_states: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """A table of the runs' states (with SLURM's word for queued and running jobs); returns its rows."""
     rows = [status(run) for run in runs]
     job_states = job_states or {}
     width = max(len(r["run"]) for r in rows)

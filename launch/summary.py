@@ -3,22 +3,31 @@
 import csv
 import os
 from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
 
 from bkd.report import COLUMN_NAMES, load_run, markdown, summary_values
 from bkd.utils.errors import RunDirError, first_line
 from bkd.utils.files import atomic_path
-from launch.grid import status
+from launch.grid import Run, status
 
 
-def grid_summary(runs):
+def grid_summary(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The challenge's tables for a grid (launch.grid.Run list): rows per label set, mean ± std over the
     finished seeds, and one row per run. An unfinished run is listed with its state, never averaged in."""
-    per_seed, finished, pairs = [], defaultdict(list), []
+    per_seed: list[dict[str, Any]] = []
+    finished: defaultdict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    pairs: list[tuple[str, str]] = []
     for run in runs:
         if (run.dataset, run.noise_type) not in pairs:
             pairs.append((run.dataset, run.noise_type))
         state = status(run)
-        row = {"dataset": run.dataset, "label set": run.noise_type, "seed": run.seed, "state": state["state"]}
+        row: dict[str, Any] = {
+            "dataset": run.dataset,
+            "label set": run.noise_type,
+            "seed": run.seed,
+            "state": state["state"],
+        }
         if state["state"] == "done":
             m = load_run(run.path)
             finished[(run.dataset, run.noise_type)].append(m)
@@ -43,7 +52,7 @@ def grid_summary(runs):
     return per_set, per_seed
 
 
-def write_grid_summary(runs, prefix):
+def write_grid_summary(runs: Sequence[Run], prefix: str) -> tuple[str, str]:
     """Write <prefix>.md (per dataset: mean ± std per label set, then the runs) and <prefix>.csv; return the Markdown
     and a line saying where it went, or why it could not be written (the tables are printed either way)."""
     per_set, per_seed = grid_summary(runs)

@@ -1,8 +1,7 @@
 """Networks of the method: the challenge baseline's PreResNet18, used for both teacher and student."""
 
-if (
-    __name__ != "bkd.models"
-):  # one module, one name: models.x and bkd.models.x would be two modules (and two sets of errors)
+# one module, one name: models.x and bkd.models.x would be two modules (and two sets of errors)
+if __name__ != "bkd.models":
     raise ImportError(
         f"import bkd.models, not {__name__}: the repository's models/ folder is the package bkd.models (docs/layout.md)"
     )

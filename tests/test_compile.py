@@ -17,10 +17,8 @@ CPU = torch.device("cpu")
 
 def _pair_of_nets():
     torch.manual_seed(0)
-    teacher, student = (
-        PreResNet18(3, width=8),
-        PreResNet18(3, width=8),
-    )  # (narrower: eager on AVX2 CPUs, compile_refusal)
+    # (narrower: eager on AVX2 CPUs, compile_refusal)
+    teacher, student = (PreResNet18(3, width=8), PreResNet18(3, width=8))
     x = torch.randn(8, 3, 8, 8)
     with torch.no_grad():  # running statistics of their own, so that eval mode is not the identity
         teacher(x), student(x)
@@ -147,10 +145,11 @@ def test_training_script_with_compile_trains_as_eager_does(synthetic_root, tmp_p
         for name, text in out.items()
     }
     assert losses["compiled"][0] == losses["eager"][0]  # the same weights and batch: equal to the printed digits
+    # then rounding compounds: to a unit of the last digit by iteration 2
     values = {
         name: [float(v.split()[-1]) for line in lines[:3] for v in line.split("\t")[2:]]
         for name, lines in losses.items()
-    }  # then rounding compounds: to a unit of the last digit by iteration 2
+    }
     assert np.allclose(values["compiled"], values["eager"], atol=1.5e-5, rtol=0)  # (on an AVX2 CPU too)
     for name in out:  # the run records what it computed with
         metrics = json.load(open(tmp_path / name / "cifar10_worst_seed_0" / "metrics.json"))

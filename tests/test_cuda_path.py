@@ -311,10 +311,11 @@ def test_a_training_checkpoint_loads_in_a_cpu_only_process(synthetic_root, tmp_p
     run_dir = tmp_path / "cifar10_worst_seed_0"
     for name in ("teacher.pth.tar", "student_last.pth.tar", "state.pth.tar"):
         assert _storage_locations(run_dir / name) == {"cpu"}, name
+    # the original's load, with no map_location
     code = (
         "import sys, torch; c = torch.load(sys.argv[1]); s = torch.load(sys.argv[2], weights_only=True); "
         "print(len(c['state_dict']), s['epoch'])"
-    )  # the original's load, with no map_location
+    )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     out = subprocess.run(
         [sys.executable, "-c", code, str(run_dir / "teacher.pth.tar"), str(run_dir / "state.pth.tar")],

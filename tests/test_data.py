@@ -11,7 +11,7 @@ import torch
 
 from bkd.data.cifar import load_images
 from bkd.data.labels import load_noisy_labels, safe_load
-from bkd.data.loaders import DeviceLoader, LoaderSpec, TorchvisionLoader, augment_batch, torchvision_transform
+from bkd.data.loaders import DeviceLoader, LoaderSpec, TorchvisionLoader, crop_flip, pad_images, torchvision_transform
 from bkd.data.split import stratified_subset, train_val_split
 from bkd.utils.errors import DataError, UsageError
 from tests.conftest import SHARED_DATA
@@ -155,7 +155,7 @@ def test_batched_augmentation_equals_torchvision_pixels(pad_mode, flip_first):
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     flip = torch.tensor([True, False, True, False, True, True])
     oy, ox = torch.tensor([0, 3, 8, 4, 1, 8]), torch.tensor([8, 0, 2, 4, 7, 0])
-    out = augment_batch(x, flip, oy, ox, pad_mode, flip_first)
+    out = crop_flip(pad_images(x, pad_mode), flip, oy, ox, flip_first)
     for b in range(6):
         img = Image.fromarray(images[b])
         if flip_first and flip[b]:
@@ -177,7 +177,7 @@ def test_device_loader_draws_uniform_offsets_and_fair_flips():
     all_choices = [(f, i, j) for f in (False, True) for i in range(9) for j in range(9)]
     candidates = torch.cat(
         [
-            augment_batch(ref, torch.tensor([f]), torch.tensor([i]), torch.tensor([j]), "constant", False)
+            crop_flip(pad_images(ref, "constant"), torch.tensor([f]), torch.tensor([i]), torch.tensor([j]), False)
             for f, i, j in all_choices
         ]
     )

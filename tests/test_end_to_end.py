@@ -78,9 +78,8 @@ def test_training_writes_every_output(trained):
     assert "[bkd] no overfitting epoch found in epochs 0..7; splitting the last epoch's statistics instead" in stdout
     assert metrics["split_fallback"] and metrics["split_epoch"] == 7
     tops = metrics["mean_top_student"]
-    assert all(
-        b > a for a, b in zip(tops[2:], tops[3:], strict=False)
-    )  # rising from epoch 2 on: not a near miss of the rule
+    # rising from epoch 2 on: not a near miss of the rule
+    assert all(b > a for a, b in zip(tops[2:], tops[3:], strict=False))
     assert "models saved - end of training" in stdout
 
 

@@ -220,9 +220,8 @@ def test_cuda_graph_outputs_are_copied_out_before_the_next_call():
 
 
 def test_achieved_tflops_are_measured_against_the_precisions_peak():
-    assert gpu_check.training_flops(64, 128, 10) == pytest.approx(
-        852.2e9, rel=1e-3
-    )  # both networks, forward + backward
+    # both networks, forward + backward
+    assert gpu_check.training_flops(64, 128, 10) == pytest.approx(852.2e9, rel=1e-3)
     assert gpu_check.peak_tflops("NVIDIA H200", "tf32") == 495 and gpu_check.peak_tflops("NVIDIA H200", "fp32") == 67
     assert gpu_check.peak_tflops("NVIDIA RTX 9999", "bf16") is None
 

@@ -81,9 +81,8 @@ def test_grids_and_flag_routing():
     assert [r.name for r in make_grid(seeds=[3], noise_types=["noisy100"], preset="quick")] == [
         "cifar100_noisy100_seed_3_quick"
     ]
-    assert (
-        make_grid(noise_types=["noisy100"], dataset="cifar10")[0].name == "cifar10_noisy100_seed_0"
-    )  # fails in training
+    # fails in training
+    assert make_grid(noise_types=["noisy100"], dataset="cifar10")[0].name == "cifar10_noisy100_seed_0"
     train, evaluation = split_flags(
         ["--n_epoch", "3", "--noise_path", "x.pt", "--width", "4", "--device", "cpu", "--reference"]
     )
@@ -277,6 +276,7 @@ def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, loca
     for name, command in ((polite, ["scancel", "--signal=USR2"]), (rude, ["scontrol", "requeue"])):
         _wait_for(lambda name=name: "epoch 2\n" in _log(slurm_results, name), 240, f"{name} to reach epoch 2")
         subprocess.run(command + [_job(slurm_results, name)], env=env, check=True, timeout=30)
+    # idempotent: nothing is submitted twice
     relaunch = launch(
         "run",
         *grid,
@@ -290,7 +290,7 @@ def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, loca
         *GRID_TINY,
         *data_flags(synthetic_root),
         env=env,
-    )  # idempotent: nothing is submitted twice
+    )
     assert "submitted as job" not in relaunch.stdout, relaunch.stdout
 
     from launch.grid import make_grid, status

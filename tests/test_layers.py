@@ -29,11 +29,8 @@ def _layer(module):
     return None
 
 
-FOLDERS = {
-    "bkd.utils": "utils",
-    "bkd.models": "models",
-    "bkd.data": "data",
-}  # packages of bkd at the top (pyproject.toml)
+# packages of bkd at the top (pyproject.toml)
+FOLDERS = {"bkd.utils": "utils", "bkd.models": "models", "bkd.data": "data"}
 
 
 def _files(name):
@@ -109,9 +106,8 @@ def test_no_comment_cites_a_document_outside_the_repository():
     """References resolve in the repository: the paper (arXiv 2211.11355) or a page in docs/, never an outside spec."""
     import re
 
-    outside = re.compile(
-        r"\bspec(\s+section|\s+\d|'s\b|\.md)|bkd-sp" + "ec|shared/" + "docs", re.IGNORECASE
-    )  # (split: not
+    # (split: not
+    outside = re.compile(r"\bspec(\s+section|\s+\d|'s\b|\.md)|bkd-sp" + "ec|shared/" + "docs", re.IGNORECASE)
     # matching this line)
     hits = []
     for folder, _, files in os.walk(ROOT):

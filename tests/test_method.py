@@ -56,9 +56,9 @@ def test_predict_is_argmax_of_agreement_not_of_either_network():
     zt = torch.log(torch.tensor([[0.5, 0.4, 0.1]]))
     zs = torch.log(torch.tensor([[0.3, 0.6, 0.1]]))
     # teacher says 0, student says 1, agreement 0.15 vs 0.24 -> 1
-    assert predict(zt, zs).tolist() == [1]
+    assert predict(agreement(zt.softmax(dim=1), zs.softmax(dim=1))).tolist() == [1]
     zs = torch.log(torch.tensor([[0.45, 0.45, 0.1]]))
-    assert predict(zt, zs).tolist() == [0]
+    assert predict(agreement(zt.softmax(dim=1), zs.softmax(dim=1))).tolist() == [0]
 
 
 @pytest.mark.parametrize(

@@ -127,9 +127,8 @@ def test_sixteen_bit_and_float_images_are_read_by_their_range(tmp_path):
     from bkd.utils.errors import DataError
 
     root = _folder(tmp_path)
-    Image.fromarray(np.full((32, 32), 32896, dtype=np.uint16)).save(
-        root / "cat" / "wide.png"
-    )  # 16-bit: 32896 = 128 * 257
+    # 16-bit: 32896 = 128 * 257
+    Image.fromarray(np.full((32, 32), 32896, dtype=np.uint16)).save(root / "cat" / "wide.png")
     Image.fromarray(np.full((32, 32), 0.25, dtype=np.float32)).save(root / "dog" / "float.tif")
     data = load_custom(str(root))
     ids = list(data.ids)
@@ -209,9 +208,8 @@ def test_detection_refuses_split_files_that_metrics_json_does_not_record(aggre_r
     shutil.copytree(run_dir, copy)
     path = os.path.join(copy, "metrics.json")
     metrics = json.load(open(path))
-    json.dump(
-        dict(metrics, split_epoch=None), open(path, "w")
-    )  # as if killed between the split's files and the epoch's
+    # as if killed between the split's files and the epoch's
+    json.dump(dict(metrics, split_epoch=None), open(path, "w"))
     proc = run("detection.py", "--noise_type", "aggre", "--run_dir", copy, *data_flags(synthetic_root), check=False)
     assert (
         "metrics.json records no split, so detection.npy, agreement.npy, pred_probs.npy, label_issues.csv cannot be "

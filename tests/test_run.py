@@ -25,9 +25,8 @@ def test_deferred_full_set_pass_equals_the_pass_in_its_epoch():
     t.calc_noise_probability(3, weights=snapshot)  # epoch 3's pass, run later
     for key in ("full", "full_agreed", "full_agreed_prob", "full_probs"):
         assert np.array_equal(in_epoch[key], t.state.stats[3][key]), key
-    assert all(
-        torch.equal(after["teacher"][k], t.teacher.state_dict()[k]) for k in after["teacher"]
-    )  # weights restored
+    # weights restored
+    assert all(torch.equal(after["teacher"][k], t.teacher.state_dict()[k]) for k in after["teacher"])
     t.state.stats[5] = {}
     t.calc_noise_probability(5, weights=snapshot)
     assert not np.array_equal(in_epoch["full"], t.state.stats[5]["full"])  # another epoch draws other augmentations

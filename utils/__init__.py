@@ -13,9 +13,8 @@ machine.py     what a result comes from: CPU kind, versions, GPU
 logfmt.py      the original's log lines
 """
 
-if (
-    __name__ != "bkd.utils"
-):  # one module, one name: utils.x and bkd.utils.x would be two modules (and two sets of errors)
+# one module, one name: utils.x and bkd.utils.x would be two modules (and two sets of errors)
+if __name__ != "bkd.utils":
     raise ImportError(
         f"import bkd.utils, not {__name__}: the repository's utils/ folder is the package bkd.utils (docs/layout.md)"
     )

@@ -1,11 +1,16 @@
 """Model checkpoints in the original's format ({'state_dict', 'epoch'}, plus the architecture), as CPU tensors."""
 
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from bkd.utils.errors import DataError, first_line
 
+if TYPE_CHECKING:
+    import torch
 
-def convert(obj, kind, fn):
+
+def convert(obj: Any, kind: type | tuple[type, ...], fn: Callable[[Any], Any]) -> Any:
     """`obj` (nested dicts, lists and tuples) with every value of type `kind` replaced by fn(value)."""
     if isinstance(obj, kind):
         return fn(obj)
@@ -16,7 +21,7 @@ def convert(obj, kind, fn):
     return obj
 
 
-def host_copy(obj):
+def host_copy(obj: Any) -> Any:
     """A copy of `obj` (tensors in dicts, lists and tuples) whose tensors are in host memory: a checkpoint made on a GPU
     loads on a CPU-only machine, even with a plain torch.load, and the copy stays as it is while training goes on."""
     import torch
@@ -24,12 +29,12 @@ def host_copy(obj):
     return convert(obj, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
 
 
-def model_checkpoint(model, epoch, num_classes, width):
+def model_checkpoint(model: "torch.nn.Module", epoch: int, num_classes: int, width: int) -> dict[str, Any]:
     """The original's checkpoint ({'state_dict', 'epoch'}) plus the architecture, in host memory."""
     return {"state_dict": host_copy(model.state_dict()), "epoch": epoch, "num_classes": num_classes, "width": width}
 
 
-def load_model(path, build):
+def load_model(path: str, build: Callable[[int, int], "torch.nn.Module"]) -> tuple["torch.nn.Module", dict[str, Any]]:
     """Load a checkpoint (model_checkpoint, written with utils.files.save_torch) into `build(num_classes, width)`;
     clear errors on bad files."""
     import torch  # here, so that the launcher's bookkeeping imports this module without torch

@@ -2,13 +2,15 @@
 
 import contextlib
 import os
+from collections.abc import Iterator
 
 from bkd.utils.errors import UsageError
+from bkd.utils.logfmt import Log
 
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
-def _compile_cache_dir():
+def _compile_cache_dir() -> str:
     """The folder torch's compiler caches in, created as torch creates it (raises OSError where it cannot be). As
     torch's torch/_inductor/runtime/cache_dir_utils.py resolves it, without importing torch's compiler: an import
     that fails there leaves it half imported for the rest of the process."""
@@ -32,7 +34,7 @@ def _compile_cache_dir():
 
 
 @contextlib.contextmanager
-def usable_compile_cache(log):
+def usable_compile_cache(log: Log) -> Iterator[None]:
     """A writable cache folder for torch's compiler, for a run. Building the optimiser imports torch's compiler, which
     creates its cache folder (even with --no_compile): where that folder cannot be written, the run uses a new temporary
     one, saying so; where there is none, one line naming the variable. The variable is put back after the run."""

@@ -1,8 +1,12 @@
 """Errors a user can fix, each printed as one line with its exit code (see README, 'Exit codes')."""
 
+import io
 import os
 import signal
 import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import NoReturn
 
 EXIT_USAGE = 2  # bad flag value or combination
 EXIT_DATA = 3  # missing, corrupt or mismatched input file
@@ -52,12 +56,12 @@ class OutputClosed(BKDError):
 OUTPUT_CLOSED = "standard output was closed (the pipe's reader ended), so the run stopped as a Unix tool does"
 
 
-def interrupt_quietly_while_starting():
+def interrupt_quietly_while_starting() -> None:
     """Ctrl-C or SIGTERM while a script imports its libraries (seconds for torch): one line instead of a traceback or a
     silent exit 143. Called first thing when a script runs (never on import); run_cli hands both to Python's own
     handling (KeyboardInterrupt), until the script installs its own."""
 
-    def starting(signum, frame):
+    def starting(signum: int, frame: FrameType | None) -> None:
         os.write(2, b"error: interrupted while starting: nothing was started and nothing was written\n")
         os._exit(EXIT_INTERRUPTED)
 
@@ -65,29 +69,30 @@ def interrupt_quietly_while_starting():
         signal.signal(sig, starting)
 
 
-def stop_on_signals(kept):
+def stop_on_signals(kept: str) -> None:
     """SIGINT and SIGTERM end an evaluation at once with one line (exit 130) saying what it `kept`, instead of a
     traceback or a silent exit 143. Its result is written last, atomically: until then there is nothing to keep."""
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(f"{signal.Signals(signum).name} received: {kept}")
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
 
 
-def print_names_as_stored():
+def print_names_as_stored() -> None:
     """File and class names that are not valid UTF-8 (Latin-1 names of old archives, which Python holds as lone
     surrogates) are printed as the bytes the file system holds, as label_issues.csv writes them, instead of failing
     under a strict UTF-8 standard output (PYTHONIOENCODING=utf-8, or a UTF-8 locale's)."""
     for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.reconfigure(errors="surrogateescape")
-        except (AttributeError, ValueError):  # not a text stream of io's (a test's capture)
-            pass
+        if isinstance(stream, io.TextIOWrapper):  # (not a test's capture, nor a stream that is None)
+            try:
+                stream.reconfigure(errors="surrogateescape")
+            except ValueError:
+                pass
 
 
-def run_cli(main, argv=None):
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
     """Call main(argv); turn a BKDError into `error: <message>` on stderr and its exit code.
 
     When standard output goes to a log file (run.sh, the launcher), the same line goes there too,
@@ -106,7 +111,7 @@ def run_cli(main, argv=None):
         _report(f"error: {OUTPUT_CLOSED}", EXIT_OUTPUT_CLOSED)
 
 
-def _report(message, code):
+def _report(message: str, code: int) -> NoReturn:
     try:
         sys.stdout.flush()
     except (OSError, ValueError):  # closed, or on a full disk: nothing more can go there
@@ -120,7 +125,7 @@ def _report(message, code):
     sys.exit(code)
 
 
-def report_and_exit(message, code):
+def report_and_exit(message: str, code: int) -> NoReturn:
     """From any thread: `message` on standard error (and standard output where that is a log file of its own), then end
     the process at once with `code`, as _report's line would say it; no cleanup runs (a process stuck in native
     code)."""
@@ -134,7 +139,7 @@ def report_and_exit(message, code):
     os._exit(code)
 
 
-def _silence_stdout():
+def _silence_stdout() -> None:
     """Standard output is closed: point it at /dev/null, so that Python's flush at exit prints no second error."""
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -142,7 +147,7 @@ def _silence_stdout():
         pass
 
 
-def _stdout_is_separate_file():
+def _stdout_is_separate_file() -> bool:
     try:
         out, err = os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno())
     except (OSError, ValueError, AttributeError):
@@ -154,7 +159,7 @@ def _stdout_is_separate_file():
 _UNSAFE_HINTS = ("weights_only", "allow_pickle", "can still be loaded")
 
 
-def first_line(err):
+def first_line(err: BaseException) -> str:
     """The first line of an exception's message (or its type name), without hints to load files unsafely."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     safe = [line for line in lines if not any(hint in line for hint in _UNSAFE_HINTS)]

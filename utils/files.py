@@ -7,14 +7,16 @@ import queue
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, overload
 
 import numpy as np
 
 from bkd.utils.errors import DataError, RunDirError, first_line
 
 
-def _umask():
+def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -24,7 +26,7 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file: mkstemp's 06
 
 
 @contextmanager
-def atomic_path(path):
+def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
 
     A failed write (disk full, read-only folder) removes the temporary file, keeps any earlier
@@ -64,14 +66,19 @@ def atomic_path(path):
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # utils/ -> the root (bkd/utils is a link)
 
 
-def portable(path):
+@overload
+def portable(path: str) -> str: ...
+@overload
+def portable(path: None) -> None: ...
+def portable(path: str | None) -> str | None:
     """A path to write into a result file: relative to the project root when given as an absolute path."""
     if path is None or not os.path.isabs(path):
         return path
     return os.path.relpath(path, PROJECT_ROOT)
 
 
-def save_torch(obj, path):
+def save_torch(obj: Any, path: str) -> None:
+    """torch.save, atomically (atomic_path)."""
     import torch  # here, so that modules needing only the other writers load without torch
 
     with atomic_path(path) as tmp:
@@ -81,13 +88,14 @@ def save_torch(obj, path):
             raise OSError(errno.EIO, f"torch.save could not write it: {first_line(err)}") from None
 
 
-def save_numpy(array, path):
+def save_numpy(array: np.ndarray, path: str) -> None:
+    """np.save, atomically (atomic_path)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
 
 
-def save_json(obj, path, sort_keys=True, indent=2):
+def save_json(obj: Any, path: str, sort_keys: bool = True, indent: int | None = 2) -> None:
     """Strict JSON, which every reader takes (jq, JavaScript): an undefined value (NaN, infinity) is written as null."""
     with atomic_path(path) as tmp:
         with open(tmp, "w") as fh:
@@ -95,7 +103,7 @@ def save_json(obj, path, sort_keys=True, indent=2):
             fh.write("\n")
 
 
-def _defined(value):
+def _defined(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return float(value) if np.isfinite(value) else None
     if isinstance(value, dict):
@@ -107,7 +115,7 @@ def _defined(value):
     return value
 
 
-def _json_default(value):
+def _json_default(value: Any) -> Any:
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):
@@ -117,7 +125,7 @@ def _json_default(value):
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def read_json_object(path):
+def read_json_object(path: str) -> dict[str, Any]:
     """The JSON object in `path` ({} if the file does not exist); a one-line DataError if it is not one."""
     if not os.path.exists(path):
         return {}
@@ -136,7 +144,7 @@ def read_json_object(path):
     return data
 
 
-def update_json(path, updates):
+def update_json(path: str, updates: dict[str, Any]) -> None:
     """Merge `updates` into the JSON object at `path` (created if missing), atomically, one writer at a time: two
     evaluations of one run finishing together each keep their result (each merges into the other's)."""
     import fcntl
@@ -163,13 +171,14 @@ class BackgroundWriter:
     `drain` raises it in the caller's thread. `drain()` waits until everything asked is written.
     """
 
-    def __init__(self, background=True):
+    def __init__(self, background: bool = True) -> None:
         self.background = background
-        self._jobs = queue.Queue()
-        self._error = None
-        self._thread = None
+        self._jobs: queue.Queue[tuple[Callable[..., object], tuple[Any, ...]]] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
 
-    def submit(self, fn, *args):
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        """fn(*args) after the jobs before it (at once, without a background thread)."""
         self._raise()
         if not self.background:
             fn(*args)
@@ -179,7 +188,7 @@ class BackgroundWriter:
             self._thread.start()
         self._jobs.put((fn, args))
 
-    def _work(self):
+    def _work(self) -> None:
         while True:
             fn, args = self._jobs.get()
             try:
@@ -190,10 +199,10 @@ class BackgroundWriter:
             finally:
                 self._jobs.task_done()
 
-    def drain(self):
+    def drain(self) -> None:
         self._jobs.join()
         self._raise()
 
-    def _raise(self):
+    def _raise(self) -> None:
         if self._error is not None:
             raise self._error

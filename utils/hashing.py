@@ -1,11 +1,12 @@
 """sha256 digests of files and of arrays' raw bytes: the project's one hashing helper."""
 
 import hashlib
+from typing import Any
 
 import numpy as np
 
 
-def file_sha256(path, chunk=1 << 20):
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     """sha256 (hex) of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -14,7 +15,7 @@ def file_sha256(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def array_sha256(*arrays):
+def array_sha256(*arrays: Any) -> str:
     """sha256 (hex) of the raw bytes of one or more arrays (numpy or torch), each C-contiguous in its own dtype."""
     digest = hashlib.sha256()
     for value in arrays:

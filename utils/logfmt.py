@@ -5,19 +5,24 @@ parsers of their logs keep working; every line this project adds starts with `[b
 Epoch numbers are 0-based, as in the original.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+
+Log = Callable[..., None]  # where a run's lines go: print, or a function that takes print's arguments
 
 OURS = "[bkd] "
 HASHES = "#" * 50
 
 
-def ours(message):
+def ours(message: str) -> str:
     """A line the original does not print."""
     return OURS + message
 
 
 # --- start-up lines -------------------------------------------------------------------------
-def device_line(device):
+def device_line(device: object) -> str:
     return f"Current device is {device}"
 
 
@@ -25,7 +30,9 @@ IMAGES_FOUND = "Files already downloaded and verified"
 BUILDING, BUILT = "building model...", "building model done"
 
 
-def label_file_lines(dataset, key, path, noisy, clean, num_classes):
+def label_file_lines(
+    dataset: str, key: str, path: str, noisy: np.ndarray, clean: np.ndarray, num_classes: int
+) -> list[str]:
     """What the original's CIFAR dataset prints when it loads a CIFAR-N label file (about all of its labels)."""
     prior = np.bincount(noisy, minlength=num_classes) / len(noisy)
     noise_rate = np.sum(noisy != clean) / len(noisy)
@@ -39,27 +46,27 @@ def label_file_lines(dataset, key, path, noisy, clean, num_classes):
     ]
 
 
-def split_lines(num_train, num_val):
+def split_lines(num_train: int, num_val: int) -> list[str]:
     return [f"Train with {num_train} noisy instances.", f"Validate with {num_val} noisy instances."]
 
 
 # --- training -------------------------------------------------------------------------------
-def epoch_start(epoch):
+def epoch_start(epoch: int) -> str:
     return f"epoch {epoch}"
 
 
-def iteration(epoch, n_epoch, i, last_iter, loss, naive, comp):
+def iteration(epoch: int, n_epoch: int, i: int, last_iter: int, loss: float, naive: float, comp: float) -> str:
     return (
         f"epoch: {epoch:3.0f}/{n_epoch - 1:3.0f}\titer: {i:3.0f}/{last_iter:3.0f}\tloss: {loss:8.5f}"
         f"\tnaive_loss: {naive:8.5f}\tcompensation_l2_loss: {comp:8.5f}"
     )
 
 
-def overfitting_block(overfit_epoch):
+def overfitting_block(overfit_epoch: int) -> list[str]:
     return ["", HASHES, f"overfitting epoch: {overfit_epoch}", HASHES, ""]
 
 
-def otsu_block(split):
+def otsu_block(split: dict[str, Any]) -> list[str]:
     return [
         "otsu split performed:",
         f"\tup_mean: {split['mu2']:0.5f}\tup_sigma: {split['sigma2']:0.5f}",
@@ -69,22 +76,22 @@ def otsu_block(split):
     ]
 
 
-def new_best(prev_best, prev_epoch):
+def new_best(prev_best: float, prev_epoch: int) -> str:
     return f"models saved - new best val_acc!  (prev best: {prev_best:0.2f} on epoch: {prev_epoch})"
 
 
-def validation(epoch, acc, best, best_epoch):
+def validation(epoch: int, acc: float, best: float, best_epoch: int) -> str:
     return f"epoch: {epoch}\tacc on noisy val_data:  {acc:0.2f}\tbest: {best:0.2f} (epoch: {best_epoch})"
 
 
-def test(epoch, acc, best, best_epoch):
+def test(epoch: int, acc: float, best: float, best_epoch: int) -> str:
     return f"epoch: {epoch}\tacc on clean test_data: {acc:0.2f}\tbest: {best:0.2f} (epoch: {best_epoch})"
 
 
 END_SAVE = "models saved - end of training"
 
 
-def elapsed(epoch, seconds):
+def elapsed(epoch: int, seconds: float) -> str:
     return (
         f"epoch: {epoch}\ttime elapsed: {seconds // 3600:.0f}h {(seconds % 3600) // 60:.0f}m "
         f"{(seconds % 3600) % 60:.0f}s"
@@ -92,11 +99,11 @@ def elapsed(epoch, seconds):
 
 
 # --- learning.py and detection.py -----------------------------------------------------------
-def learning(acc):
+def learning(acc: float) -> str:
     return f"Best test acc selected by val is {acc}"
 
 
-def detection(flagged, truly_noisy, precision, recall, fscore):
+def detection(flagged: int, truly_noisy: int, precision: float, recall: float, fscore: float) -> list[str]:
     return [
         f"{flagged}",
         f"{truly_noisy}",
@@ -106,5 +113,5 @@ def detection(flagged, truly_noisy, precision, recall, fscore):
     ]
 
 
-def quiet(*lines):
+def quiet(*lines: object) -> None:
     """A log that writes nothing (the Python API without verbose=True, benchmarks, tests)."""

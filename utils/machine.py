@@ -3,6 +3,7 @@
 import os
 import platform
 import sys
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -11,7 +12,16 @@ from bkd.utils.cuda import cuda_arithmetic, determinism_settings, tf32_settings
 from bkd.utils.devices import cuda_index
 
 
-def _cpuinfo():
+class CudaArithmetic(Protocol):
+    """What a run's computation says of its CUDA arithmetic (bkd.config.Computation has it)."""
+
+    @property
+    def deterministic(self) -> bool: ...
+    @property
+    def tf32(self) -> bool: ...
+
+
+def _cpuinfo() -> dict[str, str]:
     fields = {}
     try:
         with open("/proc/cpuinfo") as fh:
@@ -25,15 +35,19 @@ def _cpuinfo():
     return fields
 
 
-def cpu_model():
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what the platform says."""
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
-def cpu_kind():
+def cpu_kind() -> dict[str, Any]:
     """What decides the CPU's float rounding besides the thread count: vendor, family and model (oneDNN's kernels and
     their blocking follow the CPU model, not only the instruction set), and torch's kernel capability."""
     info = _cpuinfo()
-    number = lambda key: int(info[key]) if info.get(key, "").isdigit() else None  # noqa: E731
+
+    def number(key: str) -> int | None:
+        return int(info[key]) if info.get(key, "").isdigit() else None
+
     return {
         "vendor": info.get("vendor_id"),
         "family": number("cpu family"),
@@ -42,7 +56,7 @@ def cpu_kind():
     }
 
 
-def device_identity(device):
+def device_identity(device: torch.device) -> dict[str, str]:
     """The device a run computes on, as resume compares it: its type and its model (rounding follows both)."""
     if device.type == "cuda":
         index = cuda_index(device)
@@ -59,11 +73,12 @@ def device_identity(device):
     return {"type": device.type, "name": device.type}
 
 
-def describe_device(identity):
+def describe_device(identity: dict[str, Any]) -> str:
+    """A device identity (device_identity) in words, e.g. 'cuda (NVIDIA H100 80GB HBM3)'."""
     return f"{identity.get('type')} ({identity.get('name')})"
 
 
-def _driver_version():
+def _driver_version() -> str | None:
     import subprocess
 
     try:
@@ -78,7 +93,7 @@ def _driver_version():
         return None
 
 
-def gpu_info(device):
+def gpu_info(device: torch.device) -> dict[str, Any]:
     """The GPU facts a CUDA result depends on: model, compute capability, memory, driver, CUDA, cuDNN, TF32,
     determinism."""
     index = cuda_index(device)
@@ -97,14 +112,14 @@ def gpu_info(device):
     }
 
 
-def machine_info(device=None, computation=None):
+def machine_info(device: torch.device | None = None, computation: CudaArithmetic | None = None) -> dict[str, Any]:
     """What a result depends on beyond the code: CPU type (float rounding differs between CPU kernels), threads,
     versions, and on CUDA the GPU, its driver and libraries, TF32 and determinism settings: as torch reads them now,
     or those a run with `computation` (its `deterministic` and `tf32`) computes with, which cuda_settings sets when it
     starts."""
     from importlib.metadata import version  # not `import torchvision`: that takes seconds
 
-    info = {
+    info: dict[str, Any] = {
         "cpu_model": cpu_model(),
         "cpu_kind": cpu_kind(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

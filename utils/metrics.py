@@ -1,9 +1,12 @@
 """Scores of the two challenge tasks."""
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def detection_scores(flagged, truly_noisy):
+def detection_scores(flagged: ArrayLike, truly_noisy: ArrayLike) -> dict[str, Any]:
     """Precision, recall and F-score of the flagged set against the true noise mask (noisy label != clean).
 
     The original's arithmetic (so its printed digits are reproduced): precision = hits / flagged,
@@ -20,7 +23,7 @@ def detection_scores(flagged, truly_noisy):
 PRECISION_AT = (100, 500, 1000)
 
 
-def ranking_scores(label_prob, truly_noisy):
+def ranking_scores(label_prob: ArrayLike, truly_noisy: ArrayLike) -> dict[str, float | None]:
     """How well a ranking by the agreed probability of the given label (lowest first) finds the truly noisy labels.
 
     AUROC and average precision (scikit-learn) of the suspicion 1 - p, precision among the k most
@@ -33,7 +36,7 @@ def ranking_scores(label_prob, truly_noisy):
     rate = float(truly_noisy.mean()) if len(truly_noisy) else 0.0
     both = 0 < truly_noisy.sum() < len(truly_noisy)  # AUROC needs both kinds of labels
     order = np.argsort(p, kind="stable")
-    scores = {
+    scores: dict[str, float | None] = {
         "noise_rate": rate,
         "flag_all_f1": 2 * rate / (1 + rate) if rate else 0.0,
         "auroc": float(roc_auc_score(truly_noisy, -p)) if both else None,
@@ -44,10 +47,10 @@ def ranking_scores(label_prob, truly_noisy):
     return scores
 
 
-def ranking_line(scores):
+def ranking_line(scores: dict[str, Any]) -> str:
     """The ranking scores as one readable sentence (for a `[bkd] ` line)."""
 
-    def fmt(value):
+    def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
     at = ", ".join(f"{k} {fmt(scores[f'precision_at_{k}'])}" for k in PRECISION_AT)

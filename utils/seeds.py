@@ -2,6 +2,8 @@
 
 import contextlib
 import random
+from collections.abc import Iterator
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -9,7 +11,7 @@ import torch
 from bkd.utils.devices import cuda_index
 
 
-def set_global_seeds(seed):
+def set_global_seeds(seed: int) -> None:
     """Seed Python's `random`, numpy's global RNG and torch (CPU and every CUDA device)."""
     random.seed(seed)
     np.random.seed(seed)
@@ -18,7 +20,7 @@ def set_global_seeds(seed):
 
 
 @contextlib.contextmanager
-def preserved_global_rng():
+def preserved_global_rng() -> Iterator[None]:
     """Leave Python's, numpy's and torch's global generators (CUDA's too, where present) as they were found.
 
     (Seeding torch seeds CUDA too, lazily, at its first use: so where CUDA is present its state is read here, which
@@ -39,10 +41,10 @@ def preserved_global_rng():
             torch.cuda.set_rng_state_all(state[3])
 
 
-def rng_state(device):
+def rng_state(device: torch.device) -> dict[str, Any]:
     """Every random number generator state the training depends on (for exact resume): the run device's CUDA one."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
+    kind, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
         "torch": torch.get_rng_state(),
@@ -52,7 +54,8 @@ def rng_state(device):
     return state
 
 
-def set_rng_state(state, device):
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Put back what rng_state recorded (the CUDA generator only where the run is on CUDA)."""
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
