@@ -36,6 +36,7 @@ def api_result(flipped_set):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_flipped_labels_rank_high(api_result, flipped_set):
     _, given, flipped = flipped_set
     r = api_result
@@ -49,6 +50,7 @@ def test_flipped_labels_rank_high(api_result, flipped_set):
     assert np.array_equal(r.flagged, r.group == 4) and r.flagged.any()
 
 
+@pytest.mark.slow
 def test_api_and_cli_rank_the_same_way(api_result, flipped_set, tmp_path):
     images, given, _ = flipped_set
     path = str(tmp_path / "mine.npz")
@@ -74,6 +76,7 @@ def test_api_and_cli_rank_the_same_way(api_result, flipped_set, tmp_path):
     assert np.array_equal(np.load(run_dir / "pred_probs.npy"), api_result.pred_probs)
 
 
+@pytest.mark.slow
 def test_api_with_a_run_directory_writes_the_usual_outputs_and_reuses_them(flipped_set, tmp_path):
     images, given, _ = flipped_set
     flags = dict(FLAGS, n_epoch=6, noisy_val_freq=3)
@@ -133,6 +136,7 @@ def test_api_checks_values_as_the_script_does(flipped_set):
             find_label_issues(images, given, **bad)
 
 
+@pytest.mark.slow
 def test_the_api_imports_from_a_folder_of_the_users_own_whose_modules_have_our_generic_names(tmp_path):
     """`pip install -e .` (requirements.txt) installs the package bkd alone: a script in another folder imports it, and
     its own data.py, utils/, models.py and flags.py stay its own, before and after."""

@@ -105,6 +105,7 @@ def test_torch_compile_unavailable_means_eager(monkeypatch):
     assert len(lines) == 1 and "not supported on this Python" in lines[0]
 
 
+@pytest.mark.slow
 def test_compiled_networks_match_eager_and_odd_batches_run_eager():
     from torch._dynamo.utils import counters
 
@@ -125,6 +126,7 @@ def test_compiled_networks_match_eager_and_odd_batches_run_eager():
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled a graph of its own
 
 
+@pytest.mark.slow
 def test_training_script_with_compile_trains_as_eager_does(synthetic_root, tmp_path):
     common = dict(n_epoch=2, width=8, noisy_val_freq=1, clean_test_freq=1, print_freq=1)
     out = {}
@@ -202,6 +204,7 @@ def _avx2_can_be_forced():
     return platform.machine() in ("x86_64", "AMD64") and "avx2" in flags
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not _avx2_can_be_forced(),
     reason="needs an x86 CPU with AVX2, whose kernels can be limited to "

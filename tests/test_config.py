@@ -75,6 +75,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_the_api_in_reference_mode_writes_the_checkpoints_the_command_line_writes(labelled, tmp_path, one_thread):
     """The original's end save overwrites the best checkpoint: the API once passed its own `False` and kept epoch 3."""
     from bkd import find_label_issues
@@ -108,6 +109,7 @@ def test_the_api_in_reference_mode_writes_the_checkpoints_the_command_line_write
         assert all(torch.equal(cli["state_dict"][k], api["state_dict"][k]) for k in cli["state_dict"]), name
 
 
+@pytest.mark.slow
 def test_the_api_leaves_the_callers_random_state_and_signal_handlers_and_is_deterministic(labelled, one_thread):
     from bkd import find_label_issues
 

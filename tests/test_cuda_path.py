@@ -89,6 +89,7 @@ def test_amp_is_refused_where_the_device_has_no_mixed_precision(monkeypatch):
         resolve_precision(torch.device("mps"), amp=True)
 
 
+@pytest.mark.slow
 def test_setup_line_and_metrics_say_which_precision(synthetic_root, tmp_path):
     if not devices.cpu_native_bf16():
         pytest.skip("this CPU has no native bf16: --amp is refused here (tested above)")
@@ -306,6 +307,7 @@ def _storage_locations(path):
     return locations
 
 
+@pytest.mark.slow
 def test_a_training_checkpoint_loads_in_a_cpu_only_process(synthetic_root, tmp_path):
     run(TRAIN, *tiny_flags(synthetic_root, str(tmp_path), n_epoch=1), cwd=str(tmp_path))
     run_dir = tmp_path / "cifar10_worst_seed_0"
@@ -358,6 +360,7 @@ def _with_device(run_dir, tmp_path, device):
     return copy
 
 
+@pytest.mark.slow
 def test_resuming_a_cuda_run_on_the_cpu_is_refused_naming_both_devices(one_epoch_of_two, tmp_path):
     flags, run_dir = one_epoch_of_two
     copy = _with_device(run_dir, tmp_path, {"type": "cuda", "name": "NVIDIA H200", "capability": "9.0"})
@@ -372,6 +375,7 @@ def test_resuming_a_cuda_run_on_the_cpu_is_refused_naming_both_devices(one_epoch
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_resuming_on_another_model_of_the_device_continues_with_a_notice(one_epoch_of_two, tmp_path):
     flags, run_dir = one_epoch_of_two
     recorded = torch.load(run_dir / "state.pth.tar", weights_only=True)["device"]
@@ -470,6 +474,7 @@ def test_a_failed_background_write_stops_the_run_in_its_thread_and_skips_what_fo
     run_dir.close()
 
 
+@pytest.mark.slow
 def test_a_run_writing_in_the_background_gives_the_files_of_one_writing_at_once(tmp_path, monkeypatch):
     """The GPU's way of writing (a thread of its own), run here on the CPU: the same files, byte for byte."""
     from bkd import api, outputs

@@ -50,6 +50,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_killed_and_resumed_run_has_every_curve_and_each_step_once(synthetic_root, tmp_path):
     """SIGKILL right after the split's values were written (epoch 5, which acts on the forced overfitting epoch 1), then
     --resume: TensorBoard's reader sees every epoch once and the split's values once, at the epoch that made it (the
@@ -115,6 +116,7 @@ def test_a_full_disk_when_the_curves_are_first_written_is_one_line_and_loses_no_
     assert _curves(str(tmp_path / "run"))[0]["loss/total"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_curves(synthetic_root, tmp_path):
     flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=1)
     run("blind_knowledge_dist_training.py", *flags, cwd=str(tmp_path))
@@ -126,6 +128,7 @@ def test_overwrite_replaces_the_curves(synthetic_root, tmp_path):
     assert _curves(run_dir)[0]["loss/total"] == [0]
 
 
+@pytest.mark.slow
 def test_without_tensorboard_a_run_says_so_once_and_trains(synthetic_root, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.mkdir()

@@ -68,6 +68,7 @@ def npz_run(tmp_path_factory):
     return root, results, clean, flipped, out
 
 
+@pytest.mark.slow
 def test_npz_end_to_end_ranks_the_flipped_labels_first(npz_run):
     root, results, clean, flipped, (train, learn, detect) = npz_run
     run_dir = os.path.join(results, "custom_custom_seed_0")
@@ -96,6 +97,7 @@ def test_detection_on_custom_data_reports_shares_and_audited_scores(npz_run):
     assert "audited labels (150 of 300)" in detect
 
 
+@pytest.mark.slow
 def test_image_folder_end_to_end(tmp_path):
     path, clean, flipped = write_custom(str(tmp_path), n_train=250, folder=True, size=40)
     results = str(tmp_path / "results")
@@ -110,6 +112,7 @@ def test_image_folder_end_to_end(tmp_path):
     assert "epoch: 0\tacc on clean test_data" not in train
 
 
+@pytest.mark.slow
 def test_other_image_sizes_use_global_pooling(tmp_path):
     import torch
 
@@ -219,6 +222,7 @@ def test_bad_custom_data_gets_one_line_errors(tmp_path, capsys):
         )
 
 
+@pytest.mark.slow
 def test_image_folder_link_loop_reads_each_image_once(tmp_path):
     path, clean, _ = write_custom(str(tmp_path), n_train=60, folder=True)
     first, second = (os.path.join(path, c) for c in sorted(CUSTOM_CLASSES)[:2])
@@ -248,6 +252,7 @@ def test_image_folder_link_loop_reads_each_image_once(tmp_path):
     assert "60 training images" in out and ", ".join(f"{k} {n}" for k, n in counts.items()) in out
 
 
+@pytest.mark.slow
 def test_empty_test_set_is_no_test_set(tmp_path):
     rng = np.random.RandomState(0)
     x = rng.randint(0, 255, (40, 32, 32, 3)).astype(np.uint8)
@@ -270,6 +275,7 @@ def test_empty_test_set_is_no_test_set(tmp_path):
     assert "no test set: no test accuracy" in out and "acc on clean test_data" not in out
 
 
+@pytest.mark.slow
 def test_small_images_with_a_last_training_batch_of_one(tmp_path):
     """8x8 images leave 1x1 maps in the last stage, where BatchNorm cannot train on one image: the batch is merged."""
     rng = np.random.RandomState(0)

@@ -60,6 +60,7 @@ def uninterrupted(synthetic_root, tmp_path_factory):
     return os.path.join(results, "cifar10_worst_seed_0"), out
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_exact(synthetic_root, tmp_path, uninterrupted):
     ref_dir, ref_out = uninterrupted
     flags = tiny_flags(
@@ -85,6 +86,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(synthetic_root, tmp_path, uninte
     )
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_says_how_to_resume(synthetic_root, tmp_path, uninterrupted):
     ref_dir, _ = uninterrupted
     flags = tiny_flags(
@@ -104,6 +106,7 @@ def test_sigterm_saves_and_says_how_to_resume(synthetic_root, tmp_path, uninterr
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(synthetic_root, uninterrupted):
     ref_dir, _ = uninterrupted
     before = run_dir_digests(ref_dir)
@@ -114,6 +117,7 @@ def test_existing_run_is_not_overwritten(synthetic_root, uninterrupted):
     assert run_dir_digests(ref_dir) == before
 
 
+@pytest.mark.slow
 def test_concurrent_run_is_refused(synthetic_root, tmp_path):
     run_dir = tmp_path / "cifar10_worst_seed_0"
     run_dir.mkdir()
@@ -123,6 +127,7 @@ def test_concurrent_run_is_refused(synthetic_root, tmp_path):
     assert proc.returncode == 4 and "in use by another process (a training" in proc.stderr
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_epoch_and_iteration(synthetic_root, tmp_path):
     proc = run(TRAIN, *tiny_flags(synthetic_root, str(tmp_path), lr=1e12, print_freq=1000), check=False)
     assert proc.returncode == 5, proc.stderr
@@ -141,6 +146,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_atomic_save_survives_sigkill_during_writes(tmp_path):
     """Kill a process that rewrites a large checkpoint in a loop; the file is always complete."""
     from tests.cli import ROOT
@@ -175,6 +181,7 @@ def interrupt_in_epoch_0(flags, cwd):
     return proc.returncode, err
 
 
+@pytest.mark.slow
 def test_subset_run_interrupted_in_epoch_0_restarts_with_the_same_command(synthetic_root, tmp_path):
     flags = quick_flags(synthetic_root, str(tmp_path))
     code, err = interrupt_in_epoch_0(flags, str(tmp_path))
@@ -195,6 +202,7 @@ def test_subset_run_interrupted_in_epoch_0_restarts_with_the_same_command(synthe
     assert "nothing to resume" in proc.stdout and "starting at epoch 0" in proc.stdout
 
 
+@pytest.mark.slow
 def test_launcher_relaunches_a_run_interrupted_in_epoch_0(synthetic_root, tmp_path):
     from tests.cli import data_flags, launch
 
@@ -229,6 +237,7 @@ def test_launcher_relaunches_a_run_interrupted_in_epoch_0(synthetic_root, tmp_pa
     assert "1 done" in proc.stdout
 
 
+@pytest.mark.slow
 def test_overwrite_keeps_the_old_run_until_the_new_one_completes_an_epoch(synthetic_root, tmp_path):
     flags = quick_flags(synthetic_root, str(tmp_path))
     run(TRAIN, *flags, cwd=str(tmp_path))
@@ -258,6 +267,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_completes_an_epoch(synthe
     assert set(run_dir_digests(run_dir)) - new_curves <= set(before) and not new_curves & set(before)
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_data_or_flags(synthetic_root, tmp_path):
     from tests.synthetic import write_dataset
 

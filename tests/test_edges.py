@@ -15,6 +15,7 @@ from tests.test_bad_input import _copy_run, _detection_argv, _learning_argv, cal
 
 
 # 1. evaluations of one run at once ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_evaluations_started_together_both_keep_their_results(finished_run, synthetic_root, tmp_path):
     run_dir = _copy_run(finished_run, tmp_path)
     procs = [
@@ -81,6 +82,7 @@ def test_an_evaluation_needs_only_the_files_it_reads(
 
 
 # 3. names in any encoding ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_image_folder_names_that_are_not_utf8_train_to_the_end_and_are_written_exactly(tmp_path):
     from bkd.issues import read_label_issues
     from tests.synthetic import write_custom
@@ -138,6 +140,7 @@ def test_a_name_that_cannot_be_written_is_one_line_and_keeps_the_earlier_file(tm
 
 
 # 4. the launcher tells failures from interruptions --------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_run_that_cannot_start_is_reported_failed_and_the_others_go_on(synthetic_root, tmp_path):
     from tests.cli import GRID_TINY, data_flags, grid_flags, launch
 
@@ -196,6 +199,7 @@ def test_standard_output_on_a_full_disk_is_one_line_and_says_what_the_run_holds(
 
 
 # 6. an unwritable compile cache ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_an_unwritable_compile_cache_runs_with_another_and_says_so(synthetic_root, tmp_path):
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR="/proc/no_such_folder")
     proc = subprocess.run(
@@ -257,6 +261,7 @@ def test_the_api_refuses_images_of_two_sizes_in_one_line():
         find_label_issues(images, [0, 1] * 10)
 
 
+@pytest.mark.slow
 def test_the_api_reuses_a_command_line_run_of_the_same_data_and_flags(tmp_path):
     import numpy as np
 
@@ -331,6 +336,7 @@ def test_metrics_json_is_strict_json_where_a_value_is_undefined(tmp_path):
     assert strict == {"a": [1.0, None], "val_acc": [[0, None]], "x": None}
 
 
+@pytest.mark.slow
 def test_resuming_a_traced_run_whose_trace_is_truncated_is_one_line(synthetic_root, tmp_path, capsys):
     import blind_knowledge_dist_training as training
 

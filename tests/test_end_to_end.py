@@ -33,6 +33,7 @@ def trained(synthetic_root, tmp_path_factory):
     return flags, results, train.stdout
 
 
+@pytest.mark.slow
 def test_training_writes_every_output(trained):
     flags, results, stdout = trained
     run_dir = os.path.join(results, "cifar10_worst_seed_0")
@@ -132,6 +133,7 @@ def test_training_learns_the_synthetic_classes(trained):
     assert metrics["test_acc"][-1][1] > 40  # 10 classes: chance is 10 %
 
 
+@pytest.mark.slow
 def test_learning_reports_best_and_last(trained):
     flags, results, _ = trained
     out = run("learning.py", *eval_flags(flags), cwd=results).stdout
@@ -142,6 +144,7 @@ def test_learning_reports_best_and_last(trained):
     assert last == pytest.approx(metrics["test_acc"][-1][1])  # the training log's last-epoch test accuracy
 
 
+@pytest.mark.slow
 def test_detection_reports_scores(trained, synthetic_root):
     flags, results, _ = trained
     out = run("detection.py", *eval_flags(flags), cwd=results).stdout
@@ -255,6 +258,7 @@ def test_confidence_plot_marks_the_split_at_its_0_based_epoch(split_epoch):
     assert list(marker.get_xdata()) == [split_epoch, split_epoch]
 
 
+@pytest.mark.slow
 def test_run_sh_runs_all_three_steps_and_fails_loudly(synthetic_root, tmp_path):
     import subprocess
     import sys
@@ -289,6 +293,7 @@ def test_run_sh_runs_all_three_steps_and_fails_loudly(synthetic_root, tmp_path):
     assert not os.path.exists(tmp_path / "cifar10_noisy100_seed_0")  # refused before anything was created
 
 
+@pytest.mark.slow
 def test_original_pipeline_reaches_the_same_accuracy(trained, synthetic_root, tmp_path):
     """--loader torchvision (PIL workers) and the default device pipeline: same method, same accuracy within noise."""
     flags, results, _ = trained
@@ -303,6 +308,7 @@ def test_original_pipeline_reaches_the_same_accuracy(trained, synthetic_root, tm
     assert pil["test_acc"][-1][1] > 40 and abs(pil["test_acc"][-1][1] - device_acc) <= 15
 
 
+@pytest.mark.slow
 def test_cifar100_path(tmp_path):
     """CIFAR-100: 100 classes, zero padding, crop before flip, its own label keys."""
     from tests.synthetic import write_dataset
@@ -387,6 +393,7 @@ def test_the_run_summary_and_the_grid_summary_have_the_same_columns(tmp_path):
     assert by_run["overfit epoch"] == "7" and by_run["AUROC"] == "0.750" and by_run["AP"] == "n/a"
 
 
+@pytest.mark.slow
 def test_amp_on_the_cpu_needs_native_bf16(synthetic_root, tmp_path):
     """--amp: bf16 autocast on a CPU with native bf16 (the run completes and says so), else a one-line refusal."""
     from bkd.utils.devices import cpu_native_bf16

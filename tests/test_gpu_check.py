@@ -33,6 +33,7 @@ def _processes_with(text):
     return found
 
 
+@pytest.mark.slow
 def test_a_stopped_rehearsal_keeps_its_finished_steps_and_stops_its_children(tmp_path):
     """The first answers on the CPU (tests/test_gpu_check_steps.py runs the later steps), stopped in the throughput
     step."""
@@ -75,6 +76,7 @@ def test_a_stopped_rehearsal_keeps_its_finished_steps_and_stops_its_children(tmp
     assert not _processes_with(str(work)), "the stopped check left children running"
 
 
+@pytest.mark.slow
 def test_slow_compiles_give_the_first_answers_and_skip_the_rest_saying_why(tmp_path):
     """Each compiled mode's first child takes 40 s more here (--simulate_compile_s: a slow compilation, then its cache):
     the default configuration's correctness and the reference and default modes' speed come back, and what no longer
@@ -127,6 +129,7 @@ def _check(tmp_path, **args):
     return gpu_check.Check(argparse.Namespace(**dict(defaults, **args)), torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_a_run_that_times_out_is_reported_so_and_erases_no_other_configurations_result(tmp_path, monkeypatch):
     check = _check(tmp_path)
     monkeypatch.setattr(check.estimates, "predict", lambda kind: 1.0)
@@ -251,6 +254,7 @@ def test_projection_counts_the_full_set_passes_and_evaluations_of_each_mode():
     assert cpu["robust_epoch_s"] == pytest.approx(3.0)  # on the CPU the write is in the training thread
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not gpu_check.real_data_files(SHARED), reason=f"needs the shared CIFAR-10 data ({SHARED})")
 def test_the_real_data_files_hold_the_quick_subset_and_the_whole_test_set(tmp_path):
     from bkd.data.split import stratified_subset

@@ -4,11 +4,14 @@ that the two test workers run them side by side)."""
 import json
 import subprocess
 
+import pytest
+
 from benchmarks import SHARED, gpu_check
 from tests.cli import ROOT
 from tests.test_gpu_check import CHECK
 
 
+@pytest.mark.slow
 def test_rehearsal_of_throughput_real_data_and_the_cuda_tests(tmp_path):
     out, work = str(tmp_path / "gc"), tmp_path / "work"
     work.mkdir()

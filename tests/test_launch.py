@@ -90,6 +90,7 @@ def test_grids_and_flag_routing():
     assert evaluation == ["--n_epoch", "3", "--noise_path", "x.pt", "--device", "cpu", "--reference"]  # not --width
 
 
+@pytest.mark.slow
 def test_failed_run_does_not_stop_the_others(local_grid):
     results, proc = local_grid
     assert proc.returncode == 4, proc.stdout + proc.stderr  # the failed run's exit code (run directory holds a run)
@@ -134,6 +135,7 @@ def test_status_and_summary_of_a_partly_failed_grid(local_grid):
     ] == f"{metrics['detection']['f1']:.3f}"
 
 
+@pytest.mark.slow
 def test_launching_again_skips_finished_runs_retries_the_failed_one_and_leaves_running_ones(local_grid, synthetic_root):
     results, _ = local_grid
     finished = os.path.join(results, "cifar10_aggre_seed_0", "teacher.pth.tar")
@@ -152,6 +154,7 @@ def test_launching_again_skips_finished_runs_retries_the_failed_one_and_leaves_r
     assert "| worst | 2 of 2 |" in summary and os.path.exists(os.path.join(results, "summary.csv"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_run_and_the_next_launch_resumes(synthetic_root, tmp_path):
     results = str(tmp_path)
     flags = [
@@ -248,6 +251,7 @@ def _job(results, name):
     return json.load(open(record)).get("job_id") if os.path.exists(record) else None
 
 
+@pytest.mark.slow
 def test_grid_on_slurm_survives_requeues_and_equals_the_local_grid(cluster, local_grid, synthetic_root, tmp_path):
     env = cluster
     slurm_results, (local_results, _) = str(tmp_path / "slurm"), local_grid

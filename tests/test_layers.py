@@ -3,6 +3,8 @@
 import ast
 import os
 
+import pytest
+
 from tests.cli import ROOT
 
 # (module prefix: layer); a module's layer is its longest prefix's. bkd's own modules are the method's layer, above the
@@ -217,6 +219,7 @@ print(sorted(result.ranked.tolist()) == list(range(40)))
 """
 
 
+@pytest.mark.slow
 def test_the_api_works_from_a_folder_holding_its_own_utils_data_models_and_flags(tmp_path):
     """Only the package bkd is installed (pyproject.toml): a user's own data.py, utils.py, models.py and flags.py stay
     theirs, and bkd's lower layers are its own. Run as a user runs it: from their folder, the repository not on the

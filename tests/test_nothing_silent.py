@@ -44,6 +44,7 @@ def _unchanged(path):
     return open(path, "rb").read()
 
 
+@pytest.mark.slow
 def test_detection_refuses_another_label_set_than_the_runs(aggre_run, synthetic_root):
     results, run_dir = aggre_run
     before = _unchanged(os.path.join(run_dir, "metrics.json"))
@@ -53,6 +54,7 @@ def test_detection_refuses_another_label_set_than_the_runs(aggre_run, synthetic_
     assert _unchanged(os.path.join(run_dir, "metrics.json")) == before
 
 
+@pytest.mark.slow
 def test_evaluations_refuse_other_labels_of_the_same_images(aggre_run, synthetic_root, tmp_path):
     _, run_dir = aggre_run
     from bkd.data.labels import safe_load
@@ -88,6 +90,7 @@ def test_evaluations_refuse_other_labels_of_the_same_images(aggre_run, synthetic
     assert _unchanged(os.path.join(run_dir, "metrics.json")) == before
 
 
+@pytest.mark.slow
 def test_learning_refuses_another_data_file_of_the_same_shape(tmp_path):
     rng = np.random.RandomState(0)
     x, y = make_images(120, 3, rng)
@@ -218,6 +221,7 @@ def test_detection_refuses_split_files_that_metrics_json_does_not_record(aggre_r
 
 
 # 6. unfinished runs ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluations_say_a_run_is_unfinished_instead_of_scoring_its_first_epoch(synthetic_root, tmp_path):
     flags = tiny_flags(synthetic_root, str(tmp_path), n_epoch=4)
     proc = subprocess.Popen(
@@ -292,6 +296,7 @@ def test_api_with_a_subset_returns_the_positions_it_used(tmp_path):
     assert np.array_equal(r.suggested_label, r.pred_probs.argmax(axis=1))
 
 
+@pytest.mark.slow
 def test_label_issues_csv_names_positions_in_the_data_with_a_subset(tmp_path):
     from bkd.issues import read_label_issues
 
@@ -325,6 +330,7 @@ def test_label_issues_csv_names_positions_in_the_data_with_a_subset(tmp_path):
 
 
 # 8. the launcher on a grid trained with other flags -----------------------------------------------------------------
+@pytest.mark.slow
 def test_relaunching_a_finished_grid_with_other_flags_says_so_and_overwrite_retrains(synthetic_root, tmp_path):
     results = str(tmp_path)
     grid = [
@@ -483,6 +489,7 @@ def test_npz_problems_are_named_without_unsafe_advice(tmp_path):
         assert not any(word in str(err.value) for word in ("allow_pickle", "pickled", "weights_only"))
 
 
+@pytest.mark.slow
 def test_overfitting_epoch_advice_names_epochs_that_exist(synthetic_root, tmp_path):
     short = run(TRAIN, *tiny_flags(synthetic_root, str(tmp_path), n_epoch=3, overfitting_epoch=100), check=False)
     line = _one_line(short, 2)
@@ -504,6 +511,7 @@ def test_labels_with_a_gap_are_asked_to_be_renumbered():
         from_arrays(x, np.array([0, 1, 3] * 10))
 
 
+@pytest.mark.slow
 def test_a_refused_start_creates_nothing(synthetic_root, tmp_path):
     results = tmp_path / "results"
     missing = tiny_flags(synthetic_root, str(results), noise_path=str(tmp_path / "none.pt"))  # refused after the lock
@@ -513,6 +521,7 @@ def test_a_refused_start_creates_nothing(synthetic_root, tmp_path):
     assert "nothing to resume in" in _one_line(resumed, 4) and not (results / "cifar10_worst_seed_0").exists()
 
 
+@pytest.mark.slow
 def test_custom_runs_are_announced_by_their_data_file(tmp_path):
     x, y = make_images(60, 2, np.random.RandomState(0))
     path = _npz(tmp_path / "pets.npz", x_train=x, y_train=y)

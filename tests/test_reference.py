@@ -112,6 +112,7 @@ DATA = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not TRACES or not all(map(os.path.exists, DATA)),
     reason="needs ../shared/data (reference-traces/*.json, cifar10.npz, CIFAR-10_human.pt)",

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from bkd.config import TrainConfig
@@ -32,6 +33,7 @@ def test_deferred_full_set_pass_equals_the_pass_in_its_epoch():
     assert not np.array_equal(in_epoch["full"], t.state.stats[5]["full"])  # another epoch draws other augmentations
 
 
+@pytest.mark.slow
 def test_default_mode_runs_the_full_set_pass_once(synthetic_root, tmp_path):
     trace = tmp_path / "trace.json"
     run(

@@ -44,6 +44,7 @@ def _check_revealed(revealed, tool):
         assert expected in returned and "Any" not in returned and "Unknown" not in returned, (tool, revealed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("installed", [True, False], ids=["after-setup", "no-install"])
 def test_mypy_resolves_every_layer_at_the_repository_root(tmp_path, installed):
     """With the README's environment, and with none (no site-packages: nothing installed is seen)."""
