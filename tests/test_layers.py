@@ -150,6 +150,57 @@ def _product_files():
         )
 
 
+BELOW_FLAGS = ("bkd", "models", "data", "utils")  # the layers under flags.py (docs/layout.md, 'Layers')
+
+
+def _below_flags():
+    for entry in BELOW_FLAGS:
+        folder = os.path.join(ROOT, entry)
+        yield from (os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".py"))
+
+
+def _argparse_uses(tree):
+    """(function or None, what) of every import of argparse and every annotation naming its Namespace in `tree`."""
+
+    def walk(node, function):
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+            if isinstance(child, ast.Import) and any(a.name == "argparse" for a in child.names):
+                yield function, "import argparse"
+            elif isinstance(child, ast.ImportFrom) and child.module == "argparse":
+                yield function, "from argparse import"
+            elif (
+                isinstance(child, ast.arg)
+                and child.annotation is not None
+                and "Namespace" in ast.unparse(child.annotation)
+            ):
+                yield function, f"parameter {child.arg}: {ast.unparse(child.annotation)}"
+            yield from walk(child, inner)
+
+    yield from walk(tree, None)
+
+
+def test_no_function_below_flags_takes_argparses_namespace():
+    """argparse stays in flags.py and the scripts: below them, no parameter is an argparse Namespace and argparse is
+    imported only inside a module's own command line (`main` of `python -m bkd.report`)."""
+    found = [
+        f"{os.path.relpath(path, ROOT)}: {what} in {function or 'the module'}"
+        for path in _below_flags()
+        for function, what in _argparse_uses(ast.parse(open(path).read()))
+        if not (function == "main" and what.startswith(("import", "from")))
+    ]
+    assert not found, found
+
+
+def test_the_namespace_check_sees_a_namespace_parameter_and_a_module_import():
+    tree = ast.parse("import argparse\ndef f(args: argparse.Namespace):\n    pass\ndef main():\n    import argparse\n")
+    assert list(_argparse_uses(tree)) == [
+        (None, "import argparse"),
+        ("f", "parameter args: argparse.Namespace"),
+        ("main", "import argparse"),
+    ]
+
+
 def test_no_function_of_the_product_takes_more_than_seven_parameters():
     wide = [
         f"{os.path.relpath(path, ROOT)}: {name}({', '.join(names)})"
