@@ -12,17 +12,22 @@ import pytest
 
 from tests.cli import ROOT
 
-# A class of each lower layer, and what the checker must see: what only a resolved module can say.
+# What the issue's researcher imported from each lower layer, and a class of each; and what the checker must see of
+# each: what only a resolved, annotated module can say (a function's return type, a class of the project).
 PROBE = """\
-from bkd.data.datasets import DataSelection
-from bkd.models.resnet import ResNet
+from bkd.data.datasets import DataSelection, input_dataset
+from bkd.models.resnet import PreResNet18, ResNet
 from bkd.utils.errors import UsageError
+from bkd.utils.files import atomic_path
 
+reveal_type(input_dataset)
+reveal_type(PreResNet18)
+reveal_type(atomic_path)
 reveal_type(DataSelection)
 reveal_type(ResNet)
 reveal_type(UsageError)
 """
-EXPECTED = ("DataSelection", "ResNet", "UsageError")
+EXPECTED = ("RunData", "ResNet", "ContextManager[str", "DataSelection", "ResNet", "UsageError")
 
 
 def _probe(tmp_path):
