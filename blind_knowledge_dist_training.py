@@ -7,12 +7,11 @@ docs/layout.md follows this file to the first training iteration.
 """
 
 if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
-    from bkd.utils.errors import interrupt_quietly_while_starting
+    from bkd.utils.stops import interrupt_quietly_while_starting
 
     interrupt_quietly_while_starting()
 
 import argparse
-import os
 import time
 from collections.abc import Sequence
 
@@ -22,7 +21,7 @@ from bkd import resume
 from bkd.config import TrainConfig, check_config, resolve_computation
 from bkd.data.datasets import input_dataset
 from bkd.outputs import RunFiles
-from bkd.run import Job, Saved, StopFlag, fit
+from bkd.run import Job, Saved, fit
 from bkd.rundir import STATE, RunDir
 from bkd.trace import Trace
 from bkd.utils import logfmt
@@ -37,7 +36,8 @@ from bkd.utils.errors import (
     UsageError,
     run_cli,
 )
-from bkd.utils.files import portable
+from bkd.utils.files import portable, shown
+from bkd.utils.stops import StopFlag, held
 from flags import Parser, data_selection, parse, run_dir_path, training_config, training_parser
 
 PATH_FLAGS = ("data_root", "noise_path", "results_dir", "run_dir", "trace")
@@ -69,22 +69,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     run = RunDir(run_dir_path(args)).open(resume=args.resume, overwrite=args.overwrite)
     try:
         train(args, config, device, run)
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, and say what the directory holds
-        raise Interrupted(f"interrupted; {run.describe()}") from None
-    except (Interrupted, DivergedError, RunDirError, OutOfMemory) as err:
-        raise type(err)(f"{err}; {run.describe()}") from None
-    except BrokenPipeError:  # `... | head`: stop as a Unix tool does, saying on stderr what the directory holds
-        raise OutputClosed(f"{OUTPUT_CLOSED}; {run.describe()}") from None
-    finally:
+    except BaseException as err:
+        raise stopped(err, run) from None
+    run.close()
+
+
+def stopped(err: BaseException, run: RunDir) -> BaseException:
+    """What a run that stopped with `err` reports: its directory put in order (an --overwritten run back in place of a
+    new one that completed no epoch) and said in the line, whatever signals come meanwhile (the process is stopping
+    already: they are dropped)."""
+    with held(drop=True):
         run.close()
+        holds = run.describe()
+    if isinstance(err, KeyboardInterrupt):  # a second signal, or one before the run started: stopped where it was
+        return Interrupted(f"{err or 'interrupted'}; {holds}")
+    if isinstance(err, (Interrupted, DivergedError, RunDirError, OutOfMemory)):
+        return type(err)(f"{err}; {holds}")
+    if isinstance(err, BrokenPipeError):  # `... | head`: stop as a Unix tool does, saying on stderr what it holds
+        return OutputClosed(f"{OUTPUT_CLOSED}; {holds}")
+    return err
 
 
 def train(args: argparse.Namespace, config: TrainConfig, device: torch.device, run: RunDir) -> None:
     """Data, resume state, files and trace around one bkd.run.fit."""
     started = time.time()  # (bkd.run.fit seeds python, numpy and torch before the first random draw)
-    stop = StopFlag(
-        run.describe
-    ).install()  # SIGINT/SIGTERM from here on: a clean stop, saying what the directory holds
+    # SIGINT/SIGTERM from here on: a stop that keeps what the run completed, saying what the directory holds
+    stop = StopFlag(run.describe).install()
+    stop.phase = "while loading the data"
     log(logfmt.device_line(device))
     log(str(device))
     selection = data_selection(args)
@@ -108,12 +119,12 @@ def train(args: argparse.Namespace, config: TrainConfig, device: torch.device, r
     )
     log(logfmt.ours(setup_line(args, job, run)))
     if saved is not None:
-        log(logfmt.ours(f"resumed {portable(run.path)} after epoch {saved['epoch'] - 1} of 0..{config.n_epoch - 1}"))
+        log(logfmt.ours(f"resumed {shown(run.path)} after epoch {saved['epoch'] - 1} of 0..{config.n_epoch - 1}"))
     state = fit(job, outputs, resume=Saved(run.file(STATE), saved) if saved else None, stop=stop)
     log(
         logfmt.ours(
             f"finished: best noisy validation accuracy {state.best_val:.2f} % at epoch {state.best_epoch}; "
-            f"outputs in {portable(run.path)}"
+            f"outputs in {shown(run.path)}"
         )
     )
 
@@ -134,12 +145,12 @@ def setup_line(args: argparse.Namespace, job: Job, run: RunDir) -> str:
     labels = (
         f"{args.dataset} {args.noise_type}"
         if not selection.custom
-        else f"custom data {portable(os.path.abspath(selection.custom_file))} (its given labels)"
+        else f"custom data {shown(selection.custom_file)} (its given labels)"
     )
     return (
         f"{labels}, seed {job.config.seed}: {len(data.train_pos)} training / {len(data.val_pos)} "
         f"validation / {len(data.labels)} detection images, PreResNet18 width {job.config.width}, device {device} "
-        f"({', '.join(arithmetic)}), {computation.name}, run directory {portable(run.path)}"
+        f"({', '.join(arithmetic)}), {computation.name}, run directory {shown(run.path)}"
     )
 
 

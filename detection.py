@@ -8,7 +8,7 @@ Custom data: the number flagged and the share of each class flagged; with --true
 """
 
 if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
-    from bkd.utils.errors import interrupt_quietly_while_starting
+    from bkd.utils.stops import interrupt_quietly_while_starting
 
     interrupt_quietly_while_starting()
 
@@ -22,10 +22,11 @@ import numpy as np
 from bkd import rundir as rd
 from bkd.evaluations import check_split, evaluated_data, evaluating
 from bkd.utils import logfmt
-from bkd.utils.errors import DataError, first_line, run_cli, stop_on_signals
-from bkd.utils.files import update_json
+from bkd.utils.errors import DataError, first_line, run_cli
+from bkd.utils.files import open_regular, update_json
 from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
 from bkd.utils.seeds import set_global_seeds
+from bkd.utils.stops import stop_on_signals
 from flags import Parser, base_parser, data_selection, parse, run_dir_path, training_config
 
 
@@ -45,7 +46,10 @@ def load_detection(path: str, expected_len: int) -> np.ndarray:
     if not os.path.exists(path):
         raise DataError(f"{path}: not found; train this run first (blind_knowledge_dist_training.py writes it)")
     try:
-        flagged = np.load(path, allow_pickle=False)
+        with open_regular(path, "rb") as fh:
+            flagged = np.load(fh, allow_pickle=False)
+    except DataError:
+        raise
     except Exception as err:
         raise DataError(
             f"{path}: unreadable .npy file ({first_line(err)}); truncated or not written by this project"
@@ -62,11 +66,14 @@ def load_detection(path: str, expected_len: int) -> np.ndarray:
 def load_true_labels(path: str, given: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Audited labels: (mask of audited images, truly noisy among them)."""
     try:
-        truth = np.load(path, allow_pickle=False)
+        with open_regular(path, "rb") as fh:
+            truth = np.load(fh, allow_pickle=False)
+            archive = not isinstance(truth, np.ndarray)  # an .npz archive
+    except DataError:
+        raise
     except Exception as err:
         raise DataError(f"--true_labels {path}: not a readable .npy file ({first_line(err)})") from None
-    if not isinstance(truth, np.ndarray):  # an .npz archive
-        truth.close()
+    if archive:
         raise DataError(
             f"--true_labels {path}: an .npz archive; save the labels alone with np.save(<file>.npy, labels)"
         )
@@ -127,8 +134,9 @@ def score(args: argparse.Namespace, run_dir: str, metrics: dict[str, Any]) -> No
 def load_agreement(path: str, expected_len: int) -> np.ndarray | None:
     """agreement.npy (the ranking statistic), or None with a [bkd] notice when the run has none usable."""
     try:
-        label_prob = np.load(path, allow_pickle=False)
-    except Exception as err:
+        with open_regular(path, "rb") as fh:
+            label_prob = np.load(fh, allow_pickle=False)
+    except Exception as err:  # (a damaged or missing file, or no regular file: said in the line)
         print(logfmt.ours(f"{rd.AGREEMENT} not usable ({first_line(err)}): no ranking scores"))
         return None
     if label_prob.shape != (expected_len,):

@@ -5,7 +5,7 @@ Prints the original's start-up lines and its `Best test acc selected by val is <
 """
 
 if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a traceback (utils/errors.py)
-    from bkd.utils.errors import interrupt_quietly_while_starting
+    from bkd.utils.stops import interrupt_quietly_while_starting
 
     interrupt_quietly_while_starting()
 
@@ -26,9 +26,10 @@ from bkd.utils import logfmt
 from bkd.utils.checkpoint import load_model
 from bkd.utils.cuda import cuda_settings
 from bkd.utils.devices import resolve_device
-from bkd.utils.errors import DataError, run_cli, stop_on_signals
+from bkd.utils.errors import DataError, run_cli
 from bkd.utils.files import update_json
 from bkd.utils.seeds import set_global_seeds
+from bkd.utils.stops import stop_on_signals
 from flags import Parser, base_parser, data_selection, parse, run_dir_path, training_config
 
 

@@ -24,17 +24,18 @@ import numpy as np
 
 from bkd import resume
 from bkd import rundir as rd
-from bkd.config import TrainConfig, check_config, resolve_computation
+from bkd.config import KINDS, TrainConfig, check_config, of_type, resolve_computation
 from bkd.data.custom import from_arrays
 from bkd.data.datasets import CUSTOM, DataSelection, RunData, input_dataset
 from bkd.issues import rank_label_issues
 from bkd.outputs import RunFiles
-from bkd.run import Job, Saved, StopFlag, fit
+from bkd.run import Job, Saved, fit
 from bkd.state import MethodState
 from bkd.utils.devices import resolve_device
 from bkd.utils.errors import DataError, UsageError
 from bkd.utils.logfmt import quiet
 from bkd.utils.seeds import preserved_global_rng
+from bkd.utils.stops import StopFlag
 
 
 @dataclass
@@ -80,7 +81,7 @@ def find_label_issues(
     classes: Sequence[str] | None = None,
     ids: Sequence[str] | None = None,
     device: str = "auto",
-    run_dir: str | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
     verbose: bool = False,
     **flags: Any,
 ) -> LabelIssues:
@@ -98,7 +99,7 @@ def find_label_issues(
         Identifiers of the images, e.g. file names (default: their positions); label_issues.csv shows them.
     device : str, default "auto"
         "auto" (CUDA when present, else the CPU), "cpu", "cuda" or "cuda:N".
-    run_dir : str, optional
+    run_dir : str or os.PathLike, optional
         A run directory to write the usual outputs into (default None: nothing is written). A second call with the
         same data and arguments resumes an unfinished run there, or reads a finished one back.
     verbose : bool, default False
@@ -124,6 +125,13 @@ def find_label_issues(
     """
     # (the training script's flag of that name: not a TrainConfig field)
     keep_image_size = flags.pop("keep_image_size", False)
+    for name, value, kind in (
+        ("keep_image_size", keep_image_size, bool),
+        ("verbose", verbose, bool),
+        ("device", device, str),
+    ):
+        if not of_type(value, kind):
+            raise UsageError(f"{name}={value!r} must be {KINDS[kind]}, not {type(value).__name__}")
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(flags) - known)
     if unknown:
@@ -131,7 +139,9 @@ def find_label_issues(
             f"find_label_issues: unknown argument(s) {', '.join(unknown)}; the training flags are "
             f"{', '.join(sorted(known | {'keep_image_size'}))}, besides device, run_dir, classes, ids, verbose"
         )
-    config = TrainConfig(**flags)
+    config = TrainConfig(
+        **{k: v.item() if isinstance(v, np.generic) else v for k, v in flags.items()}
+    )  # (NumPy: Python)
     check_config(config)
     where = resolve_device(device)
     selection = DataSelection(
@@ -144,7 +154,7 @@ def find_label_issues(
     with preserved_global_rng():  # the run seeds the global generators; the caller's come back as they were
         if run_dir is None:
             return _result(data, fit(job, stop=StopFlag()))
-        return _in_run_dir(run_dir, job, selection)
+        return _in_run_dir(os.fspath(run_dir), job, selection)
 
 
 def _result(data: RunData, state: MethodState) -> LabelIssues:

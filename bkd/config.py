@@ -8,10 +8,13 @@ autograd, its end-of-training overwrite, its CIFAR-100 validation normalisation 
 """
 
 import math
+import numbers
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from bkd.utils.errors import UsageError
 
@@ -223,13 +226,35 @@ def compiles(config: TrainConfig, device: "torch.device | None" = None) -> bool:
 REFERENCE_CLASHES = ("amp", "compile", "detach_robust_target", "strict_fp32")  # the reference mode decides these itself
 
 
+KINDS = {bool: "True or False", int: "a whole number", float: "a number", str: "a string"}
+
+
+def of_type(value: Any, kind: type) -> bool:
+    """`value` is a `kind` as a TrainConfig field takes it: a NumPy integer is a whole number and a NumPy float a
+    number, but True is no number (a bool is Python's int)."""
+    if kind is bool:
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    if kind is float:
+        return isinstance(value, numbers.Real)
+    return isinstance(value, kind)
+
+
 def check_values(values: Mapping[str, Any]) -> None:
-    """One line naming the first bad value of `values` (TrainConfig names: the flags' and the API's alike)."""
+    """One line naming the first bad value of `values` (TrainConfig names: the flags' and the API's alike): a value of
+    the wrong type (the API takes any), then one its check refuses."""
     for f in fields(TrainConfig):
-        if f.name not in values or values[f.name] is None:
+        if f.name not in values:
             continue
-        value = values[f.name]
-        if f.type is float and not math.isfinite(value):
+        value, kind = values[f.name], value_type(f)
+        if value is None and f.default is None:  # (None: the run decides, or not given)
+            continue
+        if not of_type(value, kind):
+            raise UsageError(f"--{f.name} {value!r} must be {KINDS[kind]}, not {type(value).__name__}")
+        if kind is float and not math.isfinite(value):
             raise UsageError(f"--{f.name} {value} must be a finite number")
         problem = f.metadata["check"] and f.metadata["check"](f.name, value)
         if problem:

@@ -24,7 +24,7 @@ import numpy as np
 
 from bkd.utils import logfmt
 from bkd.utils.errors import RunDirError
-from bkd.utils.files import portable
+from bkd.utils.files import shown
 from bkd.utils.logfmt import Log
 from bkd.utils.metrics import detection_scores
 
@@ -32,19 +32,24 @@ if TYPE_CHECKING:
     from bkd.state import MethodState, Split
 
 
-def _quiet_writer_threads() -> None:
+def _quiet_writer_threads() -> Callable[[], None]:
     """TensorBoard's writer thread re-raises a failed write (a full disk) as it dies, which Python prints as a thread's
-    traceback; the same error reaches the caller at its next write or flush (Curves._write says it in one line)."""
+    traceback; the same error reaches the caller at its next write or flush (Curves._write says it in one line). So,
+    while a run writes curves, threading.excepthook passes over that one error; returns what puts the caller's hook
+    back (Curves.close calls it: the Python API leaves no hook of its own in the caller's process)."""
     previous = threading.excepthook
-    if getattr(previous, "bkd_quiet", False):
-        return
 
     def hook(args: threading.ExceptHookArgs) -> None:
         if type(args.thread).__name__ != "_AsyncWriterThread" or not issubclass(args.exc_type, OSError):
             previous(args)
 
-    hook.bkd_quiet = True  # type: ignore[attr-defined]
     threading.excepthook = hook
+
+    def restore() -> None:
+        if threading.excepthook is hook:  # (not if another hook was installed over it since: that one stays)
+            threading.excepthook = previous
+
+    return restore
 
 
 class Curves:
@@ -53,9 +58,8 @@ class Curves:
     def __init__(self, path: str, truly_noisy: np.ndarray | None, log: Log = print) -> None:
         self.path, self.truly_noisy, self.log = path, truly_noisy, log
         self.writer: Any = None  # torch.utils.tensorboard.SummaryWriter
-        self._open: Callable[[], Any] | None = (
-            None  # makes the writer at the first value: a resumed finished run writes no file
-        )
+        self._open: Callable[[], Any] | None = None  # makes the writer at the first value (a finished run: no file)
+        self._restore_hook: Callable[[], None] | None = None
 
     def start(self, start_epoch: int) -> None:
         """The run starts at `start_epoch`: the writer opens at the first value (purging what a stopped run wrote
@@ -68,7 +72,7 @@ class Curves:
             )
             return
         self._open = lambda: SummaryWriter(self.path, purge_step=start_epoch or None)
-        _quiet_writer_threads()
+        self._restore_hook = _quiet_writer_threads()
 
     @property
     def writing(self) -> bool:
@@ -127,7 +131,7 @@ class Curves:
         except OSError as err:
             self._abandon()
             raise RunDirError(
-                f"cannot write the TensorBoard curves in {portable(self.path)} ({err.strerror or err}), so "
+                f"cannot write the TensorBoard curves in {shown(self.path)} ({err.strerror or err}), so "
                 "their epoch is not kept; free space or make the folder writable"
             ) from None
 
@@ -146,7 +150,12 @@ class Curves:
                 os.remove(path)
 
     def close(self) -> None:
-        """Close the writer (its files are complete)."""
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        """Close the writer (its files are complete), and put the caller's thread hook back."""
+        try:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+        finally:
+            if self._restore_hook is not None:
+                self._restore_hook()
+                self._restore_hook = None

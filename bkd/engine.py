@@ -137,7 +137,7 @@ def compilation_failed(err: BaseException) -> bool:
 
 def progress(iterable: Iterable[T], description: str, total: int | None = None) -> Iterable[T]:
     """A tqdm bar on stderr when stderr is a terminal; the plain iterable otherwise (never in a log)."""
-    if not sys.stderr.isatty():
+    if sys.stderr is None or not sys.stderr.isatty():  # (None: a service's or pythonw's process has no stderr)
         return iterable
     from tqdm import tqdm
 

@@ -15,7 +15,7 @@ from bkd import rundir as rd
 from bkd.resume import check_same_data
 from bkd.utils import logfmt
 from bkd.utils.errors import DataError, RunDirError, first_line
-from bkd.utils.files import read_json_object
+from bkd.utils.files import open_regular, read_json_object
 from bkd.utils.logfmt import Log
 
 if TYPE_CHECKING:
@@ -101,7 +101,8 @@ def saved_subset(run_dir: str) -> np.ndarray | None:
     if not os.path.exists(path):
         return None
     try:
-        subset = np.load(path, allow_pickle=False)
+        with open_regular(path, "rb") as fh:
+            subset = np.load(fh, allow_pickle=False)
     except Exception as err:
         raise DataError(
             f"{path}: unreadable ({first_line(err)}); truncated? Train the run again (--overwrite)"
@@ -126,17 +127,16 @@ def evaluated_data(
 
     if not images:
         config = dataclasses.replace(config, val_ratio=0.0)
+    check_run_selection(run_dir, metrics, selection)  # (before loading: another data set's files may not be here)
     data = input_dataset(selection, config, subset=saved_subset(run_dir), with_images=images)
-    check_run_data(run_dir, metrics, selection, data.fingerprint())
+    check_run_data(run_dir, metrics, data.fingerprint())
     for line in data.banner:
         print(line)
     return data
 
 
-def check_run_data(
-    run_dir: str, metrics: dict[str, Any], selection: "DataSelection", fingerprint: dict[str, Any]
-) -> None:
-    """The evaluation's data is the run's: its data set and label set, then its data's fingerprint (exit 3)."""
+def check_run_selection(run_dir: str, metrics: dict[str, Any], selection: "DataSelection") -> None:
+    """The evaluation asks for the run's data set and label set (exit 3), before it loads anything."""
     config = metrics.get("config") or {}
     keys = ("dataset", "noise_type") if not selection.custom else ("dataset",)  # custom data: no label sets
     for key in keys:
@@ -145,6 +145,10 @@ def check_run_data(
                 f"--{key} {getattr(selection, key)}: the run in {run_dir} was trained with --{key} {config[key]}; "
                 f"give the flags it was trained with, or the run directory of a {getattr(selection, key)} run"
             )
+
+
+def check_run_data(run_dir: str, metrics: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    """The evaluation's data is the run's: its fingerprint is the one recorded (exit 3)."""
     recorded = metrics.get("data")
     if not isinstance(recorded, dict):
         raise DataError(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from bkd.utils.files import atomic_path
+from bkd.utils.files import atomic_path, open_regular
 
 if TYPE_CHECKING:
     from bkd.data.datasets import RunData
@@ -72,7 +72,7 @@ def write_label_issues(path: str, split: "Split", data: "RunData") -> np.ndarray
 
 def read_label_issues(path: str) -> list[dict[str, Any]]:
     """The rows of a label_issues.csv as a list of dicts (numbers converted)."""
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+    with open_regular(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         rows = list(csv.DictReader(fh))
     for row in rows:
         for key in ("rank", "position", "given_label", "agreed_label", "group", "flagged"):

@@ -11,7 +11,6 @@ mean ± std over seeds.
 """
 
 import csv
-import json
 import os
 import sys
 from collections import defaultdict
@@ -20,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from bkd.utils.files import open_regular, read_json_object
+
 GROUP_COLOURS = {1: "#1a9850", 2: "#91cf60", 3: "#fc8d59", 4: "#d73027"}
 
 
 def load_run(run_dir: str) -> dict[str, Any]:
     """A run's metrics.json."""
-    with open(os.path.join(run_dir, "metrics.json")) as fh:
-        return json.load(fh)
+    return read_json_object(os.path.join(run_dir, "metrics.json"))
 
 
 def confidence_figure(m: dict[str, Any], name: str) -> Any:
@@ -70,7 +70,8 @@ def plot_run(run_dir: str, truly_noisy: np.ndarray | None = None) -> list[str]:
     paths = [_save(confidence_figure(m, name), run_dir, "confidence.png")]
     agreement_path = os.path.join(run_dir, "agreement.npy")
     if os.path.exists(agreement_path) and m.get("otsu_full"):
-        p = np.load(agreement_path)
+        with open_regular(agreement_path, "rb") as fh:
+            p = np.load(fh, allow_pickle=False)
         split = m["otsu_full"]
         from bkd.method import assign_groups
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from bkd.utils import logfmt
 from bkd.utils.errors import DataError, UsageError, first_line
+from bkd.utils.files import open_regular
 from bkd.utils.logfmt import Log
 from bkd.utils.machine import describe_device, device_identity
 
@@ -104,7 +105,10 @@ def load(path: str, advice: Advice = SCRIPT) -> dict[str, Any]:
     import torch
 
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path, "rb") as fh:
+            saved = torch.load(fh, map_location="cpu", weights_only=True)
+    except DataError:
+        raise
     except Exception as err:
         raise DataError(f"{path}: unreadable resume state ({first_line(err)}); {advice.restart}") from None
     if (

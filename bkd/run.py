@@ -10,14 +10,9 @@ run writes is its outputs' business (bkd/outputs.py); the loop tells them when s
 work and of random draws is the original's, so --reference replays the authors' traces bit for bit.
 """
 
-import os
-import select
-import signal
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -55,18 +50,16 @@ from bkd.utils.checkpoint import host_copy
 from bkd.utils.compile_cache import usable_compile_cache
 from bkd.utils.cuda import cuda_settings
 from bkd.utils.errors import (
-    EXIT_INTERRUPTED,
     DataError,
     DivergedError,
-    Interrupted,
     OutOfMemory,
     UsageError,
     first_line,
-    report_and_exit,
 )
 from bkd.utils.logfmt import Log
 from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
 from bkd.utils.seeds import rng_state, set_global_seeds, set_rng_state
+from bkd.utils.stops import StopFlag
 
 if TYPE_CHECKING:
     from bkd.outputs import Output
@@ -119,85 +112,6 @@ class EpochResult:
     losses: list[float]  # [loss, naive, compensation], means over the epoch
 
 
-class StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the training loop checks between iterations and before each pass.
-
-    Python runs a signal handler only between bytecodes: a process inside a long native call (a hung kernel, a
-    compilation, a minutes-long evaluation pass) would not stop, and a second signal would not either. So the signal
-    also wakes a watchdog thread (through `signal.set_wakeup_fd`, written by the C-level handler at once): if the
-    process is still running `grace_s` seconds after the first signal, or `SECOND_S` after the second, the watchdog
-    ends it (exit 130) with one line saying so and, from `describe()`, what the run directory holds. Every file is
-    written atomically, so nothing on disk is half-written by that; the epoch in progress is lost, as with any stop.
-    """
-
-    GRACE_S = 30.0  # an iteration, a pass's start or a pending write takes less; a hung kernel or a compilation longer
-    SECOND_S = 3.0
-
-    def __init__(self, describe: Callable[[], str] | None = None, grace_s: float = GRACE_S) -> None:
-        self.signal: int | None = None
-        self.describe, self.grace_s = describe, grace_s
-        self._signals, self._signum = 0, 0
-        self._deadline: float | None = None
-
-    def install(self) -> "StopFlag":
-        """Handle SIGINT and SIGTERM from now on (the main thread's handlers) and start the watchdog."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handler)
-        self._start_watchdog()
-        return self
-
-    def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal is not None:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def check(self, where: str) -> None:
-        """Raise Interrupted, naming `where` the run stopped, if a signal came."""
-        if self.signal is not None:
-            name = signal.Signals(self.signal).name
-            raise Interrupted(f"{name} received during {where}")  # the caller says what the run directory holds
-
-    def _start_watchdog(self) -> None:
-        read, write = os.pipe()
-        os.set_blocking(write, False)
-        try:
-            signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        except ValueError:  # not the main thread: Python delivers no signals here anyway
-            os.close(read)
-            os.close(write)
-            return
-        threading.Thread(target=self._watch, args=(read,), name="bkd-stop-watchdog", daemon=True).start()
-
-    def _watch(self, read: int) -> None:
-        while True:
-            ready = select.select(
-                [read], [], [], None if self._deadline is None else max(0.0, self._deadline - time.time())
-            )
-            if ready[0]:
-                for byte in os.read(read, 64):
-                    if byte in (signal.SIGINT, signal.SIGTERM):
-                        self._signals += 1
-                        self._signum = byte
-                        wait = self.grace_s if self._signals == 1 else self.SECOND_S
-                        self._deadline = min(self._deadline or float("inf"), time.time() + wait)
-            elif self._deadline is not None and time.time() >= self._deadline:
-                self._stop_now()
-
-    def _stop_now(self) -> None:
-        name = signal.Signals(self._signum).name
-        after = f"{self.grace_s:.0f} s after {name}" if self._signals == 1 else f"after a second {name}"
-        message = (
-            f"error: still running {after} (inside a long native call: a kernel, a compilation or a pass), so "
-            "it was stopped at once"
-        )
-        try:
-            if self.describe is not None:
-                message += f"; {self.describe()}"
-        except Exception as err:  # noqa: BLE001 - the line must still be printed
-            message += f"; (what the run directory holds could not be read: {first_line(err)})"
-        report_and_exit(message, EXIT_INTERRUPTED)
-
-
 def fit(
     job: Job, outputs: Sequence["Output"] = (), resume: Saved | None = None, stop: StopFlag | None = None
 ) -> MethodState:
@@ -234,6 +148,8 @@ def fit(
             cuda_settings(job.device, job.computation.deterministic, job.computation.tf32),
         ):
             set_global_seeds(job.config.seed)
+            if stop is not None:
+                stop.phase = "while building the networks and the loaders"
             run = Run(job, outputs)
             return run.loop(resume, stop)
     except torch.cuda.OutOfMemoryError as err:
@@ -308,10 +224,11 @@ class Run:
     # --- the loop ---------------------------------------------------------------------------------------------------
     def loop(self, resume: Saved | None = None, stop: StopFlag | None = None) -> MethodState:
         """Every epoch from the first (or the one after `resume`'s) to the last; returns the MethodState."""
+        self.stop = stop or self.stop.install()  # (fit without a stop: SIGINT and SIGTERM stop it between iterations)
         start = self.restore(resume) if resume is not None else 0
         c, state, log = self.config, self.state, self.log
+        self.stop.defer("at the start of the run")  # from here a signal stops the run where it keeps what it completed
         self.tell("start", start)
-        self.stop = stop or self.stop.install()
         if state.groups is not None:  # resumed in the robust phase
             self.sample_alpha = group_alphas(state.groups, c.alphas, self.job.device)
         for epoch in range(start, c.n_epoch):

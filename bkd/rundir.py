@@ -7,10 +7,13 @@ import errno
 import fcntl
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from typing import IO, Any
 
 from bkd.utils.errors import DataError, RunDirError
+from bkd.utils.files import open_regular, read_json_object, save_json
+from bkd.utils.stops import held
 
 TEACHER, STUDENT = "teacher.pth.tar", "student.pth.tar"  # best by validation (the original's names)
 TEACHER_LAST, STUDENT_LAST = "teacher_last.pth.tar", "student_last.pth.tar"  # the last epoch
@@ -38,6 +41,9 @@ RUN_ARTEFACTS = (
 # Written about a run by the evaluations and the launcher; they belong to the run they describe.
 RUN_RECORDS = ("learning.log", "detection.log", "launch.json", "confidence.png", "agreement.png", "accuracy.png")
 PREVIOUS = ".previous"  # --overwrite: the replaced run, until the new one completes an epoch
+REPLACED = ".replaced.json"  # in .previous/: the names of the replaced run's files, written before any of them moves
+ALL_ASIDE = ".all_aside"  # in .previous/: every one of them is aside (until then the new run cannot have started)
+DISCARDED = ".previous.discarded"  # .previous/ on its way out, once the new run completed an epoch
 PIPELINE_LOCK = ".launch.lock"  # held by the launcher while it runs a run's steps
 INCOMPLETE = ".incomplete"  # a run that has not completed its first epoch: its files are leftovers
 CURVES_PREFIX = "events.out.tfevents."  # TensorBoard's event files (bkd/curves.py writes them into the run directory)
@@ -67,6 +73,7 @@ class RunDir:
         self._created = False  # this process made the directory: a refusal before any file of the run removes it
         self.notices: list[str] = []  # `[bkd] ` lines for the log: what opening found and did
         self._replaced = False  # an earlier run waits in .previous/ until the new one completes an epoch
+        self._restored = False  # the new run completed no epoch, and the earlier run is back
 
     def file(self, name: str) -> str:
         """The path of the run's file `name`."""
@@ -149,7 +156,17 @@ class RunDir:
         for name in os.listdir(self.path):  # temporary files of a writer killed mid-save (we hold the lock)
             if name.startswith(".") and name.endswith(".tmp"):
                 os.remove(self.file(name))
-        if os.path.isdir(self.file(PREVIOUS)):  # an --overwrite killed before the new run completed an epoch
+        if os.path.isdir(self.file(DISCARDED)):  # removed once the new run completed an epoch; killed meanwhile
+            shutil.rmtree(self.file(DISCARDED))
+        if not os.path.isdir(self.file(PREVIOUS)):
+            return
+        if os.path.exists(os.path.join(self.file(PREVIOUS), ALL_ASIDE)) and self.has(STATE):  # the new run's state
+            self._discard_previous()
+            self.notices.append(
+                "an earlier --overwrite was stopped after its new run completed an epoch; the run it replaced is "
+                "removed, as it would have been"
+            )
+        else:  # an --overwrite killed before its new run completed an epoch, or while the earlier run was put back
             self.restore_previous()
             self.notices.append(
                 f"an earlier --overwrite stopped before the new run completed an epoch; "
@@ -179,12 +196,16 @@ class RunDir:
                 os.remove(self.file(name))
             if files:
                 self.notices.append(f"removed {', '.join(files)}: files of a run that completed no epoch")
-        else:
-            previous = self.file(PREVIOUS)
-            os.makedirs(previous)
-            for name in self.replaced_files():
-                os.replace(self.file(name), os.path.join(previous, name))
-            self._replaced = True
+        else:  # (signals held: a stop waits for the renames; a kill leaves the manifest for the next command)
+            previous, names = self.file(PREVIOUS), self.replaced_files()
+            with held():
+                os.makedirs(previous)
+                save_json({"files": names}, os.path.join(previous, REPLACED))
+                for name in names:
+                    os.replace(self.file(name), os.path.join(previous, name))
+                with open(os.path.join(previous, ALL_ASIDE), "w"):
+                    pass
+                self._replaced = True
             self.notices.append(
                 f"--overwrite: the earlier run is kept in {previous} until the new run completes its first epoch"
             )
@@ -197,25 +218,61 @@ class RunDir:
         if self.has(INCOMPLETE):
             os.remove(self.file(INCOMPLETE))
         if self._replaced:
-            shutil.rmtree(self.file(PREVIOUS))
-            self._replaced = False
+            self._discard_previous()
 
-    def restore_previous(self) -> None:
-        """Move the run kept in .previous/ back in place of a new run that completed no epoch."""
-        previous = self.file(PREVIOUS)
-        # (records: below)
-        for name in self.existing_artefacts() + self.curve_files() + [INCOMPLETE] * self.has(INCOMPLETE):
-            os.remove(self.file(name))
-        for name in os.listdir(previous):
-            os.replace(os.path.join(previous, name), self.file(name))
-        os.rmdir(previous)
+    def _discard_previous(self) -> None:
+        """The earlier run goes: out of a restore's reach at once (a rename), then from the disk."""
+        os.replace(self.file(PREVIOUS), self.file(DISCARDED))
+        shutil.rmtree(self.file(DISCARDED))
         self._replaced = False
 
+    def restore_previous(self) -> None:
+        """Put the run kept in .previous/ back in place of a new run that completed no epoch.
+
+        Step by step, each of which a second pass repeats harmlessly, so that a kill at any point leaves it to the next
+        command, which finishes it: the marker that everything was aside goes first (from then on the directory is
+        being restored, never taken for a new run that completed an epoch); then the new run's files that are none
+        of the earlier run's (its manifest names those); then each of the earlier run's files comes back, replacing a
+        file of the new run of the same name; then the folder goes. Signals are held meanwhile: a stop comes after.
+        """
+        previous = self.file(PREVIOUS)
+        with held():
+            names = self._replaced_names()
+            if os.path.exists(os.path.join(previous, ALL_ASIDE)):
+                os.remove(os.path.join(previous, ALL_ASIDE))
+            new = self.existing_artefacts() + self.curve_files() + [INCOMPLETE] * self.has(INCOMPLETE)
+            for name in new if names else ():  # (none: killed before anything moved aside, so nothing is new)
+                if name not in names:
+                    os.remove(self.file(name))
+            for name in names:
+                if os.path.lexists(os.path.join(previous, name)):
+                    os.replace(os.path.join(previous, name), self.file(name))
+            shutil.rmtree(previous)  # (its manifest, and whatever else was left in it)
+            self._replaced, self._restored = False, True
+
+    def _replaced_names(self) -> list[str]:
+        """The earlier run's files (.previous/'s manifest; an --overwrite of an earlier version kept none: what is
+        there)."""
+        previous = self.file(PREVIOUS)
+        manifest = os.path.join(previous, REPLACED)
+        if os.path.exists(manifest):
+            try:
+                return [str(name) for name in read_json_object(manifest).get("files", [])]
+            except DataError:  # truncated by a kill in its write (atomic, so only an earlier version's): what is there
+                pass
+        return [name for name in os.listdir(previous) if not name.startswith(".")]  # (a run's files: no dot-files)
+
     def describe(self) -> str:
-        """What the run directory holds now, and how to go on: for messages after a stop."""
-        if self._replaced and not self.started:
-            self.restore_previous()
+        """What the run directory holds now, and how to go on: for messages after a stop (it changes nothing)."""
+        if not os.path.isdir(self.path):  # (made by this process, and gone again at its close: nothing was in it)
+            return f"nothing was written ({self.path} is not there): run the same command to start again"
+        if self._restored:
             return f"the new run completed no epoch, so {self.path} holds the earlier run again, as it was"
+        if self._replaced and not self.started:  # (a stop from the watchdog, which puts nothing in order)
+            return (
+                f"the new run completed no epoch; the earlier run waits whole in {self.file(PREVIOUS)}, and the next "
+                f"command in {self.path} puts it back"
+            )
         if self.started:
             from bkd import resume
 
@@ -252,7 +309,7 @@ def lock_held(path: str) -> bool:
     """True if another process holds an flock on `path`."""
     if not os.path.exists(path):
         return False
-    with open(path) as fh:
+    with open_regular(path) as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as err:
@@ -265,10 +322,9 @@ def lock_held(path: str) -> bool:
 
 def check_writable(folder: str, fix: str) -> None:
     """One line (exit 4) if a file cannot be created in `folder`, ending with how to `fix` it."""
-    probe = os.path.join(folder, ".write_test")
     try:
-        with open(probe, "w"):
-            pass
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)  # (a new name: nothing there to block on)
+        os.close(fd)
         os.remove(probe)
     except OSError as err:
         raise RunDirError(f"cannot write to run directory {folder} ({err.strerror}); {fix}") from None

@@ -19,6 +19,7 @@ import numpy as np
 
 from bkd.data.npz import read_npz
 from bkd.utils.errors import DataError, first_line
+from bkd.utils.files import open_regular
 
 DEFAULT_FILE = "custom.npz"
 MIN_SIZE = 32  # smaller images are resized to this size by default: at 8x8 the last stage of PreResNet18 sees 1x1 maps
@@ -219,7 +220,7 @@ def _read_image(file: str, size: int) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(file) as opened:
+        with open_regular(file, "rb") as fh, Image.open(fh) as opened:
             img = ImageOps.exif_transpose(opened)  # upright, as photo viewers show it (docs/custom-data.md)
             if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
                 img = Image.fromarray(_eight_bits(np.asarray(img), img.mode, file))

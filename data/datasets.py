@@ -20,7 +20,7 @@ from bkd.data.labels import load_label_file
 from bkd.data.split import stratified_subset, train_val_split
 from bkd.utils import logfmt
 from bkd.utils.errors import DataError
-from bkd.utils.files import portable
+from bkd.utils.files import shown
 from bkd.utils.hashing import array_sha256
 
 
@@ -158,7 +158,7 @@ def custom_source(custom: CustomData) -> RunData:
     mean, std = custom.normalisation()
     info = dict(num_classes=custom.num_classes, mean=mean, std=std, pad_mode="reflect", flip_first=True)
     counts = ", ".join(f"{name} {n}" for name, n in zip(custom.classes, np.bincount(custom.y_train), strict=False))
-    source = custom.source if custom.source == "arrays" else portable(os.path.abspath(custom.source))
+    source = custom.source if custom.source == "arrays" else shown(custom.source)
     size = f"{custom.image_size}x{custom.image_size}"
     skipped = custom.skipped or {}
     hidden = (

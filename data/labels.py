@@ -12,6 +12,7 @@ import numpy as np
 
 from bkd.data.cifar import DATASETS
 from bkd.utils.errors import DataError, UsageError
+from bkd.utils.files import open_regular
 from bkd.utils.hashing import file_sha256
 
 # --noise_type -> (dataset, key in the CIFAR-N file)
@@ -70,7 +71,7 @@ def safe_load(path: str) -> dict[str, Any]:
     Only numpy array reconstruction is allowed, so no code from the file runs.
     """
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open_regular(path, "rb") as fh, zipfile.ZipFile(fh) as archive:
             pkl = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
             if len(pkl) != 1:
                 raise DataError(f"{path}: not a torch-saved CIFAR-N file (no single data.pkl inside)")

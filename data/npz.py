@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bkd.utils.errors import DataError, first_line
+from bkd.utils.files import open_regular
 
 ZIP, NPY = b"PK\x03\x04", b"\x93NUMPY"
 
@@ -14,7 +15,7 @@ def read_npz(
 ) -> dict[str, np.ndarray]:
     """{name: array} of the `required` arrays (all) and the `optional` ones (where present) of the .npz file at `path`.
     Never unpickles: an object array, a single .npy array or a file of another kind is named in one line (exit 3)."""
-    with open(path, "rb") as fh:
+    with open_regular(path, "rb") as fh:
         head = fh.read(6)
     if head.startswith(NPY):
         raise DataError(
@@ -26,7 +27,7 @@ def read_npz(
             f"{path}: not an .npz archive (a text or CSV file?); give an .npz file of {' and '.join(required)} ({doc})"
         )
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open_regular(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
             missing = [k for k in required if k not in f.files]
             if missing:
                 raise DataError(

@@ -106,9 +106,10 @@ def split_flags(extra: Sequence[str]) -> tuple[list[str], list[str]]:
     return list(extra), evaluation
 
 
-def check_training_flags(runs: Sequence[Run], train_flags: Sequence[str]) -> None:
+def check_training_flags(runs: Sequence[Run], train_flags: Sequence[str], here: bool) -> None:
     """The flags passed on to training, checked as training checks them, before anything is created: one line,
-    exit 2."""
+    exit 2. With `here` (runs on this machine, not submitted to SLURM, whose nodes may have what this one lacks), the
+    device too: `--device cuda` where there is no CUDA creates no run directory."""
     from bkd.config import check_config
     from flags import parse, training_config, training_parser
 
@@ -117,6 +118,10 @@ def check_training_flags(runs: Sequence[Run], train_flags: Sequence[str]) -> Non
         check_config(training_config(args))
         if args.resume:
             raise UsageError("--resume: the launcher resumes every unfinished run itself; drop it")
+        if here and args.device not in ("auto", "cpu"):
+            from bkd.utils.devices import resolve_device  # (torch: only where a device is named)
+
+            resolve_device(args.device)
 
 
 def runs_of(args: argparse.Namespace) -> list[Run]:
@@ -189,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra.append("--reference")
     train_flags, eval_flags = split_flags(extra)
     try:
-        check_training_flags(runs, train_flags)
+        check_training_flags(runs, train_flags, here=not args.slurm)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

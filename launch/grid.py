@@ -21,7 +21,7 @@ from typing import Any
 from bkd import rundir as rd
 from bkd.data.labels import NOISE_TYPES
 from bkd.utils.errors import DataError
-from bkd.utils.files import read_json_object, save_json
+from bkd.utils.files import open_regular, read_json_object, save_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = (  # name, script, log file, open mode
@@ -124,9 +124,9 @@ def progress(run: Run) -> tuple[int | None, int | None]:
 
 def _contains(path: str, text: str) -> bool:
     try:
-        with open(path) as fh:
+        with open_regular(path) as fh:
             return text in fh.read()
-    except OSError:
+    except (OSError, DataError):
         return False
 
 
@@ -259,9 +259,9 @@ class Pipeline:
     def _step(self, script: str, flags: Sequence[str], log_path: str, mode: str, step: str) -> int:
         if self.stopped:
             return INTERRUPTED
-        stderr = open(self.run.file(f"{step}.stderr"), "w") if self.capture_stderr else None
+        stderr = open_regular(self.run.file(f"{step}.stderr"), "w") if self.capture_stderr else None
         try:
-            with open(log_path, mode) as out:
+            with open_regular(log_path, mode) as out:
                 self.child = subprocess.Popen(
                     [self.python, os.path.join(ROOT, script), *flags],
                     stdout=out,

@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from bkd.utils.errors import EXIT_RUN_DIR, BKDError, first_line
+from bkd.utils.files import open_regular
 from bkd.utils.logfmt import Log
 from launch.grid import Pipeline, Run, status
 
@@ -148,7 +149,7 @@ def start(pipeline: Pipeline) -> dict[str, Any]:
 def show_results(run: Run, log: Log) -> None:
     """A finished run's evaluation logs, when runs go one at a time (as the original's run.sh showed them)."""
     for name in ("learning.log", "detection.log"):
-        with open(run.file(name)) as fh:
+        with open_regular(run.file(name)) as fh:
             log(fh.read().rstrip("\n"))
     log(f"== {run.name}: outputs in {run.path}")
 

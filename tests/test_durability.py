@@ -342,9 +342,9 @@ def test_outputs_honour_the_umask(tmp_path, umask, mode):
 # Python's own handler never runs. Only the watchdog thread, woken by the signal itself, can end it.
 STUCK_IN_NATIVE_CODE = """
 import ctypes, os, signal, sys
-from bkd.run import StopFlag
+from bkd.utils.stops import StopFlag
 kept = "the run directory keeps epochs 0..2: run the same command with --resume"
-StopFlag(lambda: kept, grace_s=float(sys.argv[1])).install()
+StopFlag(lambda: kept, grace_s=float(sys.argv[1])).install().defer("in epoch 3, iteration 7")  # (as the loop has it)
 for sig in (signal.SIGINT, signal.SIGTERM):
     signal.siginterrupt(sig, False)
 read, write = os.pipe()
@@ -376,7 +376,7 @@ def test_a_process_stuck_in_native_code_still_stops_when_asked_with_one_line(tmp
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and time.time() - started < 20
     assert err.strip().splitlines() == [
-        f"error: still running {says} (inside a long native call: a kernel, a compilation or a pass), "
-        "so it was stopped at once; the run directory keeps epochs 0..2: run the same "
-        "command with --resume"
+        f"error: still running {says} in epoch 3, iteration 7 (inside a long native call: a kernel, a compilation, "
+        "a pass or a read), so it was stopped at once; the run directory keeps epochs 0..2: run the same command "
+        "with --resume"
     ]

@@ -195,7 +195,10 @@ def test_standard_output_on_a_full_disk_is_one_line_and_says_what_the_run_holds(
     assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot write standard output (No space left on device)" in lines[0]
-    assert "holds no result: run the same command to start again" in lines[0]
+    # (the run directory this process made held nothing of the run, so it went: the line says so)
+    run_dir = os.path.join(str(tmp_path), "cifar10_worst_seed_0")
+    assert f"nothing was written ({run_dir} is not there): run the same command to start again" in lines[0]
+    assert not os.path.exists(run_dir)
 
 
 # 6. an unwritable compile cache ---------------------------------------------------------------------------------------

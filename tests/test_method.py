@@ -199,16 +199,34 @@ def test_detached_robust_target_option_stops_student_gradient():
 def test_stop_flag_turns_signals_into_a_resumable_error():
     import signal
 
-    from bkd.run import StopFlag
     from bkd.utils.errors import Interrupted
+    from bkd.utils.stops import StopFlag
 
     flag = StopFlag()
+    flag.defer("at the start of the run")  # (the loop's: from here a first signal is a flag)
     flag.check("anywhere")  # no signal yet: nothing happens
     flag._handler(signal.SIGINT, None)
     with pytest.raises(Interrupted, match="^SIGINT received during epoch 3$"):  # the run adds what its directory holds
         flag.check("epoch 3")
     with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
         flag._handler(signal.SIGINT, None)
+
+
+def test_before_the_run_starts_a_signal_stops_at_once_and_no_reader_takes_it_for_a_damaged_file():
+    """Until the loop defers them (nothing to keep yet), a signal stops where the process is, saying what it was
+    doing: a KeyboardInterrupt, which the readers' `except Exception` (a damaged file: one DataError line) let pass."""
+    import signal
+
+    from bkd.utils.stops import StopFlag, Stopped
+
+    flag = StopFlag()
+    flag.phase = "while loading the data"
+    with pytest.raises(Stopped, match="^SIGTERM received while loading the data$"):
+        try:
+            flag._handler(signal.SIGTERM, None)
+        except Exception:  # what every reader of the data catches
+            pytest.fail("the stop was taken for an error of the data")
+    assert issubclass(Stopped, KeyboardInterrupt)
 
 
 def test_ranking_scores_against_hand_computed_values():

@@ -5,6 +5,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bkd.utils.errors import DataError, first_line
+from bkd.utils.files import open_regular
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +43,10 @@ def load_model(path: str, build: Callable[[int, int], "torch.nn.Module"]) -> tup
     if not os.path.exists(path):
         raise DataError(f"{path}: checkpoint not found; train this run first (blind_knowledge_dist_training.py)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path, "rb") as fh:
+            ckpt = torch.load(fh, map_location="cpu", weights_only=True)
+    except DataError:
+        raise
     except Exception as err:
         raise DataError(f"{path}: unreadable checkpoint ({first_line(err)}); truncated or not a checkpoint") from None
     weights = ckpt.get("state_dict") if isinstance(ckpt, dict) else None

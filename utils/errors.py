@@ -2,10 +2,9 @@
 
 import io
 import os
-import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import NoReturn
 
 EXIT_USAGE = 2  # bad flag value or combination
@@ -56,30 +55,6 @@ class OutputClosed(BKDError):
 OUTPUT_CLOSED = "standard output was closed (the pipe's reader ended), so the run stopped as a Unix tool does"
 
 
-def interrupt_quietly_while_starting() -> None:
-    """Ctrl-C or SIGTERM while a script imports its libraries (seconds for torch): one line instead of a traceback or a
-    silent exit 143. Called first thing when a script runs (never on import); run_cli hands both to Python's own
-    handling (KeyboardInterrupt), until the script installs its own."""
-
-    def starting(signum: int, frame: FrameType | None) -> None:
-        os.write(2, b"error: interrupted while starting: nothing was started and nothing was written\n")
-        os._exit(EXIT_INTERRUPTED)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, starting)
-
-
-def stop_on_signals(kept: str) -> None:
-    """SIGINT and SIGTERM end an evaluation at once with one line (exit 130) saying what it `kept`, instead of a
-    traceback or a silent exit 143. Its result is written last, atomically: until then there is nothing to keep."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(f"{signal.Signals(signum).name} received: {kept}")
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
-
-
 def print_names_as_stored() -> None:
     """File and class names that are not valid UTF-8 (Latin-1 names of old archives, which Python holds as lone
     surrogates) are printed as the bytes the file system holds, as label_issues.csv writes them, instead of failing
@@ -98,25 +73,28 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     When standard output goes to a log file (run.sh, the launcher), the same line goes there too,
     as `[bkd] error: ...`, so that the log a report points to says why the step stopped.
     """
-    for sig in (signal.SIGINT, signal.SIGTERM):  # (after interrupt_quietly_while_starting): a KeyboardInterrupt
-        signal.signal(sig, signal.default_int_handler)
+    from bkd.utils import stops  # (it raises this module's errors)
+
+    stops.python_handling()  # (after interrupt_quietly_while_starting): a KeyboardInterrupt, until the script's own
     print_names_as_stored()
     try:
         main(argv)
     except BKDError as err:
         _report(f"error: {err}", err.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C before the script installed its own handling
-        _report("error: interrupted before anything was written", EXIT_INTERRUPTED)
+    except KeyboardInterrupt as err:  # a stop the script did not turn into its own line: say what is kept
+        _report(f"error: {err}" if str(err) else f"error: {stops.interrupted_line()}", EXIT_INTERRUPTED)
     except BrokenPipeError:  # standard output closed before the script could say what its run directory holds
         _report(f"error: {OUTPUT_CLOSED}", EXIT_OUTPUT_CLOSED)
 
 
 def _report(message: str, code: int) -> NoReturn:
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):  # closed, or on a full disk: nothing more can go there
-        _silence_stdout()
-    print(message, file=sys.stderr, flush=True)
+    if sys.stdout is not None:  # (None where the process started with its standard output closed: `>&-`)
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):  # closed, or on a full disk: nothing more can go there
+            _silence_stdout()
+    if sys.stderr is not None:
+        print(message, file=sys.stderr, flush=True)
     if _stdout_is_separate_file():
         try:
             print(f"[bkd] {message}", flush=True)
@@ -125,25 +103,39 @@ def _report(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+WRITE_WAIT_S = 1.0  # how long report_and_exit waits for each stream (a pipe nobody reads takes nothing)
+
+
 def report_and_exit(message: str, code: int) -> NoReturn:
     """From any thread: `message` on standard error (and standard output where that is a log file of its own), then end
     the process at once with `code`, as _report's line would say it; no cleanup runs (a process stuck in native
-    code)."""
+    code). It never blocks: each line is written straight to its descriptor (Python's stream may be locked by the stuck
+    thread) by a thread of its own, given WRITE_WAIT_S (a pipe nobody reads, `| less` paused, takes nothing)."""
     lines = [(sys.stderr, message)] + [(sys.stdout, f"[bkd] {message}")] * _stdout_is_separate_file()
     for stream, line in lines:
         try:
-            stream.write(line + "\n")
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # None, closed, or no descriptor
+            continue
+        writer = threading.Thread(target=_write_all, args=(fd, (line + "\n").encode(errors="replace")), daemon=True)
+        writer.start()
+        writer.join(WRITE_WAIT_S)
     os._exit(code)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:
+        pass
 
 
 def _silence_stdout() -> None:
     """Standard output is closed: point it at /dev/null, so that Python's flush at exit prints no second error."""
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
 
 

@@ -5,11 +5,12 @@ import json
 import os
 import queue
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, overload
+from typing import IO, Any, overload
 
 import numpy as np
 
@@ -45,7 +46,7 @@ def atomic_path(path: str) -> Iterator[str]:
     except UnicodeError as err:  # a name or label in the data that is no text: not the disk's fault
         kept = "the earlier file is kept" if os.path.exists(path) else "nothing was written"
         raise RunDirError(
-            f"cannot write {portable(path)} ({first_line(err)}); {kept}; rename the files or classes of "
+            f"cannot write {shown(path)} ({first_line(err)}); {kept}; rename the files or classes of "
             "the data to valid UTF-8"
         ) from None
     except OSError as err:
@@ -55,8 +56,8 @@ def atomic_path(path: str) -> Iterator[str]:
         except OSError:
             free = ""
         raise RunDirError(
-            f"cannot write {portable(path)} ({err.strerror or err}{free}); {kept}; free space or make "
-            f"{portable(directory)} writable"
+            f"cannot write {shown(path)} ({err.strerror or err}{free}); {kept}; free space or make "
+            f"{shown(directory)} writable"
         ) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
@@ -75,6 +76,50 @@ def portable(path: str | None) -> str | None:
     if path is None or not os.path.isabs(path):
         return path
     return os.path.relpath(path, PROJECT_ROOT)
+
+
+def shown(path: str) -> str:
+    """A path in a message, as the reader can use it where they stand: relative to the working folder where it lies
+    below it, else absolute (`portable` is for files, which may be read on another machine)."""
+    relative = os.path.relpath(os.path.abspath(path))
+    return relative if relative != os.pardir and not relative.startswith(os.pardir + os.sep) else os.path.abspath(path)
+
+
+_KINDS = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
+_OPEN_FLAGS = {
+    "r": os.O_RDONLY,
+    "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+}
+
+
+def open_regular(path: str, mode: str = "r", **kwargs: Any) -> IO[Any]:
+    """open(path, mode, **kwargs) of a regular file only: a named pipe, a device or a socket put where a file of the
+    project belongs would block the reader (or never end) and is one line instead (exit 3). It is opened without
+    waiting (O_NONBLOCK: a pipe with no writer cannot hold the open), checked as opened (no race with a rename), and
+    only then read or written as usual."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS[mode[0]] | os.O_NONBLOCK, 0o666)  # (a new file: as open() makes it)
+    except OSError as err:
+        if err.errno == errno.ENXIO:  # a pipe opened for writing with no reader
+            raise DataError(
+                f"{shown(path)}: a named pipe (FIFO), not a regular file; put the file itself there"
+            ) from None
+        raise
+    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+    if kind != stat.S_IFREG:
+        os.close(fd)
+        raise DataError(
+            f"{shown(path)}: {_KINDS.get(kind, 'not a regular file')}, not a regular file; put the file itself there"
+        )
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode, **kwargs)
 
 
 def save_torch(obj: Any, path: str) -> None:
@@ -130,16 +175,16 @@ def read_json_object(path: str) -> dict[str, Any]:
     if not os.path.exists(path):
         return {}
     try:
-        with open(path) as fh:
+        with open_regular(path) as fh:
             data = json.load(fh)
     except (OSError, ValueError) as err:
         raise DataError(
-            f"{portable(path)}: not readable JSON ({getattr(err, 'strerror', None) or err}); it is truncated "
+            f"{shown(path)}: not readable JSON ({getattr(err, 'strerror', None) or err}); it is truncated "
             "or damaged: repair it, or move it aside to start a new one"
         ) from None
     if not isinstance(data, dict):
         raise DataError(
-            f"{portable(path)}: holds a JSON {type(data).__name__}, not an object; move it aside to start a new one"
+            f"{shown(path)}: holds a JSON {type(data).__name__}, not an object; move it aside to start a new one"
         )
     return data
 
@@ -154,7 +199,7 @@ def update_json(path: str, updates: dict[str, Any]) -> None:
         fh = open(lock, "a+")
     except OSError as err:
         raise RunDirError(
-            f"cannot write {portable(path)} ({err.strerror}); make {portable(os.path.dirname(lock))} writable"
+            f"cannot write {shown(path)} ({err.strerror}); make {shown(os.path.dirname(lock))} writable"
         ) from None
     with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes

@@ -5,11 +5,13 @@ from typing import Any
 
 import numpy as np
 
+from bkd.utils.files import open_regular
+
 
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     """sha256 (hex) of a file's bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
