@@ -6,6 +6,9 @@
 
 The plan (PLAN), the answers no CPU can give first, then the rest as time allows:
 1. machine: GPU, driver, CUDA, cuDNN, torch, with the run's own TF32 and determinism settings;
+   compile cache: does a second process load what a first compiled (two small inductor compilations in the shared
+   cache, which outlives the call: --compile_cache)? Until that is shown, a child of an already compiled mode is given
+   the time to compile again;
 2. correctness at the default configuration (width 64, compiled, deterministic, TF32), on synthetic CIFAR-shaped
    data: two identical seeded runs bit-equal (weights, detection.npy, agreement.npy), and a run killed with SIGKILL
    mid-epoch then resumed bit-equal to the uninterrupted one. Its first run compiles the graphs and fills the one
@@ -131,8 +134,12 @@ PEAK_TFLOPS = {
     "A100": {"fp32": 19.5, "tf32": 156, "bf16": 312, "fp16": 312},
 }
 # (the report's order; PLAN runs them)
-STEPS = ("machine", "correctness", "throughput", "real_data", "cuda_tests", "smoke")
+STEPS = ("machine", "compile_cache", "correctness", "throughput", "real_data", "cuda_tests", "smoke")
 SIMULATED_COMPILE_ENV = "BKD_GPU_CHECK_SIMULATED_COMPILE_S"  # --simulate_compile_s: a slow compile, for the tests
+FAILED_COMPILE_ENV = "BKD_GPU_CHECK_SIMULATED_COMPILE_FAILURE"  # a compilation that fails, for the tests
+# The inductor (and triton) cache every child of a call shares, outside its work folder: it outlives the call, so that
+# a second call on the still-warm machine loads what the first compiled ($TORCHINDUCTOR_CACHE_DIR wins).
+COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "bkd_gpu_check_compile_cache")
 QUICK_RUN = "cifar10_worst_seed_0_quick"
 # the real-data step at the CPU rehearsal's size
 TINY_QUICK = [
@@ -180,7 +187,7 @@ class Child:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=os.setpgrp,
+                start_new_session=True,  # a process group (and session) of its own, made safely after CUDA started
             )
         Child.RUNNING.add(self)
 
@@ -262,8 +269,17 @@ class Estimates:
             "throughput_cold": 130,
             "real_data": 150,
             "cuda_tests": 150,
+            "cache_probe": 30,
         },
-        "cpu": {"run": 20, "run_cold": 30, "throughput": 25, "throughput_cold": 30, "real_data": 75, "cuda_tests": 20},
+        "cpu": {
+            "run": 20,
+            "run_cold": 30,
+            "throughput": 25,
+            "throughput_cold": 30,
+            "real_data": 75,
+            "cuda_tests": 20,
+            "cache_probe": 25,
+        },
     }
 
     def __init__(self, kind):
@@ -315,8 +331,50 @@ def patch_for(mode, tiny_cpu):
         return copied_out(compiled) if spec.compile_mode == "reduce-overhead" else compiled
 
     torch.compile = compile_
+    if os.environ.get(FAILED_COMPILE_ENV):  # (the tests: a compilation that fails, as torch's own would)
+        torch.compile = failing_compile
     if not spec.fill_uninitialized_memory:
         bkd.run.cuda_settings = functools.partial(cuda.cuda_settings, fill_uninitialized_memory=False)
+
+
+def failing_compile(net, **kwargs):
+    """torch.compile whose compilation fails at the first call with an error of dynamo's (bkd.engine falls back)."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    class SimulatedCompileFailure(TorchDynamoException):
+        pass
+
+    def call(x):
+        raise SimulatedCompileFailure("the simulated compilation failed")
+
+    return call
+
+
+def compile_outcome(output):
+    """What a training run's networks ran as, from its own lines: compiled, eager after a failed compilation (its
+    reason), or eager (not asked, or refused on this CPU)."""
+    for line in output.splitlines():
+        if "torch.compile failed" in line:
+            return "eager: " + line.split("[bkd] ", 1)[-1].split(";", 1)[0]
+    return "compiled" if "torch.compile: compiling the networks" in output else "eager"
+
+
+def probe_compile_cache(device_name, result_path):
+    """A small network compiled with inductor (forward only): what inductor's FX graph cache missed and hit. Two such
+    processes in one cache folder show whether the second loads what the first compiled."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    started = time.time()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10)
+    ).to(device_name)
+    with torch.no_grad():
+        torch.compile(net)(torch.randn(4, 3, 8, 8, device=device_name))
+    inductor = counters["inductor"]
+    result = {"misses": inductor["fxgraph_cache_miss"], "hits": inductor["fxgraph_cache_hit"]}
+    save_json(dict(result, compile_s=time.time() - started), result_path)
 
 
 def simulated_compile(fn, mode):
@@ -529,9 +587,26 @@ def measure_mode(name, device_name, size, result_path):
         os.remove(path)
         if cuda:
             result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        result.update(ran_as(t.compiled, config, computation, device))
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["status"] = "measured"
     save_json(result, result_path)
+
+
+def ran_as(pair, config, computation, device):
+    """What the networks of a measured run ran as, read from the run itself (not from its flags): compiled, or eager and
+    why (compilation failed and fell back, refused on this CPU, or not asked)."""
+    from bkd.config import compile_refusal
+
+    if pair is not None and pair.compiled is not None:
+        return {"compiled": True, "eager_because": None}
+    if pair is not None:
+        why = pair.fallback
+    elif config.compile and not computation.compile:
+        why = compile_refusal(config, device) or "--reference runs eager"
+    else:
+        why = "not asked"
+    return {"compiled": False, "eager_because": why}
 
 
 def project(r, warmup_epochs):
@@ -572,6 +647,7 @@ def project(r, warmup_epochs):
 # other configurations, modes and tests as time allows. Each entry: a step and the items it takes (None: all left).
 PLAN = (
     ("machine", None),
+    ("compile_cache", None),
     ("correctness", ("default",)),
     ("throughput", ("reference", "default", "amp")),
     ("real_data", None),
@@ -611,7 +687,7 @@ class Check:
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         # one inductor (and triton) cache for every child: what one compiles, the next loads; compile workers bounded
         # so that the children side by side share the cores instead of starting 16 workers each
-        self.env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(self.work, "inductor_cache"))
+        self.env.setdefault("TORCHINDUCTOR_CACHE_DIR", args.compile_cache)
         self.env.setdefault("TRITON_CACHE_DIR", os.path.join(self.env["TORCHINDUCTOR_CACHE_DIR"], "triton"))
         self.env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
         if self.kind == "cpu":  # the rehearsal: idle OpenMP threads sleep (a busy neighbour does not stall them), and a
@@ -625,10 +701,12 @@ class Check:
         self.data_flags = None
         self.estimates = Estimates(self.kind)
         self.cached = set()  # modes whose compiled graphs are in the shared cache (a child of theirs finished)
+        self.cache_proven = False  # a second process loaded what a first compiled, on this machine (compile_cache)
         self.report = {
             "command": "python benchmarks/gpu_check.py " + " ".join(args.argv),
             "device": str(device),
             "budget_s": args.budget_s,
+            "compile_cache": self.env["TORCHINDUCTOR_CACHE_DIR"],
             "steps": {},
         }
         open(args.out + ".log", "w").close()
@@ -657,14 +735,23 @@ class Check:
         """The estimate's kind for a child of `mode`: the first of a compiled mode compiles its graphs."""
         return f"{kind}_cold" if MODES[mode].flags.get("compile") and mode not in self.cached else kind
 
+    def recompile(self, kind, mode=None):
+        """The kind of a child of `mode` (None: the training script as a user runs it) that compiles its graphs, which
+        a later child of that mode would take too if the cache were not loaded (launch)."""
+        compiles = MODES[mode].flags.get("compile") if mode else self.run_size is RUN  # (width 64: compiled)
+        return f"{kind}_cold" if compiles else None
+
     # --- children ---------------------------------------------------------------------------------------------------
-    def launch(self, name, cmd, kind, env=None):
+    def launch(self, name, cmd, kind, env=None, recompile=None):
         """(the started Child, None), or (None, why not): a child starts only if what it is expected to take (Estimates)
-        fits in what is left of the budget; its limit is a multiple of that, within the budget."""
+        fits in what is left of the budget; its limit is a multiple of that, within the budget. `recompile`: the kind of
+        the same child compiling its graphs again, which its limit allows for as long as the cache's reuse by another
+        process is not shown on this machine (compile_cache)."""
         need, room = self.estimates.predict(kind), self.left() - RESERVE_S
         if need > room:
             return None, f"skipped: {max(room, 0):.0f} s left, needs ~{need:.0f} s"
-        limit = min(max(self.LIMIT_FACTOR * need, need + self.LIMIT_MARGIN_S), room)
+        allow = need if recompile is None or self.cache_proven else max(need, self.estimates.predict(recompile))
+        limit = min(max(self.LIMIT_FACTOR * allow, allow + self.LIMIT_MARGIN_S), room)
         child = Child(name, cmd, self.logs, limit, env or self.env, on_end=self.ended)
         child.kind = kind
         return child, None
@@ -725,6 +812,37 @@ class Check:
             "facts": machine_info(self.device, resolve_computation(TrainConfig(), self.device)),
         }
 
+    def compile_cache(self, items=None):
+        """Does a second process load what a first compiled, in the shared cache? Two children compile the same small
+        network with inductor; the second must hit inductor's FX graph cache and miss nothing. Until that is shown on
+        this machine, a child of an already compiled mode is given the time to compile again (launch)."""
+        step, children = self.report["steps"]["compile_cache"], {}
+        step.update(folder=self.env["TORCHINDUCTOR_CACHE_DIR"], children=children)  # (kept as each child ends)
+        for name in ("first", "second"):
+            path = os.path.join(self.work, f"compile_cache_{name}.json")
+            cmd = [sys.executable, os.path.abspath(__file__), "--child_cache_probe", "--result", path]
+            child, why = self.launch(f"compile_cache_{name}", cmd + ["--device", self.args.device], "cache_probe")
+            if child is None:
+                step.update(children=children, status=why)
+                return
+            self.wait(child)
+            record = json.load(open(path)) if child.passed and os.path.exists(path) else {}
+            children[name] = dict(record, status=child.status(), seconds=child.seconds())
+            self.write()
+            if not child.passed:
+                step.update(children=children, status=f"failed: the {name} compilation {child.status()}")
+                return
+        second = children["second"]
+        self.cache_proven = second["hits"] > 0 and second["misses"] == 0
+        step.update(
+            children=children,
+            proven=self.cache_proven,
+            status="passed: the second process loaded what the first compiled"
+            if self.cache_proven
+            else f"not shown: the second process hit {second['hits']} and missed {second['misses']} (later children of "
+            "compiled modes are given the time to compile again)",
+        )
+
     def correctness(self, configs):
         results = self.items("correctness", "configs")
         for config in [c for c in configs if c in self.args.configs]:
@@ -755,7 +873,7 @@ class Check:
         if not a.passed:
             return {"status": f"failed: run a {a.status()}"}
         self.cached.add(mode)
-        b, why = self.launch(f"correctness_{config}_b", cmd["b"], "run")
+        b, why = self.launch(f"correctness_{config}_b", cmd["b"], "run", recompile=self.recompile("run"))
         if b is None:
             return {"status": why}
         if self.args.jobs < 2:
@@ -771,7 +889,9 @@ class Check:
                 if killed["status"].startswith("skipped")
                 else f"failed: the run to kill {killed['status']}",
             )
-        resumed, why = self.launch(f"correctness_{config}_resumed", cmd["killed"] + ["--resume"], "run")
+        resumed, why = self.launch(
+            f"correctness_{config}_resumed", cmd["killed"] + ["--resume"], "run", recompile=self.recompile("run")
+        )
         if resumed is None:
             return {"status": why, "killed": killed}
         self.wait(resumed)
@@ -780,6 +900,7 @@ class Check:
         same, resumed_same = equal_runs(dirs["a"], dirs["b"]), equal_runs(dirs["a"], dirs["killed"])
         return {
             "status": "passed" if not same and not resumed_same else "failed: results differ",
+            "ran_as": compile_outcome(a.output()),  # (from the run's own lines)
             "identical_runs_differ_in": same,
             "resumed_run_differs_in": resumed_same,
             "killed": killed,
@@ -792,7 +913,7 @@ class Check:
         that reaches its own limit first timed out: that is not the kill, and its run directory is not read."""
         import torch
 
-        child, why = self.launch(name, cmd, "run")
+        child, why = self.launch(name, cmd, "run", recompile=self.recompile("run"))
         if child is None:
             return {"status": why}
         state, marker = os.path.join(run_dir, "state.pth.tar"), f"epoch: {KILL_EPOCH:3d}/"
@@ -823,7 +944,8 @@ class Check:
                 "--device",
                 self.args.device,
             ] + ["--tiny"] * self.args.tiny
-            child, why = self.launch(f"throughput_{name}", cmd, self.kind_of("throughput", name))
+            kind = self.kind_of("throughput", name)
+            child, why = self.launch(f"throughput_{name}", cmd, kind, recompile=self.recompile("throughput", name))
             if child is None:
                 results[name] = {"mode": name, "status": why}
                 self.write()
@@ -953,6 +1075,7 @@ class Check:
                         f"smoke_{mode}",
                         self.script(mode, os.path.join(self.work, "smoke", mode)),
                         self.kind_of("run", mode),
+                        recompile=self.recompile("run", mode),
                     )
                 )
                 if child is None:
@@ -967,7 +1090,7 @@ class Check:
                         "status": child.status(),
                         "seconds": child.seconds(),
                         "finished": "[bkd] finished" in out,
-                        "compile_fell_back": "torch.compile failed" in out,
+                        "ran_as": compile_outcome(out),
                     }
                     self.write()
             time.sleep(0.05)
@@ -1001,6 +1124,7 @@ def equal_runs(a, b):
 
 
 def verdicts(results):
+    """Each target against what was measured, and whether what was measured ran as the mode asks (compiled)."""
     out = []
     for name, target in TARGETS.items():
         r = results.get(name, {})
@@ -1018,6 +1142,9 @@ def verdicts(results):
                 f"{name}: 300 epochs projected at {minutes:.1f} min (target under {budget} min on an H100-class "
                 f"GPU): {'met' if minutes < budget else 'not met'}"
             )
+    for name, r in results.items():
+        if r.get("status") == "measured" and MODES[name].flags.get("compile") and not r.get("compiled", True):
+            out.append(f"{name}: measured {ran(r)}, not compiled as the mode asks: its figures are eager's")
     return out
 
 
@@ -1042,6 +1169,15 @@ HEADER = [
 ]
 
 
+def ran(r):
+    """What a measured mode's networks ran as, as its child recorded it: a compilation that fell back is said, never
+    shown as compiled."""
+    if r.get("compiled"):
+        return "compiled"
+    because = r.get("eager_because")
+    return "eager" if because in (None, "not asked") else f"EAGER: {because}"
+
+
 def throughput_rows(modes):
     rows = []
     for name, r in modes.items():
@@ -1053,9 +1189,7 @@ def throughput_rows(modes):
         if r.get("status") == "measured":
             row.update(
                 {
-                    "arithmetic": ", ".join(
-                        [r["precision"]] + ["compiled"] * r["compile"] + ["nondeterministic"] * (not r["deterministic"])
-                    ),
+                    "arithmetic": ", ".join([r["precision"], ran(r)] + ["nondeterministic"] * (not r["deterministic"])),
                     "s / warm-up epoch": fmt(r["warmup_epoch_s"]),
                     "s / robust epoch": fmt(r["robust_epoch_s"]),
                     "300 epochs (min)": fmt(r["projected_300_epochs_min"], 1),
@@ -1085,7 +1219,7 @@ def summary_lines(report):
     smoke = steps.get("smoke", {}).get("runs")
     if smoke:
         lines += ["", "## Smoke runs", ""] + markdown(
-            [dict(r, mode=m) for m, r in smoke.items()], ["mode", "status", "seconds", "finished", "compile_fell_back"]
+            [dict(r, mode=m) for m, r in smoke.items()], ["mode", "status", "seconds", "finished", "ran_as"]
         )
     correctness = steps.get("correctness", {}).get("configs")
     if correctness:
@@ -1094,13 +1228,14 @@ def summary_lines(report):
                 {
                     "configuration": c,
                     "flags": r.get("flags", ""),
+                    "ran as": r.get("ran_as", ""),
                     "status": r["status"],
                     "identical runs differ in": ", ".join(r.get("identical_runs_differ_in", [])) or "-",
                     "killed and resumed differs in": ", ".join(r.get("resumed_run_differs_in", [])) or "-",
                 }
                 for c, r in correctness.items()
             ],
-            ["configuration", "flags", "status", "identical runs differ in", "killed and resumed differs in"],
+            ["configuration", "flags", "ran as", "status", "identical runs differ in", "killed and resumed differs in"],
         )
     modes = steps.get("throughput", {}).get("modes")
     if modes:
@@ -1211,12 +1346,19 @@ def main(argv=None):
     )
     p.add_argument("--work_dir", default=None, help="where the runs go (default: a new temporary folder)")
     p.add_argument(
+        "--compile_cache",
+        default=COMPILE_CACHE,
+        help="the inductor and triton caches every child shares; they outlive the call, so that a second call on the "
+        f"same machine loads what the first compiled (default {COMPILE_CACHE}; $TORCHINDUCTOR_CACHE_DIR wins)",
+    )
+    p.add_argument(
         "--prepare_data", metavar="DIR", help="write the real-data step's files from the shared data into DIR"
     )
     p.add_argument("--simulate_compile_s", type=float, default=0, help=argparse.SUPPRESS)  # tests: slow compilations
     p.add_argument("--child_script", help=argparse.SUPPRESS)
     p.add_argument("--eager_backend", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child_throughput", help=argparse.SUPPRESS)
+    p.add_argument("--child_cache_probe", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
@@ -1227,6 +1369,8 @@ def main(argv=None):
     size = TINY if args.tiny else FULL
     if args.child_throughput:
         return measure_mode(args.child_throughput, args.device, size, args.result)
+    if args.child_cache_probe:
+        return probe_compile_cache(args.device, args.result)
     if args.prepare_data:
         from benchmarks import SHARED
 

@@ -82,6 +82,7 @@ class CompiledPair:
         self.batch_sizes = batch_sizes  # {True: training batch size, False: evaluation batch size}
         self.log = log
         self.announced: set[str] = set()
+        self.fallback: str | None = None  # why the networks run eager (compilation failed), once they do
         self.compiled: tuple[Callable[..., Any], ...] | None
         try:
             self.compiled = tuple(torch.compile(net, dynamic=False) for net in self.modules)
@@ -90,12 +91,8 @@ class CompiledPair:
         self.nets = tuple(functools.partial(self, which) for which in (0, 1))
 
     def _fall_back(self, err: BaseException) -> None:
-        self.compiled = None
-        self.log(
-            logfmt.ours(
-                f"torch.compile failed ({first_line(err)}); the networks run eager (--no_compile skips the attempt)"
-            )
-        )
+        self.compiled, self.fallback = None, f"torch.compile failed ({first_line(err)})"
+        self.log(logfmt.ours(f"{self.fallback}; the networks run eager (--no_compile skips the attempt)"))
 
     def __call__(self, which: int, x: torch.Tensor) -> torch.Tensor:
         net = self.modules[which]

@@ -203,11 +203,10 @@ class Run:
             foreach=self.computation.sgd_foreach,
         )
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=c.lr_step, gamma=0.1)
-        forward = None  # the modules themselves
+        self.compiled: CompiledPair | None = None  # (None: the modules themselves run)
         if self.computation.compile:
-            forward = CompiledPair(
-                self.teacher, self.student, {True: c.batch_size, False: self.computation.eval_batch_size}, log
-            ).nets
+            batches = {True: c.batch_size, False: self.computation.eval_batch_size}
+            self.compiled = CompiledPair(self.teacher, self.student, batches, log)
         precision = Precision(device, self.computation.precision)
         if precision.enabled:
             log(
@@ -218,6 +217,7 @@ class Run:
                     "fp32; docs/performance.md)"
                 )
             )
+        forward = self.compiled.nets if self.compiled is not None else None
         self.nets = Nets(self.teacher, self.student, precision, channels_last, forward)
         self.loaders = build_loaders(job)
 

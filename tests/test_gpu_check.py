@@ -39,7 +39,7 @@ def test_a_stopped_rehearsal_keeps_its_finished_steps_and_stops_its_children(tmp
     step."""
     out, work = str(tmp_path / "gc"), tmp_path / "work"
     work.mkdir()
-    common = ["--out", out, "--work_dir", str(work)]
+    common = ["--out", out, "--work_dir", str(work), "--compile_cache", str(tmp_path / "compile_cache")]
     # stopped (SIGTERM, as `timeout` does) once correctness has passed, in the throughput step
     proc = subprocess.Popen(
         CHECK + common + ["--modes", "reference", "--configs", "default"],
@@ -85,7 +85,9 @@ def test_slow_compiles_give_the_first_answers_and_skip_the_rest_saying_why(tmp_p
     work.mkdir()
     started = time.time()
     proc = subprocess.run(
-        CHECK + ["--out", out, "--work_dir", str(work), "--simulate_compile_s", "40", "--budget_s", str(budget)],
+        CHECK
+        + ["--out", out, "--work_dir", str(work), "--compile_cache", str(tmp_path / "compile_cache")]
+        + ["--simulate_compile_s", "40", "--budget_s", str(budget)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -125,6 +127,7 @@ def _check(tmp_path, **args):
         real_data=str(tmp_path),
         device="cpu",
         warmup_epochs=15,
+        compile_cache=str(tmp_path / "compile_cache"),
     )
     return gpu_check.Check(argparse.Namespace(**dict(defaults, **args)), torch.device("cpu"))
 
@@ -170,6 +173,42 @@ def test_a_child_that_would_not_fit_in_the_budget_is_not_started(tmp_path):
     check.wait(child)
     assert child.passed and check.estimates.predict("real_data") == pytest.approx(75 * 5 / 25)  # scaled by what it saw
     assert "==== throughput_default (passed" in open(check.args.out + ".log").read()
+
+
+def test_a_warm_child_may_compile_again_until_the_cache_is_shown_to_be_reused(tmp_path):
+    """A child of a mode whose graphs an earlier child compiled is expected to load them; until a second process was
+    seen loading from the cache on this machine (compile_cache), its limit allows it to compile again."""
+    check = _check(tmp_path, budget_s=600)
+    check.estimates.record("throughput", 5.0)
+    check.estimates.record("throughput_cold", 50.0)
+    command = [sys.executable, "-c", "pass"]
+    unproven, _ = check.launch("throughput_default", command, "throughput", recompile="throughput_cold")
+    check.cache_proven = True
+    proven, _ = check.launch("throughput_default", command, "throughput", recompile="throughput_cold")
+    assert unproven.timeout == pytest.approx(2.5 * 50) and proven.timeout == pytest.approx(5 + 60)
+    check.wait(unproven, proven)
+
+
+@pytest.mark.slow
+def test_the_compile_cache_outlives_a_killed_call_and_a_second_call_loads_from_it(tmp_path):
+    """A real inductor compilation (a small network, on the CPU too): a second process loads it from the shared cache,
+    which is outside the call's work folder, so a call killed meanwhile leaves it for the next call on the machine."""
+    cache, out = tmp_path / "compile_cache", str(tmp_path / "gc")
+    common = ["--out", out, "--compile_cache", str(cache), "--steps", "machine", "compile_cache"]
+    proc = subprocess.Popen(CHECK + common, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while "==== compile_cache_first (passed" not in (open(out + ".log").read() if os.path.exists(out + ".log") else ""):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # the first call ends (its time limit's `timeout`) after its first compilation
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and any(cache.rglob("*")), "the killed call took its cache along"
+    first = json.load(open(out + ".json"))["steps"]["compile_cache"]["children"]["first"]
+    assert first["misses"] > 0 and first["hits"] == 0  # it compiled
+    subprocess.run(CHECK + common, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    step = json.load(open(out + ".json"))["steps"]["compile_cache"]
+    assert step["proven"] and step["status"] == "passed: the second process loaded what the first compiled", step
+    assert step["children"]["first"]["hits"] > 0 and step["children"]["first"]["misses"] == 0  # the killed call's
 
 
 def test_every_mode_is_flags_the_training_script_takes():
@@ -282,6 +321,9 @@ def test_a_child_past_its_limit_is_killed_with_everything_it_started(tmp_path):
         sleepers = _processes_with(f"sleep\0{seconds}\0")
         time.sleep(0.05)
     assert len(sleepers) == 2
+    # (started with start_new_session, not a preexec_fn, which is unsafe once CUDA's threads run: a session and a
+    # process group of its own)
+    assert os.getsid(child.proc.pid) == os.getpgid(child.proc.pid) == child.proc.pid
     child.wait()
     assert child.timed_out and child.status().startswith("timed out after 2 s")
     time.sleep(0.2)
