@@ -12,6 +12,7 @@ if __name__ == "__main__":  # Ctrl-C while the libraries load: one line, not a t
     interrupt_quietly_while_starting()
 
 import argparse
+import os
 import time
 from collections.abc import Sequence
 
@@ -40,7 +41,8 @@ from bkd.utils.files import portable, shown
 from bkd.utils.stops import StopFlag, held
 from flags import Parser, data_selection, parse, run_dir_path, training_config, training_parser
 
-PATH_FLAGS = ("data_root", "noise_path", "results_dir", "run_dir", "trace")
+# recorded in metrics.json as the project's relative paths (utils.files.portable), whatever folder the run started in
+PATH_FLAGS = ("data_root", "noise_path", "results_dir", "run_dir", "trace", "data_file", "corrections")
 
 
 def build_parser() -> Parser:
@@ -108,7 +110,7 @@ def train(args: argparse.Namespace, config: TrainConfig, device: torch.device, r
     if saved is not None:
         resume.check(saved, identity, run.file(STATE), log=log)
     flags = dict(
-        {k: portable(v) if k in PATH_FLAGS else v for k, v in vars(args).items()},
+        {k: recorded_path(v) if k in PATH_FLAGS else v for k, v in vars(args).items()},
         compile=job.computation.compile,
         precision=job.computation.precision,
         deterministic=job.computation.deterministic,
@@ -127,6 +129,11 @@ def train(args: argparse.Namespace, config: TrainConfig, device: torch.device, r
             f"outputs in {shown(run.path)}"
         )
     )
+
+
+def recorded_path(path: str | None) -> str | None:
+    """A path flag as metrics.json records it: relative to the project (python -m bkd.review finds it from there)."""
+    return None if path is None else portable(os.path.abspath(os.path.expanduser(path)))
 
 
 def setup_line(args: argparse.Namespace, job: Job, run: RunDir) -> str:

@@ -137,6 +137,13 @@ def base_parser(description: str, prog: str | None = None, print_freq: int = EVA
         "--image_size", type=int, default=32, help="--dataset custom with an image folder: resize images to this size"
     )
     p.add_argument(
+        "--corrections",
+        type=str,
+        default=None,
+        help="a corrections file (CSV: id or position, new_label, given_label) applied before training: new labels, "
+        "images removed; the review page's Export writes one (docs/custom-data.md)",
+    )
+    p.add_argument(
         "--keep_image_size",
         action="store_true",
         help="--dataset custom: train images smaller than 32 pixels at their size (by default they are resized to 32)",
@@ -179,6 +186,7 @@ def data_selection(args: argparse.Namespace) -> DataSelection:
         data_file=args.data_file,
         image_size=args.image_size,
         keep_image_size=args.keep_image_size,
+        corrections=args.corrections,
     )
 
 

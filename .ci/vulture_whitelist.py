@@ -3,6 +3,7 @@
 # ruff: noqa: B018, F821 - a whitelist is a list of names, vulture's `_` standing for any object
 from bkd.api import LabelIssues
 from bkd.outputs import Output
+from bkd.review import Header
 
 # The run's events: bkd.run.Run.tell calls each output's by name (getattr(output, event)).
 Output.save_models
@@ -15,6 +16,9 @@ _.persistent_load
 LabelIssues.ranked
 LabelIssues.label_quality
 LabelIssues.suggested_label
+LabelIssues.write_review
+# The review page's template (bkd/review.html.j2) reads the header's fields.
+Header.group_sizes
 # A signal handler's second parameter (signal.signal calls it with the frame).
 frame
 # benchmarks/gpu_check.py: the check's steps, run by name from its plan.

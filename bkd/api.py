@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from bkd import resume
+from bkd import resume, review
 from bkd import rundir as rd
 from bkd.config import KINDS, TrainConfig, check_config, of_type, resolve_computation
 from bkd.data.custom import from_arrays
@@ -60,8 +60,12 @@ class LabelIssues:
     group : (n,) int ndarray
         The Otsu trust group, 1 (most trusted) to 4 (flagged).
     overfit_epoch : int or None
-        The epoch whose statistics were split (0-based), or None where the run found no peak of the student's
-        confidence and split its last epoch.
+        The overfitting epoch (0-based), whose statistics were split, or None where the run found no peak of the
+        student's confidence and split its last epoch.
+    split_epoch : int
+        The epoch whose statistics were split.
+    otsu : dict of str to float
+        The Otsu split of the agreement that made the groups: threshold, mu1 and mu2 (the two sides' means).
     """
 
     positions: np.ndarray
@@ -72,6 +76,61 @@ class LabelIssues:
     pred_probs: np.ndarray
     group: np.ndarray
     overfit_epoch: int | None
+    split_epoch: int
+    otsu: dict[str, float]
+
+    def write_review(
+        self,
+        path: str | os.PathLike[str],
+        images: np.ndarray | Sequence[np.ndarray],
+        labels: np.ndarray | Sequence[int],
+        classes: Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+        top: int = review.TOP,
+    ) -> str:
+        """Write the review page of these label issues over the caller's images (docs/custom-data.md).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The page's file (review.html): one self-contained file, which opens in a browser with nothing to install.
+        images, labels : the arrays given to find_label_issues
+            Indexed by `positions`: each card shows its image and its given label.
+        classes : sequence of C str, optional
+            Class names (default "0".."C-1").
+        ids : sequence of N str, optional
+            Identifiers of the images, e.g. file names (default: their positions); the page shows them, and its
+            exported corrections name the images by them.
+        top : int, default 1000
+            The most suspect images shown.
+
+        Returns
+        -------
+        str
+            The page's path.
+        """
+        num_classes = self.pred_probs.shape[1]
+        names = [str(c) for c in (classes if classes is not None else range(num_classes))]
+        given = np.asarray(labels)
+        rows = []
+        for rank, i in enumerate(rank_label_issues(self.label_quality), 1):
+            position = int(self.positions[i])
+            rows.append(
+                {
+                    "rank": rank,
+                    "position": position,
+                    "id": str(ids[position]) if ids is not None else str(position),
+                    "given_label": int(given[position]),
+                    "given_prob": float(self.label_quality[i]),
+                    "agreed_label": int(self.suggested_label[i]),
+                    "group": int(self.group[i]),
+                    "flagged": int(self.flagged[i]),
+                }
+            )
+        header = review.header_of("find_label_issues", self.overfit_epoch, self.split_epoch, self.otsu, rows, None)
+        html = review.page(rows, lambda row: np.asarray(images[row["position"]]), names, header, top=top)
+        review.write(os.fspath(path), html)
+        return os.fspath(path)
 
 
 def find_label_issues(
@@ -107,7 +166,10 @@ def find_label_issues(
     **flags
         The training script's flags by name, with its defaults: bkd.config.TrainConfig's fields, e.g. n_epoch (300),
         width (64), lr_step (150), batch_size (128), seed (0), val_ratio (0.1), subset (0: all), and keep_image_size
-        (False: images smaller than 32 pixels are resized to 32). A NumPy integer or float is taken as a number.
+        (False: images smaller than 32 pixels are resized to 32). A NumPy integer or float is taken as a number. And,
+        as the training script's `--corrections`: corrections (a file: CSV with `id` or `position`, `new_label`,
+        optionally `given_label`), applied before training: new labels, and images removed (`remove`); the review
+        page's Export writes one (LabelIssues.write_review), and resuming a run_dir with another file is refused.
 
     Returns
     -------
@@ -123,8 +185,8 @@ def find_label_issues(
     bkd.utils.errors.RunDirError
         A run_dir in use, or not writable.
     """
-    # (the training script's flag of that name: not a TrainConfig field)
-    keep_image_size = flags.pop("keep_image_size", False)
+    # (the training script's flags of those names: not TrainConfig fields)
+    keep_image_size, corrections = flags.pop("keep_image_size", False), flags.pop("corrections", None)
     for name, value, kind in (
         ("keep_image_size", keep_image_size, bool),
         ("verbose", verbose, bool),
@@ -132,12 +194,15 @@ def find_label_issues(
     ):
         if not of_type(value, kind):
             raise UsageError(f"{name}={value!r} must be {KINDS[kind]}, not {type(value).__name__}")
+    if corrections is not None and not isinstance(corrections, (str, os.PathLike)):
+        raise UsageError(f"corrections={corrections!r} must be a file's path, not {type(corrections).__name__}")
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(flags) - known)
     if unknown:
         raise UsageError(
             f"find_label_issues: unknown argument(s) {', '.join(unknown)}; the training flags are "
-            f"{', '.join(sorted(known | {'keep_image_size'}))}, besides device, run_dir, classes, ids, verbose"
+            f"{', '.join(sorted(known | {'keep_image_size', 'corrections'}))}, besides device, run_dir, classes, ids, "
+            "verbose"
         )
     config = TrainConfig(
         **{k: v.item() if isinstance(v, np.generic) else v for k, v in flags.items()}
@@ -148,6 +213,7 @@ def find_label_issues(
         dataset=CUSTOM,
         keep_image_size=keep_image_size,
         arrays=from_arrays(images, labels, classes, ids, keep_size=keep_image_size),
+        corrections=None if corrections is None else os.fspath(corrections),
     )
     data = input_dataset(selection, config)
     job = Job(config, data, where, resolve_computation(config, where), print if verbose else quiet)
@@ -166,15 +232,18 @@ def _result(data: RunData, state: MethodState) -> LabelIssues:
             "probabilities; give another run_dir (or train this one again)"
         )
     p = np.asarray(split.label_prob)
+    assert state.full_split is not None  # (made with the split)
     return LabelIssues(
-        np.asarray(data.subset),
-        np.asarray(data.subset)[rank_label_issues(p)],
+        np.asarray(data.positions),
+        np.asarray(data.positions)[rank_label_issues(p)],
         p,
         np.asarray(split.agreed),
         np.asarray(split.detected),
         np.asarray(split.probs),
         np.asarray(split.groups),
         state.overfit_epoch,
+        split.epoch,
+        dict(state.full_split),
     )
 
 

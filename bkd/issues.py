@@ -38,36 +38,42 @@ def rank_label_issues(given_prob: ArrayLike) -> np.ndarray:
     return np.argsort(np.asarray(given_prob), kind="stable")
 
 
-def write_label_issues(path: str, split: "Split", data: "RunData") -> np.ndarray:
-    """Write the ranked table of `split` (a bkd.state.Split: one entry per image of the run) over `data` (its
-    bkd.data.datasets.RunData: the given labels, class names, ids, and the images' positions in the source, which the
-    table shows: x_train's indices, or the folder's sorted order)."""
-    given, given_prob, classes, positions = data.labels, split.label_prob, data.classes, data.subset
+def label_issue_rows(split: "Split", data: "RunData") -> list[dict[str, Any]]:
+    """The ranked table of `split` (a bkd.state.Split: one entry per image of the run) over `data` (its
+    bkd.data.datasets.RunData: the given labels, class names, ids, and the images' positions in the data as given,
+    which the table shows: x_train's indices, or the folder's sorted order), most suspect first: a dict of COLUMNS
+    per image, and `index`, the image's index in the run (its entry in split's arrays and in data.images)."""
+    given, given_prob, classes, positions = data.labels, split.label_prob, data.classes, data.positions
     ids, agreed, agreed_prob, groups = data.ids[data.subset], split.agreed, split.agreed_prob, split.groups
-    order = rank_label_issues(given_prob)
+    return [
+        {
+            "rank": rank,
+            "position": int(positions[i]),
+            "id": ids[i],
+            "given_label": int(given[i]),
+            "given_name": classes[given[i]],
+            "given_prob": float(given_prob[i]),
+            "agreed_label": int(agreed[i]),
+            "agreed_name": classes[agreed[i]],
+            "agreed_prob": float(agreed_prob[i]),
+            "group": int(groups[i]),
+            "flagged": int(groups[i] == 4),
+            "index": int(i),
+        }
+        for rank, i in enumerate(rank_label_issues(given_prob), 1)
+    ]
+
+
+def write_label_issues(path: str, rows: list[dict[str, Any]]) -> None:
+    """label_issues.csv of `rows` (label_issue_rows), probabilities to six decimals."""
     with atomic_path(path) as tmp:
         # file and folder names that are not valid UTF-8 (Latin-1 names of old archives) are written as the bytes the
         # file system holds (surrogateescape, Python's own decoding of such names): the table names every file exactly
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
             writer = csv.writer(fh)
             writer.writerow(COLUMNS)
-            for rank, i in enumerate(order, 1):
-                writer.writerow(
-                    [
-                        rank,
-                        int(positions[i]),
-                        ids[i],
-                        int(given[i]),
-                        classes[given[i]],
-                        f"{float(given_prob[i]):.6f}",
-                        int(agreed[i]),
-                        classes[agreed[i]],
-                        f"{float(agreed_prob[i]):.6f}",
-                        int(groups[i]),
-                        int(groups[i] == 4),
-                    ]
-                )
-    return order
+            for row in rows:
+                writer.writerow([f"{row[c]:.6f}" if c.endswith("_prob") else row[c] for c in COLUMNS])
 
 
 def read_label_issues(path: str) -> list[dict[str, Any]]:

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bkd import review as review_page
 from bkd import rundir as rd
 from bkd.curves import Curves
-from bkd.issues import write_label_issues
+from bkd.issues import label_issue_rows, write_label_issues
 from bkd.utils import logfmt
 from bkd.utils.checkpoint import model_checkpoint
 from bkd.utils.files import BackgroundWriter, save_json, save_numpy, save_torch
@@ -113,17 +114,33 @@ class RunFiles(Output):
     def split(self, run: "Run") -> None:
         result = run.state.split_result()
         assert result is not None and result.probs is not None  # (the split this process just made)
-        self.writer.submit(self._write_split, result, result.probs)
+        assert run.state.full_split is not None  # (made with it)
+        truly_noisy = self.data.truly_noisy
+        review = (
+            run.state.overfit_epoch,
+            dict(run.state.full_split),
+            None if truly_noisy is None else int(truly_noisy.sum()),
+        )
+        self.writer.submit(self._write_split, result, result.probs, review)
         self.curves.split(run.epoch, run.state, result)
 
-    def _write_split(self, split: "Split", probs: np.ndarray) -> None:
+    def _write_split(
+        self, split: "Split", probs: np.ndarray, review: tuple[int | None, dict[str, float], int | None]
+    ) -> None:
         """The split's files, all or none: a failed write removes those written before it. (metrics.json, written
-        with the epoch's resume state after them, records the split: the evaluations trust the files only then.)"""
+        with the epoch's resume state after them, records the split: the evaluations trust the files only then.)
+        `review`: the overfitting epoch, the full set's Otsu split and the number of known noisy labels, for
+        review.html."""
         try:
             save_numpy(split.detected, self.run.file(rd.DETECTION))
             save_numpy(split.label_prob, self.run.file(rd.AGREEMENT))
             save_numpy(probs, self.run.file(rd.PRED_PROBS))
-            write_label_issues(self.run.file(rd.LABEL_ISSUES), split, self.data)
+            rows = label_issue_rows(split, self.data)
+            write_label_issues(self.run.file(rd.LABEL_ISSUES), rows)
+            overfit_epoch, otsu, noisy = review
+            name = os.path.basename(os.path.normpath(self.run.path))
+            header = review_page.header_of(name, overfit_epoch, split.epoch, otsu, rows, noisy)
+            review_page.write(self.run.file(rd.REVIEW), review_page.run_page(rows, self.data, header))
         except BaseException:
             for name in rd.SPLIT_FILES:
                 if self.run.has(name):
@@ -156,9 +173,9 @@ class RunFiles(Output):
         return {
             "config": self.flags,
             "machine": self.machine,
-            "data": self.identity[
-                "data"
-            ],  # the data's fingerprint: learning.py and detection.py check what they evaluate
+            # the data's fingerprint: learning.py and detection.py check what they evaluate
+            "data": self.identity["data"],
+            "corrections_sha256": self.identity["args"].get("corrections"),  # the corrections file applied, if any
             "epochs_completed": epochs_done,
             "mean_top_student": state.mean_top_student,
             "mean_top_student_all_epochs": state.mean_top_all,

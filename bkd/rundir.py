@@ -22,9 +22,10 @@ DETECTION = "detection.npy"
 AGREEMENT = "agreement.npy"  # the full-set statistic pA[y] that detection.npy splits
 PRED_PROBS = "pred_probs.npy"  # (N, C) agreement probabilities of the full set at the split (for cleanlab)
 LABEL_ISSUES = "label_issues.csv"  # every training image, most suspect label first
+REVIEW = "review.html"  # the most suspect images, to look at and decide (bkd/review.py)
 METRICS = "metrics.json"
 SUBSET = "train_subset.npy"  # with --subset: the indices of the training images the run uses
-SPLIT_FILES = (DETECTION, AGREEMENT, PRED_PROBS, LABEL_ISSUES)  # written together at the split
+SPLIT_FILES = (DETECTION, AGREEMENT, PRED_PROBS, LABEL_ISSUES, REVIEW)  # written together at the split
 RUN_ARTEFACTS = (
     STATE,
     TEACHER,
@@ -35,6 +36,7 @@ RUN_ARTEFACTS = (
     AGREEMENT,
     PRED_PROBS,
     LABEL_ISSUES,
+    REVIEW,
     METRICS,
     SUBSET,
 )

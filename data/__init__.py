@@ -8,6 +8,7 @@ datasets.py DataSelection and input_dataset (the original's name): everything a 
             original's start-up lines
 npz.py      the one .npz reader
 loaders.py  the two input pipelines (device-resident batches, the original's PIL workers)
+corrections.py  a person's decisions on labels (--corrections), applied before anything is chosen
 
 The default CIFAR-N label paths (as in the original) are data/CIFAR-10_human.pt and
 data/CIFAR-100_human.pt (git-ignored, never committed).

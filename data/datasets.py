@@ -15,13 +15,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from bkd.data.cifar import DATASETS, load_images, local_images
+from bkd.data.corrections import Corrections, read_corrections
 from bkd.data.custom import DEFAULT_FILE, MIN_SIZE, CustomData, load_custom
 from bkd.data.labels import load_label_file
 from bkd.data.split import stratified_subset, train_val_split
 from bkd.utils import logfmt
 from bkd.utils.errors import DataError
 from bkd.utils.files import shown
-from bkd.utils.hashing import array_sha256
+from bkd.utils.hashing import array_sha256, file_sha256
 
 
 class ImageChoice(Protocol):
@@ -51,6 +52,7 @@ class DataSelection:
     data_file: str | None = None  # custom: an .npz file or an image folder (None: <data_root>/custom.npz)
     image_size: int = 32  # custom image folder: images are resized to this size
     keep_image_size: bool = False  # custom: images smaller than 32 pixels are trained at their size
+    corrections: str | None = None  # a corrections file (data/corrections.py), applied before anything is chosen
     # custom data given as arrays (the Python API)
     arrays: CustomData | None = field(default=None, compare=False, repr=False)
 
@@ -66,13 +68,15 @@ class DataSelection:
     def identity(self) -> dict[str, Any]:
         """What of the selection a resumed run (bkd.resume) and a relaunched grid must find again, besides the data's
         fingerprint. Custom data has no label set, and only an image folder is resized to image_size (None: does not
-        apply)."""
+        apply); a corrections file is its sha256 (None: none)."""
+        corrections = file_sha256(self.corrections) if self.corrections else None
         if not self.custom:
             return {
                 "dataset": self.dataset,
                 "noise_type": self.noise_type,
                 "image_size": self.image_size,
                 "keep_image_size": self.keep_image_size,
+                "corrections": corrections,
             }
         folder = self.arrays is None and os.path.isdir(self.custom_file)
         return {
@@ -80,6 +84,7 @@ class DataSelection:
             "noise_type": None,
             "image_size": self.image_size if folder else None,
             "keep_image_size": self.keep_image_size,
+            "corrections": corrections,
         }
 
 
@@ -108,6 +113,13 @@ class RunData:
     images: np.ndarray | None = None  # the images of the run (the subset, or all; source order): detection's full set
     labels: np.ndarray = field(default_factory=lambda: _NOT_CHOSEN)  # the given label of each image of the run
     truly_noisy: np.ndarray | None = None  # per image of the run: given label != clean label; None without clean labels
+    # each source image's position in the data as given (images a corrections file removed are not here)
+    source_positions: np.ndarray = field(default_factory=lambda: _NOT_CHOSEN)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Each image of the run's position in the data as given (label_issues.csv's `position`)."""
+        return self.source_positions[self.subset]
 
     def use(self, subset: np.ndarray, train_pos: np.ndarray, val_pos: np.ndarray) -> None:
         """The run's images: `subset` of the source (indices), split into training and validation positions. The
@@ -150,7 +162,33 @@ def input_dataset(
         data = custom_source(custom)
     else:
         data = cifar_source(selection, with_images)
+    if selection.corrections:
+        found = read_corrections(selection.corrections, data.ids, data.given, data.info["num_classes"])
+        data = corrected(data, found, selection.corrections)
     return choose_images(data, config.subset, config.seed, config.val_ratio, subset)
+
+
+def corrected(data: RunData, corrections: Corrections, path: str) -> RunData:
+    """`data` with a person's decisions applied: new given labels, and the removed images gone (source_positions keeps
+    where the others were, which label_issues.csv shows)."""
+    given = data.given.copy()
+    for position, label in corrections.relabel.items():
+        given[position] = label
+    keep = np.ones(len(given), dtype=bool)
+    keep[sorted(corrections.remove)] = False
+    changed = int((given != data.given).sum())
+    data.given = given[keep]
+    data.clean = None if data.clean is None else data.clean[keep]
+    data.x_train = None if data.x_train is None else data.x_train[keep]
+    data.ids = data.ids[keep]
+    data.source_positions = np.flatnonzero(keep)
+    data.banner.append(
+        logfmt.ours(
+            f"corrections {shown(path)}: {changed} label(s) changed, {len(corrections.remove)} image(s) removed, "
+            f"{int(keep.sum())} left (sha256 {corrections.sha256[:12]})"
+        )
+    )
+    return data
 
 
 def custom_source(custom: CustomData) -> RunData:
@@ -244,6 +282,8 @@ def choose_images(
     data: RunData, subset_size: int, seed: int, val_ratio: float, subset: np.ndarray | None = None
 ) -> RunData:
     """The run's images: the stratified subset (or `subset`, or all) and the noisy validation split."""
+    if not len(data.source_positions):  # (no corrections removed any: each image is where it was given)
+        data.source_positions = np.arange(len(data.given))
     if subset is None:
         # stratified by the official (CIFAR) or given (custom) labels, so every label set of a seed uses the same images
         strata = data.clean if data.clean is not None else data.given

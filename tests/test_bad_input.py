@@ -271,7 +271,7 @@ def test_evaluation_refuses_damaged_or_running_runs(
 def test_evaluation_in_a_read_only_run_directory(finished_run, synthetic_root, tmp_path, capsys):
     import subprocess
 
-    with tmpfs(tmp_path / "ro", "8m", "to make a read-only run directory") as mount:
+    with tmpfs(tmp_path / "ro", "16m", "to make a read-only run directory") as mount:
         run_dir = _copy_run(finished_run, mount)
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         before = digests(run_dir)

@@ -215,8 +215,8 @@ def test_detection_refuses_split_files_that_metrics_json_does_not_record(aggre_r
     json.dump(dict(metrics, split_epoch=None), open(path, "w"))
     proc = run("detection.py", "--noise_type", "aggre", "--run_dir", copy, *data_flags(synthetic_root), check=False)
     assert (
-        "metrics.json records no split, so detection.npy, agreement.npy, pred_probs.npy, label_issues.csv cannot be "
-        "trusted" in _one_line(proc, 3)
+        "metrics.json records no split, so detection.npy, agreement.npy, pred_probs.npy, label_issues.csv, "
+        "review.html cannot be trusted" in _one_line(proc, 3)
     )
 
 

@@ -11,6 +11,7 @@ cuda.py        the CUDA arithmetic: TF32 and determinism
 compile_cache.py  a compile cache torch can write
 machine.py     what a result comes from: CPU kind, versions, GPU
 logfmt.py      the original's log lines
+stops.py       SIGINT and SIGTERM: every process-wide hook for them (StopFlag, held, the scripts' handlers)
 """
 
 # one module, one name: utils.x and bkd.utils.x would be two modules (and two sets of errors)

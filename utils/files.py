@@ -78,6 +78,17 @@ def portable(path: str | None) -> str | None:
     return os.path.relpath(path, PROJECT_ROOT)
 
 
+@overload
+def from_portable(path: str) -> str: ...
+@overload
+def from_portable(path: None) -> None: ...
+def from_portable(path: str | None) -> str | None:
+    """A path `portable` wrote, to use here: relative ones are the project root's."""
+    if path is None or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(PROJECT_ROOT, path))
+
+
 def shown(path: str) -> str:
     """A path in a message, as the reader can use it where they stand: relative to the working folder where it lies
     below it, else absolute (`portable` is for files, which may be read on another machine)."""
