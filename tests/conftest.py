@@ -44,16 +44,21 @@ def finished_run(synthetic_root, tmp_path_factory):
 # The longest modules first, so that the pytest-xdist workers (pytest.ini: one module per worker at a time)
 # start on them together instead of finishing one of them alone at the end.
 LONGEST_FIRST = (
-    "test_launch",
     "test_reference",
-    "test_end_to_end",
+    "test_gpu_check",
+    "test_launch",
     "test_durability",
     "test_nothing_silent",
-    "test_custom",
-    "test_gpu_check",
+    "test_end_to_end",
     "test_gpu_check_steps",
+    "test_custom",
     "test_edges",
+    "test_stops",
+    "test_review",
+    "test_curves",
+    "test_compile",
     "test_cuda_path",
+    "test_api",
     "test_config",
 )
 
