@@ -138,7 +138,8 @@ STEPS = ("machine", "compile_cache", "correctness", "throughput", "real_data", "
 SIMULATED_COMPILE_ENV = "BKD_GPU_CHECK_SIMULATED_COMPILE_S"  # --simulate_compile_s: a slow compile, for the tests
 FAILED_COMPILE_ENV = "BKD_GPU_CHECK_SIMULATED_COMPILE_FAILURE"  # a compilation that fails, for the tests
 # The inductor (and triton) cache every child of a call shares, outside its work folder: it outlives the call, so that
-# a second call on the still-warm machine loads what the first compiled ($TORCHINDUCTOR_CACHE_DIR wins).
+# a second call on the still-warm machine loads what the first compiled (--compile_cache names another; without it,
+# a $TORCHINDUCTOR_CACHE_DIR the caller set is taken).
 COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "bkd_gpu_check_compile_cache")
 QUICK_RUN = "cifar10_worst_seed_0_quick"
 # the real-data step at the CPU rehearsal's size
@@ -687,8 +688,10 @@ class Check:
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         # one inductor (and triton) cache for every child: what one compiles, the next loads; compile workers bounded
         # so that the children side by side share the cores instead of starting 16 workers each
-        self.env.setdefault("TORCHINDUCTOR_CACHE_DIR", args.compile_cache)
-        self.env.setdefault("TRITON_CACHE_DIR", os.path.join(self.env["TORCHINDUCTOR_CACHE_DIR"], "triton"))
+        # (--compile_cache first: torch itself sets $TORCHINDUCTOR_CACHE_DIR to its default in a process that compiled)
+        cache = args.compile_cache or os.environ.get("TORCHINDUCTOR_CACHE_DIR") or COMPILE_CACHE
+        self.env["TORCHINDUCTOR_CACHE_DIR"] = cache
+        self.env["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
         self.env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
         if self.kind == "cpu":  # the rehearsal: idle OpenMP threads sleep (a busy neighbour does not stall them), and a
             # tiny network runs on one thread (it gains little from more), so that another process's load slows it least
@@ -1347,9 +1350,9 @@ def main(argv=None):
     p.add_argument("--work_dir", default=None, help="where the runs go (default: a new temporary folder)")
     p.add_argument(
         "--compile_cache",
-        default=COMPILE_CACHE,
+        default=None,
         help="the inductor and triton caches every child shares; they outlive the call, so that a second call on the "
-        f"same machine loads what the first compiled (default {COMPILE_CACHE}; $TORCHINDUCTOR_CACHE_DIR wins)",
+        f"same machine loads what the first compiled (default: $TORCHINDUCTOR_CACHE_DIR, else {COMPILE_CACHE})",
     )
     p.add_argument(
         "--prepare_data", metavar="DIR", help="write the real-data step's files from the shared data into DIR"

@@ -49,13 +49,7 @@ from bkd.utils import logfmt
 from bkd.utils.checkpoint import host_copy
 from bkd.utils.compile_cache import usable_compile_cache
 from bkd.utils.cuda import cuda_settings
-from bkd.utils.errors import (
-    DataError,
-    DivergedError,
-    OutOfMemory,
-    UsageError,
-    first_line,
-)
+from bkd.utils.errors import DataError, DivergedError, OutOfMemory, UsageError, first_line
 from bkd.utils.logfmt import Log
 from bkd.utils.metrics import detection_scores, ranking_line, ranking_scores
 from bkd.utils.seeds import rng_state, set_global_seeds, set_rng_state
