@@ -26,9 +26,10 @@ def synthetic_root(tmp_path_factory):
     return str(root)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_run(synthetic_root, tmp_path_factory):
-    """A completed tiny run whose files must survive every bad invocation."""
+    """A completed tiny run whose files must survive every bad invocation (one per test worker: a test that changes a
+    run works on a copy, tests/test_bad_input.py's _copy_run)."""
     from tests.cli import digests, run, tiny_flags
 
     results = str(tmp_path_factory.mktemp("finished"))
