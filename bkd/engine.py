@@ -143,8 +143,9 @@ def progress(iterable: Iterable[T], description: str, total: int | None = None) 
 
 def show(bar: Iterable[Any], **values: str) -> None:
     """Values beside a progress bar (nothing where `progress` gave no bar)."""
-    if hasattr(bar, "set_postfix"):
-        bar.set_postfix(**values)
+    set_postfix = getattr(bar, "set_postfix", None)
+    if set_postfix is not None:
+        set_postfix(**values)
 
 
 class Nets:

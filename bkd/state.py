@@ -95,8 +95,8 @@ class MethodState:
         self.groups = assign_groups(stats["train"], self.split)
         self.full_split = otsu(stats["full"])
         self.full_groups = assign_groups(stats["full"], self.full_split)
-        self.detected = self.full_groups == 4
-        return self.detected
+        self.detected = detected = self.full_groups == 4
+        return detected
 
     def accuracy_at(self, epoch: int, which: str) -> float | None:
         """The validation ("val") or test ("test") accuracy measured at `epoch`, or None."""
