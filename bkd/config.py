@@ -252,7 +252,7 @@ def check_values(values: Mapping[str, Any]) -> None:
         value, kind = values[f.name], value_type(f)
         if value is None and f.default is None:  # (None: the run decides, or not given)
             continue
-        if not of_type(value, kind):
+        if value is None or not of_type(value, kind):
             raise UsageError(f"--{f.name} {value!r} must be {KINDS[kind]}, not {type(value).__name__}")
         if kind is float and not math.isfinite(value):
             raise UsageError(f"--{f.name} {value} must be a finite number")

@@ -275,6 +275,7 @@ class Run:
         lr = self.optimizer.param_groups[0]["lr"]
         bar = progress(loader, f"epoch {epoch}", total=len(loader))
         printed = i = 0
+        step: Step | None = None
         for i, (x, y, idx) in enumerate(bar):
             self.stop.check(f"epoch {epoch}, iteration {i}")
             zt, zs = nets(x)
@@ -294,15 +295,18 @@ class Run:
             with torch.no_grad():
                 sums += torch.stack([loss, naive, comp]) * len(y)
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
-            self.tell("iteration", Step(epoch, i, idx, x, y, target, loss, naive, comp))
+            step = Step(epoch, i, idx, x, y, target, loss, naive, comp)
+            self.tell("iteration", step)
             if i % c.print_freq == 0:
                 _check_finite(first_bad, epoch)
                 printed = i
                 self.log(logfmt.iteration(epoch, c.n_epoch, i, last_iter, loss.item(), naive.item(), comp.item()))
                 show(bar, loss=f"{loss.item():.4f}")
         _check_finite(first_bad, epoch)
-        if printed != i:
-            self.log(logfmt.iteration(epoch, c.n_epoch, i, last_iter, loss.item(), naive.item(), comp.item()))
+        if step is not None and printed != i:  # the last iteration's line, where its own print_freq did not print it
+            self.log(
+                logfmt.iteration(epoch, c.n_epoch, i, last_iter, step.loss.item(), step.naive.item(), step.comp.item())
+            )
         self.log("")
         return EpochResult(
             self.sample_alpha is None,
