@@ -70,9 +70,7 @@ def test_mypy_resolves_every_layer_at_the_repository_root(tmp_path, installed):
 @pytest.mark.parametrize("installed", [True, False], ids=["after-setup", "no-install"])
 def test_pyright_resolves_every_layer_at_the_repository_root(tmp_path, installed):
     """pyright with the README's environment, and with a Python that has nothing of the project installed."""
-    pyright = _tool("pyright")
-    if shutil.which("node") is None:
-        pytest.skip("pyright runs on Node.js, which is not installed here")
+    pyright = _tool("pyright")  # with its own Node.js (requirements-dev.txt: pyright[nodejs])
     python = sys.executable if installed else sys._base_executable
     proc = subprocess.run(
         [pyright, "--outputjson", "--pythonpath", python, _probe(tmp_path)],
