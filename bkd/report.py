@@ -215,15 +215,17 @@ def markdown(rows: Sequence[dict[str, Any]], header: Sequence[str]) -> list[str]
     ]
 
 
-def _truth(run_dir: str, m: dict[str, Any]) -> np.ndarray | None:
-    """The true noise mask of a run's images when its label file is at hand, else None."""
+def truly_noisy(run_dir: str, m: dict[str, Any]) -> np.ndarray | None:
+    """Which of a run's training images carry a wrong label (CIFAR-N's clean_label differs), where the run's label file
+    is at hand; None where it is not (custom data, a file moved or unreadable): the agreement plot is then not split."""
+    from bkd.data.labels import load_noisy_labels
+    from bkd.evaluations import saved_subset
+    from bkd.utils.errors import DataError, UsageError
+
     c = m["config"]
     try:
-        from bkd.data.labels import load_noisy_labels
-        from bkd.evaluations import saved_subset
-
         noisy, clean = load_noisy_labels(c["dataset"], c["noise_type"], c.get("noise_path"), download=False)
-    except Exception:
+    except (DataError, UsageError, OSError):
         return None
     subset = saved_subset(run_dir)
     if subset is not None:
@@ -245,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error(f"no metrics.json in {', '.join(missing)}; pass run directories of finished trainings")
     if not args.no_plots:
         for run_dir in args.runs:
-            for path in plot_run(run_dir, _truth(run_dir, load_run(run_dir))):
+            for path in plot_run(run_dir, truly_noisy(run_dir, load_run(run_dir))):
                 print(f"wrote {path}")
     if args.summary:
         print(write_summary(summarise(args.runs), args.summary))

@@ -236,7 +236,13 @@ def test_report_summary_and_plots(trained, synthetic_root, tmp_path):
     from bkd.data.labels import load_noisy_labels
 
     noisy, clean = load_noisy_labels("cifar10", "worst", os.path.join(synthetic_root, "CIFAR-10_human.pt"))
-    paths = report.plot_run(run_dir, truly_noisy=noisy != clean)  # the true-noise mask, not the detection
+    # The true-noise mask (not the detection), read back from the run's record of its label file; none where that file
+    # is not at hand (its ImportError had been taken for such a case, so no plot was ever split)
+    truth = report.truly_noisy(run_dir, metrics)
+    assert truth is not None and np.array_equal(truth, noisy != clean) and 0 < truth.sum() < len(truth)
+    moved = dict(metrics, config=dict(metrics["config"], noise_path=str(tmp_path / "moved.pt")))
+    assert report.truly_noisy(run_dir, moved) is None
+    paths = report.plot_run(run_dir, truly_noisy=truth)
     assert [os.path.basename(p) for p in paths] == ["confidence.png", "agreement.png", "accuracy.png"]
     assert all(os.path.getsize(p) > 1000 for p in paths)
 
