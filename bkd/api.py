@@ -204,9 +204,8 @@ def find_label_issues(
             f"{', '.join(sorted(known | {'keep_image_size', 'corrections'}))}, besides device, run_dir, classes, ids, "
             "verbose"
         )
-    config = TrainConfig(
-        **{k: v.item() if isinstance(v, np.generic) else v for k, v in flags.items()}
-    )  # (NumPy: Python)
+    # (a NumPy number as Python's)
+    config = TrainConfig(**{k: v.item() if isinstance(v, np.generic) else v for k, v in flags.items()})
     check_config(config)
     where = resolve_device(device)
     selection = DataSelection(

@@ -167,9 +167,8 @@ class Run:
         self.epoch = 0  # the epoch in progress
         self.last: EpochResult  # its training pass (set by train())
         self.sample_alpha: torch.Tensor | None = None  # per-sample alpha of the robust phase (None in warm-up)
-        self.snapshots: dict[
-            int, Weights
-        ] = {}  # epoch -> weights the overfitting rule may still pick (the deferred full-set pass)
+        # epoch -> weights the overfitting rule may still pick (the deferred full-set pass)
+        self.snapshots: dict[int, Weights] = {}
         self.stop = StopFlag()
         c, log, device = job.config, job.log, job.device
         log(logfmt.BUILDING)
@@ -353,7 +352,7 @@ class Run:
             )
             self.split_dataset(epoch)
 
-    def calc_noise_probability(self, epoch: int, weights: "Weights | None" = None) -> None:
+    def calc_noise_probability(self, epoch: int, weights: Weights | None = None) -> None:
         """The full-set statistic of `epoch`: both networks in eval mode over every image of the run, with the training
         augmentation; with `weights` (a snapshot of that epoch) instead of the current ones, restored after."""
         self.stop.check(f"epoch {epoch}, full-set pass")
@@ -444,14 +443,14 @@ class Run:
         self.log(logfmt.END_SAVE)
 
     # --- weights and the resume state -------------------------------------------------------------------------------
-    def weights(self) -> "Weights":
+    def weights(self) -> Weights:
         """A copy of both networks' weights (on their device)."""
         return {
             name: {k: v.detach().clone() for k, v in net.state_dict().items()}
             for name, net in (("teacher", self.teacher), ("student", self.student))
         }
 
-    def load_weights(self, weights: "Weights") -> None:
+    def load_weights(self, weights: Weights) -> None:
         """Both networks' weights from a copy (weights(), or a resume state's)."""
         self.teacher.load_state_dict(weights["teacher"])
         self.student.load_state_dict(weights["student"])

@@ -202,8 +202,7 @@ def custom_source(custom: CustomData) -> RunData:
     hidden = (
         (
             f", skipped {skipped.get('files', 0)} hidden file(s) and {skipped.get('folders', 0)} hidden folder(s) "
-            "(names "
-            "starting with '.')"
+            "(names starting with '.')"
         )
         if any(skipped.values())
         else ""

@@ -139,8 +139,7 @@ def check_grid_args(args: argparse.Namespace) -> str | None:
     if args.dataset == "custom":
         return (
             "the launcher runs CIFAR-N grids; train your own data with blind_knowledge_dist_training.py "
-            "--dataset custom, "
-            "then learning.py and detection.py (docs/custom-data.md)"
+            "--dataset custom, then learning.py and detection.py (docs/custom-data.md)"
         )
     if args.dataset is not None and args.dataset not in DATASETS:
         return f"--dataset {args.dataset!r} is unknown; use one of {', '.join(DATASETS)}"
@@ -185,8 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if clash:
         print(
             f"error: {clash[0]} selects runs; use the launcher's --seeds, --noise_types, --dataset, --results_dir, "
-            "--quick "
-            "(see python -m launch run --help)",
+            "--quick (see python -m launch run --help)",
             file=sys.stderr,
         )
         return EXIT_USAGE

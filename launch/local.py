@@ -197,8 +197,7 @@ def report(runs: Sequence[Run], outcomes: dict[str, dict[str, Any]], log: Log = 
     if other:
         log(
             f"   {len(other)} finished run(s) were trained with other flags and kept as they are "
-            f"({', '.join(other)}): add "
-            "--overwrite to train them again with this launch's flags"
+            f"({', '.join(other)}): add --overwrite to train them again with this launch's flags"
         )
     if failed:
         return failed[0][1]["exit_code"] or 1
