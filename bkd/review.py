@@ -202,10 +202,13 @@ def review_run(run_dir: str, top: int, out: str) -> str:
         config = TrainConfig(**{f.name: recorded[f.name] for f in fields(TrainConfig) if f.name in recorded})
         data = evaluated_data(selection, config, run_dir, metrics)
         rows = read_label_issues(os.path.join(run_dir, rd.LABEL_ISSUES))
-    noisy = None if data.truly_noisy is None else int(data.truly_noisy.sum())
-    name = os.path.basename(os.path.normpath(run_dir))
-    header = header_of(name, metrics.get("overfit_epoch"), metrics["split_epoch"], metrics["otsu_full"], rows, noisy)
-    write(out, run_page(rows, data, header, top))
+        noisy = None if data.truly_noisy is None else int(data.truly_noisy.sum())
+        name = os.path.basename(os.path.normpath(run_dir))
+        header = header_of(
+            name, metrics.get("overfit_epoch"), metrics["split_epoch"], metrics["otsu_full"], rows, noisy
+        )
+        # written with the run's lock held (shared, as the evaluations'): no --overwrite replaces the run meanwhile
+        write(out, run_page(rows, data, header, top))
     return out
 
 

@@ -311,6 +311,29 @@ def test_a_finished_runs_page_is_made_again_from_its_directory(custom_run, tmp_p
     assert [int(p) for p in re.findall(r'data-position="(\d+)"', html)] == [r["position"] for r in rows[:7]]
 
 
+def test_a_finished_runs_page_is_written_while_the_run_is_locked(custom_run, tmp_path, monkeypatch):
+    """The page is written with the run's lock held (shared, as the evaluations'), so no training (--overwrite) takes
+    the directory while a page of the run it replaces is still being written (it was written after the lock went)."""
+    import fcntl
+
+    from bkd import review
+
+    _, run_dir, _ = custom_run
+    exclusive = []
+
+    def write(path, html):
+        with open(os.path.join(run_dir, ".lock")) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a training takes
+                exclusive.append(True)
+            except BlockingIOError:
+                exclusive.append(False)
+
+    monkeypatch.setattr(review, "write", write)
+    review.review_run(run_dir, 5, str(tmp_path / "page.html"))
+    assert exclusive == [False]
+
+
 @pytest.mark.slow
 def test_the_api_writes_the_page_in_its_run_dir_and_from_its_result(tmp_path):
     from bkd import find_label_issues
